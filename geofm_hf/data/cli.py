@@ -1,0 +1,125 @@
+"""``geofm-make-shards``: rasters -> Hub-ready Parquet shards (optionally pushed to the Hub)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .format import BadInputError, TooManyErrorsError
+from .writer import write_shards
+
+__all__ = ["main", "push_dataset_to_hub"]
+
+
+def _parse_split(text: str):
+    if "=" not in text:
+        return text
+    out = {}
+    for part in text.split(","):
+        name, _, frac = part.partition("=")
+        try:
+            out[name.strip()] = float(frac)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--split expects NAME or NAME=FRACTION,...; got {text!r}"
+            ) from None
+    return out
+
+
+def push_dataset_to_hub(folder: str, repo_id: str, *, private: bool = False,
+                        revision: str | None = None, token: str | None = None) -> str:  # fmt: skip
+    """Upload a shard folder as a dataset repo (``upload_folder``); returns the commit URL.
+
+    The token comes from ``token``, ``HF_TOKEN`` or ``huggingface-cli login`` and is never
+    printed or logged.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    if revision:
+        api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
+    info = api.upload_folder(
+        folder_path=folder,
+        repo_id=repo_id,
+        repo_type="dataset",
+        revision=revision,
+        commit_message="Add geofm_hf shards",
+        ignore_patterns=[".geofm_staging/*", "*.tmp"],
+    )
+    return str(getattr(info, "commit_url", info))
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="geofm-make-shards",
+        description="Cut rasters (files, folders, globs; one file per band or multi-band) into "
+        "chips and write Parquet shards + dataset card + geofm_dataset.json.",
+    )
+    p.add_argument("inputs", nargs="+", help="raster files, folders or quoted globs")
+    p.add_argument("-o", "--output-dir", required=True)
+    p.add_argument("--chip-size", type=int, default=64)
+    p.add_argument("--stride", type=int, default=None, help="default: chip size")
+    p.add_argument("--bands", default=None, help="comma-separated band names/aliases, in order")
+    p.add_argument("--resolution", type=float, default=None, help="target GSD (default finest)")
+    p.add_argument("--resampling", default="nearest")
+    p.add_argument("--nodata", type=float, default=None)
+    p.add_argument("--max-nodata-fraction", type=float, default=0.0)
+    p.add_argument("--target-shard-mb", type=float, default=128.0)
+    p.add_argument("--rows-per-shard", type=int, default=None)
+    p.add_argument("--compression-level", type=int, default=3)
+    p.add_argument(
+        "--split",
+        type=_parse_split,
+        default="train",
+        help="NAME, or spatial blocks NAME=FRACTION,... e.g. train=0.8,validation=0.2",
+    )
+    p.add_argument("--on-error", choices=["skip", "raise"], default="raise")
+    p.add_argument("--max-error-fraction", type=float, default=0.05)
+    p.add_argument("--sensor", default=None)
+    p.add_argument("--name", default=None, help="dataset card title")
+    p.add_argument("--license", default="other")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None)
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--revision", default=None, help="branch to push to")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the process exit code."""
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    try:
+        summary = write_shards(
+            args.inputs, args.output_dir, chip_size=args.chip_size, stride=args.stride,
+            bands=args.bands.split(",") if args.bands else None, resolution=args.resolution,
+            resampling=args.resampling, nodata=args.nodata,
+            max_nodata_fraction=args.max_nodata_fraction, target_shard_mb=args.target_shard_mb,
+            rows_per_shard=args.rows_per_shard, compression_level=args.compression_level,
+            split=args.split, on_error=args.on_error, max_error_fraction=args.max_error_fraction,
+            sensor=args.sensor, overwrite=args.overwrite, dataset_name=args.name,
+            license=args.license,
+        )  # fmt: skip
+    except (BadInputError, TooManyErrorsError, FileNotFoundError, FileExistsError,
+            ValueError) as err:  # fmt: skip
+        print(f"geofm-make-shards: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({
+        "output_dir": summary.output_dir, "num_samples": summary.num_samples,
+        "num_shards": summary.num_shards, "skipped": summary.skipped,
+        "read_mb_per_s": round(summary.read_mb_per_s, 1),
+    }, indent=2))  # fmt: skip
+    if args.push_to_hub:
+        url = push_dataset_to_hub(args.output_dir, args.push_to_hub, private=args.private,
+                                  revision=args.revision)  # fmt: skip
+        print(f"pushed to https://huggingface.co/datasets/{args.push_to_hub} ({url})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

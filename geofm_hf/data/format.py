@@ -1,0 +1,272 @@
+"""The shard format: Parquet schema, ``geofm_dataset.json`` and image decoding.
+
+One row of a shard is one chip. ``image`` holds the raw C-order array bytes (``shape``,
+``dtype``) so a batch decodes with one ``np.frombuffer``; a column of encoded GeoTIFF bytes
+(another producer's dataset) is detected by its magic bytes and decoded with rasterio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = [
+    "DATASET_INFO_FILE",
+    "FORMAT_VERSION",
+    "SHARD_SCHEMA",
+    "BadInputError",
+    "GeoDatasetInfo",
+    "TooManyErrorsError",
+    "decode_batch",
+    "decode_image",
+    "read_dataset_info",
+]
+
+FORMAT_VERSION = 1
+DATASET_INFO_FILE = "geofm_dataset.json"
+
+SHARD_SCHEMA = pa.schema(
+    [
+        ("image", pa.binary()),
+        ("shape", pa.list_(pa.int32())),
+        ("dtype", pa.string()),
+        ("band_names", pa.list_(pa.string())),
+        ("crs", pa.string()),
+        ("transform", pa.list_(pa.float64())),
+        ("bounds", pa.list_(pa.float64())),
+        ("source", pa.string()),
+        ("datetime", pa.string()),
+        ("gsd_m", pa.float64()),
+        ("chip_id", pa.string()),
+    ]
+)
+LABEL_FIELD = pa.field("label", pa.int64())
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+
+
+class BadInputError(ValueError):
+    """An input (file, band, chip or shard) that cannot be used; ``reason`` is a short key."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class TooManyErrorsError(RuntimeError):
+    """More bad items than ``max_error_fraction`` allows; the run stops."""
+
+
+@dataclass
+class GeoDatasetInfo:
+    """Contents of ``geofm_dataset.json`` (see docs/data.md for each field)."""
+
+    band_names: list[str]
+    dtype: str
+    chip_size: int
+    num_samples: dict[str, int]
+    mean: list[float]
+    std: list[float]
+    format_version: int = FORMAT_VERSION
+    wavelengths_um: list[float] | None = None
+    gsd_m: list[float | None] | None = None
+    sensor: str | None = None
+    sources: list[str] = field(default_factory=list)
+    skipped: dict[str, Any] = field(default_factory=lambda: {"count": 0, "by_reason": {}})
+    label_names: list[str] | None = None
+    shards: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    stats_by_split: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict; ``label_names`` is omitted for unlabelled datasets."""
+        out = asdict(self)
+        if out["label_names"] is None:
+            del out["label_names"]
+        out.update(out.pop("extra"))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GeoDatasetInfo:
+        """Build from a parsed ``geofm_dataset.json``; unknown keys go to ``extra``."""
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{DATASET_INFO_FILE}: format_version {version!r} is not supported; expected "
+                f"{FORMAT_VERSION}. Upgrade geofm_hf or rewrite the shards."
+            )
+        names = {f.name for f in fields(cls)}
+        missing = [
+            k
+            for k in ("band_names", "dtype", "chip_size", "num_samples", "mean", "std")
+            if k not in data
+        ]
+        if missing:
+            raise ValueError(f"{DATASET_INFO_FILE} lacks required keys {missing}")
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {k: v for k, v in data.items() if k not in names}
+        info = cls(**known)
+        info.extra.update(extra)
+        if not (len(info.mean) == len(info.std) == len(info.band_names)):
+            raise ValueError(
+                f"{DATASET_INFO_FILE}: mean ({len(info.mean)}), std ({len(info.std)}) and "
+                f"band_names ({len(info.band_names)}) must have the same length"
+            )
+        return info
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically (temp name, then rename)."""
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump(self.to_dict(), fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+
+
+def read_dataset_info(
+    name_or_path: str | os.PathLike, revision: str | None = None
+) -> GeoDatasetInfo:
+    """Read ``geofm_dataset.json`` from a local folder or a Hub dataset repo id.
+
+    A path that exists locally is read directly; anything else is treated as a repo id and
+    fetched with ``huggingface_hub.hf_hub_download(repo_type="dataset")``.
+    """
+    local = Path(name_or_path)
+    if local.is_dir():
+        path = local / DATASET_INFO_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{local} has no {DATASET_INFO_FILE}; expected a folder written by "
+                "geofm-make-shards (or pass mean/std explicitly)"
+            )
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(
+            hf_hub_download(
+                str(name_or_path), DATASET_INFO_FILE, repo_type="dataset", revision=revision
+            )
+        )
+    with open(path) as fh:
+        try:
+            data = json.load(fh)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
+    return GeoDatasetInfo.from_dict(data)
+
+
+def is_geotiff_bytes(buf: bytes | memoryview) -> bool:
+    """True when ``buf`` starts with a TIFF/BigTIFF magic number."""
+    return bytes(buf[:4]) in _TIFF_MAGIC
+
+
+def _decode_geotiff(buf: bytes) -> np.ndarray:
+    from rasterio.io import MemoryFile
+
+    with MemoryFile(bytes(buf)) as mem, mem.open() as src:
+        return src.read()
+
+
+def decode_image(row: dict[str, Any]) -> np.ndarray:
+    """Decode one row (a dict with ``image`` and, for raw bytes, ``shape`` and ``dtype``).
+
+    Returns a (C, H, W) array in the stored dtype (no int64 promotion). GeoTIFF-encoded
+    images are recognised by their magic bytes.
+    """
+    buf = row["image"]
+    if isinstance(buf, dict):  # datasets Image()/binary features may wrap bytes
+        buf = buf.get("bytes")
+    if buf is None:
+        raise BadInputError("missing_image", "row has no image bytes")
+    if is_geotiff_bytes(buf):
+        return _decode_geotiff(buf)
+    shape = row.get("shape")
+    dtype = row.get("dtype")
+    if shape is None or dtype is None:
+        raise BadInputError(
+            "bad_row",
+            "raw image bytes need 'shape' and 'dtype' columns (or GeoTIFF-encoded bytes); "
+            f"found columns {sorted(row)}",
+        )
+    arr = np.frombuffer(buf, dtype=np.dtype(dtype))
+    expected = int(np.prod(shape))
+    if arr.size != expected:
+        raise BadInputError(
+            "bad_row",
+            f"image has {arr.size} {dtype} values but shape {list(shape)} needs {expected}",
+        )
+    return arr.reshape([int(s) for s in shape])
+
+
+def decode_batch(
+    table: pa.Table | pa.RecordBatch, indices: np.ndarray | None = None, *, _view: bool = False
+) -> np.ndarray:
+    """Decode rows ``indices`` (default all) of an Arrow table into one (N, C, H, W) array.
+
+    Fast path: when every stored image has the same byte length the binary column's value
+    buffer is viewed as one array and only the requested rows are copied. GeoTIFF bytes and
+    ragged rows fall back to :func:`decode_image` per row (all rows must share a shape).
+    """
+    column = table.column("image")
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    n = len(column)
+    if indices is None:
+        indices = np.arange(n)
+    indices = np.asarray(indices, dtype=np.int64)
+    if n == 0 or len(indices) == 0:
+        raise ValueError("decode_batch needs at least one row")
+    if _view and (column.type != pa.binary() and column.type != pa.large_binary()):
+        raise BadInputError("bad_row", f"image column must be binary; found {column.type}")
+    if column.type == pa.large_binary():
+        offset_dtype = np.int64
+    elif column.type == pa.binary():
+        offset_dtype = np.int32
+    else:
+        raise BadInputError("bad_row", f"image column must be binary; found {column.type}")
+    if column.null_count:
+        raise BadInputError("missing_image", f"{column.null_count} rows have a null image")
+    _, offsets_buf, data_buf = column.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=offset_dtype)[column.offset : column.offset + n + 1]
+    lengths = np.diff(offsets)
+    first = bytes(memoryview(data_buf)[offsets[0] : offsets[0] + 4])
+    names = table.schema.names
+    if (
+        not is_geotiff_bytes(first)
+        and "shape" in names
+        and "dtype" in names
+        and (lengths.min() == lengths.max())
+    ):
+        shape = table.column("shape")[int(indices[0])].as_py()
+        dtype = np.dtype(table.column("dtype")[int(indices[0])].as_py())
+        nbytes = int(lengths[0])
+        if int(np.prod(shape)) * dtype.itemsize != nbytes:
+            raise BadInputError(
+                "bad_row", f"image bytes ({nbytes}) do not match shape {shape} and dtype {dtype}"
+            )
+        flat = np.frombuffer(data_buf, dtype=np.uint8, count=nbytes * n, offset=int(offsets[0]))
+        if _view:  # zero-copy view of every row (read-only; lives as long as the table)
+            return flat.view(dtype).reshape(n, *shape)
+        return flat.reshape(n, nbytes)[indices].view(dtype).reshape(len(indices), *shape)
+    if _view:
+        raise BadInputError("not_viewable", "rows are GeoTIFF-encoded or ragged")
+    rows = [
+        decode_image(
+            {
+                "image": column[int(i)].as_py(),
+                "shape": table.column("shape")[int(i)].as_py() if "shape" in names else None,
+                "dtype": table.column("dtype")[int(i)].as_py() if "dtype" in names else None,
+            }
+        )
+        for i in indices
+    ]
+    shapes = {r.shape for r in rows}
+    if len(shapes) != 1:
+        raise BadInputError("shape_mismatch", f"rows of one batch have different shapes {shapes}")
+    return np.stack(rows)

@@ -1,0 +1,758 @@
+"""Shard writer: rasters (files, folders, globs; one file per band or multi-band) -> Parquet.
+
+Pipeline per scene: open every band, build the common grid (intersection of the band extents
+at the target GSD), read one strip of ``chip_size`` rows per band through a ``WarpedVRT`` onto
+that grid (a large raster is never read whole), cut chips, drop chips with too much nodata,
+update streaming per-band statistics and append to the split's shard buffer. Shards are written
+to a staging folder (temp name, then rename) and moved into ``data/`` only when the whole run
+succeeded; ``geofm_dataset.json`` is written last, so its presence marks a complete dataset.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from affine import Affine
+
+from ..bands import band_gsd, band_wavelengths, canonical_band_name, detect_sensor, get_sensor_bands
+from .format import (
+    DATASET_INFO_FILE,
+    LABEL_FIELD,
+    SHARD_SCHEMA,
+    BadInputError,
+    GeoDatasetInfo,
+    TooManyErrorsError,
+)
+
+__all__ = ["ChipMeta", "WriteSummary", "write_shards"]
+
+logger = logging.getLogger(__name__)
+
+_STAGING = ".geofm_staging"
+_RASTER_EXTENSIONS = {
+    ".tif", ".tiff", ".jp2", ".j2k", ".vrt", ".img", ".nc", ".hdf", ".h5", ".grd", ".bil",
+    ".dat", ".png", ".jpg", ".jpeg", ".ecw", ".sid", ".asc",
+}  # fmt: skip
+# T33UUU_20170216T102101_B8A, LC08_..._B5, scene-B02: a scene prefix and a band suffix.
+_BAND_FILE = re.compile(r"^(?P<scene>.+?)[_\-.](?P<band>B\d{1,2}A?)$", re.IGNORECASE)
+_DATETIME = re.compile(r"(?<!\d)(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})(?!\d)")
+_DATE = re.compile(r"(?<!\d)(20\d{2}|19\d{2})(\d{2})(\d{2})(?!\d)")
+_SHARD_NAME = re.compile(r"^[\w.\-]+-\d{5}-of-\d{5}\.parquet$")
+
+
+@dataclass(frozen=True)
+class ChipMeta:
+    """What a ``labels`` callable sees about a chip."""
+
+    chip_id: str
+    source: str
+    crs: str
+    bounds: tuple[float, float, float, float]
+    transform: tuple[float, ...]
+    row: int
+    col: int
+
+
+@dataclass
+class WriteSummary:
+    """What a :func:`write_shards` run produced."""
+
+    output_dir: str
+    num_samples: dict[str, int]
+    num_shards: dict[str, int]
+    skipped: dict[str, Any]
+    band_names: list[str]
+    mean: list[float]
+    std: list[float]
+    bytes_read: int
+    seconds: float
+    skipped_items: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def read_mb_per_s(self) -> float:
+        """Raster bytes decoded (at the target grid) per second of wall time."""
+        return self.bytes_read / 1e6 / max(self.seconds, 1e-9)
+
+
+@dataclass
+class _Scene:
+    scene_id: str
+    source: str
+    band_files: dict[str, str]  # band name -> path (per-band files)
+    multiband: str | None = None  # path of one multi-band file
+    datetime: str | None = None
+
+
+class _Stats:
+    """Per-band count/mean/M2 in float64, merged with Chan's parallel update (stable)."""
+
+    def __init__(self, n_bands: int):
+        self.count = np.zeros(n_bands, np.float64)
+        self.mean = np.zeros(n_bands, np.float64)
+        self.m2 = np.zeros(n_bands, np.float64)
+
+    def update(self, chip: np.ndarray, valid: np.ndarray) -> None:
+        x = chip.reshape(chip.shape[0], -1).astype(np.float64)
+        v = valid.reshape(valid.shape[0], -1)
+        n = v.sum(axis=1).astype(np.float64)
+        if not n.any():
+            return
+        safe = np.maximum(n, 1)
+        xm = np.where(v, x, 0.0)
+        mean = xm.sum(axis=1) / safe
+        m2 = (np.where(v, x - mean[:, None], 0.0) ** 2).sum(axis=1)
+        total = self.count + n
+        delta = mean - self.mean
+        ratio = np.divide(n, total, out=np.zeros_like(n), where=total > 0)
+        self.mean = self.mean + delta * ratio
+        self.m2 = self.m2 + m2 + delta**2 * self.count * ratio
+        self.count = total
+
+    def result(self) -> tuple[list[float], list[float]]:
+        std = np.sqrt(np.divide(self.m2, self.count, out=np.zeros_like(self.m2),
+                                where=self.count > 0))  # fmt: skip
+        return self.mean.tolist(), std.tolist()
+
+
+class _ErrorPolicy:
+    def __init__(self, on_error: str, max_error_fraction: float, total_items: int):
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise'; got {on_error!r}")
+        if not 0.0 <= max_error_fraction <= 1.0:
+            raise ValueError(f"max_error_fraction must be in [0, 1]; got {max_error_fraction}")
+        self.on_error = on_error
+        self.max_error_fraction = max_error_fraction
+        self.total_items = max(total_items, 1)
+        self.errors = 0
+        self.by_reason: Counter[str] = Counter()
+        self.items: list[dict[str, str]] = []
+
+    def record(self, err: BadInputError, item: str, *, is_error: bool = True) -> None:
+        if is_error and self.on_error == "raise":
+            raise err
+        self.by_reason[err.reason] += 1
+        if len(self.items) < 1000:  # the card lists the first ones; the counts are complete
+            self.items.append({"item": item, "reason": err.reason, "message": str(err)})
+        if not is_error:
+            logger.debug("dropped %s: %s", item, err)
+            return
+        self.errors += 1
+        logger.warning("skipped %s (%s): %s", item, err.reason, err)
+        if self.errors > self.max_error_fraction * self.total_items:
+            raise TooManyErrorsError(
+                f"{self.errors} of {self.total_items} input items are bad (last: {item}: {err}); "
+                f"max_error_fraction={self.max_error_fraction} allows at most "
+                f"{int(self.max_error_fraction * self.total_items)}. Fix the inputs or raise "
+                f"max_error_fraction. Reasons so far: {dict(self.by_reason)}"
+            ) from err
+
+    def summary(self) -> dict[str, Any]:
+        return {"count": int(sum(self.by_reason.values())), "errors": self.errors,
+                "by_reason": dict(sorted(self.by_reason.items()))}  # fmt: skip
+
+
+def _expand_inputs(inputs) -> list[Path]:
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    files: list[Path] = []
+    for item in inputs:
+        text = str(item)
+        if any(c in text for c in "*?["):
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"glob {text!r} matched no files")
+            files.extend(Path(m) for m in matches if Path(m).is_file())
+        elif Path(text).is_dir():
+            found = sorted(
+                p for p in Path(text).rglob("*")
+                if p.is_file() and p.suffix.lower() in _RASTER_EXTENSIONS
+                and _STAGING not in p.parts
+            )  # fmt: skip
+            if not found:
+                raise FileNotFoundError(
+                    f"folder {text} holds no raster files (extensions {sorted(_RASTER_EXTENSIONS)})"
+                )
+            files.extend(found)
+        elif Path(text).is_file():
+            files.append(Path(text))
+        else:
+            raise FileNotFoundError(f"input {text!r} is not a file, folder or matching glob")
+    unique = list(dict.fromkeys(p.resolve() for p in files))
+    return unique
+
+
+def _datetime_from_name(name: str) -> str | None:
+    m = _DATETIME.search(name)
+    if m:
+        y, mo, d, h, mi, s = m.groups()
+        return f"{y}-{mo}-{d}T{h}:{mi}:{s}"
+    m = _DATE.search(name)
+    if m:
+        y, mo, d = m.groups()
+        if 1 <= int(mo) <= 12 and 1 <= int(d) <= 31:
+            return f"{y}-{mo}-{d}"
+    return None
+
+
+def _group_scenes(files: list[Path], band_files) -> list[_Scene]:
+    scenes: dict[tuple[str, str], dict[str, str]] = {}
+    singles: list[Path] = []
+    for path in files:
+        m = _BAND_FILE.match(path.stem)
+        if m:
+            band = m.group("band").upper()
+            band = f"B{int(band[1:-1])}A" if band.endswith("A") else band
+            key = (str(path.parent), m.group("scene"))
+            scenes.setdefault(key, {})
+            if band in scenes[key]:
+                raise ValueError(f"two files for band {band} of scene {key[1]}: {path}")
+            scenes[key][band] = str(path)
+        else:
+            singles.append(path)
+    out = []
+    for (parent, prefix), bands in sorted(scenes.items()):
+        source = f"{Path(parent).name}/{prefix}" if Path(parent).name else prefix
+        out.append(_Scene(prefix, source, bands, datetime=_datetime_from_name(prefix)))
+    for path in singles:
+        source = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+        out.append(_Scene(path.stem, source, {}, multiband=str(path),
+                          datetime=_datetime_from_name(path.stem)))  # fmt: skip
+    if band_files:
+        groups = [band_files] if isinstance(band_files, Mapping) else list(band_files)
+        for group in groups:
+            paths = {str(k): str(Path(v).resolve()) for k, v in group.items()}
+            first = Path(next(iter(paths.values())))
+            out.append(_Scene(first.stem, f"{first.parent.name}/{first.stem}", paths,
+                              datetime=_datetime_from_name(first.stem)))  # fmt: skip
+    seen: Counter[str] = Counter()
+    for scene in out:
+        seen[scene.scene_id] += 1
+        if seen[scene.scene_id] > 1:  # same stem in two folders: keep chip ids unique
+            digest = hashlib.sha1(scene.source.encode()).hexdigest()[:6]
+            scene.scene_id = f"{scene.scene_id}-{digest}"
+    return out
+
+
+def _open(path: str):
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    if not os.path.exists(path):
+        raise BadInputError("missing_file", f"{path} does not exist")
+    if os.path.getsize(path) == 0:
+        raise BadInputError("empty_file", f"{path} is a zero-byte file; expected a raster")
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as err:
+        text = str(err)
+        if "not recognized as" in text or "not a supported file format" in text:
+            raise BadInputError(
+                "not_a_raster", f"{path} is not a raster GDAL can read: {text}"
+            ) from err
+        raise BadInputError("corrupt_file", f"{path} could not be opened: {text}") from err
+    except Exception as err:  # GDAL drivers raise assorted errors on damaged headers
+        raise BadInputError("corrupt_file", f"{path} could not be opened: {err}") from err
+
+
+def _resolve_band_names(scene: _Scene, src_list, bands, sensor) -> list[tuple[str, Any, int]]:
+    """Return (band_name, dataset, band_index) in output order for ``scene``."""
+    if scene.multiband is None:
+        available = {}
+        for name, src in zip(scene.band_files, src_list):
+            if src.count != 1:
+                raise BadInputError(
+                    "band_count_mismatch",
+                    f"{src.name} holds {src.count} bands; a per-band file must hold exactly 1",
+                )
+            available[name] = (name, src, 1)
+        if sensor is not None:
+            try:
+                order = [b.name for b in get_sensor_bands(sensor)]
+                available = {canonical_band_name(k, sensor): v for k, v in available.items()}
+            except ValueError:
+                order = sorted(available)
+        else:
+            order = sorted(available)
+        default = [n for n in order if n in available]
+    else:
+        src = src_list[0]
+        descriptions = list(src.descriptions)
+        if all(descriptions) and len(set(descriptions)) == len(descriptions):
+            names = descriptions
+        elif bands is not None and len(bands) == src.count:
+            names = list(bands)
+        else:
+            names = [f"B{i}" for i in range(1, src.count + 1)]
+        available = {n: (n, src, i + 1) for i, n in enumerate(names)}
+        default = names
+    if bands is None:
+        return [available[n] for n in default]
+    wanted = []
+    for name in bands:
+        key = name
+        if key not in available and sensor is not None:
+            try:
+                key = canonical_band_name(name, sensor)
+            except ValueError:
+                key = name
+        if key not in available:
+            raise BadInputError(
+                "band_name_mismatch",
+                f"scene {scene.source} has no band {name!r}; it has {sorted(available)}",
+            )
+        wanted.append(available[key])
+    return wanted
+
+
+def _target_grid(band_srcs, resolution):
+    """Intersection of the band extents on a grid of GSD ``resolution`` (finest by default)."""
+    crs = band_srcs[0].crs
+    for src in band_srcs:
+        if src.crs != crs:
+            raise BadInputError(
+                "crs_mismatch", f"{src.name} is in {src.crs}, other bands of the scene in {crs}"
+            )
+        if src.crs is None or src.transform.is_identity:
+            raise BadInputError("no_georeference", f"{src.name} has no CRS/geotransform")
+    res = (
+        float(resolution)
+        if resolution
+        else min(min(abs(s.res[0]), abs(s.res[1])) for s in band_srcs)
+    )
+    left = max(s.bounds.left for s in band_srcs)
+    right = min(s.bounds.right for s in band_srcs)
+    bottom = max(s.bounds.bottom for s in band_srcs)
+    top = min(s.bounds.top for s in band_srcs)
+    width = int(np.floor((right - left) / res + 1e-6))
+    height = int(np.floor((top - bottom) / res + 1e-6))
+    if width <= 0 or height <= 0:
+        raise BadInputError("no_overlap", "the bands of the scene do not overlap")
+    return crs, Affine(res, 0.0, left, 0.0, -res, top), width, height, res
+
+
+class _ShardBuffer:
+    def __init__(self, split, staging: Path, target_bytes: int, labelled: bool,
+                 rows_per_shard: int | None, compression_level: int):  # fmt: skip
+        self.split = split
+        self.rows_per_shard = rows_per_shard
+        self.compression_level = compression_level
+        self.staging = staging
+        self.target_bytes = target_bytes
+        self.rows: list[dict[str, Any]] = []
+        self.nbytes = 0
+        self.files: list[dict[str, Any]] = []
+        self.schema = SHARD_SCHEMA.append(LABEL_FIELD) if labelled else SHARD_SCHEMA
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.nbytes += len(row["image"])
+        full = (len(self.rows) >= self.rows_per_shard) if self.rows_per_shard else (
+            self.nbytes >= self.target_bytes)  # fmt: skip
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        columns = {name: [r[name] for r in self.rows] for name in self.schema.names}
+        table = pa.Table.from_pydict(columns, schema=self.schema)
+        name = f"{self.split}-{len(self.files):05d}.parquet"
+        _write_parquet_atomic(table, self.staging / name, self.compression_level)
+        self.files.append({"staged": name, "num_rows": table.num_rows})
+        self.rows, self.nbytes = [], 0
+
+
+def _write_parquet_atomic(table: pa.Table, path: Path, compression_level: int = 3) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    # Row groups of ~64 chips keep streaming reads granular without bloating the footer.
+    pq.write_table(table, tmp, compression="zstd", compression_level=compression_level,
+                   row_group_size=64)  # fmt: skip
+    os.replace(tmp, path)
+
+
+def _prepare_output(output_dir: Path, overwrite: bool) -> None:
+    info = output_dir / DATASET_INFO_FILE
+    staging = output_dir / _STAGING
+    ours = [p for p in (output_dir / "data").glob("*.parquet") if _SHARD_NAME.match(p.name)] if (
+        output_dir / "data").is_dir() else []  # fmt: skip
+    if info.exists() and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds a dataset ({DATASET_INFO_FILE}); pass overwrite=True "
+            "(--overwrite) to replace it or choose another output folder"
+        )
+    if ours and not info.exists() and not staging.exists():
+        raise FileExistsError(
+            f"{output_dir}/data holds parquet files not written by an unfinished geofm run; "
+            "refusing to delete them. Choose an empty output folder."
+        )
+    if staging.exists():
+        logger.warning("%s holds an unfinished run; starting it again from scratch", output_dir)
+    # A crashed run (staging folder, no geofm_dataset.json) or overwrite: start clean so a
+    # re-run never duplicates chips.
+    shutil.rmtree(staging, ignore_errors=True)
+    for path in ours:
+        path.unlink()
+    for extra in (info, output_dir / "README.md"):
+        if overwrite and extra.exists():
+            extra.unlink()
+    staging.mkdir(parents=True, exist_ok=True)
+
+
+def _split_of(split, col_index: int, n_cols: int) -> str:
+    if isinstance(split, str):
+        return split
+    # Spatially disjoint blocks: consecutive ranges of chip columns (west to east).
+    position = (col_index + 0.5) / max(n_cols, 1)
+    acc = 0.0
+    items = list(split.items())
+    for name, fraction in items:
+        acc += fraction
+        if position < acc:
+            return name
+    return items[-1][0]
+
+
+def write_shards(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    *,
+    chip_size: int = 64,
+    stride: int | None = None,
+    bands: Sequence[str] | None = None,
+    band_files: Mapping[str, str] | Sequence[Mapping[str, str]] | None = None,
+    resolution: float | None = None,
+    resampling: str = "nearest",
+    nodata: float | None = None,
+    max_nodata_fraction: float = 0.0,
+    target_shard_mb: float = 128.0,
+    rows_per_shard: int | None = None,
+    compression_level: int = 3,
+    split: str | Mapping[str, float] = "train",
+    on_error: str = "raise",
+    max_error_fraction: float = 0.05,
+    labels: Callable[[ChipMeta], int | None] | None = None,
+    label_names: Sequence[str] | None = None,
+    sensor: str | None = None,
+    overwrite: bool = False,
+    dataset_name: str | None = None,
+    license: str = "other",
+    card_notes: str | None = None,
+) -> WriteSummary:
+    """Cut rasters into chips and write a Hub-ready Parquet dataset to ``output_dir``.
+
+    Args:
+        inputs: files, folders (searched recursively for raster extensions) or globs. Files
+            named ``<scene>_B02.jp2`` etc. are grouped into one scene per prefix and stacked.
+        chip_size, stride: chip edge and step in target-grid pixels (stride defaults to
+            chip_size).
+        bands: names (or aliases) to select and order; default all bands in the sensor's
+            canonical order. band_files: explicit ``{band: path}`` mapping(s) for scenes whose
+            file names do not follow the pattern.
+        resolution: target GSD in CRS units (default: the finest band of the scene).
+        resampling: rasterio resampling name used to bring coarser/finer bands onto the grid.
+        nodata: value treated as nodata in every band (default: each file's own nodata).
+        max_nodata_fraction: chips with a larger fraction of nodata/NaN pixels are dropped
+            (counted in the summary and card under ``nodata``).
+        target_shard_mb: uncompressed image bytes per shard (MB = 1e6 bytes).
+        rows_per_shard: chips per shard instead (overrides ``target_shard_mb``).
+        compression_level: zstd level of the Parquet files (3 is fast; 19 is ~35% smaller).
+        split: one split name, or ``{"train": 0.8, "validation": 0.2}`` to assign spatially
+            disjoint column blocks of each scene (west to east) to splits.
+        on_error: ``"raise"`` stops at the first bad input; ``"skip"`` logs, counts and goes on.
+        max_error_fraction: under ``"skip"``, stop with :class:`TooManyErrorsError` once more
+            than this fraction of the input scenes is bad.
+        labels, label_names: optional callable giving an integer label per chip (``None``
+            drops the chip, counted as ``unlabelled``) and the class names.
+        sensor: band table for names/wavelengths (auto-detected from the band names).
+        overwrite: replace a finished dataset in ``output_dir``.
+        dataset_name: title of the dataset card. license: its ``license:`` tag (SPDX id or
+            ``other``). card_notes: markdown appended to the card (source, licence, citation).
+
+    Returns:
+        A :class:`WriteSummary`. The folder holds ``README.md``, ``geofm_dataset.json`` and
+        ``data/<split>-NNNNN-of-MMMMM.parquet``.
+    """
+    from rasterio.enums import Resampling
+    from rasterio.transform import array_bounds
+    from rasterio.vrt import WarpedVRT
+    from rasterio.windows import Window
+
+    from .card import render_dataset_card
+
+    start = time.perf_counter()
+    stride = stride or chip_size
+    if chip_size <= 0 or stride <= 0:
+        raise ValueError(f"chip_size and stride must be positive; got {chip_size}, {stride}")
+    if not 0.0 <= max_nodata_fraction <= 1.0:
+        raise ValueError(f"max_nodata_fraction must be in [0, 1]; got {max_nodata_fraction}")
+    if not isinstance(split, str):
+        total = sum(split.values())
+        if not split or abs(total - 1.0) > 1e-6 or min(split.values()) <= 0:
+            raise ValueError(f"split fractions must be positive and sum to 1; got {dict(split)}")
+    try:
+        resampling_enum = Resampling[resampling]
+    except KeyError:
+        raise ValueError(f"unknown resampling {resampling!r}") from None
+    if labels is not None and not label_names:
+        raise ValueError("labels needs label_names (the class names, index = label)")
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    files = _expand_inputs(inputs) if inputs else []
+    scenes = _group_scenes(files, band_files)
+    if not scenes:
+        raise FileNotFoundError(f"no input rasters found in {inputs!r}")
+    _prepare_output(output_dir, overwrite)
+    staging = output_dir / _STAGING
+    policy = _ErrorPolicy(on_error, max_error_fraction, len(scenes))
+    split_names = [split] if isinstance(split, str) else list(split)
+    buffers = {
+        s: _ShardBuffer(s, staging, int(target_shard_mb * 1e6), labels is not None,
+                        rows_per_shard, compression_level)
+        for s in split_names
+    }  # fmt: skip
+    band_names: list[str] | None = None
+    out_dtype: np.dtype | None = None
+    stats: dict[str, _Stats] = {}
+    sources: list[str] = []
+    bytes_read = 0
+    target_res = None
+
+    for scene in scenes:
+        srcs = []
+        try:
+            paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
+            for path in paths:
+                srcs.append(_open(path))
+            scene_sensor = sensor
+            if scene_sensor is None and scene.multiband is None:
+                scene_sensor = detect_sensor(list(scene.band_files))
+            selected = _resolve_band_names(scene, srcs, bands, scene_sensor)
+            names = [n for n, _, _ in selected]
+            if band_names is None:
+                band_names = names
+                sensor = sensor or scene_sensor
+            elif names != band_names:
+                reason = "band_count_mismatch" if len(names) != len(band_names) else (
+                    "band_name_mismatch")  # fmt: skip
+                raise BadInputError(
+                    reason,
+                    f"scene {scene.source} has bands {names}; the dataset has {band_names} "
+                    "(pass bands=[...] to select a common subset)",
+                )
+            crs, transform, width, height, res = _target_grid([s for _, s, _ in selected],
+                                                              resolution)  # fmt: skip
+            if target_res is None:
+                target_res = res
+            elif abs(res - target_res) > 1e-9:
+                raise BadInputError(
+                    "resolution_mismatch",
+                    f"scene {scene.source} has GSD {res}, the dataset {target_res}; "
+                    "pass resolution= to resample every scene to one grid",
+                )
+            dtypes = [np.dtype(s.dtypes[i - 1]) for _, s, i in selected]
+            scene_dtype = np.result_type(*dtypes)
+            if out_dtype is None:
+                out_dtype = scene_dtype
+            elif scene_dtype != out_dtype:
+                raise BadInputError(
+                    "dtype_mismatch", f"scene {scene.source} is {scene_dtype}, dataset {out_dtype}"
+                )
+            nodatas = [
+                nodata if nodata is not None else s.nodatavals[i - 1] for _, s, i in selected
+            ]
+            if width < chip_size or height < chip_size:
+                raise BadInputError(
+                    "too_small",
+                    f"scene {scene.source} is {width}x{height} px at {res} m; chips need "
+                    f"{chip_size}x{chip_size}",
+                )
+            vrts = [
+                WarpedVRT(
+                    s,
+                    crs=crs,
+                    transform=transform,
+                    width=width,
+                    height=height,
+                    resampling=resampling_enum,
+                )
+                for _, s, _ in selected
+            ]
+            crs_text = crs.to_string() if crs.to_epsg() is None else f"EPSG:{crs.to_epsg()}"
+            n_cols = (width - chip_size) // stride + 1
+            n_rows = (height - chip_size) // stride + 1
+            scene_chips = 0
+            try:
+                for r in range(n_rows):
+                    y0 = r * stride
+                    window = Window(0, y0, width, chip_size)
+                    strip = np.empty((len(vrts), chip_size, width), dtype=out_dtype)
+                    for b, ((_, _, bidx), vrt) in enumerate(zip(selected, vrts)):
+                        try:
+                            strip[b] = vrt.read(bidx, window=window)
+                        except Exception as err:
+                            raise BadInputError(
+                                "unreadable_band",
+                                f"band {band_names[b]} of scene {scene.source} failed to "
+                                f"read at rows {y0}..{y0 + chip_size}: {err}",
+                            ) from err
+                    bytes_read += strip.nbytes
+                    invalid = np.zeros((chip_size, width), dtype=bool)
+                    band_invalid = np.zeros(strip.shape, dtype=bool)
+                    if np.issubdtype(out_dtype, np.floating):
+                        band_invalid |= np.isnan(strip)
+                    for b, nd in enumerate(nodatas):
+                        if nd is not None and not np.isnan(nd):
+                            band_invalid[b] |= strip[b] == nd
+                    invalid = band_invalid.any(axis=0)
+                    for c in range(n_cols):
+                        x0 = c * stride
+                        chip = np.ascontiguousarray(strip[:, :, x0 : x0 + chip_size])
+                        chip_id = f"{scene.scene_id}_r{y0:05d}_c{x0:05d}"
+                        frac = float(invalid[:, x0 : x0 + chip_size].mean())
+                        if frac > max_nodata_fraction:
+                            has_nan = np.issubdtype(out_dtype, np.floating) and bool(
+                                np.isnan(chip).any())  # fmt: skip
+                            reason = "nan" if has_nan else "nodata"
+                            policy.record(
+                                BadInputError(reason, f"{frac:.1%} of pixels are nodata/NaN "
+                                              f"(max_nodata_fraction={max_nodata_fraction})"),
+                                chip_id, is_error=False,
+                            )  # fmt: skip
+                            continue
+                        chip_transform = transform @ Affine.translation(x0, y0)
+                        left, bottom, right, top = array_bounds(
+                            chip_size, chip_size, chip_transform
+                        )
+                        label = None
+                        if labels is not None:
+                            label = labels(ChipMeta(chip_id, scene.source, crs_text,
+                                                    (left, bottom, right, top),
+                                                    tuple(chip_transform)[:6], y0, x0))  # fmt: skip
+                            if label is None:
+                                policy.record(BadInputError("unlabelled", "no label"), chip_id,
+                                              is_error=False)  # fmt: skip
+                                continue
+                            if not 0 <= int(label) < len(label_names):
+                                raise ValueError(
+                                    f"labels() returned {label} for {chip_id}; expected 0.."
+                                    f"{len(label_names) - 1}"
+                                )
+                        split_name = _split_of(split, c, n_cols)
+                        stats.setdefault(split_name, _Stats(len(band_names))).update(
+                            chip, ~band_invalid[:, :, x0 : x0 + chip_size]
+                        )
+                        buffers[split_name].add({
+                            "image": chip.tobytes(),
+                            "shape": list(chip.shape),
+                            "dtype": out_dtype.name,
+                            "band_names": band_names,
+                            "crs": crs_text,
+                            "transform": list(tuple(chip_transform)[:6]),
+                            "bounds": [left, bottom, right, top],
+                            "source": scene.source,
+                            "datetime": scene.datetime,
+                            "gsd_m": float(res),
+                            "chip_id": chip_id,
+                            "label": None if label is None else int(label),
+                        })  # fmt: skip
+                        scene_chips += 1
+            finally:
+                for vrt in vrts:
+                    vrt.close()
+            sources.append(scene.source)
+            logger.info("scene %s: %d chips", scene.source, scene_chips)
+        except BadInputError as err:
+            policy.record(err, scene.source)
+        finally:
+            for src in srcs:
+                src.close()
+
+    for buffer in buffers.values():
+        buffer.flush()
+    if band_names is None:
+        raise TooManyErrorsError(
+            f"no usable scene among {len(scenes)} inputs; skipped: {policy.summary()}"
+        )
+    num_samples = {s: sum(f["num_rows"] for f in b.files) for s, b in buffers.items()}
+    if not any(num_samples.values()):
+        raise ValueError(
+            f"every chip was dropped (skipped: {policy.summary()}); check nodata, "
+            "max_nodata_fraction and chip_size"
+        )
+
+    # Finalise: staged shards -> data/<split>-i-of-n.parquet, then the card, then the json.
+    (output_dir / "data").mkdir(exist_ok=True)
+    shards: dict[str, list[dict[str, Any]]] = {}
+    for split_name, buffer in buffers.items():
+        n = len(buffer.files)
+        shards[split_name] = []
+        for i, entry in enumerate(buffer.files):
+            final = f"data/{split_name}-{i:05d}-of-{n:05d}.parquet"
+            os.replace(staging / entry["staged"], output_dir / final)
+            shards[split_name].append({"file": final, "num_rows": entry["num_rows"]})
+    stats_by_split = {}
+    for split_name in split_names:
+        if split_name in stats:
+            mean, std = stats[split_name].result()
+            stats_by_split[split_name] = {
+                "mean": mean,
+                "std": std,
+                "valid_pixels": stats[split_name].count.tolist(),
+            }
+    # Normalisation statistics come from the training split (or the first non-empty split).
+    stats_split = "train" if "train" in stats_by_split else next(iter(stats_by_split))
+    info = GeoDatasetInfo(
+        band_names=list(band_names),
+        dtype=out_dtype.name,
+        chip_size=chip_size,
+        num_samples=num_samples,
+        mean=stats_by_split[stats_split]["mean"],
+        std=stats_by_split[stats_split]["std"],
+        wavelengths_um=band_wavelengths(band_names, sensor) if sensor else None,
+        gsd_m=band_gsd(band_names, sensor) if sensor else None,
+        sensor=sensor,
+        sources=sources,
+        skipped=policy.summary(),
+        label_names=list(label_names) if label_names else None,
+        shards=shards,
+        stats_by_split=stats_by_split,
+        extra={"stats_split": stats_split, "stride": stride, "target_gsd_m": target_res,
+               "resampling": resampling, "max_nodata_fraction": max_nodata_fraction},
+    )  # fmt: skip
+    card = render_dataset_card(info, name=dataset_name or output_dir.name,
+                               skipped_items=policy.items, license=license,
+                               notes=card_notes)  # fmt: skip
+    tmp = output_dir / "README.md.tmp"
+    tmp.write_text(card)
+    os.replace(tmp, output_dir / "README.md")
+    info.save(output_dir / DATASET_INFO_FILE)  # last: its presence marks a finished dataset
+    shutil.rmtree(staging, ignore_errors=True)
+    summary = WriteSummary(
+        output_dir=str(output_dir),
+        num_samples=num_samples,
+        num_shards={s: len(v) for s, v in shards.items()},
+        skipped=policy.summary(),
+        band_names=list(band_names),
+        mean=info.mean,
+        std=info.std,
+        bytes_read=bytes_read,
+        seconds=time.perf_counter() - start,
+        skipped_items=policy.items,
+    )
+    logger.info("wrote %s: %s samples, skipped %s", output_dir, num_samples, summary.skipped)
+    return summary

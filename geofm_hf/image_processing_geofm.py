@@ -1,0 +1,279 @@
+"""Image processor: band order by name, per-band normalisation, nodata handling, resize/crop.
+
+The band contract (names, per-band mean/std) is stored in ``preprocessor_config.json`` next to the
+weights, so a checkpoint always says which bands, in which order, normalised how. A band the model
+needs but the input lacks is an error naming it: nothing is ever zero-filled silently.
+
+This file is copied next to the weights by ``save_pretrained`` (remote code), so it must only
+import ``numpy``, ``torch``, ``transformers`` and the standard library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+
+
+def _as_float_tensor(array: Any) -> torch.Tensor:
+    if isinstance(array, torch.Tensor):
+        return array.detach().to(torch.float32)
+    array = np.asarray(array)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"Expected a numeric image array, found dtype {array.dtype}.")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+class GeoViTMAEImageProcessor(BaseImageProcessor):
+    r"""Prepares multispectral rasters for a :class:`GeoViTMAEModel`.
+
+    Args:
+        band_names (`list[str]`, *optional*): the band order the model expects. Inputs that name
+            their bands are reordered to it; unnamed inputs must already be in this order.
+        image_mean (`list[float]`, *optional*): per-band mean, in the raw units of the data
+            (e.g. Sentinel-2 L1C digital numbers). Required with ``do_normalize``.
+        image_std (`list[float]`, *optional*): per-band standard deviation, same units.
+        do_normalize (`bool`, defaults to `True`): apply ``(x - mean) / std`` per band.
+        size (`int`, *optional*): resize the (square-cropped) image to ``size x size`` pixels.
+        crop_size (`int`, *optional*): centre-crop to ``crop_size x crop_size`` after resizing.
+        resample (`str`, defaults to `"bilinear"`): ``"bilinear"``, ``"bicubic"`` or
+            ``"nearest"`` (antialiased when shrinking, except nearest).
+        nodata (`float`, *optional*): raw value marking missing pixels (besides NaN, always missing).
+        nodata_policy (`str`, defaults to `"fill_mean"`): ``"fill_mean"`` replaces missing pixels by
+            the band mean (0 after normalisation) and returns a ``nodata_mask``; ``"error"`` raises.
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(
+        self,
+        band_names: list[str] | None = None,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        do_normalize: bool = True,
+        size: int | None = None,
+        crop_size: int | None = None,
+        resample: str = "bilinear",
+        nodata: float | None = None,
+        nodata_policy: str = "fill_mean",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.band_names = list(band_names) if band_names is not None else None
+        self.image_mean = [float(m) for m in image_mean] if image_mean is not None else None
+        self.image_std = [float(s) for s in image_std] if image_std is not None else None
+        self.do_normalize = do_normalize
+        self.size = size
+        self.crop_size = crop_size
+        self.resample = resample
+        self.nodata = nodata
+        self.nodata_policy = nodata_policy
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.resample not in ("bilinear", "bicubic", "nearest"):
+            raise ValueError(
+                f"resample must be 'bilinear', 'bicubic' or 'nearest': found {self.resample!r}."
+            )
+        if self.nodata_policy not in ("fill_mean", "error"):
+            raise ValueError(
+                f"nodata_policy must be 'fill_mean' or 'error': found {self.nodata_policy!r}."
+            )
+        if self.do_normalize and (self.image_mean is None or self.image_std is None):
+            raise ValueError(
+                "do_normalize=True needs image_mean and image_std (one value per band): found "
+                f"image_mean={self.image_mean}, image_std={self.image_std}."
+            )
+        lengths = {
+            name: len(values)
+            for name, values in (
+                ("band_names", self.band_names),
+                ("image_mean", self.image_mean),
+                ("image_std", self.image_std),
+            )
+            if values is not None
+        }
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"Per-band fields must have the same length: found {lengths}.")
+        if self.image_std is not None and any(s <= 0 for s in self.image_std):
+            raise ValueError(f"image_std must be positive for every band: found {self.image_std}.")
+
+    @classmethod
+    def from_model_config(cls, config: Any, **kwargs: Any) -> GeoViTMAEImageProcessor:
+        """The processor matching a :class:`GeoViTMAEConfig`'s band contract and image size."""
+        fields = {
+            "band_names": config.band_names,
+            "image_mean": config.image_mean,
+            "image_std": config.image_std,
+            "size": config.image_size,
+            "do_normalize": config.image_mean is not None,
+        }
+        fields.update(kwargs)
+        return cls(**fields)
+
+    @property
+    def num_channels(self) -> int | None:
+        for values in (self.band_names, self.image_mean):
+            if values is not None:
+                return len(values)
+        return None
+
+    def _stack_bands(
+        self, images: Any, band_names: Sequence[str] | None
+    ) -> tuple[torch.Tensor, list[str] | None]:
+        """Any accepted input -> ``(B, C, H, W)`` float32 plus the input's band names."""
+        if isinstance(images, Mapping):
+            names = list(images)
+            arrays = [_as_float_tensor(images[n]) for n in names]
+            shapes = {tuple(a.shape) for a in arrays}
+            if len(shapes) != 1:
+                raise ValueError(
+                    "Every band of a {band_name: array} input must have the same shape: found "
+                    + ", ".join(f"{n}={tuple(a.shape)}" for n, a in zip(names, arrays))
+                )
+            stacked = torch.stack(arrays, dim=-3)  # (C, H, W) or (B, C, H, W)
+            return (stacked if stacked.ndim == 4 else stacked.unsqueeze(0)), names
+        if isinstance(images, (list, tuple)) and images and not np.isscalar(images[0]):
+            tensors = [_as_float_tensor(im) for im in images]
+            if {t.ndim for t in tensors} != {3}:
+                raise ValueError(
+                    "A list of images must hold (C, H, W) arrays: found shapes "
+                    f"{[tuple(t.shape) for t in tensors]}."
+                )
+            if len({tuple(t.shape) for t in tensors}) != 1:
+                # Resize each image on its own before stacking when a size is set.
+                if self.size is None:
+                    raise ValueError(
+                        "Images of different sizes need `size` to be resized to a common one: "
+                        f"found {[tuple(t.shape) for t in tensors]}."
+                    )
+                tensors = [self._resize(t.unsqueeze(0))[0] for t in tensors]
+            stacked = torch.stack(tensors)
+        else:
+            stacked = _as_float_tensor(images)
+            if stacked.ndim == 3:
+                stacked = stacked.unsqueeze(0)
+            if stacked.ndim != 4:
+                raise ValueError(
+                    "Expected an image of shape (C, H, W) or a batch (B, C, H, W), found shape "
+                    f"{tuple(stacked.shape)}."
+                )
+        return stacked, (list(band_names) if band_names is not None else None)
+
+    def _order_bands(self, pixels: torch.Tensor, names: list[str] | None) -> torch.Tensor:
+        channels = pixels.shape[1]
+        if names is not None and len(names) != channels:
+            raise ValueError(
+                f"Got {len(names)} band names for an input with {channels} channels: {names}."
+            )
+        if self.band_names is None:
+            expected = self.num_channels
+            if expected is not None and channels != expected:
+                raise ValueError(f"Expected {expected} bands, found {channels}.")
+            return pixels
+        if names is None:
+            if channels != len(self.band_names):
+                raise ValueError(
+                    f"Expected {len(self.band_names)} bands ({', '.join(self.band_names)}), found "
+                    f"{channels}. Pass band_names=[...] to select and reorder bands by name."
+                )
+            return pixels  # unnamed input: taken to be in the model's order already
+        missing = [b for b in self.band_names if b not in names]
+        if missing:
+            raise ValueError(
+                f"Missing bands {missing}: the model expects {self.band_names}, the input has "
+                f"{names}. Missing bands are never zero-filled; to run on fewer bands, restrict "
+                "the model explicitly with geofm_hf.select_input_bands(model, bands)."
+            )
+        index = torch.tensor([names.index(b) for b in self.band_names])
+        return pixels.index_select(1, index)
+
+    def _resize(self, pixels: torch.Tensor) -> torch.Tensor:
+        height, width = pixels.shape[-2:]
+        if self.size is None or (height, width) == (self.size, self.size):
+            return pixels
+        if height != width:
+            side = min(height, width)
+            top, left = (height - side) // 2, (width - side) // 2
+            pixels = pixels[..., top : top + side, left : left + side]
+        mode = self.resample
+        antialias = mode != "nearest" and pixels.shape[-1] > self.size
+        kwargs = {} if mode == "nearest" else {"align_corners": False, "antialias": antialias}
+        return F.interpolate(pixels, size=(self.size, self.size), mode=mode, **kwargs)
+
+    def preprocess(
+        self,
+        images: Any,
+        band_names: Sequence[str] | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Turn ``images`` into model inputs.
+
+        Args:
+            images: a ``(C, H, W)`` or ``(B, C, H, W)`` array/tensor, a list of ``(C, H, W)``
+                arrays, or a ``{band_name: array}`` mapping of ``(H, W)`` or ``(B, H, W)`` arrays.
+            band_names: the input's band names, when ``images`` is an array; bands are then picked
+                and ordered by name.
+            return_tensors: ``"pt"`` (default) or ``"np"``.
+
+        Returns:
+            ``BatchFeature`` with ``pixel_values`` ``(B, C, H, W)`` float32, and ``nodata_mask``
+            ``(B, H, W)`` (True where any band was missing) when nodata handling applies.
+        """
+        if kwargs:
+            raise ValueError(f"Unexpected arguments {sorted(kwargs)}.")
+        pixels, names = self._stack_bands(images, band_names)
+        pixels = self._order_bands(pixels, names)
+
+        invalid = torch.isnan(pixels)
+        if self.nodata is not None:
+            invalid |= pixels == self.nodata
+        data: dict[str, Any] = {}
+        has_invalid = bool(invalid.any())
+        if has_invalid:
+            if self.nodata_policy == "error":
+                raise ValueError(
+                    f"{int(invalid.sum())} nodata/NaN values found and nodata_policy='error'."
+                )
+            fill = (
+                torch.tensor(self.image_mean).view(1, -1, 1, 1).expand_as(pixels)
+                if self.image_mean is not None
+                else torch.zeros_like(pixels)
+            )
+            pixels = torch.where(invalid, fill, pixels)
+        if self.do_normalize:
+            mean = torch.tensor(self.image_mean, dtype=torch.float32).view(1, -1, 1, 1)
+            std = torch.tensor(self.image_std, dtype=torch.float32).view(1, -1, 1, 1)
+            pixels = (pixels - mean) / std
+        pixels = self._resize(pixels)
+        mask = invalid.any(dim=1, keepdim=True).float()
+        if has_invalid or self.nodata is not None:
+            mask = self._resize(mask) if self.size is not None else mask
+        if self.crop_size is not None:
+            height, width = pixels.shape[-2:]
+            if self.crop_size > min(height, width):
+                raise ValueError(
+                    f"crop_size {self.crop_size} is larger than the image ({height}x{width})."
+                )
+            top, left = (height - self.crop_size) // 2, (width - self.crop_size) // 2
+            pixels = pixels[..., top : top + self.crop_size, left : left + self.crop_size]
+            mask = mask[..., top : top + self.crop_size, left : left + self.crop_size]
+        data["pixel_values"] = pixels.contiguous()
+        if has_invalid or self.nodata is not None:
+            data["nodata_mask"] = mask[:, 0] > 0
+        if return_tensors == "np":
+            data = {k: v.numpy() for k, v in data.items()}
+        elif return_tensors not in ("pt", None):
+            raise ValueError(f"return_tensors must be 'pt' or 'np': found {return_tensors!r}.")
+        return BatchFeature(data=data)
+
+    def __call__(self, images: Any, **kwargs: Any) -> BatchFeature:
+        return self.preprocess(images, **kwargs)
+
+
+__all__ = ["GeoViTMAEImageProcessor"]

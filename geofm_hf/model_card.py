@@ -1,0 +1,493 @@
+"""Model cards rendered from a run's own record, never written by hand.
+
+The pretraining recipe writes ``OUTPUT_DIR/final/run_record.json`` (a :class:`RunRecord`);
+:func:`write_model_card` turns it into the export's ``README.md`` with ``huggingface_hub``'s
+``ModelCard``/``ModelCardData`` (YAML metadata incl. ``model-index``) and the jinja2 template
+``geofm_hf/templates/model_card.md``. Every field the record lacks is rendered as an explicit
+"not recorded" rather than guessed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
+RUN_RECORD_NAME = "run_record.json"
+NOT_RECORDED = "not recorded"
+
+BIBTEX = """@inproceedings{tsaris2024pretraining,
+  title     = {Pretraining Billion-scale Geospatial Foundational Models on Frontier},
+  author    = {Tsaris, Aristeidis and Dias, Philipe Ambrozio and Potnis, Abhishek and
+               Yin, Junqi and Wang, Feiyi and Lunga, Dalton},
+  booktitle = {2024 IEEE International Parallel and Distributed Processing Symposium
+               Workshops (IPDPSW)},
+  pages     = {1036--1046},
+  year      = {2024},
+  eprint    = {2404.11706},
+  archivePrefix = {arXiv}
+}"""
+
+_BASE_TAGS = ["geospatial", "remote-sensing", "mae", "vit"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_EVAL_KEYS = ("task", "dataset_name", "dataset_id", "split", "metric_type", "metric_name", "value")
+_BAND_KEYS = ("name", "wavelength_um", "gsd_m", "mean", "std")
+
+
+@dataclass
+class RunRecord:
+    """Everything a model card says about one run; JSON-serialisable (``to_dict``/``save``/``load``).
+
+    Attributes:
+        preset: size preset name (``"vit-base"``) or None for a custom shape.
+        architecture: model class saved (``"GeoViTMAEForPreTraining"``); a class ending in
+            ``ForImageClassification`` makes the card's pipeline tag ``image-classification``.
+        num_parameters_encoder: parameters of the ViT encoder alone.
+        num_parameters_total: parameters of everything saved (encoder + MAE decoder or head).
+        image_size, patch_size: pixels; mask_ratio: fraction of patches masked in pretraining.
+        bands: rows ``{name, wavelength_um, gsd_m, mean, std}`` in the order the weights expect.
+        sensor: sensor id (``"sentinel2-l1c"``), used as a tag; None when unknown.
+        datasets: ``[{repo_id_or_path, revision}]``: Hub dataset ids with the revision streamed,
+            or local paths (revision None).
+        base_model: Hub id (or path) the run continued from; None for random initialisation.
+        base_model_revision: commit of ``base_model`` that was loaded.
+        run_config: the recipe configuration as run (after command-line overrides).
+        accelerate_config: the accelerate/FSDP configuration as run.
+        hardware: e.g. ``"8x AMD MI250X GCD (Frontier)"``; world_size: number of processes.
+        global_batch: images per optimizer step; steps: optimizer steps taken.
+        wall_time_s, images_per_s, mfu (0..1), final_loss: measured by the recipe.
+        loss_curve_png, reconstruction_png: paths relative to the export dir.
+        eval_results: ``[{task, dataset_name, dataset_id, split, metric_type, metric_name,
+            value}]``, e.g. linear-probe top-1 accuracy.
+        license: SPDX-like Hub license id (``"apache-2.0"``); None when not decided.
+        repo_id, revision: where the weights are published; revision a commit sha when known.
+        package_version, code_revision: geofm_hf version and git commit of the code that ran.
+        limitations: run-specific caveats the recipe adds (e.g. "demo run: 300 CPU steps").
+    """
+
+    preset: str | None = None
+    architecture: str | None = None
+    num_parameters_encoder: int | None = None
+    num_parameters_total: int | None = None
+    image_size: int | None = None
+    patch_size: int | None = None
+    mask_ratio: float | None = None
+    bands: list[dict[str, Any]] = field(default_factory=list)
+    sensor: str | None = None
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    base_model: str | None = None
+    base_model_revision: str | None = None
+    run_config: dict[str, Any] = field(default_factory=dict)
+    accelerate_config: dict[str, Any] = field(default_factory=dict)
+    hardware: str | None = None
+    world_size: int | None = None
+    global_batch: int | None = None
+    steps: int | None = None
+    wall_time_s: float | None = None
+    images_per_s: float | None = None
+    mfu: float | None = None
+    final_loss: float | None = None
+    loss_curve_png: str | None = None
+    reconstruction_png: str | None = None
+    eval_results: list[dict[str, Any]] = field(default_factory=list)
+    license: str | None = None
+    repo_id: str | None = None
+    revision: str | None = None
+    package_version: str | None = None
+    code_revision: str | None = None
+    limitations: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        """Build from a dict; unknown keys and malformed rows raise ValueError naming them."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a run record must be a JSON object, found {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown run record keys {unknown}; expected a subset of {sorted(known)}"
+            )
+        record = cls(**data)
+        record._check()
+        return record
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write JSON atomically (temp file in the same folder, then rename)."""
+        self._check()
+        path = Path(path)
+        _atomic_write(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RunRecord:
+        """Read a record written by :meth:`save`."""
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    @classmethod
+    def from_model(cls, model, image_processor=None, **fields: Any) -> RunRecord:
+        """Fill the model-derived fields (preset, sizes, parameters, band table) from a model.
+
+        ``image_processor`` (optional) overrides the config's per-band mean/std with the ones the
+        data were actually normalised with. ``fields`` set or override the rest.
+        """
+        config = model.config
+        total = sum(p.numel() for p in model.parameters())
+        encoder_module = getattr(model, "vit", None)
+        encoder = sum(p.numel() for p in encoder_module.parameters()) if encoder_module else None
+        names = list(getattr(config, "band_names", None) or [])
+        mean = getattr(image_processor, "image_mean", None)
+        mean = list(mean) if mean is not None else getattr(config, "image_mean", None)
+        std = getattr(image_processor, "image_std", None)
+        std = list(std) if std is not None else getattr(config, "image_std", None)
+        wl = getattr(config, "wavelengths_um", None)
+        gsd = getattr(config, "gsd_m", None)
+
+        def at(values, i):
+            return values[i] if values is not None and i < len(values) else None
+
+        bands = [
+            {
+                "name": n,
+                "wavelength_um": at(wl, i),
+                "gsd_m": at(gsd, i),
+                "mean": at(mean, i),
+                "std": at(std, i),
+            }
+            for i, n in enumerate(names)
+        ]
+        try:
+            from geofm_hf import __version__ as version
+        except ImportError:  # pragma: no cover - only outside the package
+            version = None
+        base = {
+            "preset": getattr(config, "preset", None),
+            "architecture": type(model).__name__,
+            "num_parameters_encoder": encoder,
+            "num_parameters_total": total,
+            "image_size": getattr(config, "image_size", None),
+            "patch_size": getattr(config, "patch_size", None),
+            "mask_ratio": getattr(config, "mask_ratio", None),
+            "bands": bands,
+            "package_version": version,
+        }
+        base.update(fields)
+        return cls.from_dict(base)
+
+    def _check(self) -> None:
+        for i, row in enumerate(self.bands):
+            if not isinstance(row, dict) or "name" not in row:
+                raise ValueError(f"bands[{i}] must be a dict with at least 'name', found {row!r}")
+            extra = set(row) - set(_BAND_KEYS)
+            if extra:
+                raise ValueError(
+                    f"bands[{i}] has unknown keys {sorted(extra)}; expected {_BAND_KEYS}"
+                )
+        for i, ds in enumerate(self.datasets):
+            if not isinstance(ds, dict) or not ds.get("repo_id_or_path"):
+                raise ValueError(
+                    f"datasets[{i}] must be {{'repo_id_or_path': ..., 'revision': ...}}, found {ds!r}"
+                )
+        for i, ev in enumerate(self.eval_results):
+            missing = [k for k in ("task", "dataset_name", "metric_type", "value") if k not in ev]
+            if missing:
+                raise ValueError(f"eval_results[{i}] lacks {missing}; expected keys {_EVAL_KEYS}")
+        if self.mfu is not None and not (0 <= self.mfu <= 1):
+            raise ValueError(f"mfu is a fraction in [0, 1], found {self.mfu}")
+
+
+# ---------------------------------------------------------------------- rendering
+def render_model_card(record: RunRecord | dict, export_dir: str | os.PathLike) -> ModelCard:
+    """Render the card for the export in ``export_dir`` (images are checked there).
+
+    Returns a ``huggingface_hub.ModelCard`` whose ``.data`` is the ``ModelCardData`` metadata.
+    Raises ValueError when the record references an image that is not in ``export_dir``.
+    """
+    if isinstance(record, dict):
+        record = RunRecord.from_dict(record)
+    record._check()
+    export_dir = Path(export_dir)
+    for attr in ("loss_curve_png", "reconstruction_png"):
+        rel = getattr(record, attr)
+        if rel is None:
+            continue
+        if os.path.isabs(rel) or ".." in Path(rel).parts:
+            raise ValueError(f"{attr} must be a path relative to the export dir, found {rel!r}")
+        if not (export_dir / rel).is_file():
+            raise ValueError(
+                f"{attr}={rel!r} is referenced by the run record but {export_dir / rel} does not "
+                "exist; write the figure into the export dir or drop it from the record"
+            )
+
+    card_data = _card_data(record)
+    context = _context(record)
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    template = env.from_string(TEMPLATE_PATH.read_text(encoding="utf-8"))
+    content = template.render(card_data=card_data.to_yaml(), **context)
+    return ModelCard(content)
+
+
+def write_model_card(export_dir: str | os.PathLike, record: RunRecord | dict | None = None) -> Path:
+    """Render and write ``export_dir/README.md`` atomically; returns its path.
+
+    Without ``record``, reads ``export_dir/run_record.json``.
+    """
+    export_dir = Path(export_dir)
+    if record is None:
+        path = export_dir / RUN_RECORD_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no run record at {path}: pass a RunRecord or write {RUN_RECORD_NAME} first"
+            )
+        record = RunRecord.load(path)
+    card = render_model_card(record, export_dir)
+    out = export_dir / "README.md"
+    _atomic_write(out, str(card))
+    return out
+
+
+def _card_data(r: RunRecord) -> ModelCardData:
+    classifier = bool(r.architecture and r.architecture.endswith("ForImageClassification"))
+    tags = list(_BASE_TAGS)
+    if r.sensor:
+        tags.append(r.sensor)
+    hub_datasets = [
+        d["repo_id_or_path"] for d in r.datasets if _HUB_ID.match(str(d["repo_id_or_path"]))
+    ]
+    eval_results = [
+        EvalResult(
+            task_type=e["task"],
+            dataset_type=e.get("dataset_id") or e["dataset_name"],
+            dataset_name=e["dataset_name"],
+            dataset_split=e.get("split"),
+            metric_type=e["metric_type"],
+            metric_name=e.get("metric_name"),
+            metric_value=e["value"],
+        )
+        for e in r.eval_results
+    ]
+    kwargs: dict[str, Any] = {
+        "library_name": "transformers",
+        "pipeline_tag": "image-classification" if classifier else "image-feature-extraction",
+        "tags": tags,
+    }
+    if r.license:
+        kwargs["license"] = r.license
+    if hub_datasets:
+        kwargs["datasets"] = hub_datasets
+    if r.base_model:
+        kwargs["base_model"] = r.base_model
+    if eval_results:
+        kwargs["model_name"] = r.repo_id or r.preset or "geofm-vit-mae"
+        kwargs["eval_results"] = eval_results
+    return ModelCardData(**kwargs)
+
+
+def _fmt(value: Any, fmt: str = "{}") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NOT_RECORDED
+    return fmt.format(value)
+
+
+def _params(n: int | None) -> str:
+    if n is None:
+        return NOT_RECORDED
+    return f"{n:,} ({n / 1e6:.1f}M)" if n < 1e9 else f"{n:,} ({n / 1e9:.2f}B)"
+
+
+def _wall(seconds: float | None) -> str:
+    if seconds is None:
+        return NOT_RECORDED
+    h, rem = divmod(round(seconds), 3600)
+    m, s = divmod(rem, 60)
+    return f"{seconds:,.0f} s ({h:d} h {m:02d} min {s:02d} s)"
+
+
+def _yaml_block(d: dict) -> str:
+    if not d:
+        return f"_{NOT_RECORDED}_"
+    return (
+        "```yaml\n"
+        + yaml.safe_dump(d, sort_keys=False, default_flow_style=False).rstrip()
+        + "\n```"
+    )
+
+
+def _context(r: RunRecord) -> dict[str, str]:
+    classifier = bool(r.architecture and r.architecture.endswith("ForImageClassification"))
+    name = r.repo_id.split("/")[-1] if r.repo_id else (r.preset or "GeoViT-MAE")
+    kind = "fine-tuned scene classifier" if classifier else "masked-autoencoder pretrained encoder"
+    bands = ", ".join(b["name"] for b in r.bands) if r.bands else NOT_RECORDED
+    summary = (
+        f"A geospatial Vision Transformer {kind} (preset: {_fmt(r.preset, '`{}`')}; encoder "
+        f"parameters: {_params(r.num_parameters_encoder)}) for remote-sensing imagery with "
+        f"bands {bands}, implementing the ViT-MAE recipe of "
+        "Tsaris et al., *Pretraining Billion-scale Geospatial Foundational Models on Frontier* "
+        "(arXiv:2404.11706), packaged with `geofm_hf` for the Hugging Face ecosystem."
+    )
+
+    if r.bands:
+        rows = [
+            "| # | band | wavelength (µm) | GSD (m) | mean | std |",
+            "|---|---|---|---|---|---|",
+        ]
+        for i, b in enumerate(r.bands):
+            rows.append(
+                f"| {i} | {b['name']} | {_fmt(b.get('wavelength_um'), '{:.3f}')} | "
+                f"{_fmt(b.get('gsd_m'), '{:g}')} | {_fmt(b.get('mean'), '{:.6g}')} | "
+                f"{_fmt(b.get('std'), '{:.6g}')} |"
+            )
+        band_table = "\n".join(rows)
+    else:
+        band_table = f"Band table: {NOT_RECORDED}."
+
+    if r.datasets:
+        rows = ["| dataset | revision | source |", "|---|---|---|"]
+        for d in r.datasets:
+            src = d["repo_id_or_path"]
+            on_hub = bool(_HUB_ID.match(str(src))) and not os.path.exists(str(src))
+            where = (
+                f"[Hub](https://huggingface.co/datasets/{src})"
+                if on_hub
+                else "local files (not on the Hub)"
+            )
+            rows.append(f"| `{src}` | {_fmt(d.get('revision'), '`{}`')} | {where} |")
+        datasets_table = "\n".join(rows)
+    else:
+        datasets_table = f"Training data: {NOT_RECORDED}."
+
+    if r.base_model:
+        base_line = (
+            f"Continued pretraining from `{r.base_model}` at revision "
+            f"{_fmt(r.base_model_revision, '`{}`')}."
+        )
+    else:
+        base_line = "Initialisation: random (the run record names no base model)."
+
+    if r.eval_results:
+        rows = ["| task | dataset | split | metric | value |", "|---|---|---|---|---|"]
+        for e in r.eval_results:
+            ds = e["dataset_name"] + (f" (`{e['dataset_id']}`)" if e.get("dataset_id") else "")
+            metric = e.get("metric_name") or e["metric_type"]
+            value = e["value"]
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            rows.append(f"| {e['task']} | {ds} | {_fmt(e.get('split'))} | {metric} | {shown} |")
+        eval_table = "\n".join(rows)
+    else:
+        eval_table = f"Evaluation results: {NOT_RECORDED}."
+
+    limitations = [
+        "Trained only on the bands listed above, at the recorded image size; other sensors, "
+        "band sets or resolutions need `geofm_hf.select_input_bands`, resizing or fine-tuning, "
+        "and their quality is not measured here.",
+        "MAE pretraining optimises pixel reconstruction: the encoder's features are meant for "
+        "linear probing or fine-tuning, not as ready-made labels.",
+        "Transfer beyond the training data listed above (other regions, seasons, sensors, "
+        "resolutions) is not measured by this card.",
+    ]
+    if r.steps is not None:
+        limitations.append(f"This checkpoint saw {r.steps:,} optimizer steps.")
+    else:
+        limitations.append(f"Number of training steps: {NOT_RECORDED}.")
+    if not r.eval_results:
+        limitations.append("No downstream evaluation was recorded for this checkpoint.")
+    limitations.extend(r.limitations)
+
+    revision = r.revision or "<commit sha>"
+    if r.revision:
+        revision_note = f"This card was rendered for revision `{r.revision}`."
+    else:
+        revision_note = (
+            "A card cannot contain the sha of the commit it is part of: copy the sha of this "
+            "commit (or of the `final` / `step-NNNNNN` tag) from the repo's history."
+        )
+
+    return {
+        "title": name,
+        "summary": summary,
+        "preset": _fmt(r.preset, "`{}`"),
+        "architecture": _fmt(r.architecture, "`{}`"),
+        "encoder_parameters": _params(r.num_parameters_encoder),
+        "total_parameters": _params(r.num_parameters_total),
+        "image_size": _fmt(r.image_size, "{} px"),
+        "patch_size": _fmt(r.patch_size, "{} px"),
+        "mask_ratio": _fmt(r.mask_ratio, "{:g}"),
+        "num_bands": str(len(r.bands)) if r.bands else NOT_RECORDED,
+        "sensor": _fmt(r.sensor, "`{}`"),
+        "license": _fmt(r.license, "`{}`"),
+        "package": f"geofm_hf {r.package_version}"
+        if r.package_version
+        else f"geofm_hf (version {NOT_RECORDED})",
+        "code_revision": _fmt(r.code_revision, "`{}`"),
+        "band_table": band_table,
+        "repo_id": r.repo_id or "ORG/NAME",
+        "revision": revision,
+        "revision_note": revision_note
+        + ("" if r.repo_id else " The repo id was not recorded: replace `ORG/NAME`."),
+        "auto_class": "AutoModelForImageClassification" if classifier else "AutoModel",
+        "datasets_table": datasets_table,
+        "base_model_line": base_line,
+        "hardware": _fmt(r.hardware),
+        "world_size": _fmt(r.world_size),
+        "global_batch": _fmt(r.global_batch, "{:,}"),
+        "steps": _fmt(r.steps, "{:,}"),
+        "wall_time": _wall(r.wall_time_s),
+        "images_per_s": _fmt(r.images_per_s, "{:,.1f}"),
+        "mfu": _fmt(None if r.mfu is None else 100 * r.mfu, "{:.1f}%"),
+        "final_loss": _fmt(r.final_loss, "{:.4f}"),
+        "run_config": _yaml_block(r.run_config),
+        "accelerate_config": _yaml_block(r.accelerate_config),
+        "loss_curve": f"![training loss]({r.loss_curve_png})"
+        if r.loss_curve_png
+        else f"Loss curve: {NOT_RECORDED}.",
+        "reconstructions": f"![reconstructions]({r.reconstruction_png})"
+        if r.reconstruction_png
+        else f"Reconstructions: {NOT_RECORDED}.",
+        "eval_table": eval_table,
+        "limitations": "\n".join(f"- {line}" for line in limitations),
+        "bibtex": BIBTEX,
+    }
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        # mkstemp makes the file 0600; give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+__all__ = [
+    "BIBTEX",
+    "NOT_RECORDED",
+    "RUN_RECORD_NAME",
+    "RunRecord",
+    "render_model_card",
+    "write_model_card",
+]

@@ -1,0 +1,936 @@
+"""Scaling planner: memory per GCD, communication per step and images/s for every FSDP strategy.
+
+``geofm-plan --preset vit-5b --nodes 8`` answers "which accelerate config do I launch?" before any
+node-hour is spent. The model is deliberately small -- a handful of physical terms and six fitted
+constants (:data:`CALIBRATION`) -- and is checked against every figure Tsaris et al. 2024 publish
+(``tests/test_planner.py``, ``benchmarks/planner_vs_paper.py``).
+
+Units: memory is reported in GB of 2**30 bytes (GiB). The paper's peak-memory figures are GiB
+(its differences between HYBRID_2/4/8/16 for the 5B model are exactly 16 bytes x parameters /
+2**30 per halving), and a Frontier GCD has 64 GiB of HBM2e.
+
+Memory model (per GCD, shard group ``g``; replicated strategies have ``g = 1``):
+
+* parameters (fp32 master) 4 B, gradients (fp32) 4 B and AdamW moments 8 B per parameter, each
+  divided by ``g``;
+* communication buffers: FSDP's unsharded working set, two blocks in flight (the running one and
+  the prefetched one) of low-precision parameters plus low-precision and fp32 gradients; DDP's
+  gradient buckets (4 B per parameter); SHARD_GRAD_OP's low-precision parameters kept from forward
+  to backward; when a shard group spans nodes, ``queued_layers`` fp32 gradient blocks waiting for
+  the slower inter-node reduce-scatter;
+* activations: with block-level activation checkpointing each block keeps its input and one block
+  is recomputed at a time; without it every block keeps ~17 tensors of the block's width
+  (Korthikanti et al.'s 34 bytes per token and channel in bf16). Attention is fused (SDPA), so
+  no ``tokens**2`` scores are stored;
+* a fixed runtime overhead (RCCL / rocBLAS workspaces).
+
+The paper's residual (peak minus states) is ~3.4 GiB for the 5B model at every shard size,
+which full activations (11 GiB at local batch 32) cannot explain: its runs used block-level
+activation checkpointing, so the comparisons use ``activation_checkpointing=True``.
+
+Throughput model (per step, per GCD):
+
+* compute = local batch x training FLOPs per image (forward x 3, x 4 with recomputation) /
+  (``efficiency`` x peak). Peak is 191.5 TFLOP/s in bf16 and 47.9 in fp32 on one MI250X GCD;
+* communication = sum over collectives of latency + bytes / bandwidth. RCCL's all-gather and
+  reduce-scatter are rings (latency grows with the group), all-reduce across nodes uses trees
+  (latency grows with log2 of the group) -- the reason FULL_SHARD collapses across nodes while
+  HYBRID (shard in node, all-reduce across) keeps scaling. Inside a node the two GCDs of one
+  MI250X share 200 GB/s, other pairs 50 GB/s; across nodes each node's NICs give ``inter_node_gbs``;
+* step = max(compute, comm) + ``exposed_fraction`` x min(compute, comm): FSDP prefetch hides most
+  of the smaller of the two, not all of it.
+
+The paper's DDP baseline is 2-2.7x slower than NO_SHARD on one node for the >= 0.6B models,
+which no communication term explains: it ran in fp32, so the comparison models DDP with
+``precision="fp32"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CALIBRATION",
+    "CONFIG_FOR_STRATEGY",
+    "PAPER_BEST_STRATEGY",
+    "PAPER_IMAGES_PER_S",
+    "PAPER_PEAK_MEMORY_GB",
+    "STRATEGIES",
+    "Calibration",
+    "Plan",
+    "StrategyEstimate",
+    "count_parameters",
+    "main",
+    "paper_precision",
+    "plan",
+    "plan_from_accelerate_config",
+    "predict_paper_point",
+]
+
+STRATEGIES: tuple[str, ...] = (
+    "DDP",
+    "NO_SHARD",
+    "HYBRID_1",
+    "HYBRID_2",
+    "HYBRID_4",
+    "HYBRID_8",
+    "HYBRID_16",
+    "FULL_SHARD",
+    "SHARD_GRAD_OP",
+)
+
+# accelerate 1.x cannot express FSDP2 with a shard group of one (it refuses a parallelism config
+# with dp_shard_size == 1 under FSDP2), so "replicate" is DDP with bf16 autocast: the same
+# per-GCD state as FSDP1's HYBRID_1 / NO_SHARD. DDP (the paper's fp32 baseline), NO_SHARD and
+# HYBRID_2/4/16 are estimated for comparison but never recommended: the paper found each of them
+# behind replicate / HYBRID_8 / SHARD_GRAD_OP for every size.
+CONFIG_FOR_STRATEGY: dict[str, str] = {
+    "HYBRID_1": "accelerate_configs/frontier_replicate.yaml",
+    "HYBRID_8": "accelerate_configs/frontier_hybrid8.yaml",
+    "FULL_SHARD": "accelerate_configs/frontier_full_shard.yaml",
+    "SHARD_GRAD_OP": "accelerate_configs/frontier_shard_grad_op.yaml",
+}
+DEFAULT_CONFIG = "accelerate_configs/frontier_fsdp.yaml"
+
+_GIB = float(2**30)
+_PEAK_TFLOPS = {"bf16": 191.5, "fp32": 47.9}  # one MI250X GCD (half of 383 / 95.7)
+_BYTES = {"bf16": 2, "fp32": 4}
+# Ties within this fraction of the best throughput are broken by the throughput at the paper's
+# largest scale, so the recommendation keeps working when the job grows.
+_TIE_FRACTION = 0.05
+_REFERENCE_NODES = 128
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The fitted constants (``benchmarks/planner_vs_paper.py --fit`` re-derives them).
+
+    Attributes:
+        efficiency_bf16: achieved fraction of the bf16 peak (MAE on 65 visible tokens per image
+            runs small GEMMs; the paper's 1-node HYBRID_1 figures give 7-9 %).
+        efficiency_fp32: the same for fp32 (the paper's DDP rows).
+        latency_intra_us: per ring step inside a node. Fitted at ~0.4 ms, far above the
+            link latency: it absorbs FSDP's per-call work (copy-in/out, stream syncs).
+        latency_inter_us: per-hop latency across nodes (ring steps and tree levels).
+        inter_node_gbs: effective bandwidth of one node's NICs for collectives (4 x 25 GB/s
+            Slingshot peak; the paper's FULL_SHARD collapse fits ~6.5 GB/s achieved).
+        exposed_fraction: share of the shorter of compute / communication that prefetch and
+            bucketing fail to hide.
+        runtime_overhead_gib: fixed per-GCD memory outside tensors the model accounts for.
+        queued_layers: fp32 gradient blocks held by a reduce-scatter that crosses nodes.
+        intra_node_gbs: GCD-to-GCD bandwidth inside a node (PAPER.md: 50-100; lower bound).
+        mi250x_pair_gbs: bandwidth between the two GCDs of one MI250X (PAPER.md).
+    """
+
+    efficiency_bf16: float = 0.0722
+    efficiency_fp32: float = 0.1323
+    latency_intra_us: float = 432.0
+    latency_inter_us: float = 37.1
+    inter_node_gbs: float = 6.48
+    exposed_fraction: float = 0.064
+    runtime_overhead_gib: float = 0.25
+    queued_layers: float = 3.0
+    intra_node_gbs: float = 50.0
+    mi250x_pair_gbs: float = 200.0
+
+
+CALIBRATION = Calibration()
+
+
+# --------------------------------------------------------------------------------------------
+# Model shape and parameter count
+# --------------------------------------------------------------------------------------------
+
+_CONFIG_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "image_size": 224,
+    "patch_size": 16,
+    "num_channels": 3,
+    "qkv_bias": True,
+    "qk_norm": False,
+    "decoder_hidden_size": 512,
+    "decoder_num_hidden_layers": 8,
+    "decoder_num_attention_heads": 16,
+    "decoder_intermediate_size": 2048,
+    "mask_ratio": 0.75,
+}
+
+
+@dataclass(frozen=True)
+class _Shape:
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    image_size: int
+    patch_size: int
+    num_channels: int
+    qkv_bias: bool
+    qk_norm: bool
+    decoder_hidden_size: int
+    decoder_num_hidden_layers: int
+    decoder_num_attention_heads: int
+    decoder_intermediate_size: int
+    mask_ratio: float
+    name: str
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def kept_tokens(self) -> int:
+        """Tokens the encoder sees while pretraining: the kept patches plus cls."""
+        return int(self.num_patches * (1 - self.mask_ratio)) + 1
+
+
+def _resolve_shape(config_or_preset: Any, image_size: int | None = None) -> _Shape:
+    """Accepts a preset name, a ``GeoViTMAEConfig`` (or any object with its fields) or a dict."""
+    if isinstance(config_or_preset, str):
+        from geofm_hf.configuration_geofm import PRESETS
+
+        if config_or_preset not in PRESETS:
+            raise ValueError(
+                f"Unknown preset {config_or_preset!r}: expected one of {', '.join(PRESETS)}."
+            )
+        fields = {**_CONFIG_DEFAULTS, **PRESETS[config_or_preset]}
+        name = config_or_preset
+    elif isinstance(config_or_preset, dict):
+        fields = {**_CONFIG_DEFAULTS, **config_or_preset}
+        name = str(config_or_preset.get("preset") or "custom")
+    else:
+        fields = {k: getattr(config_or_preset, k, v) for k, v in _CONFIG_DEFAULTS.items()}
+        name = str(getattr(config_or_preset, "preset", None) or "custom")
+    if fields.get("num_channels") is None:
+        bands = fields.get("band_names")
+        fields["num_channels"] = len(bands) if bands else 3
+    if image_size is not None:
+        fields["image_size"] = image_size
+    for key in ("hidden_size", "num_attention_heads", "decoder_hidden_size"):
+        if not isinstance(fields[key], int) or fields[key] <= 0:
+            raise ValueError(f"{key} must be a positive integer: found {fields[key]!r}.")
+    if fields["hidden_size"] % fields["num_attention_heads"]:
+        raise ValueError(
+            f"num_attention_heads ({fields['num_attention_heads']}) must divide hidden_size "
+            f"({fields['hidden_size']})."
+        )
+    if fields["image_size"] % fields["patch_size"]:
+        raise ValueError(
+            f"image_size ({fields['image_size']}) must be a multiple of patch_size "
+            f"({fields['patch_size']})."
+        )
+    return _Shape(**{k: fields[k] for k in _CONFIG_DEFAULTS}, name=name)
+
+
+def _block_params(width: int, mlp: int, heads: int, qkv_bias: bool, qk_norm: bool) -> int:
+    qkv = 3 * width * width + (3 * width if qkv_bias else 0)
+    out = width * width + width
+    mlp_params = 2 * width * mlp + mlp + width
+    norms = 4 * width + (4 * (width // heads) if qk_norm else 0)
+    return qkv + out + mlp_params + norms
+
+
+def _count(shape: _Shape) -> dict[str, int]:
+    d, dd = shape.hidden_size, shape.decoder_hidden_size
+    pixels = shape.patch_size**2 * shape.num_channels
+    enc_block = _block_params(
+        d, shape.intermediate_size, shape.num_attention_heads, shape.qkv_bias, shape.qk_norm
+    )
+    dec_block = _block_params(
+        dd,
+        shape.decoder_intermediate_size,
+        shape.decoder_num_attention_heads,
+        shape.qkv_bias,
+        shape.qk_norm,
+    )
+    encoder = (pixels * d + d) + d + shape.num_hidden_layers * enc_block + 2 * d
+    decoder = (
+        (d * dd + dd) + dd + shape.decoder_num_hidden_layers * dec_block + 2 * dd + dd * pixels
+    ) + pixels
+    return {
+        "encoder": encoder,
+        "decoder": decoder,
+        "total": encoder + decoder,
+        "encoder_block": enc_block,
+        "decoder_block": dec_block,
+    }
+
+
+def count_parameters(config_or_preset: Any, *, part: str = "encoder") -> int:
+    """Analytic parameter count without building the model (works for 15B on a laptop).
+
+    ``part``: ``"encoder"`` (what the paper reports, ``GeoViTMAEModel``) or ``"total"``
+    (encoder + MAE decoder, ``GeoViTMAEForPreTraining``). Positions are fixed sin-cos tables,
+    not parameters.
+    """
+    counts = _count(_resolve_shape(config_or_preset))
+    if part not in ("encoder", "total"):
+        raise ValueError(f"part must be 'encoder' or 'total': found {part!r}.")
+    return counts[part]
+
+
+# --------------------------------------------------------------------------------------------
+# Estimates
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StrategyEstimate:
+    """One strategy's predicted memory, communication and throughput (GB = GiB, per GCD)."""
+
+    strategy: str
+    applicable: bool
+    shard_group: int
+    params_gb: float = 0.0
+    grads_gb: float = 0.0
+    optimizer_gb: float = 0.0
+    activations_gb: float = 0.0
+    comm_buffers_gb: float = 0.0
+    overhead_gb: float = 0.0
+    memory_gb_per_gcd: float = 0.0
+    fits: bool = False
+    comm_intra_node_gb: float = 0.0
+    comm_inter_node_gb: float = 0.0
+    compute_s: float = 0.0
+    comm_s: float = 0.0
+    step_s: float = 0.0
+    images_per_s: float = 0.0
+    collectives_per_step: int = 0
+    config: str | None = None
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    """Estimates for every strategy plus the recommendation (see :func:`plan`)."""
+
+    model: str
+    parameters: int
+    encoder_parameters: int
+    num_nodes: int
+    gcds_per_node: int
+    gcd_memory_gb: float
+    local_batch: int
+    global_batch: int
+    precision: str
+    activation_checkpointing: bool
+    image_size: int
+    strategies: dict[str, StrategyEstimate]
+    recommended_strategy: str | None
+    recommended: str | None
+    why: str
+    assumptions: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: ``strategies[NAME]`` holds ``memory_gb_per_gcd``, ``images_per_s``..."""
+        out = asdict(self)
+        out["strategies"] = {
+            name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in est.items()}
+            for name, est in out["strategies"].items()
+        }
+        return out
+
+    def format_table(self) -> str:
+        """Human-readable table (the ``geofm-plan`` output)."""
+        head = (
+            f"{self.model}: {self.parameters / 1e9:.3f}B parameters "
+            f"(encoder {self.encoder_parameters / 1e9:.3f}B), {self.num_nodes} node(s) x "
+            f"{self.gcds_per_node} GCDs of {self.gcd_memory_gb:g} GB, local batch "
+            f"{self.local_batch} (global {self.global_batch}), {self.precision}, activation "
+            f"checkpointing {'on' if self.activation_checkpointing else 'off'}, "
+            f"{self.image_size} px"
+        )
+        cols = (
+            f"{'strategy':<14}{'params':>7}{'grads':>7}{'optim':>7}{'activ':>7}{'buffers':>8}"
+            f"{'total GB':>9} {'fits':<5}{'intra GB':>9}{'inter GB':>9}{'img/s':>10}"
+        )
+        lines = [head, "", cols, "-" * len(cols)]
+        for name in STRATEGIES:
+            e = self.strategies[name]
+            if not e.applicable:
+                lines.append(f"{name:<14}  n/a: {e.note}")
+                continue
+            lines.append(
+                f"{name:<14}{e.params_gb:7.1f}{e.grads_gb:7.1f}{e.optimizer_gb:7.1f}"
+                f"{e.activations_gb:7.1f}{e.comm_buffers_gb + e.overhead_gb:8.1f}"
+                f"{e.memory_gb_per_gcd:9.1f} {'yes' if e.fits else 'NO':<5}"
+                f"{e.comm_intra_node_gb:9.2f}{e.comm_inter_node_gb:9.2f}"
+                f"{e.images_per_s:10,.0f}"
+            )
+        lines += ["", f"recommended: {self.recommended} ({self.recommended_strategy})"]
+        lines.append(f"why: {self.why}")
+        return "\n".join(lines)
+
+
+def _shard_group(strategy: str, world: int) -> int:
+    if strategy in ("DDP", "NO_SHARD", "HYBRID_1"):
+        return 1
+    if strategy in ("FULL_SHARD", "SHARD_GRAD_OP"):
+        return world
+    return int(strategy.split("_")[1])
+
+
+def _flops_per_image(shape: _Shape, checkpointing: bool) -> float:
+    """Training FLOPs for one image: encoder on kept tokens, decoder on all tokens."""
+    counts = _count(shape)
+    s_enc, s_dec = shape.kept_tokens, shape.num_patches + 1
+    d, dd = shape.hidden_size, shape.decoder_hidden_size
+    pixels = shape.patch_size**2 * shape.num_channels
+    fwd = 2 * counts["encoder_block"] * s_enc * shape.num_hidden_layers
+    fwd += 4 * s_enc * s_enc * d * shape.num_hidden_layers  # scores and weighted sum
+    fwd += 2 * counts["decoder_block"] * s_dec * shape.decoder_num_hidden_layers
+    fwd += 4 * s_dec * s_dec * dd * shape.decoder_num_hidden_layers
+    fwd += 2 * pixels * d * (s_enc - 1) + 2 * d * dd * s_enc + 2 * dd * pixels * s_dec
+    # backward = 2 x forward; checkpointing recomputes the blocks' forward once more.
+    return fwd * (4.0 if checkpointing else 3.0)
+
+
+def _activation_bytes(shape: _Shape, batch: int, nbytes: int, checkpointing: bool) -> float:
+    stacks = (
+        (shape.kept_tokens, shape.hidden_size, shape.num_hidden_layers),
+        (shape.num_patches + 1, shape.decoder_hidden_size, shape.decoder_num_hidden_layers),
+    )
+    full_per_token = 17 * nbytes  # x width: 34 B per token and channel in bf16
+    total = 0.0
+    largest_block = 0.0
+    for tokens, width, layers in stacks:
+        block = batch * tokens * width * full_per_token
+        largest_block = max(largest_block, block)
+        if checkpointing:
+            total += layers * batch * tokens * width * nbytes
+        else:
+            total += layers * block
+    if checkpointing:
+        total += largest_block
+    pixels = batch * shape.num_channels * shape.image_size**2
+    return total + 4 * pixels * 4  # input, target, normalised target, prediction in fp32
+
+
+@dataclass
+class _Collective:
+    kind: str  # "ring" (all-gather / reduce-scatter) or "allreduce"
+    group: int
+    members_per_node: int
+    nbytes: float  # per member, per call
+    calls: int
+
+
+def _collective_cost(c: _Collective, gcds_per_node: int, cal: Calibration) -> tuple[float, ...]:
+    """Seconds, intra-node bytes and inter-node bytes per GCD for ``calls`` calls."""
+    if c.group <= 1 or c.calls == 0:
+        return 0.0, 0.0, 0.0
+    g, m = c.group, c.members_per_node
+    passes = 2.0 if c.kind == "allreduce" else 1.0
+    moved = passes * c.nbytes * (g - 1) / g  # per member per call
+    spans_nodes = g > m
+    if not spans_nodes:
+        bw = cal.mi250x_pair_gbs if g == 2 else cal.intra_node_gbs
+        latency = passes * (g - 1) * cal.latency_intra_us * 1e-6
+        seconds = latency + moved / (bw * 1e9)
+        return seconds * c.calls, moved * c.calls, 0.0
+    if c.kind == "allreduce":
+        latency = 2 * math.ceil(math.log2(g)) * cal.latency_inter_us * 1e-6
+    else:
+        latency = (g - 1) * cal.latency_inter_us * 1e-6
+    # Every group with a member on this node pushes its ring's traffic through the node's NICs.
+    groups_on_node = gcds_per_node / m
+    inter_per_node = groups_on_node * moved
+    intra_share = moved * (m - 1) / m if m > 1 else 0.0
+    seconds = latency + max(
+        inter_per_node / (cal.inter_node_gbs * 1e9), intra_share / (cal.intra_node_gbs * 1e9)
+    )
+    return seconds * c.calls, intra_share * c.calls, (moved / m if m else moved) * c.calls
+
+
+def _estimate(
+    strategy: str,
+    shape: _Shape,
+    *,
+    num_nodes: int,
+    gcds_per_node: int,
+    gcd_memory_gb: float,
+    local_batch: int,
+    precision: str,
+    checkpointing: bool,
+    cal: Calibration,
+) -> StrategyEstimate:
+    world = num_nodes * gcds_per_node
+    g = _shard_group(strategy, world)
+    est = StrategyEstimate(strategy=strategy, applicable=True, shard_group=g)
+    est.config = CONFIG_FOR_STRATEGY.get(strategy)
+    if strategy.startswith("HYBRID_") and g > world:
+        est.applicable = False
+        est.note = f"shard group of {g} GCDs needs at least {math.ceil(g / gcds_per_node)} nodes"
+        return est
+    if strategy.startswith("HYBRID_") and g > gcds_per_node and g % gcds_per_node:
+        est.applicable = False
+        est.note = f"a shard group spanning nodes must be a multiple of {gcds_per_node} GCDs"
+        return est
+
+    counts = _count(shape)
+    p_total = counts["total"]
+    block = max(counts["encoder_block"], counts["decoder_block"])
+    low = _BYTES[precision]
+    sharded = g > 1
+
+    est.params_gb = 4 * p_total / g / _GIB
+    est.grads_gb = 4 * p_total / g / _GIB
+    est.optimizer_gb = 8 * p_total / g / _GIB
+    buffers = 0.0
+    if strategy == "DDP":
+        buffers += 4 * p_total  # gradient buckets (gradient_as_bucket_view=False)
+    elif not sharded:
+        buffers += (low * p_total) if low < 4 else 0.0  # low-precision copy of the weights
+    else:
+        buffers += 2 * block * (low + low + 4)  # 2 blocks: params, grads, fp32 grads
+        if strategy == "SHARD_GRAD_OP":
+            buffers += low * p_total  # parameters stay unsharded from forward to backward
+        if g > gcds_per_node:
+            buffers += cal.queued_layers * block * 4
+    est.comm_buffers_gb = buffers / _GIB
+    est.activations_gb = _activation_bytes(shape, local_batch, low, checkpointing) / _GIB
+    est.overhead_gb = cal.runtime_overhead_gib
+    est.memory_gb_per_gcd = (
+        est.params_gb
+        + est.grads_gb
+        + est.optimizer_gb
+        + est.comm_buffers_gb
+        + est.activations_gb
+        + est.overhead_gb
+    )
+    est.fits = est.memory_gb_per_gcd <= gcd_memory_gb
+
+    # -- communication ---------------------------------------------------------------------
+    units = shape.num_hidden_layers + shape.decoder_num_hidden_layers + 1
+    unit_bytes = p_total * low / units
+    collectives: list[_Collective] = []
+    if strategy == "DDP":
+        grad_bytes = 4 * p_total  # DDP reduces the fp32 .grad of fp32 parameters
+        buckets = max(1, math.ceil(grad_bytes / (25 * 2**20)))
+        collectives.append(
+            _Collective("allreduce", world, gcds_per_node, grad_bytes / buckets, buckets)
+        )
+    elif not sharded:
+        collectives.append(_Collective("allreduce", world, gcds_per_node, unit_bytes, units))
+    else:
+        shard_per_node = min(g, gcds_per_node)
+        gathers = 1 if strategy == "SHARD_GRAD_OP" else 2
+        collectives.append(_Collective("ring", g, shard_per_node, unit_bytes, units * gathers))
+        collectives.append(_Collective("ring", g, shard_per_node, unit_bytes, units))
+        replicas = world // g
+        if replicas > 1:
+            per_node = max(1, gcds_per_node // g) if g <= gcds_per_node else 1
+            collectives.append(_Collective("allreduce", replicas, per_node, unit_bytes / g, units))
+    est.collectives_per_step = sum(c.calls for c in collectives if c.group > 1)
+    comm_s = intra = inter = 0.0
+    for c in collectives:
+        s, a, b = _collective_cost(c, gcds_per_node, cal)
+        comm_s, intra, inter = comm_s + s, intra + a, inter + b
+    est.comm_intra_node_gb = intra / 1e9
+    est.comm_inter_node_gb = inter / 1e9
+    efficiency = cal.efficiency_bf16 if precision == "bf16" else cal.efficiency_fp32
+    flops = local_batch * _flops_per_image(shape, checkpointing)
+    est.compute_s = flops / (efficiency * _PEAK_TFLOPS[precision] * 1e12)
+    est.comm_s = comm_s
+    est.step_s = max(est.compute_s, comm_s) + cal.exposed_fraction * min(est.compute_s, comm_s)
+    est.images_per_s = world * local_batch / est.step_s
+    if not est.fits:
+        est.note = f"needs {est.memory_gb_per_gcd:.1f} GB of {gcd_memory_gb:g} GB"
+    return est
+
+
+# Preference among exact ties (identical estimates): the paper's winners first.
+_TIE_ORDER = (
+    "HYBRID_1",
+    "HYBRID_8",
+    "SHARD_GRAD_OP",
+    "NO_SHARD",
+    "DDP",
+    "HYBRID_2",
+    "HYBRID_4",
+    "HYBRID_16",
+    "FULL_SHARD",
+)
+
+
+def _all_estimates(shape: _Shape, num_nodes: int, **kw: Any) -> dict[str, StrategyEstimate]:
+    return {name: _estimate(name, shape, num_nodes=num_nodes, **kw) for name in STRATEGIES}
+
+
+def _recommend(
+    estimates: dict[str, StrategyEstimate], at_scale: dict[str, StrategyEstimate]
+) -> tuple[str | None, str]:
+    """Best predicted throughput; near-ties resolved at scale, then by fewest collectives.
+
+    The throughput model is good to ~20 %, so strategies within ``_TIE_FRACTION`` of each other
+    are not told apart by it. Among those the one that also stays within ``_TIE_FRACTION`` at
+    ``_REFERENCE_NODES`` nodes wins, and then the one with the fewest collective launches per
+    step (each is a synchronisation exposed to stragglers at scale: the paper's winners --
+    replicate, HYBRID_8, SHARD_GRAD_OP -- are the fewest-collective option of their regime), then
+    the one using the least memory.
+    """
+    # Only strategies with a shipped config are recommended.
+    candidates = [
+        e
+        for e in estimates.values()
+        if e.applicable and e.fits and e.strategy in CONFIG_FOR_STRATEGY
+    ]
+    if not candidates:
+        return None, (
+            "no strategy fits in GCD memory: enable activation checkpointing, lower the local "
+            "batch or shard over more GCDs"
+        )
+    best = max(e.images_per_s for e in candidates)
+    near = [e for e in candidates if e.images_per_s >= (1 - _TIE_FRACTION) * best]
+    close_here = list(near)
+    if len(near) > 1:
+        scale = {e.strategy: at_scale[e.strategy] for e in near}
+        usable = [e for e in near if scale[e.strategy].applicable and scale[e.strategy].fits]
+        if usable:
+            top = max(scale[e.strategy].images_per_s for e in usable)
+            near = [
+                e for e in usable if scale[e.strategy].images_per_s >= (1 - _TIE_FRACTION) * top
+            ]
+    choice = min(
+        near,
+        key=lambda e: (e.collectives_per_step, e.memory_gb_per_gcd, _TIE_ORDER.index(e.strategy)),
+    )
+    why = (
+        f"{choice.strategy} fits ({choice.memory_gb_per_gcd:.1f} of the GCD's GB) and is "
+        f"predicted at {choice.images_per_s:,.0f} img/s"
+    )
+    others = [e.strategy for e in candidates if e is not choice]
+    ties = [e.strategy for e in near if e is not choice]
+    dropped = [e for e in close_here if e not in near]
+    if dropped:
+        why += (
+            f"; {', '.join(e.strategy for e in dropped)} predict within {_TIE_FRACTION:.0%} here "
+            f"but fall behind at {_REFERENCE_NODES} nodes ("
+            + ", ".join(
+                f"{e.strategy} {at_scale[e.strategy].images_per_s:,.0f}" for e in [choice, *dropped]
+            )
+            + " img/s)"
+        )
+    if ties:
+        why += (
+            f"; {', '.join(ties)} predict within {_TIE_FRACTION:.0%} here and at "
+            f"{_REFERENCE_NODES} nodes, and {choice.strategy} needs the fewest collectives per "
+            f"step ({choice.collectives_per_step})"
+        )
+    elif others and not dropped:
+        why += f", ahead of {', '.join(others)}"
+    if choice.strategy in ("HYBRID_1", "NO_SHARD", "DDP"):
+        why += "; the model fits on one GCD, so only gradients cross the network (one all-reduce)"
+    elif choice.strategy == "HYBRID_8":
+        why += (
+            "; sharding inside the node keeps the all-gathers on in-node links and only a 1/8 "
+            "gradient shard is all-reduced across nodes"
+        )
+    elif choice.strategy == "SHARD_GRAD_OP":
+        why += "; keeping parameters from forward to backward saves one all-gather per block"
+    elif choice.strategy == "FULL_SHARD":
+        why += "; only full sharding fits, and its all-gathers across nodes will limit scaling"
+    return choice.strategy, why + "."
+
+
+def plan(
+    config_or_preset: Any,
+    *,
+    num_nodes: int = 1,
+    gcds_per_node: int = 8,
+    gcd_memory_gb: float = 64.0,
+    local_batch: int = 32,
+    precision: str = "bf16",
+    activation_checkpointing: bool = False,
+    image_size: int | None = None,
+    calibration: Calibration | None = None,
+) -> Plan:
+    """Estimates every strategy for a model on ``num_nodes`` x ``gcds_per_node`` GCDs.
+
+    ``config_or_preset``: a preset name (``"vit-5b"``), a ``GeoViTMAEConfig`` or a dict of its
+    fields. Nothing is allocated: 15B plans on a laptop. ``precision``: ``"bf16"`` (mixed
+    precision with fp32 master weights) or ``"fp32"``. Returns a :class:`Plan`.
+    """
+    if precision not in _BYTES:
+        raise ValueError(f"precision must be one of {sorted(_BYTES)}: found {precision!r}.")
+    for name, value in (
+        ("num_nodes", num_nodes),
+        ("gcds_per_node", gcds_per_node),
+        ("local_batch", local_batch),
+    ):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer: found {value!r}.")
+    if gcd_memory_gb <= 0:
+        raise ValueError(f"gcd_memory_gb must be positive: found {gcd_memory_gb!r}.")
+    cal = calibration or CALIBRATION
+    shape = _resolve_shape(config_or_preset, image_size)
+    kw = dict(
+        gcds_per_node=gcds_per_node,
+        gcd_memory_gb=gcd_memory_gb,
+        local_batch=local_batch,
+        precision=precision,
+        checkpointing=activation_checkpointing,
+        cal=cal,
+    )
+    estimates = _all_estimates(shape, num_nodes, **kw)
+    at_scale = _all_estimates(shape, max(num_nodes, _REFERENCE_NODES), **kw)
+    strategy, why = _recommend(estimates, at_scale)
+    counts = _count(shape)
+    return Plan(
+        model=shape.name,
+        parameters=counts["total"],
+        encoder_parameters=counts["encoder"],
+        num_nodes=num_nodes,
+        gcds_per_node=gcds_per_node,
+        gcd_memory_gb=gcd_memory_gb,
+        local_batch=local_batch,
+        global_batch=local_batch * num_nodes * gcds_per_node,
+        precision=precision,
+        activation_checkpointing=activation_checkpointing,
+        image_size=shape.image_size,
+        strategies=estimates,
+        recommended_strategy=strategy,
+        recommended=CONFIG_FOR_STRATEGY.get(strategy) if strategy else None,
+        why=why,
+        assumptions=[
+            "memory in GiB; fp32 master weights + AdamW; MAE decoder included",
+            f"mask ratio {shape.mask_ratio}: encoder sees {shape.kept_tokens} tokens per image",
+            "fused attention (no tokens^2 scores stored)",
+            "throughput calibrated to Tsaris et al. 2024 (Frontier, MI250X, RCCL)",
+        ],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# accelerate configs
+# --------------------------------------------------------------------------------------------
+
+
+def _strategy_from_accelerate(cfg: dict[str, Any], path: str) -> str:
+    dist = cfg.get("distributed_type")
+    if dist == "MULTI_GPU":
+        return "HYBRID_1"
+    if dist != "FSDP":
+        raise ValueError(f"{path}: expected distributed_type FSDP or MULTI_GPU, found {dist!r}.")
+    fsdp = cfg.get("fsdp_config") or {}
+    if str(fsdp.get("fsdp_version", 1)) != "2":
+        raise ValueError(f"{path}: expected fsdp_version 2, found {fsdp.get('fsdp_version')!r}.")
+    par = cfg.get("parallelism_config") or {}
+    replicate = int(par.get("parallelism_config_dp_replicate_size", 1))
+    shard = int(par.get("parallelism_config_dp_shard_size", cfg.get("num_processes", 1)))
+    reshard = str(fsdp.get("fsdp_reshard_after_forward", True)).lower() == "true"
+    if replicate > 1:
+        if not reshard:
+            raise ValueError(
+                f"{path}: the planner models reshard_after_forward=false only for a full shard."
+            )
+        return f"HYBRID_{shard}"
+    return "FULL_SHARD" if reshard else "SHARD_GRAD_OP"
+
+
+def plan_from_accelerate_config(
+    model_config: Any,
+    accelerate_config_path: str | Path,
+    *,
+    num_nodes: int | None = None,
+    local_batch: int = 32,
+    **kwargs: Any,
+) -> tuple[str, Plan]:
+    """Plan for the strategy one of our accelerate yaml files launches.
+
+    Reads the yaml (``parallelism_config_dp_replicate_size > 1`` means HYBRID with a shard
+    group of ``dp_shard_size``; 1 means the shard group grows with the job, as
+    ``recipes/frontier/pretrain.sbatch`` launches it). ``num_nodes`` defaults to the file's
+    ``num_machines``; precision and activation checkpointing to the file's values. Returns
+    ``(strategy_name, plan)``; ``plan.strategies[strategy_name]`` is the estimate that applies.
+    """
+    import yaml
+
+    path = Path(accelerate_config_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"accelerate config not found: {path}")
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a yaml mapping, found {type(cfg).__name__}.")
+    strategy = _strategy_from_accelerate(cfg, str(path))
+    fsdp = cfg.get("fsdp_config") or {}
+    kwargs.setdefault("precision", "bf16" if cfg.get("mixed_precision") == "bf16" else "fp32")
+    kwargs.setdefault(
+        "activation_checkpointing",
+        str(fsdp.get("fsdp_activation_checkpointing", False)).lower() == "true",
+    )
+    nodes = num_nodes if num_nodes is not None else int(cfg.get("num_machines", 1))
+    result = plan(model_config, num_nodes=nodes, local_batch=local_batch, **kwargs)
+    return strategy, result
+
+
+# --------------------------------------------------------------------------------------------
+# The paper's figures (PAPER.md): what the planner is calibrated and tested against
+# --------------------------------------------------------------------------------------------
+
+# (preset, strategy, nodes) -> peak memory per GCD in GiB, local batch 32.
+PAPER_PEAK_MEMORY_GB: dict[tuple[str, str, int], float] = {
+    ("vit-base", "DDP", 1): 2.5,
+    ("vit-huge", "DDP", 1): 13.3,
+    ("vit-1b", "DDP", 1): 18.7,
+    ("vit-3b", "DDP", 1): 59.8,
+    ("vit-base", "HYBRID_2", 1): 1.4,
+    ("vit-huge", "HYBRID_2", 1): 6.0,
+    ("vit-1b", "HYBRID_2", 1): 8.4,
+    ("vit-3b", "HYBRID_2", 1): 26.3,
+    ("vit-5b", "HYBRID_2", 1): 43.6,
+    ("vit-5b", "HYBRID_4", 1): 23.5,
+    ("vit-5b", "HYBRID_8", 1): 13.4,
+    ("vit-5b", "HYBRID_16", 2): 8.4,
+    ("vit-15b", "HYBRID_4", 1): 61.7,
+    ("vit-15b", "HYBRID_8", 1): 34.9,
+    ("vit-15b", "HYBRID_16", 2): 21.2,
+    ("vit-3b", "FULL_SHARD", 1): 9.0,
+    ("vit-3b", "FULL_SHARD", 128): 4.1,
+    ("vit-15b", "FULL_SHARD", 1): 34.9,
+    ("vit-15b", "FULL_SHARD", 128): 9.8,
+    ("vit-15b", "SHARD_GRAD_OP", 1): 57.1,
+    ("vit-15b", "SHARD_GRAD_OP", 128): 35.8,
+}
+
+# (preset, strategy) -> ((nodes, img/s), (nodes, img/s)): the first and last point of each row.
+PAPER_IMAGES_PER_S: dict[tuple[str, str], tuple[tuple[int, float], tuple[int, float]]] = {
+    ("vit-base", "DDP"): ((1, 853), (128, 98_681)),
+    ("vit-base", "NO_SHARD"): ((1, 1_207), (128, 138_954)),
+    ("vit-base", "HYBRID_1"): ((1, 1_203), (128, 158_667)),
+    ("vit-base", "HYBRID_2"): ((1, 1_152), (128, 136_589)),
+    ("vit-base", "FULL_SHARD"): ((1, 1_205), (128, 11_336)),
+    ("vit-huge", "DDP"): ((1, 120), (128, 14_879)),
+    ("vit-huge", "NO_SHARD"): ((1, 239), (128, 28_279)),
+    ("vit-huge", "HYBRID_1"): ((1, 244), (128, 31_141)),
+    ("vit-huge", "HYBRID_2"): ((1, 236), (128, 27_164)),
+    ("vit-huge", "FULL_SHARD"): ((1, 245), (128, 10_265)),
+    ("vit-1b", "DDP"): ((1, 89), (128, 10_773)),
+    ("vit-1b", "NO_SHARD"): ((1, 187), (128, 21_603)),
+    ("vit-1b", "HYBRID_1"): ((1, 189), (128, 24_749)),
+    ("vit-1b", "HYBRID_2"): ((1, 188), (128, 20_453)),
+    ("vit-1b", "FULL_SHARD"): ((1, 197), (128, 4_099)),
+    ("vit-3b", "DDP"): ((1, 29), (128, 3_639)),
+    ("vit-3b", "NO_SHARD"): ((1, 76), (128, 8_457)),
+    ("vit-3b", "HYBRID_1"): ((1, 79), (128, 10_274)),
+    ("vit-3b", "HYBRID_2"): ((1, 79), (128, 7_449)),
+    ("vit-3b", "FULL_SHARD"): ((1, 83), (128, 3_708)),
+    ("vit-5b", "HYBRID_2"): ((1, 47), (128, 4_420)),
+    ("vit-5b", "HYBRID_4"): ((1, 47), (128, 3_282)),
+    ("vit-5b", "HYBRID_8"): ((1, 48), (128, 5_565)),
+    ("vit-5b", "HYBRID_16"): ((2, 88), (128, 5_277)),
+    ("vit-5b", "FULL_SHARD"): ((1, 50), (128, 2_262)),
+    ("vit-5b", "SHARD_GRAD_OP"): ((1, 49), (128, 4_207)),
+    ("vit-15b", "HYBRID_4"): ((1, 15), (128, 1_649)),
+    ("vit-15b", "HYBRID_8"): ((1, 16), (128, 1_878)),
+    ("vit-15b", "HYBRID_16"): ((2, 31), (128, 1_789)),
+    ("vit-15b", "FULL_SHARD"): ((1, 18), (128, 1_754)),
+    ("vit-15b", "SHARD_GRAD_OP"): ((1, 18), (128, 2_196)),
+}
+
+# The paper's best strategy per size (its conclusions), for 1 and 128 nodes.
+PAPER_BEST_STRATEGY: dict[str, str] = {
+    "vit-base": "HYBRID_1",
+    "vit-huge": "HYBRID_1",
+    "vit-1b": "HYBRID_1",
+    "vit-3b": "HYBRID_1",
+    "vit-5b": "HYBRID_8",
+    "vit-15b": "SHARD_GRAD_OP",
+}
+
+# How the paper's runs are reproduced: block-level activation checkpointing (see the module
+# docstring), bf16 mixed precision except for its fp32 DDP baseline.
+PAPER_SETTINGS: dict[str, Any] = {"local_batch": 32, "activation_checkpointing": True}
+
+
+def paper_precision(strategy: str) -> str:
+    """Precision the paper's run of ``strategy`` is modelled with (DDP ran in fp32)."""
+    return "fp32" if strategy == "DDP" else "bf16"
+
+
+def predict_paper_point(
+    preset: str, strategy: str, num_nodes: int, calibration: Calibration | None = None
+) -> StrategyEstimate:
+    """The planner's estimate for one of the paper's measured configurations."""
+    result = plan(
+        preset,
+        num_nodes=num_nodes,
+        precision=paper_precision(strategy),
+        calibration=calibration,
+        **PAPER_SETTINGS,
+    )
+    return result.strategies[strategy]
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="geofm-plan",
+        description="Predict memory per GCD and images/s for every FSDP strategy on Frontier "
+        "and recommend an accelerate config.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help="a preset name, e.g. vit-5b")
+    source.add_argument("--config-json", help="path to a GeoViTMAEConfig config.json")
+    parser.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
+    parser.add_argument("--gcds-per-node", type=int, default=8)
+    parser.add_argument("--gcd-memory-gb", type=float, default=64.0)
+    parser.add_argument("--local-batch", type=int, default=32)
+    parser.add_argument("--precision", choices=sorted(_BYTES), default="bf16")
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script ``geofm-plan``."""
+    args = _build_parser().parse_args(argv)
+    if args.config_json:
+        path = Path(args.config_json)
+        try:
+            source: Any = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            print(f"geofm-plan: config file not found: {path}", file=sys.stderr)
+            return 2
+        except json.JSONDecodeError as exc:
+            print(f"geofm-plan: {path} is not valid JSON: {exc}", file=sys.stderr)
+            return 2
+    else:
+        source = args.preset
+    try:
+        result = plan(
+            source,
+            num_nodes=args.nodes,
+            gcds_per_node=args.gcds_per_node,
+            gcd_memory_gb=args.gcd_memory_gb,
+            local_batch=args.local_batch,
+            precision=args.precision,
+            activation_checkpointing=args.activation_checkpointing,
+            image_size=args.image_size,
+        )
+    except ValueError as exc:
+        print(f"geofm-plan: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.format_table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

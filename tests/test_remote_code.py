@@ -1,0 +1,95 @@
+"""A saved checkpoint loads with trust_remote_code=True where geofm_hf cannot be imported."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import torch
+
+from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining, GeoViTMAEImageProcessor
+
+BLOCK_GEOFM = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class _Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "geofm_hf" or name.startswith("geofm_hf."):
+                raise ImportError("geofm_hf is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, _Block())
+    try:
+        import geofm_hf  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("geofm_hf was importable")
+    """
+)
+
+
+def test_remote_code_load_without_the_package(tmp_path):
+    bands = ["B02", "B03", "B04", "B08"]
+    config = GeoViTMAEConfig.from_preset(
+        "tiny", band_names=bands, image_mean=[1.0, 2.0, 3.0, 4.0], image_std=[1.0, 1.0, 2.0, 2.0]
+    )
+    torch.manual_seed(0)
+    model = GeoViTMAEForPreTraining(config).eval()
+    export = tmp_path / "export"
+    model.save_pretrained(export)
+    GeoViTMAEImageProcessor.from_model_config(config).save_pretrained(export)
+
+    pixels = torch.randn(2, 4, 64, 64)
+    noise = torch.rand(2, 64)
+    np.save(tmp_path / "pixels.npy", pixels.numpy())
+    np.save(tmp_path / "noise.npy", noise.numpy())
+    with torch.no_grad():
+        expected = {
+            "loss": model(pixels, noise=noise).loss.item(),
+            "pooled": model.vit(pixels).pooler_output.sum().item(),
+        }
+
+    script = BLOCK_GEOFM + textwrap.dedent(
+        f"""
+        import json, numpy as np, torch
+        from transformers import AutoImageProcessor, AutoModel, AutoModelForPreTraining
+        path = {str(export)!r}
+        mae = AutoModelForPreTraining.from_pretrained(path, trust_remote_code=True).eval()
+        encoder = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+        processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=True)
+        pixels = torch.from_numpy(np.load({str(tmp_path / "pixels.npy")!r}))
+        noise = torch.from_numpy(np.load({str(tmp_path / "noise.npy")!r}))
+        raw = np.ones((4, 64, 64), dtype=np.uint16)
+        with torch.no_grad():
+            out = {{
+                "loss": mae(pixels, noise=noise).loss.item(),
+                "pooled": encoder(pixels).pooler_output.sum().item(),
+                "classes": [type(mae).__module__, type(encoder).__name__, type(processor).__name__],
+                "processed": processor(raw).pixel_values[0, :, 0, 0].tolist(),
+            }}
+        print(json.dumps(out))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    env["HF_HUB_OFFLINE"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert abs(got["loss"] - expected["loss"]) < 1e-6
+    assert abs(got["pooled"] - expected["pooled"]) < 1e-4
+    # the classes came from the copied files, not from an installed geofm_hf
+    assert not got["classes"][0].startswith("geofm_hf")
+    assert got["classes"][1:] == ["GeoViTMAEModel", "GeoViTMAEImageProcessor"]
+    assert got["processed"] == [0.0, -1.0, -1.0, -1.5]  # (1 - mean) / std
