@@ -19,6 +19,36 @@ import torch.nn.functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 
+# Red/green/blue under the names of the sensors we know: Sentinel-2 (B04/B03/B02) and Landsat 8/9
+# (B4/B3/B2) agree on these numbers, so a PIL RGB image can be matched to a model's bands by name.
+# Kept here rather than imported from geofm_hf.bands: this file must stand alone as remote code.
+_RGB_ALIASES = {
+    "red": ("red", "r", "b04", "b4"),
+    "green": ("green", "g", "b03", "b3"),
+    "blue": ("blue", "b", "b02", "b2"),
+}
+_PIL_BAND_NAMES = ["red", "green", "blue"]
+
+
+def _same_band(a: str, b: str) -> bool:
+    a, b = a.strip().lower(), b.strip().lower()
+    if a == b:
+        return True
+    return any(a in group and b in group for group in _RGB_ALIASES.values())
+
+
+def _is_pil(image: Any) -> bool:
+    # Duck-typed so PIL stays optional: PIL images have .mode and .getbands().
+    return hasattr(image, "getbands") and hasattr(image, "mode") and hasattr(image, "size")
+
+
+def _pil_to_chw(image: Any) -> np.ndarray:
+    """A PIL image -> ``(3, H, W)`` uint8 array in red, green, blue order."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))  # (H, W, 3) -> (3, H, W)
+
+
 def _as_float_tensor(array: Any) -> torch.Tensor:
     if isinstance(array, torch.Tensor):
         return array.detach().to(torch.float32)
@@ -123,9 +153,35 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         return None
 
     def _stack_bands(
-        self, images: Any, band_names: Sequence[str] | None
+        self, images: Any, band_names: Sequence[str] | None, channels_last: bool = False
     ) -> tuple[torch.Tensor, list[str] | None]:
         """Any accepted input -> ``(B, C, H, W)`` float32 plus the input's band names."""
+        pil = _is_pil(images) or (
+            isinstance(images, (list, tuple)) and bool(images) and all(map(_is_pil, images))
+        )
+        if pil:
+            # PIL images (what transformers pipelines pass) are RGB: name their bands so they are
+            # matched to the model's bands by name, never by position.
+            images = [_pil_to_chw(im) for im in (images if isinstance(images, (list, tuple))
+                                                 else [images])]  # fmt: skip
+            band_names = band_names if band_names is not None else _PIL_BAND_NAMES
+        elif channels_last:
+            arrays = images if isinstance(images, (list, tuple)) else [images]
+            converted = []
+            for im in arrays:
+                im = np.asarray(im)
+                if im.ndim == 2:
+                    im = im[:, :, None]
+                if im.ndim == 3:
+                    converted.append(im.transpose(2, 0, 1))
+                elif im.ndim == 4:
+                    converted.extend(im.transpose(0, 3, 1, 2))
+                else:
+                    raise ValueError(
+                        "channels_last input must be (H, W), (H, W, C) or (B, H, W, C): found "
+                        f"shape {im.shape}."
+                    )
+            images = converted
         if isinstance(images, Mapping):
             names = list(images)
             arrays = [_as_float_tensor(images[n]) for n in names]
@@ -182,15 +238,21 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
                     f"{channels}. Pass band_names=[...] to select and reorder bands by name."
                 )
             return pixels  # unnamed input: taken to be in the model's order already
-        missing = [b for b in self.band_names if b not in names]
+        # Exact names first; RGB aliases (red = B04 = B4 ...) only when no exact match exists.
+        matched = []
+        for band in self.band_names:
+            hits = [i for i, n in enumerate(names) if n == band]
+            if not hits:
+                hits = [i for i, n in enumerate(names) if _same_band(n, band)]
+            matched.append(hits[0] if hits else None)
+        missing = [b for b, i in zip(self.band_names, matched) if i is None]
         if missing:
             raise ValueError(
                 f"Missing bands {missing}: the model expects {self.band_names}, the input has "
                 f"{names}. Missing bands are never zero-filled; to run on fewer bands, restrict "
                 "the model explicitly with geofm_hf.select_input_bands(model, bands)."
             )
-        index = torch.tensor([names.index(b) for b in self.band_names])
-        return pixels.index_select(1, index)
+        return pixels.index_select(1, torch.tensor(matched))
 
     def _resize(self, pixels: torch.Tensor) -> torch.Tensor:
         height, width = pixels.shape[-2:]
@@ -210,16 +272,21 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         images: Any,
         band_names: Sequence[str] | None = None,
         return_tensors: str | None = "pt",
+        input_data_format: str | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Turn ``images`` into model inputs.
 
         Args:
             images: a ``(C, H, W)`` or ``(B, C, H, W)`` array/tensor, a list of ``(C, H, W)``
-                arrays, or a ``{band_name: array}`` mapping of ``(H, W)`` or ``(B, H, W)`` arrays.
+                arrays, a ``{band_name: array}`` mapping of ``(H, W)`` or ``(B, H, W)`` arrays, or
+                PIL images (what ``transformers.pipeline`` passes): RGB, named ``red``, ``green``,
+                ``blue`` and matched by name to the model's bands (``B04``/``B4`` = red ...).
             band_names: the input's band names, when ``images`` is an array; bands are then picked
                 and ordered by name.
             return_tensors: ``"pt"`` (default) or ``"np"``.
+            input_data_format: ``"channels_last"`` for ``(H, W, C)`` / ``(B, H, W, C)`` arrays
+                (e.g. uint8 RGB from an image library); default ``"channels_first"``.
 
         Returns:
             ``BatchFeature`` with ``pixel_values`` ``(B, C, H, W)`` float32, and ``nodata_mask``
@@ -227,7 +294,14 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         """
         if kwargs:
             raise ValueError(f"Unexpected arguments {sorted(kwargs)}.")
-        pixels, names = self._stack_bands(images, band_names)
+        if input_data_format not in (None, "channels_first", "channels_last"):
+            raise ValueError(
+                "input_data_format must be 'channels_first' or 'channels_last': found "
+                f"{input_data_format!r}."
+            )
+        pixels, names = self._stack_bands(
+            images, band_names, channels_last=input_data_format == "channels_last"
+        )
         pixels = self._order_bands(pixels, names)
 
         invalid = torch.isnan(pixels)

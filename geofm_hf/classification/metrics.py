@@ -1,0 +1,83 @@
+"""Classification metrics through the shipped ``evaluate`` modules, and the confusion matrix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["classification_metrics", "confusion_matrix", "save_confusion_matrix_png"]
+
+
+def classification_metrics(scores, references, num_classes: int) -> dict[str, float]:
+    """``top1``, ``top5`` (``top5_k``: the k used, capped at ``num_classes``) and ``macro_f1``.
+
+    ``scores`` ``(N, num_classes)`` logits or probabilities; ``references`` ``(N,)`` class indices.
+    Computed with the metric modules in :mod:`geofm_hf.metrics` (loaded by path, offline).
+    """
+    from ..metrics import load_metric
+
+    scores = np.asarray(scores, dtype=np.float64)
+    references = np.asarray(references, dtype=np.int64)
+    if scores.ndim != 2 or scores.shape != (len(references), num_classes):
+        raise ValueError(
+            f"Expected scores of shape ({len(references)}, {num_classes}), found {scores.shape}."
+        )
+    predictions = scores.argmax(axis=1)
+    top1 = load_metric("accuracy").compute(predictions=predictions, references=references)
+    top5 = load_metric("top_k_accuracy").compute(predictions=scores, references=references, k=5)
+    f1 = load_metric("f1").compute(
+        predictions=predictions, references=references, num_classes=num_classes
+    )
+    return {
+        "top1": top1["accuracy"],
+        "top5": top5["top_k_accuracy"],
+        "top5_k": top5["k"],
+        "macro_f1": f1["f1"],
+    }
+
+
+def confusion_matrix(predictions, references, num_classes: int) -> np.ndarray:
+    """``(num_classes, num_classes)`` int64 counts; rows = true class, columns = predicted."""
+    predictions = np.asarray(predictions, dtype=np.int64)
+    references = np.asarray(references, dtype=np.int64)
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (references, predictions), 1)
+    return matrix
+
+
+def save_confusion_matrix_png(
+    matrix: np.ndarray, label_names: list[str], path: str | os.PathLike, title: str = ""
+) -> Path:
+    """Write the confusion matrix (row-normalised colours, counts printed) as a PNG, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(label_names)
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
+    size = max(4.0, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), label_names, rotation=90)
+    ax.set_yticks(range(n), label_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title, fontsize=9)
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                color = "white" if share[i, j] > 0.5 else "black"
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7, color=color)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,153 @@
+"""The MAE linear probe: BatchNorm1d without affine, then a linear layer, on frozen features.
+
+Schedule (documented choice): MAE's linear probe trains with LARS (base lr 0.1, lr = base x
+batch / 256, weight decay 0, 90 epochs with 10 warm-up epochs then cosine) at batch 16384 on
+ImageNet. LARS scales each step by ``0.001 * ||w|| / ||g||``, tuned for that batch: on the
+remote-sensing benchmarks (2k-30k images, batch <= 256) it barely moves the head in 90 epochs
+(bundled chips, random tiny encoder: 35.5 % top-1 with LARS vs 75.1 % with SGD, same schedule).
+The default is therefore SGD with momentum 0.9 on MAE's schedule (base lr 0.1 x batch / 256,
+warm-up then cosine, no weight decay, 90 epochs); ``optimizer="lars"`` reproduces MAE exactly and
+``"adamw"`` is available for comparison.
+Features are cached, so the probe itself trains in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["LARS", "LinearProbe", "predict_scores", "train_linear_probe"]
+
+
+class LinearProbe(nn.Module):
+    """``BatchNorm1d(affine=False)`` + ``Linear``: the normalisation MAE adds before its probe head,
+    since frozen ViT features have very different scales per dimension."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(in_features, affine=False, eps=1e-6)
+        self.head = nn.Linear(in_features, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.01)  # MAE's probe-head init
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(features))
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS (You et al. 2017) as in MAE's ``util/lars.py``: SGD with momentum whose step for each
+    weight matrix is scaled by ``trust_coefficient * ||w|| / ||g||``; biases and 1-D parameters
+    are neither decayed nor scaled."""
+
+    def __init__(self, params, lr=0.0, weight_decay=0.0, momentum=0.9, trust_coefficient=0.001):
+        defaults = dict(
+            lr=lr, weight_decay=weight_decay, momentum=momentum, trust_coefficient=trust_coefficient
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - torch API
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                dp = p.grad
+                if p.ndim > 1:
+                    dp = dp.add(p, alpha=group["weight_decay"])
+                    param_norm, update_norm = torch.norm(p), torch.norm(dp)
+                    one = torch.ones_like(param_norm)
+                    q = torch.where(
+                        param_norm > 0.0,
+                        torch.where(
+                            update_norm > 0,
+                            (group["trust_coefficient"] * param_norm / update_norm),
+                            one,
+                        ),
+                        one,
+                    )
+                    dp = dp.mul(q)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"]
+                mu.mul_(group["momentum"]).add_(dp)
+                p.add_(mu, alpha=-group["lr"])
+
+
+def _cosine_lr(step: int, total: int, warmup: int, peak: float) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train_linear_probe(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    epochs: int = 90,
+    warmup_epochs: int = 10,
+    batch_size: int = 256,
+    base_learning_rate: float = 0.1,
+    weight_decay: float = 0.0,
+    optimizer: str = "sgd",
+    seed: int = 0,
+) -> tuple[LinearProbe, dict[str, float]]:
+    """Train a :class:`LinearProbe` on ``(N, D)`` features; returns it (in eval mode) and stats.
+
+    The peak learning rate is ``base_learning_rate * batch_size / 256`` (MAE's scaling rule); the
+    stats hold it (``learning_rate``) and the last epoch's mean loss (``final_loss``).
+    """
+    if optimizer not in ("lars", "sgd", "adamw"):
+        raise ValueError(f"optimizer must be 'lars', 'sgd' or 'adamw': found {optimizer!r}.")
+    if len(features) != len(labels) or len(features) == 0:
+        raise ValueError(
+            f"Expected as many labels as features (and at least one): found {len(features)} "
+            f"features and {len(labels)} labels."
+        )
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    probe = LinearProbe(features.shape[1], num_classes)
+    batch_size = min(batch_size, len(features))
+    lr = base_learning_rate * batch_size / 256
+    params = probe.parameters()
+    if optimizer == "lars":
+        opt = LARS(params, lr=lr, weight_decay=weight_decay)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(features) / batch_size)
+    total, warmup = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
+    labels = labels.long()
+    loss_fn = nn.CrossEntropyLoss()
+    step, epoch_loss = 0, float("nan")
+    probe.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(features), generator=generator)
+        losses = []
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            if len(idx) < 2:  # BatchNorm needs two samples in training mode
+                continue
+            for group in opt.param_groups:
+                group["lr"] = _cosine_lr(step, total, warmup, lr)
+            loss = loss_fn(probe(features[idx]), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+        epoch_loss = sum(losses) / max(len(losses), 1)
+    probe.eval()
+    return probe, {"learning_rate": lr, "final_loss": epoch_loss, "steps": step}
+
+
+@torch.no_grad()
+def predict_scores(probe: LinearProbe, features: torch.Tensor) -> torch.Tensor:
+    """``(N, num_classes)`` logits of the probe (eval mode: BatchNorm uses its running stats)."""
+    probe.eval()
+    return probe(features)

@@ -1,0 +1,163 @@
+"""Linear probe end to end on the bundled OSM-labelled Sentinel-2 chips, from a local export and
+from a Hub repo id served offline from the cache; bad inputs; the comparison table."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from classification_helpers import LABELLED, rgb_png_folder, tiny_export
+from huggingface_hub import HfApi, ModelCard, constants, snapshot_download
+from huggingface_hub.repocard_data import model_index_to_eval_results
+
+from geofm_hf.classification import (
+    BandMismatchError,
+    ClassificationDataError,
+    load_classification_split,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+import linear_probe  # noqa: E402
+
+REPO = "geofm-test/probe-tiny"
+FAST = ["--num_train_epochs", "30", "--warmup_epochs", "3", "--per_device_train_batch_size", "64"]
+
+
+def _probe(model, out, *extra):
+    return linear_probe.main([
+        "--model_name_or_path", str(model), "--dataset_name_or_path", LABELLED,
+        "--output_dir", str(out), *FAST, *extra,
+    ])  # fmt: skip
+
+
+def test_probe_on_bundled_chips_writes_results_png_and_card(tmp_path):
+    export = tiny_export(tmp_path / "export")
+    results = _probe(export, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["top1"] == results["top1"]
+    info = json.loads(Path(LABELLED, "geofm_dataset.json").read_text())
+    assert saved["num_train"] == info["num_samples"]["train"] == 394
+    assert saved["num_test"] == info["num_samples"]["test"] == 169
+    matrix = np.array(saved["confusion_matrix"])
+    assert matrix.sum() == saved["num_test"]
+    assert saved["top1"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    assert saved["top5_k"] == 5 and saved["top5"] == 1.0  # 5 classes: top-5 is every class
+    # Real labels carry signal: even a random frozen encoder beats the majority class clearly.
+    majority = matrix.sum(axis=1).max() / matrix.sum()
+    assert saved["top1"] > majority + 0.1, (saved["top1"], majority)
+    assert (tmp_path / "run" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    # The local checkpoint's card now carries a valid model-index with these numbers.
+    card = ModelCard.load(export / "README.md")
+    name, evals = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    top1 = [e for e in evals if e.metric_type == "accuracy"]
+    assert top1 and top1[0].metric_value == pytest.approx(saved["top1"], abs=1e-6)
+    assert top1[0].dataset_split == "test"
+    # Second run: features from the cache, identical metrics, card rows replaced not duplicated.
+    again = _probe(export, tmp_path / "run", "--feature_cache_dir", str(tmp_path / "run" /
+                                                                        "feature_cache"))
+    assert again["top1"] == results["top1"]
+    card = ModelCard.load(export / "README.md")
+    _, evals2 = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    assert len(evals2) == len(evals)
+
+
+def test_probe_from_hub_repo_id_offline_from_cache(local_hub, tmp_path, monkeypatch):
+    export = tiny_export(tmp_path / "export", seed=1)
+    api = HfApi()
+    api.create_repo(REPO)
+    commit = api.upload_folder(repo_id=REPO, folder_path=str(export)).oid
+    snapshot_download(REPO, revision=commit)  # the one download
+    local_hub.set_failure("down")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    n_requests = len(local_hub.requests)
+    results = _probe(REPO, tmp_path / "run", "--revision", commit, "--feature", "mean")
+    assert len(local_hub.requests) == n_requests  # nothing tried the network
+    assert results["commit"] == commit and results["feature"] == "mean"
+    local = _probe(export, tmp_path / "local", "--feature", "mean", "--update_model_card", "false")
+    assert results["top1"] == pytest.approx(local["top1"])  # same weights, same numbers
+    card = ModelCard.load(tmp_path / "run" / "model_card" / "README.md")
+    assert "model-index" in card.data.to_dict()
+
+
+def test_yaml_config_and_cli_override(tmp_path):
+    export = tiny_export(tmp_path / "export")
+    config = yaml.safe_load(Path("recipes/configs/probe_demo.yaml").read_text())
+    config.update(model_name_or_path=str(export), output_dir=str(tmp_path / "yaml"))
+    path = tmp_path / "probe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    results = linear_probe.main([str(path), *FAST, "--update_model_card", "false"])
+    assert results["args"]["num_train_epochs"] == 30  # the command line wins over the YAML
+    assert results["dataset"] == config["dataset_name_or_path"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**config, "learning_rat": 0.1}))
+    with pytest.raises(ValueError, match="unknown keys \\['learning_rat'\\]"):
+        linear_probe.main([str(bad)])
+
+
+def test_comparison_table_aggregates_runs(tmp_path, capsys):
+    small = tiny_export(tmp_path / "small")
+    wide = tiny_export(tmp_path / "wide", hidden_size=96, num_attention_heads=3)
+    for name, export in (("small", small), ("wide", wide)):
+        _probe(export, tmp_path / name, "--update_model_card", "false")
+    text = linear_probe.main(["table", str(tmp_path / "wide"), str(tmp_path / "small" /
+                              "results.json"), "--output", str(tmp_path / "table.md")])  # fmt: skip
+    rows = [r for r in text.splitlines() if r.startswith("| ") and "checkpoint" not in r]
+    assert len(rows) == 2
+    assert str(small) in rows[0] and str(wide) in rows[1]  # sorted by encoder size
+    assert (tmp_path / "table.md").read_text() == text
+    with pytest.raises(ValueError, match="lacks"):
+        (tmp_path / "broken.json").write_text("{}")
+        linear_probe.main(["table", str(tmp_path / "broken.json")])
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_missing_label_column_is_a_clear_error(tmp_path):
+    with pytest.raises(ClassificationDataError, match="no label column 'klass'"):
+        load_classification_split(LABELLED, "train", label_column="klass")
+
+
+def test_label_column_not_class_like(tmp_path):
+    table = pa.table({"image": [[[[0.0] * 4] * 4]] * 3, "label": [0.5, 1.5, 2.5]})
+    (tmp_path / "ds").mkdir()
+    pq.write_table(table, tmp_path / "ds" / "train.parquet")
+    with pytest.raises(ClassificationDataError, match="not class-like"):
+        load_classification_split(str(tmp_path / "ds"), "train")
+
+
+def test_class_only_in_test_and_empty_split(tmp_path):
+    root = rgb_png_folder(tmp_path / "rgb")
+    # "forest" exists only in test once its training images are gone.
+    for f in (root / "train" / "forest").glob("*.png"):
+        f.unlink()
+    (root / "train" / "forest").rmdir()
+    export = tiny_export(tmp_path / "export")
+    args = ["--model_name_or_path", str(export), "--dataset_name_or_path", str(root),
+            "--output_dir", str(tmp_path / "out"), *FAST]  # fmt: skip
+    with pytest.raises(ClassificationDataError, match=r"classes \['forest'\] appear in"):
+        linear_probe.main(args)
+    (root / "empty").mkdir()
+    (root / "empty" / "farm").mkdir()
+    with pytest.raises(ClassificationDataError, match="has no split|is empty"):
+        load_classification_split(str(root), "empty")
+
+
+def test_band_mismatch_is_an_error_never_zero_fill(tmp_path):
+    root = rgb_png_folder(tmp_path / "rgb")
+    no_rgb = tiny_export(tmp_path / "swir", band_names=["B11", "B12"])
+    args = ["--dataset_name_or_path", str(root), "--output_dir", str(tmp_path / "o"), *FAST]
+    with pytest.raises(BandMismatchError, match="'red' is not among the model's bands"):
+        linear_probe.main(["--model_name_or_path", str(no_rgb), *args])
+    s2 = tiny_export(tmp_path / "s2")
+    with pytest.raises(BandMismatchError, match="lacks the model's bands"):
+        linear_probe.main(["--model_name_or_path", str(s2), *args, "--allow_band_subset", "false"])
+    # Allowed: an explicit subset, recorded in the results.
+    results = linear_probe.main(["--model_name_or_path", str(s2), *args,
+                                 "--update_model_card", "false"])  # fmt: skip
+    assert results["bands_used"] == ["B04", "B03", "B02"] and results["band_subset"] is True
