@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
-
 # Red/green/blue under the names of the sensors we know: Sentinel-2 (B04/B03/B02) and Landsat 8/9
 # (B4/B3/B2) agree on these numbers, so a PIL RGB image can be matched to a model's bands by name.
 # Kept here rather than imported from geofm_hf.bands: this file must stand alone as remote code.

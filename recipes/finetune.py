@@ -84,11 +84,11 @@ def _augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def run(args: FinetuneArguments) -> dict:
     """Fine-tune, evaluate, save; returns the results record (also in OUTPUT_DIR/results.json)."""
-    import geofm_hf  # noqa: F401 - registers the Auto classes
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import AutoImageProcessor
 
+    import geofm_hf  # noqa: F401 - registers the Auto classes
     from geofm_hf import GeoViTMAEForImageClassification
     from geofm_hf.classification import (
         check_splits,

@@ -20,7 +20,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -84,9 +83,9 @@ def _model_source(args: ProbeArguments) -> tuple[Path | None, str | None]:
 
 def run(args: ProbeArguments) -> dict:
     """Run the probe; returns the results record (also written to OUTPUT_DIR/results.json)."""
-    import geofm_hf  # noqa: F401 - registers the Auto classes
     from transformers import AutoImageProcessor, AutoModel
 
+    import geofm_hf  # noqa: F401 - registers the Auto classes
     from geofm_hf.classification import (
         check_splits,
         classification_metrics,

@@ -75,7 +75,7 @@ def build_config(model_args, data_info, crop: int | None) -> GeoViTMAEConfig:
     for name in ("mask_ratio", "norm_pix_loss"):
         if getattr(model_args, name) is not None:
             overrides[name] = getattr(model_args, name)
-    preset = geofm_hf.PRESETS[model_args.preset] if model_args.preset in geofm_hf.PRESETS else {}
+    preset = geofm_hf.PRESETS.get(model_args.preset, {})
     patch = preset.get("patch_size", 16)
     size = model_args.image_size or preset.get("image_size", 224)
     if crop is not None and size > crop:

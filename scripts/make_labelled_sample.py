@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> None:
             if c != gap_col:
                 cells[str(col_split[c])].append((int(r), int(c)))
         if min(len(v) for v in cells.values()) < MIN_PER_SPLIT:
-            print(f"drop class {name}: pure chips per split {({s: len(v) for s, v in cells.items()})}")
+            print(
+                f"drop class {name}: pure chips per split { ({s: len(v) for s, v in cells.items()}) }"
+            )
             continue
         for split, items in cells.items():
             chosen = rng.permutation(len(items))[: MAX_PER_SPLIT[split]]

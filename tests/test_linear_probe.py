@@ -23,7 +23,7 @@ from geofm_hf.classification import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-import linear_probe  # noqa: E402
+import linear_probe
 
 REPO = "geofm-test/probe-tiny"
 FAST = ["--num_train_epochs", "30", "--warmup_epochs", "3", "--per_device_train_batch_size", "64"]
@@ -54,13 +54,14 @@ def test_probe_on_bundled_chips_writes_results_png_and_card(tmp_path):
     assert (tmp_path / "run" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     # The local checkpoint's card now carries a valid model-index with these numbers.
     card = ModelCard.load(export / "README.md")
-    name, evals = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    _, evals = model_index_to_eval_results(card.data.to_dict()["model-index"])
     top1 = [e for e in evals if e.metric_type == "accuracy"]
     assert top1 and top1[0].metric_value == pytest.approx(saved["top1"], abs=1e-6)
     assert top1[0].dataset_split == "test"
     # Second run: features from the cache, identical metrics, card rows replaced not duplicated.
-    again = _probe(export, tmp_path / "run", "--feature_cache_dir", str(tmp_path / "run" /
-                                                                        "feature_cache"))
+    again = _probe(
+        export, tmp_path / "run", "--feature_cache_dir", str(tmp_path / "run" / "feature_cache")
+    )
     assert again["top1"] == results["top1"]
     card = ModelCard.load(export / "README.md")
     _, evals2 = model_index_to_eval_results(card.data.to_dict()["model-index"])
@@ -144,7 +145,7 @@ def test_class_only_in_test_and_empty_split(tmp_path):
         linear_probe.main(args)
     (root / "empty").mkdir()
     (root / "empty" / "farm").mkdir()
-    with pytest.raises(ClassificationDataError, match="has no split|is empty"):
+    with pytest.raises(ClassificationDataError, match=r"has no split|is empty"):
         load_classification_split(str(root), "empty")
 
 
@@ -161,3 +162,18 @@ def test_band_mismatch_is_an_error_never_zero_fill(tmp_path):
     results = linear_probe.main(["--model_name_or_path", str(s2), *args,
                                  "--update_model_card", "false"])  # fmt: skip
     assert results["bands_used"] == ["B04", "B03", "B02"] and results["band_subset"] is True
+
+
+@pytest.mark.parametrize("config", sorted(Path("recipes/configs").glob("*_*.yaml")),
+                         ids=lambda p: p.stem)  # fmt: skip
+def test_shipped_configs_parse(config):
+    import finetune
+
+    from geofm_hf.classification._cli import parse_recipe_args
+
+    if not config.stem.startswith(("probe_", "finetune_")):
+        pytest.skip("not a classification config")
+    cls = linear_probe.ProbeArguments if config.stem.startswith("probe_") else (
+        finetune.FinetuneArguments)  # fmt: skip
+    (args,) = parse_recipe_args(cls, [str(config)])
+    assert args.dataset_name_or_path and args.output_dir

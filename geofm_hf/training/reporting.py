@@ -110,7 +110,7 @@ def plot_loss_curve(records: list[dict], path: str | os.PathLike) -> None:
 def _rgb(image: np.ndarray, rgb_index: list[int] | None) -> np.ndarray:
     """(C, H, W) normalised bands -> (H, W, 3) in [0, 1] with a 2-98 % stretch."""
     bands = image[list(rgb_index)] if rgb_index else image[:1].repeat(3, axis=0)
-    out = np.empty(bands.shape[1:] + (3,), dtype=np.float32)
+    out = np.empty((*bands.shape[1:], 3), dtype=np.float32)
     for i, band in enumerate(bands):
         lo, hi = np.percentile(band, [2, 98])
         out[..., i] = np.clip((band - lo) / max(hi - lo, 1e-6), 0, 1)

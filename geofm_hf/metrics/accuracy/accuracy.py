@@ -4,7 +4,9 @@ import datasets
 import evaluate
 import numpy as np
 
-_DESCRIPTION = "Top-1 accuracy = (number of predictions equal to the reference) / (number of samples)."
+_DESCRIPTION = (
+    "Top-1 accuracy = (number of predictions equal to the reference) / (number of samples)."
+)
 _KWARGS = """
 Args:
     predictions (`list[int]`): predicted class index per sample.
