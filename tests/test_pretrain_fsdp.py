@@ -18,12 +18,30 @@ def test_fsdp2_shards_saves_loads_and_gathers_on_cpu(tmp_path):
 
 def test_recipe_under_fsdp2_on_cpu_exports_full_weights(tmp_path):
     out = tmp_path / "run"
-    result = pretrain(out, "--max_steps", "4", "--save_steps", "2", "--plot_reconstructions", "false", env=FSDP_ENV)
+    result = pretrain(
+        out,
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "2",
+        "--plot_reconstructions",
+        "false",
+        env=FSDP_ENV,
+    )
     log = result.stdout + result.stderr
     assert "FSDP2: block weights sharded (384, 192) of (768, 192)" in log
     model = AutoModelForPreTraining.from_pretrained(out / "final")
     assert isinstance(model, geofm_hf.GeoViTMAEForPreTraining)
     assert (out / "checkpoint-000004" / "pytorch_model_fsdp_0").is_dir()
     # resuming a sharded checkpoint with more steps continues from step 4
-    result = pretrain(out, "--max_steps", "6", "--save_steps", "2", "--plot_reconstructions", "false", env=FSDP_ENV)
+    result = pretrain(
+        out,
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "2",
+        "--plot_reconstructions",
+        "false",
+        env=FSDP_ENV,
+    )
     assert "at step 4" in result.stdout + result.stderr

@@ -44,7 +44,9 @@ def test_demo_run_learns_and_exports_loadable_weights(tmp_path):
     trained = load_file(final / "model.safetensors")
     assert not torch.equal(
         trained["vit.encoder.layers.0.mlp.fc1.weight"],
-        geofm_hf.GeoViTMAEForPreTraining(model.config).state_dict()["vit.encoder.layers.0.mlp.fc1.weight"],
+        geofm_hf.GeoViTMAEForPreTraining(model.config).state_dict()[
+            "vit.encoder.layers.0.mlp.fc1.weight"
+        ],
     )
     assert ckpt.name == "checkpoint-000030"
     record = json.loads((final / "run_record.json").read_text())
@@ -56,12 +58,22 @@ def test_continued_pretraining_checks_bands(tmp_path):
     pretrain(out, "--max_steps", "2", "--save_steps", "2", "--plot_reconstructions", "false")
     # Continue from the export for a few more steps: the bands match, so it runs.
     more = tmp_path / "more"
-    pretrain(more, "--max_steps", "2", "--model_name_or_path", out / "final", "--plot_reconstructions", "false")
+    pretrain(
+        more,
+        "--max_steps",
+        "2",
+        "--model_name_or_path",
+        out / "final",
+        "--plot_reconstructions",
+        "false",
+    )
     assert (more / "final" / "model.safetensors").exists()
     # A model whose bands differ from the dataset's is refused with the difference named.
     config = geofm_hf.GeoViTMAEConfig.from_preset("tiny", band_names=["B04", "B03", "B02"])
     geofm_hf.GeoViTMAEForPreTraining(config).save_pretrained(tmp_path / "rgb")
-    result = pretrain(tmp_path / "bad", "--max_steps", "1", "--model_name_or_path", tmp_path / "rgb", check=False)
+    result = pretrain(
+        tmp_path / "bad", "--max_steps", "1", "--model_name_or_path", tmp_path / "rgb", check=False
+    )
     assert result.returncode != 0
     assert "not in the model" in result.stderr and "B01" in result.stderr
 

@@ -8,7 +8,16 @@ from safetensors.torch import load_file
 
 from geofm_hf.training.checkpointing import list_checkpoints
 
-ARGS = ("--max_steps", "12", "--save_steps", "4", "--warmup_steps", "3", "--plot_reconstructions", "false")
+ARGS = (
+    "--max_steps",
+    "12",
+    "--save_steps",
+    "4",
+    "--warmup_steps",
+    "3",
+    "--plot_reconstructions",
+    "false",
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,5 +63,15 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(uninterrupted, t
 
 def test_checkpoint_rotation_keeps_the_newest(tmp_path):
     out = tmp_path / "rotate"
-    pretrain(out, "--max_steps", "6", "--save_steps", "1", "--save_total_limit", "2", "--plot_reconstructions", "false")
+    pretrain(
+        out,
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "1",
+        "--save_total_limit",
+        "2",
+        "--plot_reconstructions",
+        "false",
+    )
     assert [step for step, _ in list_checkpoints(out)] == [5, 6]
