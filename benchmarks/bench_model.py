@@ -19,17 +19,7 @@ from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 import geofm_hf
 from geofm_hf.modeling_geofm import sincos_2d_position_embedding
-
-
-def matmul_flops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - start)
+from geofm_hf.training.reporting import cpu_has_fast_bf16, measure_matmul_flops
 
 
 def build_pair(preset: str):
@@ -84,6 +74,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=None,
+        help="fp32 and/or bf16; default fp32, plus bf16 where this CPU multiplies bf16 natively",
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -94,12 +90,22 @@ def main() -> None:
     print(
         f"preset={args.preset} batch={args.batch} image={cfg.image_size} threads={torch.get_num_threads()}"
     )
-    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
+    peak = {
+        "fp32": measure_matmul_flops(torch.float32, n=1024, seconds=1.0),
+        "bf16": measure_matmul_flops(torch.bfloat16, n=1024, seconds=1.0),
+    }
     print(
         f"plain matmul peak: fp32 {peak['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peak['bf16'] / 1e12:.3f} TFLOP/s"
     )
 
-    for precision in ("fp32", "bf16"):
+    precisions = args.precisions
+    if precisions is None:
+        precisions = ["fp32", "bf16"] if cpu_has_fast_bf16() else ["fp32"]
+        if "bf16" not in precisions:
+            print(
+                "bf16 skipped: this CPU has no native bf16 (no AMX / AVX512-BF16); --precisions bf16 forces it"
+            )
+    for precision in precisions:
         autocast = precision == "bf16"
         times = {"geofm_hf": [], "transformers": []}
         models = {"geofm_hf": ours, "transformers": theirs}

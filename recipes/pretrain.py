@@ -21,7 +21,11 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import (
+    DDPCommunicationHookType,
+    DistributedDataParallelKwargs,
+    set_seed,
+)
 from tqdm.auto import tqdm
 from transformers import AutoModelForPreTraining
 
@@ -152,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         "project_dir": str(output_dir),
         "log_with": None if args.report_to == "none" else args.report_to,
     }
+    if use_cuda and bf16:
+        # Replicated (DDP) runs all-reduce gradients in bf16, as the paper's FSDP runs did;
+        # FSDP configs ignore this handler and reduce per their own mixed-precision policy.
+        accelerator_kwargs["kwargs_handlers"] = [
+            DistributedDataParallelKwargs(comm_hook=DDPCommunicationHookType.BF16)
+        ]
     if cpu_fsdp.requested():
         # Test-only: real FSDP2 sharding on CPU (see geofm_hf/training/cpu_fsdp.py). gloo has
         # no bf16 reduce-scatter, so these runs are fp32.
@@ -389,7 +399,16 @@ def main(argv: list[str] | None = None) -> int:
         stopping = flags[1] > 0
         if step % args.save_steps == 0 or stopping or step == args.max_steps:
             save_checkpoint(
-                accelerator, model, checkpoints, loader, step, args, world, pusher, config
+                accelerator,
+                model,
+                checkpoints,
+                loader,
+                step,
+                args,
+                world,
+                pusher,
+                config,
+                processor=processor,
             )
         if stopping:
             log(
@@ -435,7 +454,9 @@ def _parameters_finite(accelerator, model) -> bool:
     return accelerator.reduce(bad, reduction="sum").item() == 0
 
 
-def save_checkpoint(accelerator, model, checkpoints, loader, step, args, world, pusher, config):
+def save_checkpoint(
+    accelerator, model, checkpoints, loader, step, args, world, pusher, config, processor=None
+):
     """Collective. Refuses to write weights holding NaN/inf."""
     if not _parameters_finite(accelerator, model):
         raise FloatingPointError(
@@ -457,6 +478,10 @@ def save_checkpoint(accelerator, model, checkpoints, loader, step, args, world, 
         if pusher is not None:
             export_dir = path / "hub_export"
             accelerator.unwrap_model(model).save_pretrained(export_dir, state_dict=state_dict)
+            if processor is not None:
+                # Without it AutoImageProcessor (and so the probe / fine-tune recipes) cannot
+                # load a checkpoint revision.
+                processor.save_pretrained(export_dir)
             pusher.push_checkpoint(export_dir, step)
         accelerator.wait_for_everyone()
 
@@ -560,7 +585,9 @@ def export(accelerator, model, processor, output_dir, *, args, model_args, data_
     if hasattr(loader, "stats"):
         summary["data"] = loader.stats
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    accelerator.print(f"exported {final} (loss {last_loss:.4f}, {ips or 0:.1f} images/s)")
+    accelerator.print(
+        f"exported {final} (loss {last_loss:.4f}); images/s: {ips or 0:.2f}, MFU: {record.mfu}"
+    )
     if pusher is not None:
         pusher.push_final(final, step=step)
         accelerator.print(f"hub: {pusher.close()}")

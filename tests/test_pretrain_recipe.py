@@ -100,3 +100,14 @@ def test_dry_run_plans_a_15b_model_on_meta(tmp_path):
     out = result.stdout
     assert "vit-15b on meta" in out and "strategy SHARD_GRAD_OP" in out
     assert "14.6" in out  # encoder billions of parameters
+
+
+@pytest.mark.parametrize(
+    "name", ["demo", "vit-base", "vit-huge", "vit-1b", "vit-3b", "vit-5b", "vit-15b"]
+)
+def test_run_configs_parse(name):
+    model_args, _, args = parse_arguments(
+        ["--config", str(ROOT / "recipes" / "configs" / f"{name}.yaml")]
+    )
+    assert model_args.preset in geofm_hf.PRESETS
+    assert args.resume_from_checkpoint == "auto"
