@@ -15,6 +15,7 @@ OUTPUT_DIR/model_card/README.md).
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -216,9 +217,14 @@ def run(args: ProbeArguments) -> dict:
             from geofm_hf.model_card import RUN_RECORD_NAME
 
             card_dir.mkdir(parents=True, exist_ok=True)
-            remote = resolve_model_source(args.model_name_or_path, args.revision) / RUN_RECORD_NAME
+            snapshot = resolve_model_source(args.model_name_or_path, args.revision)
+            remote = snapshot / RUN_RECORD_NAME
             if remote.is_file() and not (card_dir / RUN_RECORD_NAME).is_file():
                 card_record = RunRecord.load(remote)
+                # The card references the run's figures: bring them along from the snapshot.
+                for figure in (card_record.loss_curve_png, card_record.reconstruction_png):
+                    if figure and (snapshot / figure).is_file():
+                        shutil.copyfile(snapshot / figure, card_dir / figure)
         card = update_model_card(card_dir, results, record=card_record)
         print(f"model card: {card}")
     print(

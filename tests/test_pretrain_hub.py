@@ -213,25 +213,14 @@ def test_linear_probe_from_hub_id_offline_from_cache(probe_run):
     assert saved["top1"] > majority + 0.1, (saved["top1"], majority)  # real labels carry signal
 
 
-# Known bug (reported, not fixed here: recipes/linear_probe.py is not this file's to change).
-_CARD_BUG = (
-    "recipes/linear_probe.py copies the Hub export's run_record.json into OUTPUT_DIR/model_card "
-    "but not the loss_curve.png it references, so rendering the card fails"
-)
-
-
 def test_linear_probe_card_for_a_hub_export(pushed_run, probe_run, tmp_path):
     out = tmp_path / "probe"
-    try:
-        _probe_offline(
-            pushed_run.hub, probe_run.sha, out,
-            "--feature_cache_dir", str(probe_run.out / "feature_cache"),
-            "--num_train_epochs", "1", "--warmup_epochs", "0",  # the card is what is tested here
-        )  # fmt: skip
-    except ValueError as e:
-        if "loss_curve_png='loss_curve.png' is referenced by the run record" in str(e):
-            pytest.xfail(_CARD_BUG)
-        raise
+    # The card copies the run's figures from the Hub snapshot (they are referenced by it).
+    _probe_offline(
+        pushed_run.hub, probe_run.sha, out,
+        "--feature_cache_dir", str(probe_run.out / "feature_cache"),
+        "--num_train_epochs", "1", "--warmup_epochs", "0",  # the card is what is tested here
+    )  # fmt: skip
     card_dir = out / "model_card"
     card = (card_dir / "README.md").read_text()
     assert "model-index" in card and "## Bands" in card
