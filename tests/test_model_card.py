@@ -237,11 +237,11 @@ def test_template_is_packaged_and_linked():
     assert link.resolve() == TEMPLATE_PATH.resolve()
 
 
-def test_example_card_is_rendered_from_its_record(tmp_path):
-    """model_cards/example/README.md must be exactly what model_cards/render.py produces."""
+def test_demo_card_is_rendered_from_its_record(tmp_path):
+    """model_cards/demo/README.md (the demo run's card) is exactly what render.py produces."""
     from pathlib import Path
 
-    example = Path(__file__).resolve().parents[1] / "model_cards" / "example"
+    example = Path(__file__).resolve().parents[1] / "model_cards" / "demo"
     record = RunRecord.load(example / RUN_RECORD_NAME)
     assert (example / "README.md").read_text() == str(render_model_card(record, example))
 
