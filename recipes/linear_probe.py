@@ -18,7 +18,7 @@ import argparse
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -97,6 +97,7 @@ def run(args: ProbeArguments) -> dict:
         load_or_extract_features,
         predict_scores,
         restrict_to_bands,
+        results_record,
         save_confusion_matrix_png,
         train_linear_probe,
         update_model_card,
@@ -181,32 +182,23 @@ def run(args: ProbeArguments) -> dict:
         matrix, train.label_names, output_dir / "confusion_matrix.png",
         title=f"{Path(args.model_name_or_path).name} linear probe on {dataset_label}",
     )  # fmt: skip
-    results = {
-        **metrics,
-        "protocol": "linear-probe",
-        "feature": args.feature,
-        "model_name_or_path": args.model_name_or_path,
-        "revision": args.revision,
-        "commit": commit,
-        "preset": getattr(model.config, "preset", None),
-        "num_parameters_encoder": sum(p.numel() for p in model.parameters()),
-        "dataset": args.dataset_name_or_path,
-        "dataset_name": dataset_label,
-        "dataset_revision": args.dataset_revision,
-        "train_split": args.train_split,
-        "test_split": args.test_split,
-        "num_train": len(train),
-        "num_test": len(test),
-        "num_classes": num_classes,
-        "label_names": train.label_names,
-        "bands_used": bands_used,
-        "band_subset": band_subset,
-        "confusion_matrix": matrix.tolist(),
-        "confusion_matrix_png": "confusion_matrix.png",
-        "probe": {"optimizer": args.optimizer, "epochs": args.num_train_epochs, **stats},
-        "args": asdict(args),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+    results = results_record(
+        metrics=metrics,
+        protocol="linear-probe",
+        args=args,
+        preset=getattr(model.config, "preset", None),
+        num_parameters_encoder=sum(p.numel() for p in model.parameters()),
+        dataset_name=dataset_label,
+        train=train,
+        test=test,
+        num_classes=num_classes,
+        bands_used=bands_used,
+        band_subset=band_subset,
+        matrix=matrix,
+        commit=commit,
+        probe={"optimizer": args.optimizer, "epochs": args.num_train_epochs, **stats},
+        seconds=round(time.perf_counter() - start, 2),
+    )
     write_results(output_dir, results)
 
     # ---- model card model-index

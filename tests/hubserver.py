@@ -714,23 +714,17 @@ def hub_env(hub: FakeHub, home: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def local_hub(tmp_path, monkeypatch):
-    """A running ``FakeHub`` with ``HF_ENDPOINT``/``HF_TOKEN``/cache paths pointed at it.
-
-    Yields the ``FakeHub`` (``.endpoint``, ``.token``, ``.set_failure(mode, count)``, ``.repos``,
-    ``.requests``, ``.env`` for subprocesses).
-    """
+def point_client_at(hub: FakeHub, home: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point this process (env + frozen ``huggingface_hub.constants``) at ``hub``; returns the
+    environment, which subprocesses need as well."""
     from huggingface_hub import constants
 
-    hub = FakeHub().start()
-    home = str(tmp_path / "hf_home")
     os.makedirs(home, exist_ok=True)
     env = hub_env(hub, home)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HUGGING_FACE_HUB_TOKEN"):
-        monkeypatch.delenv(k, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
     # huggingface_hub froze these at import time; this process needs them patched too.
     monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
     monkeypatch.setattr(
@@ -746,7 +740,19 @@ def local_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    hub.env = env
+    return env
+
+
+@pytest.fixture
+def local_hub(tmp_path, monkeypatch):
+    """A running ``FakeHub`` with ``HF_ENDPOINT``/``HF_TOKEN``/cache paths pointed at it.
+
+    Yields the ``FakeHub`` (``.endpoint``, ``.token``, ``.set_failure(mode, count)``, ``.repos``,
+    ``.requests``, ``.env`` for subprocesses).
+    """
+    hub = FakeHub().start()
+    home = str(tmp_path / "hf_home")
+    hub.env = point_client_at(hub, home, monkeypatch)
     hub.home = home
     try:
         yield hub
@@ -755,4 +761,11 @@ def local_hub(tmp_path, monkeypatch):
         hub.stop()
 
 
-__all__ = ["FakeHub", "git_blob_sha1", "hub_env", "local_hub", "validate_card_yaml"]
+__all__ = [
+    "FakeHub",
+    "git_blob_sha1",
+    "hub_env",
+    "local_hub",
+    "point_client_at",
+    "validate_card_yaml",
+]

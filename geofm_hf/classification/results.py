@@ -29,6 +29,55 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def results_record(
+    *,
+    metrics: dict[str, Any],
+    protocol: str,
+    args: Any,
+    preset: str | None,
+    num_parameters_encoder: int,
+    dataset_name: str,
+    train: Any,
+    test: Any,
+    num_classes: int,
+    bands_used: list[str],
+    band_subset: bool,
+    matrix: Any,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The ``results.json`` record shared by the probe and fine-tuning recipes.
+
+    ``args`` is the recipe's argument dataclass (model, dataset and split fields are read from
+    it); ``extra`` adds the protocol's own fields (commit, probe schedule, losses, ...).
+    """
+    from dataclasses import asdict
+
+    return {
+        **metrics,
+        "protocol": protocol,
+        "feature": args.feature,
+        "model_name_or_path": args.model_name_or_path,
+        "revision": args.revision,
+        "preset": preset,
+        "num_parameters_encoder": num_parameters_encoder,
+        "dataset": args.dataset_name_or_path,
+        "dataset_name": dataset_name,
+        "dataset_revision": args.dataset_revision,
+        "train_split": args.train_split,
+        "test_split": args.test_split,
+        "num_train": len(train),
+        "num_test": len(test),
+        "num_classes": num_classes,
+        "label_names": train.label_names,
+        "bands_used": bands_used,
+        "band_subset": band_subset,
+        "confusion_matrix": matrix.tolist(),
+        "confusion_matrix_png": "confusion_matrix.png",
+        **extra,
+        "args": asdict(args),
+    }
+
+
 def write_results(output_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
     """Write ``output_dir/results.json`` atomically (keys sorted, indented)."""
     missing = [k for k in _REQUIRED if k not in results]
