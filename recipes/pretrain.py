@@ -307,7 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.push_to_hub and accelerator.is_main_process:
         from geofm_hf.hub import HubPusher
 
-        pusher = HubPusher(args.hub_model_id, private=args.hub_private_repo)
+        pusher = HubPusher(
+            args.hub_model_id,
+            private=args.hub_private_repo,
+            retry_backoff_s=args.hub_retry_backoff_s,
+        )
     stop = _StopSignal()
 
     # ------------------------------------------------------------------ loop

@@ -262,15 +262,20 @@ def test_finetune_from_local_export(pushed_run, tmp_path):
 
 
 def test_hub_http_500_during_the_run_is_retried(local_hub, tmp_path):
-    # The recipe's HubPusher uses the default backoff (5 s, doubling): two failed requests cost
-    # the first push two attempts and ~15 s of waiting, mostly hidden behind training.
-    failures = 2
+    # Five failed requests with a 0.2 s first backoff (doubling): ~6 s of retries on the first
+    # push while training goes on.
+    failures = 5
     repo_id = "geofm-test/flaky"
     local_hub.set_failure("http500", count=failures)
     out = tmp_path / "run"
     result = pretrain(
-        out, *RUN, "--push_to_hub", "true", "--hub_model_id", repo_id, env=local_hub.env
-    )
+        out,
+        *RUN,
+        "--push_to_hub", "true",
+        "--hub_model_id", repo_id,
+        "--hub_retry_backoff_s", "0.2",
+        env=local_hub.env,
+    )  # fmt: skip
     assert len(local_hub.requests) > failures
     assert "retrying in" in result.stderr and "simulated internal error" in result.stderr
     summary = _hub_summary(result.stdout)

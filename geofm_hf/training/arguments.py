@@ -88,6 +88,10 @@ class PretrainingArguments:
     push_to_hub: bool = field(default=False)
     hub_model_id: str | None = field(default=None)
     hub_private_repo: bool = field(default=False)
+    hub_retry_backoff_s: float = field(
+        default=5.0,
+        metadata={"help": "First wait before retrying a failed push; doubles up to 5 minutes."},
+    )
     plot_reconstructions: bool = field(default=True)
     dry_run: bool = field(
         default=False,
