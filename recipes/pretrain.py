@@ -634,7 +634,11 @@ def dry_run(model_args, data_args, args) -> int:
     )
     print(plan.format_table())
     estimate = plan.strategies[strategy]
-    print(f"chosen strategy {strategy}: {estimate}")
+    print(
+        f"chosen strategy {strategy}: {estimate.memory_gb_per_gcd:.1f} GB per GCD "
+        f"({'fits' if estimate.fits else 'does NOT fit'}), about {estimate.images_per_s:,.0f} "
+        "images/s predicted"
+    )
     return 0
 
 
