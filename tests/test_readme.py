@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def quickstart_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    section = re.search(r"^## Quickstart\n(.*?)^## ", text, re.S | re.M).group(1)
+    section = re.search(r"^## quick ?start\n(.*?)^## ", text, re.S | re.M | re.I).group(1)
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
