@@ -23,32 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from geofm_hf.classification.arguments import ClassificationArguments
+
 
 @dataclass
-class FinetuneArguments:
+class FinetuneArguments(ClassificationArguments):
     """Options of fine-tuning (names follow transformers' TrainingArguments)."""
 
-    model_name_or_path: str = field(metadata={"help": "Local export or Hub model repo id."})
-    dataset_name_or_path: str = field(
-        metadata={"help": "geofm shards (folder/Hub), image folder, or a datasets repo."}
-    )
-    output_dir: str = field(metadata={"help": "Where the fine-tuned model and results go."})
-    revision: str | None = None
-    dataset_revision: str | None = None
-    dataset_name: str | None = None
-    train_split: str = "train"
-    test_split: str = "test"
-    image_column: str = "image"
-    label_column: str = "label"
-    band_names: list[str] | None = field(
-        default=None, metadata={"help": "Names of the dataset's channels when it does not say."}
-    )
-    allow_band_subset: bool = True
-    feature: str = field(default="cls", metadata={"help": "Pooling for the head: cls or mean."})
     num_train_epochs: int = 100
     warmup_epochs: int = 5
     per_device_train_batch_size: int = 64
-    per_device_eval_batch_size: int = 64
     learning_rate: float = field(
         default=1e-3, metadata={"help": "Base lr (MAE fine-tune); peak = lr x global batch / 256."}
     )
@@ -60,7 +44,6 @@ class FinetuneArguments:
     augment: bool = field(default=True, metadata={"help": "Random flips and 90-degree rotations."})
     max_grad_norm: float | None = None
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16."})
-    seed: int = 0
 
 
 def _preprocess(processor, split, band_names, batch_size: int) -> torch.Tensor:

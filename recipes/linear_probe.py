@@ -23,33 +23,13 @@ from pathlib import Path
 
 import torch
 
+from geofm_hf.classification.arguments import ClassificationArguments
+
 
 @dataclass
-class ProbeArguments:
+class ProbeArguments(ClassificationArguments):
     """Options of the linear probe (names follow transformers' TrainingArguments)."""
 
-    model_name_or_path: str = field(metadata={"help": "Local export or Hub model repo id."})
-    dataset_name_or_path: str = field(
-        metadata={"help": "geofm shards (folder/Hub), image folder, or a datasets repo."}
-    )
-    output_dir: str = field(metadata={"help": "Where results.json and the PNG go."})
-    revision: str | None = field(default=None, metadata={"help": "Model revision (Hub only)."})
-    dataset_revision: str | None = field(default=None, metadata={"help": "Dataset revision."})
-    dataset_name: str | None = field(default=None, metadata={"help": "Display name of the data."})
-    train_split: str = "train"
-    test_split: str = "test"
-    image_column: str = "image"
-    label_column: str = "label"
-    band_names: list[str] | None = field(
-        default=None,
-        metadata={"help": "Names of the dataset's channels when it does not say (e.g. red green "
-                  "blue); mapped to the model's bands by alias."},
-    )  # fmt: skip
-    allow_band_subset: bool = field(
-        default=True,
-        metadata={"help": "Run on a strict subset of the model's bands (select_input_bands)."},
-    )
-    feature: str = field(default="cls", metadata={"help": "'cls' token or 'mean' of patches."})
     cache_features: bool = field(default=True, metadata={"help": "Cache features on disk."})
     feature_cache_dir: str | None = field(
         default=None, metadata={"help": "Feature cache folder (default OUTPUT_DIR/feature_cache)."}
@@ -57,7 +37,6 @@ class ProbeArguments:
     num_train_epochs: int = 90
     warmup_epochs: int = 10
     per_device_train_batch_size: int = 256
-    per_device_eval_batch_size: int = 64
     learning_rate: float = field(
         default=0.1, metadata={"help": "Base lr; the peak is learning_rate x batch / 256."}
     )
@@ -65,7 +44,6 @@ class ProbeArguments:
     optimizer: str = field(
         default="sgd", metadata={"help": "sgd (default: small datasets), lars (MAE) or adamw."}
     )
-    seed: int = 0
     update_model_card: bool = field(
         default=True, metadata={"help": "Write the results into the checkpoint's model-index."}
     )
