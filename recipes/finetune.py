@@ -14,7 +14,6 @@ model=OUTPUT_DIR)`` works.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from geofm_hf.classification.arguments import ClassificationArguments
+from geofm_hf.training.optim import learning_rate_at
 
 
 @dataclass
@@ -142,8 +142,7 @@ def run(args: FinetuneArguments) -> dict:
     model.train()
     for epoch in range(args.num_train_epochs):
         for pixels, labels in loader:
-            scale = (step + 1) / warmup if step < warmup else 0.5 * (
-                1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))  # fmt: skip
+            scale = learning_rate_at(step, peak=1.0, warmup_steps=warmup, max_steps=total)
             for group in optimizer.param_groups:
                 group["lr"] = peak_lr * scale * group.get("lr_scale", 1.0)
             if args.augment:

@@ -743,15 +743,10 @@ def point_client_at(hub: FakeHub, home: str, monkeypatch: pytest.MonkeyPatch) ->
     return env
 
 
-@pytest.fixture
-def local_hub(tmp_path, monkeypatch):
-    """A running ``FakeHub`` with ``HF_ENDPOINT``/``HF_TOKEN``/cache paths pointed at it.
-
-    Yields the ``FakeHub`` (``.endpoint``, ``.token``, ``.set_failure(mode, count)``, ``.repos``,
-    ``.requests``, ``.env`` for subprocesses).
-    """
+@contextlib.contextmanager
+def serving_hub(home: str, monkeypatch: pytest.MonkeyPatch):
+    """A started ``FakeHub`` with this process and ``.env`` pointed at it; stopped on exit."""
     hub = FakeHub().start()
-    home = str(tmp_path / "hf_home")
     hub.env = point_client_at(hub, home, monkeypatch)
     hub.home = home
     try:
@@ -761,11 +756,23 @@ def local_hub(tmp_path, monkeypatch):
         hub.stop()
 
 
+@pytest.fixture
+def local_hub(tmp_path, monkeypatch):
+    """A running ``FakeHub`` with ``HF_ENDPOINT``/``HF_TOKEN``/cache paths pointed at it.
+
+    Yields the ``FakeHub`` (``.endpoint``, ``.token``, ``.set_failure(mode, count)``, ``.repos``,
+    ``.requests``, ``.env`` for subprocesses).
+    """
+    with serving_hub(str(tmp_path / "hf_home"), monkeypatch) as hub:
+        yield hub
+
+
 __all__ = [
     "FakeHub",
     "git_blob_sha1",
     "hub_env",
     "local_hub",
     "point_client_at",
+    "serving_hub",
     "validate_card_yaml",
 ]

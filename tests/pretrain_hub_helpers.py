@@ -9,22 +9,15 @@ against :func:`module_hub`, which points the client at it with the same
 from __future__ import annotations
 
 import pytest
-from hubserver import FakeHub, point_client_at
+from hubserver import point_client_at, serving_hub
 
 
 @pytest.fixture(scope="module")
 def module_hub(tmp_path_factory):
     """A ``FakeHub`` (with ``.env`` and ``.home``) serving every test of one module."""
-    hub = FakeHub().start()
     home = str(tmp_path_factory.mktemp("module_hub") / "hf_home")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        hub.env = point_client_at(hub, home, monkeypatch)
-        hub.home = home
-        try:
-            yield hub
-        finally:
-            hub.set_failure(None)
-            hub.stop()
+    with pytest.MonkeyPatch.context() as monkeypatch, serving_hub(home, monkeypatch) as hub:
+        yield hub
 
 
 __all__ = ["module_hub", "point_client_at"]

@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from geofm_hf.training.optim import learning_rate_at
+
 __all__ = ["LARS", "LinearProbe", "predict_scores", "train_linear_probe"]
 
 
@@ -76,13 +78,6 @@ class LARS(torch.optim.Optimizer):
                 p.add_(mu, alpha=-group["lr"])
 
 
-def _cosine_lr(step: int, total: int, warmup: int, peak: float) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def train_linear_probe(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -134,7 +129,7 @@ def train_linear_probe(
             if len(idx) < 2:  # BatchNorm needs two samples in training mode
                 continue
             for group in opt.param_groups:
-                group["lr"] = _cosine_lr(step, total, warmup, lr)
+                group["lr"] = learning_rate_at(step, peak=lr, warmup_steps=warmup, max_steps=total)
             loss = loss_fn(probe(features[idx]), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
