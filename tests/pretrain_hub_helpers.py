@@ -9,7 +9,7 @@ against :func:`module_hub`, which points the client at it with the same
 from __future__ import annotations
 
 import pytest
-from hubserver import point_client_at, serving_hub
+from hubserver import serving_hub
 
 
 @pytest.fixture(scope="module")
@@ -20,4 +20,4 @@ def module_hub(tmp_path_factory):
         yield hub
 
 
-__all__ = ["module_hub", "point_client_at"]
+__all__ = ["module_hub"]
