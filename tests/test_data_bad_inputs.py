@@ -109,7 +109,9 @@ def test_bad_scene_skip_counts_logs_and_cards(tmp_path, case, caplog):
     _good_scenes(inp, 9)
     reasons = _make_bad(inp, case)
     with caplog.at_level(logging.WARNING, logger="geofm_hf.data.writer"):
-        summary = write_shards(inp, tmp_path / "out", sensor=S2, on_error="skip", max_error_fraction=0.2)
+        summary = write_shards(
+            inp, tmp_path / "out", sensor=S2, on_error="skip", max_error_fraction=0.2
+        )
     assert summary.num_samples == {"train": 9}  # the nine good 64x64 scenes, one chip each
     assert summary.skipped["errors"] == 1 and summary.skipped["count"] == 1
     (reason,) = summary.skipped["by_reason"]
