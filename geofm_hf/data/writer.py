@@ -475,6 +475,13 @@ def _available_bands(scene: _Scene, src_list, band_names, sensor):
         else:
             names = [f"B{i}" for i in range(1, src.count + 1)]
         available = {n: (src, i + 1) for i, n in enumerate(names)}
+    if sensor is not None and not named:
+        raise BadInputError(
+            "unnamed_bands",
+            f"{scene.multiband} has {len(available)} bands without names (no band descriptions); "
+            f"the {sensor} table cannot be applied by position. Name them in file order with "
+            "band_names=[...] (--band-names B3,B4,B5)",
+        )
     if sensor is None or not named:
         order = list(available) if scene.multiband else sorted(available)
         return order, available, named
@@ -500,7 +507,7 @@ def _resolve_band_names(scene: _Scene, src_list, bands, sensor, band_names=None)
 
     ``bands`` only selects and reorders by name (or alias): the pixels follow the names.
     """
-    order, available, _ = _available_bands(scene, src_list, band_names, sensor)
+    order, available, named = _available_bands(scene, src_list, band_names, sensor)
     if bands is None:
         return [(n, *available[n]) for n in order]
     wanted = []
@@ -512,10 +519,21 @@ def _resolve_band_names(scene: _Scene, src_list, bands, sensor, band_names=None)
             except ValueError:
                 key = name
         if key not in available:
+            unnamed = scene.multiband is not None and not named
             raise BadInputError(
                 "band_name_mismatch",
                 f"scene {scene.source} has no band {name!r}; it has {list(available)}"
-                + ("" if sensor else " (no sensor identified: aliases like 'red' need one)"),
+                + (
+                    " (placeholders: the file names no bands; bands= only selects, name them "
+                    "with band_names=[...] / --band-names)"
+                    if unnamed
+                    else ""
+                )
+                + (
+                    ""
+                    if sensor or unnamed
+                    else " (no sensor identified: aliases like 'red' need one)"
+                ),
             )
         wanted.append((key, *available[key]))
     if len({w[0] for w in wanted}) != len(wanted):
@@ -523,10 +541,14 @@ def _resolve_band_names(scene: _Scene, src_list, bands, sensor, band_names=None)
     return wanted
 
 
-def _identify_scene_sensors(scenes: list[_Scene], sensor, band_names) -> dict[str, str | None]:
-    """Sensor of every scene, from ``sensor`` or evidence; raises before anything is written."""
-    if sensor is not None:
-        return {s.source: sensor for s in scenes}
+def _identify_scene_sensors(
+    scenes: list[_Scene], sensor, band_names, bands, on_error: str
+) -> dict[str, str | None]:
+    """Sensor of every scene (``sensor`` or evidence) and a check of the band selection.
+
+    Runs before the output folder is touched, so an ambiguous sensor, or (under
+    ``on_error="raise"``) a band selection a scene cannot satisfy, writes nothing.
+    """
     out: dict[str, str | None] = {}
     for scene in scenes:
         paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
@@ -534,14 +556,20 @@ def _identify_scene_sensors(scenes: list[_Scene], sensor, band_names) -> dict[st
         try:
             for path in paths:
                 srcs.append(_open(path))
-            _, available, named = _available_bands(scene, srcs, band_names, None)
-            names = list(available) if named else []
-            try:
-                out[scene.source] = identify_sensor(names, _scene_evidence(scene, []))
-            except AmbiguousSensorError:
-                out[scene.source] = identify_sensor(names, _scene_evidence(scene, srcs))
+            if sensor is not None:
+                out[scene.source] = sensor
+            else:
+                _, available, named = _available_bands(scene, srcs, band_names, None)
+                names = list(available) if named else []
+                try:
+                    out[scene.source] = identify_sensor(names, _scene_evidence(scene, []))
+                except AmbiguousSensorError:
+                    out[scene.source] = identify_sensor(names, _scene_evidence(scene, srcs))
+            _resolve_band_names(scene, srcs, bands, out[scene.source], band_names)
         except BadInputError:
-            out[scene.source] = None  # unreadable: the main loop reports it
+            out.setdefault(scene.source, None)
+            if on_error == "raise":
+                raise
         finally:
             for src in srcs:
                 src.close()
@@ -767,7 +795,7 @@ def write_shards(
     if not scenes:
         raise FileNotFoundError(f"no input rasters found in {inputs!r}")
     _check_unnamed_singles(scenes, band_names)
-    scene_sensors = _identify_scene_sensors(scenes, sensor, band_names)
+    scene_sensors = _identify_scene_sensors(scenes, sensor, band_names, bands, on_error)
     output_dir.mkdir(parents=True, exist_ok=True)
     _prepare_output(output_dir, overwrite)
     staging = output_dir / _STAGING
