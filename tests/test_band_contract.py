@@ -221,28 +221,16 @@ def test_6_recipes_take_dataset_bands():
     from recipes.linear_probe import ProbeArguments
 
     for cls in (ProbeArguments, FinetuneArguments):
-        (args,) = HfArgumentParser(cls).parse_args_into_dataclasses(
-            [
-                "--model_name_or_path",
-                "m",
-                "--dataset_name_or_path",
-                "d",
-                "--output_dir",
-                "o",
-                "--dataset_bands",
-                "B3",
-                "B4",
-                "--dataset_sensor",
-                "landsat7",
-            ]  # fmt: skip
-        )
+        argv = "--model_name_or_path m --dataset_name_or_path d --output_dir o "
+        argv += "--dataset_bands B3 B4 --dataset_sensor landsat7"
+        (args,) = HfArgumentParser(cls).parse_args_into_dataclasses(argv.split())
         assert args.dataset_bands == ["B3", "B4"] and args.dataset_sensor == "landsat7"
 
 
 # ---- 7. validity masks, fill values, NaN/inf, S2 offset, GSD in metres ---------------------
 def test_7_landsat_fmask_gaps_and_fill_are_stored_per_chip_and_streamed(tmp_path):
     write_shards([LS / LE7], tmp_path / "o", chip_size=32, stride=29, max_nodata_fraction=1.0)
-    rows, arrays = _chips(tmp_path / "o")
+    rows, _ = _chips(tmp_path / "o")
     fmask = _band(LE7, "fmask")
     bands = np.stack([_band(LE7, b) for b in ("b3", "b4", "b5")])
     expected = ~(np.isin(fmask, [2, 4, 255]) | np.isin(bands, [-9999, 0]).any(axis=0))
