@@ -22,7 +22,13 @@ from geofm_hf import (
     GeoViTMAEImageProcessor,
     select_input_bands,
 )
-from geofm_hf.bands import SENSORS, get_sensor_bands, identify_sensor, rgb_band_indices
+from geofm_hf.bands import (
+    SENSORS,
+    get_sensor_bands,
+    identify_sensor,
+    rgb_band_indices,
+    sensor_fill_values,
+)
 from geofm_hf.classification import BandMismatchError, map_dataset_bands, prepare_dataset_bands
 from geofm_hf.classification.bands import dataset_band_table
 from geofm_hf.data import decode_batch, make_pretrain_dataloader, read_dataset_info, write_shards
@@ -348,6 +354,18 @@ def test_8_sensor_tables_cover_the_sensors_users_bring(tmp_path, capsys):
     assert {k: len(v) for k, v in SENSORS.items()} == expected
     for bands in SENSORS.values():
         assert all(b.wavelength_um > 0 and b.bandwidth_um > 0 for b in bands)
+    gsds = {k: sorted({b.gsd_m for b in v if b.gsd_m}) for k, v in SENSORS.items()}
+    assert gsds == {
+        "sentinel2-l1c": [10, 20, 60], "sentinel2-l2a": [10, 20, 60], "landsat4-tm": [30, 120],
+        "landsat5-tm": [30, 120], "landsat7-etm": [15, 30, 60], "landsat8-oli": [15, 30, 100],
+        "landsat9-oli": [15, 30, 100], "hls-l30": [30], "hls-s30": [30], "naip": [0.6],
+        "planetscope-4band": [3], "planetscope-8band": [3], "modis-mod09": [250, 500],
+        "rgb": [], "rgbn": [],
+    }  # fmt: skip
+    fills = {k: sensor_fill_values(k) for k in SENSORS}
+    assert fills["hls-s30"] == (-9999.0,) and fills["modis-mod09"] == (-28672.0,)
+    assert fills["naip"] == fills["rgb"] == () and fills["landsat9-oli"] == (0.0,)
+    assert "B10" not in {b.name for b in SENSORS["sentinel2-l2a"]}
     etm = {b.name: b for b in get_sensor_bands("landsat7")}
     assert etm["B4"].common_name == "nir" and etm["B8"].gsd_m == 15.0
     assert {b.name: b.gsd_m for b in get_sensor_bands("landsat5")}["B6"] == 120.0
