@@ -137,6 +137,7 @@ def test_2_scene_ids_identify_tm_and_etm_and_b4_is_nir(tmp_path):
     with pytest.raises(ValueError, match="no red band"):
         rgb_band_indices(["B1", "B2", "B3", "B4", "B5", "B7"])
     assert identify_sensor(["B3"], [f"LC08_L2SP_035032_{'2020' * 2}"]) == "landsat8-oli"
+    assert identify_sensor(["red", "green", "blue", "nir"]) == "rgbn"  # not PlanetScope
 
 
 # ---- 3. --bands selects and reorders; --band-names names -----------------------------------
