@@ -86,6 +86,11 @@ def pretrain(init: Path, out: Path, steps: int, batch: int, seed: int) -> tuple[
         "--save_total_limit", "1", "--report_to", "none", "--plot_reconstructions", "false",
         "--resume_from_checkpoint", "auto",
     ])  # fmt: skip
+    if not (final / "model.safetensors").is_file():  # stopped by a signal: checkpointed only
+        raise RuntimeError(
+            f"pretraining in {out} stopped before step {steps} without an export; rerun the same "
+            "command to resume from its last checkpoint."
+        )
     return final, time.perf_counter() - start
 
 
