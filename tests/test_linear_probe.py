@@ -28,6 +28,7 @@ import linear_probe
 
 REPO = "geofm-test/probe-tiny"
 FAST = ["--num_train_epochs", "30", "--warmup_epochs", "3", "--per_device_train_batch_size", "64"]
+CHEAP = ["--seeds", "2", "--sweep_learning_rates", "0.1", "--sweep_weight_decays", "0"]
 
 
 def _probe(model, out, *extra):
@@ -132,7 +133,7 @@ def test_comparison_table_aggregates_runs(tmp_path, capsys):
     small = tiny_export(tmp_path / "small")
     wide = tiny_export(tmp_path / "wide", hidden_size=96, num_attention_heads=3)
     for name, export in (("small", small), ("wide", wide)):
-        _probe(export, tmp_path / name, "--update_model_card", "false")
+        _probe(export, tmp_path / name, "--update_model_card", "false", *CHEAP)
     text = linear_probe.main(["table", str(tmp_path / "wide"), str(tmp_path / "small" /
                               "results.json"), "--output", str(tmp_path / "table.md")])  # fmt: skip
     rows = [r for r in text.splitlines() if r.startswith("| ") and "checkpoint" not in r]
@@ -158,7 +159,8 @@ def test_comparison_table_aggregates_runs(tmp_path, capsys):
 
 def test_seeds_change_per_seed_values_not_the_protocol(tmp_path):
     export = tiny_export(tmp_path / "export")
-    cache = ["--feature_cache_dir", str(tmp_path / "cache"), "--update_model_card", "false"]
+    cache = ["--feature_cache_dir", str(tmp_path / "cache"), "--update_model_card", "false",
+             "--sweep_learning_rates", "0.1", "1.0"]  # fmt: skip
     a = _probe(export, tmp_path / "a", "--seeds", "3", *cache)
     b = _probe(export, tmp_path / "b", "--seeds", "3", "--seed", "7", *cache)
     c = _probe(export, tmp_path / "c", "--seeds", "2", *cache)
