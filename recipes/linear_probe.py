@@ -100,9 +100,6 @@ def _check_args(args: ProbeArguments) -> None:
         raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}: found {args.protocol!r}.")
     if args.seeds < 1:
         raise ValueError(f"seeds is a count of probe seeds (>= 1): found {args.seeds}.")
-    if args.feature == "auto" and not args.sweep and args.protocol == "knn":
-        raise ValueError("feature auto chooses on the validation split with a linear probe: "
-                         "use --protocol linear or both, or name a feature.")  # fmt: skip
 
 
 def run(args: ProbeArguments) -> dict:
@@ -196,8 +193,10 @@ def run(args: ProbeArguments) -> dict:
     # ---- choices on a validation split of train (never on test): feature, lr, weight decay
     schedule = dict(epochs=args.num_train_epochs, warmup_epochs=args.warmup_epochs,
                     batch_size=args.per_device_train_batch_size, optimizer=args.optimizer)  # fmt: skip
-    sweep_grid = dict(learning_rates=args.sweep_learning_rates,
-                      weight_decays=args.sweep_weight_decays, val_fraction=args.val_fraction,
+    # --sweep false keeps the given lr / weight decay; feature auto still compares on validation.
+    sweep_grid = dict(learning_rates=args.sweep_learning_rates if args.sweep else
+                      [args.learning_rate], weight_decays=args.sweep_weight_decays if args.sweep
+                      else [args.weight_decay], val_fraction=args.val_fraction,
                       seed=args.val_seed, **schedule)  # fmt: skip
     candidates = [args.feature]
     if args.feature == "auto":  # mean_last4 on a model of fewer blocks averages all of them
@@ -205,7 +204,7 @@ def run(args: ProbeArguments) -> dict:
         candidates = [f if f != "mean_last4" or depth >= 4 else f"mean_last{depth}"
                       for f in FEATURE_CHOICES if f != "mean_last4" or depth > 1]  # fmt: skip
     selection: dict = {}
-    if args.sweep and (len(candidates) > 1 or "linear-probe" in PROTOCOLS[args.protocol]):
+    if len(candidates) > 1 or (args.sweep and "linear-probe" in PROTOCOLS[args.protocol]):
         for feature in candidates:
             selection[feature] = sweep_linear_probe(
                 features(args.train_split, train, feature), train_y, num_classes, **sweep_grid
