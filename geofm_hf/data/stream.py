@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .device_transforms import crop_uint16
 from .format import (
     BadInputError,
     GeoDatasetInfo,
@@ -186,8 +187,11 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         return_chip_ids: bool = False,
         info: GeoDatasetInfo | None = None,
         cache_mb: float = 512.0,
+        device_transforms: bool = False,
     ):
         super().__init__()
+        # Yield device_transforms.RawBatch (uint16 crops + flips) for the device to finish.
+        self.device_transforms = device_transforms
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}); got {rank}")
         if batch_size <= 0:
@@ -375,6 +379,8 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         else:
             params = np.zeros((n, 5), dtype=np.int64)
             params[:, 0], params[:, 1] = (h - crop) // 2, (w - crop) // 2
+        if self.device_transforms:
+            return crop_uint16(sources, params, crop)
         for i, ((arr, j), (y, x, hflip, vflip, k)) in enumerate(zip(sources, params)):
             view = arr[j, :, y : y + crop, x : x + crop]
             if hflip:
@@ -544,6 +550,7 @@ def make_pretrain_dataloader(
     max_error_fraction: float = 0.05,
     return_chip_ids: bool = False,
     pin_memory: bool = False,
+    device_transforms: bool = False,
 ) -> PretrainLoader:
     """Build the MAE pretraining loader for a Hub repo id or local folder.
 
@@ -551,11 +558,14 @@ def make_pretrain_dataloader(
     (mean/std default to ``geofm_dataset.json``) and, with ``augment``, randomly cropped,
     flipped and rotated by multiples of 90 degrees as a function of (seed, epoch, sample).
     ``return_chip_ids=True`` yields ``(tensor, chip_ids)`` (for tests/debugging).
+    ``device_transforms=True`` yields :class:`~geofm_hf.data.device_transforms.RawBatch` (uint16
+    crops + flips) instead; finish it on the device with ``apply_device_transforms``.
     """
     stream = GeoPretrainStream(
         name_or_path, split=split, batch_size=batch_size, seed=seed, rank=rank,
         world_size=world_size, num_workers=num_workers, crop_size=crop_size, mean=mean, std=std,
         augment=augment, revision=revision, drop_last=drop_last, on_error=on_error,
         max_error_fraction=max_error_fraction, return_chip_ids=return_chip_ids,
+        device_transforms=device_transforms,
     )  # fmt: skip
     return PretrainLoader(stream, num_workers=num_workers, pin_memory=pin_memory)
