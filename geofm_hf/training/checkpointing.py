@@ -20,14 +20,12 @@ import json
 import os
 import re
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
-FAULT_ENV = "GEOFM_FAULT_INJECT"
 
 
 def checkpoint_name(step: int) -> str:
@@ -81,14 +79,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def maybe_inject_fault(point: str, step: int) -> None:
-    """Test hook: ``GEOFM_FAULT_INJECT=point:step`` SIGKILLs the whole launch (process group) at
-    that point, as a node failure would. Unset in normal runs."""
-    spec = os.environ.get(FAULT_ENV)
-    if spec and spec == f"{point}:{step}":
-        os.killpg(os.getpgid(0), signal.SIGKILL)
-
-
 class CheckpointManager:
     """Saves ``accelerator.save_state`` checkpoints atomically and keeps the newest ``limit``."""
 
@@ -120,7 +110,6 @@ class CheckpointManager:
         acc.save_state(str(tmp), safe_serialization=True)
         write_json_atomic(tmp / f"data_state_rank{acc.process_index}.json", data_state)
         acc.wait_for_everyone()  # every rank's shards are on disk past this point
-        maybe_inject_fault("during_save", step)
         if acc.is_main_process:
             write_json_atomic(tmp / TRAINER_STATE, trainer_state)
             (tmp / COMPLETE).write_text(f"{step}\n")
