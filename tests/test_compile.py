@@ -82,3 +82,30 @@ def test_compile_refuses_a_model_without_blocks():
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 def test_inductor_blocks_match_eager(bf16):
     _check("inductor", bf16, checkpointing=True)
+
+
+@pytest.mark.slow
+def test_recipe_torch_compile_under_fsdp2_with_checkpointing(tmp_path):
+    import json
+
+    from pretrain_utils import CPU_FSDP_CONFIG, pretrain
+
+    losses = {}
+    for option in ("false", "true"):
+        out = tmp_path / option
+        result = pretrain(
+            out,
+            "--max_steps", "3",
+            "--save_steps", "100",
+            "--plot_reconstructions", "false",
+            "--bf16", "true",
+            "--gradient_checkpointing", "true",
+            "--torch_compile", option,
+            config=CPU_FSDP_CONFIG,
+        )  # fmt: skip
+        assert "FSDP2: block weights sharded" in result.stdout + result.stderr
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        losses[option] = [json.loads(line)["loss"] for line in lines if '"loss"' in line]
+    assert len(losses["true"]) == 3
+    for eager, compiled in zip(losses["false"], losses["true"]):
+        assert abs(compiled - eager) <= 2e-2 * abs(eager)  # bf16 tolerance

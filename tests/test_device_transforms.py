@@ -59,3 +59,25 @@ def test_default_is_on_for_gpus_only():
     assert resolve_device_transforms("auto", "cuda") is True
     assert resolve_device_transforms("auto", "cpu") is False
     assert resolve_device_transforms("true", "cpu") is True
+
+
+def test_recipe_trains_identically_with_device_transforms(tmp_path):
+    import json
+
+    from pretrain_utils import pretrain
+
+    losses = {}
+    for option in ("false", "true"):
+        out = tmp_path / option
+        pretrain(
+            out,
+            "--max_steps", "2",
+            "--save_steps", "100",
+            "--plot_reconstructions", "false",
+            "--bf16", "false",
+            "--device_transforms", option,
+        )  # fmt: skip
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        losses[option] = [json.loads(line)["loss"] for line in lines if '"loss"' in line]
+    assert len(losses["true"]) == 2
+    assert losses["true"] == losses["false"]

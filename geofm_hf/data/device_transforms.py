@@ -18,7 +18,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["RawBatch", "apply_device_transforms", "crop_uint16", "resolve_device_transforms"]
+__all__ = [
+    "RawBatch",
+    "apply_device_transforms",
+    "batch_to_device",
+    "crop_uint16",
+    "resolve_device_transforms",
+]
 
 
 class RawBatch(NamedTuple):
@@ -117,3 +123,12 @@ def resolve_device_transforms(option: str | bool, device: torch.device | str) ->
     if value in ("true", "false"):
         return value == "true"
     raise ValueError(f"device_transforms must be auto, true or false: found {option!r}.")
+
+
+def batch_to_device(batch, device: torch.device | str, loader) -> torch.Tensor:
+    """The recipe's hook: move a loader's batch to ``device``, finishing a :class:`RawBatch`
+    there with the stream's own mean/std; plain tensors are just moved."""
+    if isinstance(batch, RawBatch):
+        stream = loader.stream
+        return apply_device_transforms(batch, device, stream.mean, stream.std)
+    return batch.to(device, non_blocking=True)
