@@ -91,6 +91,14 @@ def worker(size: str, strategy: str, batch: int, steps: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def predict(size: str, strategy: str, procs: int, batch: int) -> float:
     from geofm_hf import planner
 
@@ -132,7 +140,7 @@ def main() -> None:
                     out = Path(tmp) / "peaks.json"
                     cmd = [
                         sys.executable, "-m", "torch.distributed.run",
-                        f"--nproc_per_node={procs}", "--master_port=0", __file__,
+                        f"--nproc_per_node={procs}", f"--master_port={_free_port()}", __file__,
                         "--batch", str(args.batch), "--steps", str(args.steps),
                         "--worker", size, strategy, str(out),
                     ]  # fmt: skip
