@@ -5,8 +5,9 @@
 For each model size, process count and strategy (FULL_SHARD, SHARD_GRAD_OP: FSDP2 fully_shard
 per block with reshard_after_forward true / false; replicate: DDP), launches real processes
 (``torch.distributed.run``, gloo), builds the MAE model on the meta device, shards or replicates
-it, materialises it, trains ``--steps`` AdamW steps in fp32 and reports each rank's peak RSS
-above its RSS before the model existed (``ru_maxrss``: the process's high-water mark). The
+it, materialises it, trains ``--steps`` AdamW steps in fp32 and reports each rank's largest
+resident set size (sampled after forward, backward and the optimiser step) above its RSS
+before the model existed. The
 planner predicts the same run (fp32, no activation checkpointing, ``gcds_per_node`` = process
 count, no runtime overhead: the baseline is subtracted). Goal: within +-25 %.
 """
@@ -36,7 +37,10 @@ STRATEGY = {"FULL_SHARD": "FULL_SHARD", "SHARD_GRAD_OP": "SHARD_GRAD_OP", "repli
 
 
 def _rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    """Current resident set size in bytes (``ru_maxrss`` is a high-water mark that import-time
+    transients may already have set above everything training allocates)."""
+    with open("/proc/self/statm", encoding="ascii") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
 
 
 def worker(size: str, strategy: str, batch: int, steps: int, out: str) -> None:
@@ -78,12 +82,16 @@ def worker(size: str, strategy: str, batch: int, steps: int, out: str) -> None:
                 p.to_local().normal_(0, 0.02)
     model.train()
     optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    high = 0
     for _ in range(steps):
         loss = model(pixel_values=x, noise=noise).loss
+        high = max(high, _rss())  # activations alive
         loss.backward()
+        high = max(high, _rss())  # gradients
         optim.step()
+        high = max(high, _rss())  # AdamW moments
         optim.zero_grad(set_to_none=True)
-    peak = torch.tensor([float(_rss() - base)])
+    peak = torch.tensor([float(high - base)])
     peaks = [torch.zeros(1) for _ in range(world)]
     dist.all_gather(peaks, peak)
     if rank == 0:
