@@ -379,6 +379,7 @@ def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEC
         device_transforms=resolve_device_transforms(
             data_args.device_transforms, run.accelerator.device
         ),
+        return_masks=True,  # nodata / fill / cloud pixels are kept out of the MAE loss
     )
 
 
@@ -495,13 +496,23 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
         set_learning_rate(optimizer, lr)
         step_loss, bad = 0.0, False
         for micro in range(args.gradient_accumulation_steps):
-            pixels = batch_to_device(next(data_iter), accelerator.device, loader)
+            pixels = next(data_iter)
+            pixel_mask = None
+            if isinstance(pixels, dict):  # the real stream: pixels + validity mask
+                pixels, pixel_mask = pixels["pixel_values"], pixels["pixel_mask"]
+                # An all-valid batch takes the unmasked loss (checked on the CPU: no sync).
+                pixel_mask = None if bool(pixel_mask.all()) else pixel_mask.to(accelerator.device)
+            pixels = batch_to_device(pixels, accelerator.device, loader)
             noise = mask_noise(
                 args.seed, step, micro, run.rank, (pixels.shape[0], config.num_patches)
             )
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    loss = model(pixel_values=pixels, noise=noise.to(accelerator.device)).loss
+                    loss = model(
+                        pixel_values=pixels,
+                        pixel_mask=pixel_mask,
+                        noise=noise.to(accelerator.device),
+                    ).loss
                 # One small all-reduce: every rank must agree to skip or stop, or the next
                 # collective would hang. It doubles as the preemption-signal vote.
                 flags = torch.tensor(
