@@ -35,9 +35,11 @@ import geofm_hf
 from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining, GeoViTMAEImageProcessor
 from geofm_hf.bands import rgb_band_indices
 from geofm_hf.data import make_pretrain_dataloader, read_dataset_info, sample_dataset_path
+from geofm_hf.data.device_transforms import batch_to_device, resolve_device_transforms
 from geofm_hf.modeling_geofm import count_parameters, flops_per_image
 from geofm_hf.training.arguments import as_flat_dict, parse_arguments
 from geofm_hf.training.checkpointing import CheckpointManager, resolve_resume
+from geofm_hf.training.compile import compile_blocks
 from geofm_hf.training.optim import (
     learning_rate_at,
     parameter_groups,
@@ -314,6 +316,8 @@ def build_model(config: GeoViTMAEConfig, model_args, seed: int) -> GeoViTMAEForP
         model = GeoViTMAEForPreTraining(config)
     if model_args.gradient_checkpointing:
         model.activation_checkpointing_enable()
+    if model_args.torch_compile:
+        compile_blocks(model)  # per block, before FSDP2 wraps them (torchtitan's order)
     return model
 
 
@@ -372,6 +376,9 @@ def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEC
         revision=data_args.dataset_revision,
         on_error=data_args.on_error,
         max_error_fraction=data_args.max_error_fraction,
+        device_transforms=resolve_device_transforms(
+            data_args.device_transforms, run.accelerator.device
+        ),
         return_masks=True,  # nodata / fill / cloud pixels are kept out of the MAE loss
     )
 
@@ -495,7 +502,7 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
                 pixels, pixel_mask = pixels["pixel_values"], pixels["pixel_mask"]
                 # An all-valid batch takes the unmasked loss (checked on the CPU: no sync).
                 pixel_mask = None if bool(pixel_mask.all()) else pixel_mask.to(accelerator.device)
-            pixels = pixels.to(accelerator.device, non_blocking=True)
+            pixels = batch_to_device(pixels, accelerator.device, loader)
             noise = mask_noise(
                 args.seed, step, micro, run.rank, (pixels.shape[0], config.num_patches)
             )

@@ -176,6 +176,10 @@ class ModelArguments:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute block activations in backward."}
     )
+    torch_compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile every transformer block (geofm_hf.training.compile)."},
+    )
 
 
 @dataclass
@@ -196,6 +200,12 @@ class DataArguments:
     synthetic_channels: int = field(default=13)
     on_error: str = field(default="raise", metadata={"help": "raise or skip bad shards."})
     max_error_fraction: float = field(default=0.05)
+    device_transforms: str = field(
+        default="auto",
+        metadata={
+            "help": "Flip/rotate/normalise uint16 batches on the device (auto: on GPUs only)."
+        },
+    )
 
 
 @dataclass
