@@ -38,6 +38,11 @@ from geofm_hf.data import make_pretrain_dataloader, read_dataset_info, sample_da
 from geofm_hf.modeling_geofm import count_parameters, flops_per_image
 from geofm_hf.training.arguments import as_flat_dict, parse_arguments
 from geofm_hf.training.checkpointing import CheckpointManager, resolve_resume
+from geofm_hf.training.distributed import (
+    REDUCE_DTYPES,
+    prepare_model,
+    save_pretrained_streaming,
+)
 from geofm_hf.training.optim import (
     learning_rate_at,
     parameter_groups,
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if outcome.stopped_by_signal:
         run.accelerator.end_training()
         return 0
-    export(run, model, processor, data, outcome, loader)
+    export(run, model, config, processor, data, outcome, loader)
     run.accelerator.end_training()
     return 0
 
@@ -256,9 +261,14 @@ def build_accelerator(args) -> tuple[Accelerator, bool]:
         "project_dir": str(args.output_dir),
         "log_with": None if args.report_to == "none" else args.report_to,
     }
-    if use_cuda and bf16:
-        # Replicated (DDP) runs all-reduce gradients in bf16, as the paper's FSDP runs did;
-        # FSDP configs ignore this handler and reduce per their own mixed-precision policy.
+    if args.gradient_reduce_dtype not in REDUCE_DTYPES:
+        raise ValueError(
+            f"gradient_reduce_dtype must be one of {sorted(REDUCE_DTYPES)}: found "
+            f"{args.gradient_reduce_dtype!r}."
+        )
+    if use_cuda and bf16 and args.gradient_reduce_dtype == "bfloat16":
+        # Asked for: replicated (DDP) runs all-reduce gradients in bf16. FSDP2 runs ignore this
+        # handler and reduce per their mixed-precision policy (distributed.mixed_precision_policy).
         kwargs["kwargs_handlers"] = [
             DistributedDataParallelKwargs(comm_hook=DDPCommunicationHookType.BF16)
         ]
@@ -277,6 +287,9 @@ def start_run(model_args, data_args, args) -> Run:
     if removed:
         accelerator.print(f"removed unfinished checkpoint writes from a previous run: {removed}")
     world = accelerator.num_processes
+    data_args.dataloader_num_workers, _ = loader_settings(
+        accelerator.device.type, data_args.dataloader_num_workers
+    )
     return Run(
         model_args=model_args,
         data_args=data_args,
@@ -296,8 +309,9 @@ def start_run(model_args, data_args, args) -> Run:
 
 
 def build_model(config: GeoViTMAEConfig, model_args, seed: int) -> GeoViTMAEForPreTraining:
-    """The model to train: the continued checkpoint's weights, or a fresh init from ``seed``."""
-    set_seed(seed)  # identical initial weights on every rank and every rerun
+    """The model to train: the continued checkpoint's weights, or, from scratch, the model on the
+    ``meta`` device: no memory until each rank materialises its own shards (prepare_model)."""
+    set_seed(seed)
     if model_args.model_name_or_path:
         model = AutoModelForPreTraining.from_pretrained(
             model_args.model_name_or_path,
@@ -311,7 +325,8 @@ def build_model(config: GeoViTMAEConfig, model_args, seed: int) -> GeoViTMAEForP
                 "pretraining needs a GeoViTMAEForPreTraining checkpoint."
             )
     else:
-        model = GeoViTMAEForPreTraining(config)
+        with torch.device("meta"):
+            model = GeoViTMAEForPreTraining(config)
     if model_args.gradient_checkpointing:
         model.activation_checkpointing_enable()
     return model
@@ -349,6 +364,13 @@ class SyntheticLoader:
         self.consumed = state["consumed"]
 
 
+def loader_settings(device_type: str, num_workers: int | None) -> tuple[int, bool]:
+    """(data workers per rank, pin_memory): on GPUs decoding runs in 4 workers and batches are
+    pinned for asynchronous copies; on CPU the training processes own the cores."""
+    on_gpu = device_type == "cuda"
+    return (4 if on_gpu else 0) if num_workers is None else num_workers, on_gpu
+
+
 def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEConfig):
     """This rank's stream of normalised, cropped batches (or synthetic ones)."""
     batch = run.args.per_device_train_batch_size
@@ -366,6 +388,9 @@ def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEC
         rank=run.rank,
         world_size=run.world,
         num_workers=data_args.dataloader_num_workers,
+        pin_memory=loader_settings(run.accelerator.device.type, data_args.dataloader_num_workers)[
+            1
+        ],
         crop_size=config.image_size,
         mean=config.image_mean,
         std=config.image_std,
@@ -379,8 +404,10 @@ def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEC
 
 
 def build_optimizer(run: Run, model):
-    """AdamW (MAE's groups) at the peak lr; model and optimiser prepared by accelerate."""
+    """Shard (FSDP2/HSDP) or wrap (DDP) the model, materialising a from-scratch model shard by
+    shard; then AdamW (MAE's groups) at the peak lr, built from the prepared parameters."""
     args = run.args
+    model = prepare_model(run.accelerator, model, args.seed, args.gradient_reduce_dtype)
     run.peak_lr = args.learning_rate or scaled_learning_rate(
         args.base_learning_rate, run.global_batch
     )
@@ -390,7 +417,7 @@ def build_optimizer(run: Run, model):
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
     )
-    model, optimizer = run.accelerator.prepare(model, optimizer)
+    optimizer = run.accelerator.prepare_optimizer(optimizer)
     if run.accelerator.distributed_type.value == "FSDP":
         shard = model.vit.encoder.layers[0].mlp.fc1.weight
         run.log(
@@ -465,15 +492,23 @@ class Outcome:
 
 
 def train(run: Run, model, optimizer, loader, config, processor, start_step: int) -> Outcome:
-    """The loop: lr schedule, micro-batches, the NaN/signal vote, logging, checkpoints."""
+    """The loop: lr schedule, micro-batches, logging, checkpoints.
+
+    No host sync or collective per micro-batch: losses and the non-finite count stay on the
+    device, and the ranks vote (one small all-reduce: NaN count, stop signal, loss sum) only at
+    logging steps and before every checkpoint, so a non-finite loss is still caught before any
+    checkpoint is written.
+    """
     args, accelerator = run.args, run.accelerator
+    device = accelerator.device
     flops_img, peak_flops = run.extra["flops_img"], run.extra["peak_flops"]
     model.train()
     data_iter = iter(loader)
     step = start_step
-    window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+    window = _Window(device)
     train_start, trained_images, last_loss = time.perf_counter(), 0, float("nan")
     skipped_steps = 0
+    grad_norm = torch.zeros((), device=device)
     progress = tqdm(
         total=args.max_steps, initial=start_step, disable=not accelerator.is_local_main_process
     )
@@ -486,58 +521,53 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
             min_lr=args.min_learning_rate,
         )
         set_learning_rate(optimizer, lr)
-        step_loss, bad = 0.0, False
         for micro in range(args.gradient_accumulation_steps):
-            pixels = next(data_iter).to(accelerator.device, non_blocking=True)
+            pixels = next(data_iter).to(device, non_blocking=True)
             noise = mask_noise(
                 args.seed, step, micro, run.rank, (pixels.shape[0], config.num_patches)
             )
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    loss = model(pixel_values=pixels, noise=noise.to(accelerator.device)).loss
-                # One small all-reduce: every rank must agree to skip or stop, or the next
-                # collective would hang. It doubles as the preemption-signal vote.
-                flags = torch.tensor(
-                    [float(not torch.isfinite(loss)), float(run.stop.received is not None)],
-                    device=accelerator.device,
-                )
-                flags = accelerator.reduce(flags, reduction="sum")
-                if flags[0] > 0:
-                    bad = True
-                    if args.nan_policy == "stop":
-                        raise FloatingPointError(
-                            f"Loss is {loss.item()} at step {step} (micro-batch {micro}) on at "
-                            f"least one rank; stopping without writing a checkpoint. The last "
-                            f"good checkpoint is in {run.output_dir}. Lower the learning rate or "
-                            "use --nan_policy skip."
-                        )
-                    loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0  # contributes no gradient
+                    loss = model(pixel_values=pixels, noise=noise.to(device)).loss
+                loss_value = loss.detach().float()
+                window.add(loss_value / args.gradient_accumulation_steps, step + 1)
+                # A non-finite loss makes every rank's reduced gradients non-finite, so under
+                # `skip` all ranks see the same non-finite norm below and skip together.
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    if bad or not torch.isfinite(torch.as_tensor(grad_norm)):
+                    grad_norm = _plain(
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    )
+                    if args.nan_policy == "skip" and not torch.isfinite(grad_norm):
+                        # One host read per step, no collective: the norm is already global.
                         skipped_steps += 1
-                        optimizer.zero_grad(set_to_none=True)
                     else:
                         optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-            step_loss += loss.detach().float().item() / args.gradient_accumulation_steps
         step += 1
-        last_loss = step_loss
-        window_loss += step_loss
-        window_images += run.global_batch
+        window.images += run.global_batch
         trained_images += run.global_batch
         progress.update(1)
 
-        if step % args.logging_steps == 0 or step == args.max_steps:
-            elapsed = time.perf_counter() - window_start
-            images_per_s = window_images / elapsed
+        saving = step % args.save_steps == 0 or step == args.max_steps
+        if step % args.logging_steps == 0 or saving:
+            vote = window.vote(accelerator, run.stop, run.world)
+            if vote.nonfinite and args.nan_policy == "stop":
+                raise FloatingPointError(
+                    f"Loss was NaN/inf {vote.nonfinite} time(s) between steps "
+                    f"{window.first_step} and {step} ({window.local_first_bad_step()}); "
+                    "stopping without writing a checkpoint. The last good checkpoint is in "
+                    f"{run.output_dir}. Lower the learning rate or use --nan_policy skip."
+                )
+            last_loss = vote.mean_loss
+            elapsed = time.perf_counter() - window.start
+            images_per_s = window.images / elapsed
             mfu = (
                 images_per_s * flops_img / (peak_flops * run.world) if peak_flops else float("nan")
             )
             record = {
                 "step": step,
-                "loss": window_loss / max(1, window_images // run.global_batch),
+                "loss": vote.mean_loss,
                 "lr": lr,
                 "grad_norm": float(grad_norm),
                 "images_per_s": images_per_s,
@@ -554,10 +584,11 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
                 run.metrics.write(record)
             if args.report_to != "none":
                 accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-            window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
-
-        stopping = flags[1] > 0
-        if step % args.save_steps == 0 or stopping or step == args.max_steps:
+            window = _Window(device, first_step=step + 1)
+            stopping = vote.stop
+        else:
+            stopping = False
+        if saving or stopping:
             save_checkpoint(run, model, loader, step, config, processor)
         if stopping:
             run.log(
@@ -567,6 +598,60 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
             return Outcome(step, 0.0, trained_images, last_loss, stopped_by_signal=True)
     progress.close()
     return Outcome(step, time.perf_counter() - train_start, trained_images, last_loss)
+
+
+def _plain(tensor):
+    """A clipped-gradient norm as a plain tensor (FSDP2 returns a replicated DTensor)."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else torch.as_tensor(tensor)
+
+
+@dataclass
+class _Vote:
+    nonfinite: int
+    stop: bool
+    mean_loss: float
+
+
+class _Window:
+    """Device-side sums between two votes: no host sync until :meth:`vote`."""
+
+    def __init__(self, device, first_step: int = 1) -> None:
+        self.loss_sum = torch.zeros((), device=device)  # finite losses only
+        self.nonfinite = torch.zeros((), device=device)
+        self.first_bad = torch.full((), -1, device=device, dtype=torch.long)
+        self.steps = torch.zeros((), device=device)
+        self.first_step = first_step
+        self.images = 0
+        self.start = time.perf_counter()
+        self._last_step = None
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        finite = torch.isfinite(loss)
+        self.loss_sum += torch.where(finite, loss, torch.zeros_like(loss))
+        self.nonfinite += (~finite).float()
+        self.first_bad = torch.where(
+            (self.first_bad < 0) & ~finite, torch.full_like(self.first_bad, step), self.first_bad
+        )
+        if self._last_step != step:
+            self.steps += 1
+            self._last_step = step
+
+    def vote(self, accelerator, stop, world: int) -> _Vote:
+        """Collective: one all-reduce of (non-finite count, stop signals, loss sum, steps)."""
+        flags = torch.stack(
+            [
+                self.nonfinite,
+                torch.tensor(float(stop.received is not None), device=self.nonfinite.device),
+                self.loss_sum,
+                self.steps,
+            ]
+        )
+        nonfinite, stops, loss_sum, steps = accelerator.reduce(flags, reduction="sum").tolist()
+        return _Vote(int(nonfinite), stops > 0, loss_sum / max(1.0, steps))
+
+    def local_first_bad_step(self) -> str:
+        step = int(self.first_bad)
+        return f"first at step {step} on this rank" if step >= 0 else "on another rank"
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -601,10 +686,9 @@ def save_checkpoint(run: Run, model, loader, step: int, config, processor=None) 
     path = run.checkpoints.save(step, trainer_state, loader.state_dict())
     if args.push_to_hub:
         # Hub revisions hold loadable weights (safetensors + code), not optimiser shards.
-        state_dict = accelerator.get_state_dict(model)
+        export_dir = path / "hub_export"
+        save_pretrained_streaming(model, export_dir, write=run.pusher is not None)
         if run.pusher is not None:
-            export_dir = path / "hub_export"
-            accelerator.unwrap_model(model).save_pretrained(export_dir, state_dict=state_dict)
             if processor is not None:
                 # Without it AutoImageProcessor (and so the probe / fine-tune recipes) cannot
                 # load a checkpoint revision.
@@ -616,7 +700,9 @@ def save_checkpoint(run: Run, model, loader, step: int, config, processor=None) 
 # ---------------------------------------------------------------------------------- export
 
 
-def export(run: Run, model, processor, data: DataContract, outcome: Outcome, loader) -> None:
+def export(
+    run: Run, model, config, processor, data: DataContract, outcome: Outcome, loader
+) -> None:
     """Consolidated safetensors weights, processor, figures, run record and card -> final/."""
     from geofm_hf.model_card import RunRecord, write_model_card
 
@@ -624,48 +710,30 @@ def export(run: Run, model, processor, data: DataContract, outcome: Outcome, loa
     model_args, data_args = run.model_args, run.data_args
     step, wall, last_loss = outcome.step, outcome.wall_s, outcome.last_loss
     flops_img, peak_flops = run.extra["flops_img"], run.extra["peak_flops"]
-    state_dict = accelerator.get_state_dict(model)  # collective: gathers FSDP shards
+    final = output_dir / "final"
+    tmp = output_dir / ".tmp-final"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    # Collective: every rank gathers one tensor at a time; the main process writes.
+    save_pretrained_streaming(model, tmp, write=accelerator.is_main_process)
+    recon = None
+    if args.plot_reconstructions and not data_args.synthetic_data:
+        # Collective too: the trained (sharded) model itself, not a reloaded copy.
+        recon = plot_export_reconstructions(run, model, config, data, tmp)
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return
-    final = output_dir / "final"
-    tmp = output_dir / ".tmp-final"
-    shutil.rmtree(tmp, ignore_errors=True)
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     if processor is not None:
         processor.save_pretrained(tmp)
     records = run.metrics.read() if run.metrics is not None else []
     plot_loss_curve(records, tmp / "loss_curve.png")
-    recon = None
-    reloaded = GeoViTMAEForPreTraining.from_pretrained(tmp)
-    if (
-        args.plot_reconstructions
-        and count_parameters(reloaded) < 2e9
-        and not data_args.synthetic_data
-    ):
-        sample = make_pretrain_dataloader(
-            data.name_or_path,
-            split=data_args.train_split,
-            batch_size=3,
-            seed=args.seed + 1,
-            crop_size=reloaded.config.image_size,
-            mean=reloaded.config.image_mean,
-            std=reloaded.config.image_std,
-            augment=False,
-            revision=data_args.dataset_revision,
-        )
-        try:
-            rgb = rgb_band_indices(reloaded.config.band_names or [])
-        except ValueError:
-            rgb = None  # no red/green/blue bands: a grey composite of the first band
-        plot_reconstructions(reloaded, next(iter(sample)), tmp / "reconstruction.png", rgb)
-        recon = "reconstruction.png"
+    with torch.device("meta"):
+        described = GeoViTMAEForPreTraining(config)  # parameter counts for the record, no memory
     ips = outcome.images / wall if wall > 0 else None
     info = data.info
     dataset = data.name_or_path
     record = RunRecord.from_model(
-        reloaded,
+        described,
         processor,
         sensor=getattr(info, "sensor", None),
         datasets=[
@@ -721,6 +789,38 @@ def export(run: Run, model, processor, data: DataContract, outcome: Outcome, loa
         run.pusher.push_final(final, step=step)
         accelerator.print(f"hub: {run.pusher.close()}")
     accelerator.wait_for_everyone()
+
+
+def plot_export_reconstructions(run: Run, model, config, data: DataContract, folder: Path):
+    """Collective (every rank runs the forward of a sharded model); the main process draws.
+    Skipped from 2B parameters up, where the figure is not worth the forward."""
+    if count_parameters(run.accelerator.unwrap_model(model)) >= 2e9:
+        return None
+    data_args = run.data_args
+    sample = make_pretrain_dataloader(
+        data.name_or_path,
+        split=data_args.train_split,
+        batch_size=3,
+        seed=run.args.seed + 1,
+        crop_size=config.image_size,
+        mean=config.image_mean,
+        std=config.image_std,
+        augment=False,
+        revision=data_args.dataset_revision,
+    )
+    try:
+        rgb = rgb_band_indices(config.band_names or [])
+    except ValueError:
+        rgb = None  # no red/green/blue bands: a grey composite of the first band
+    path = folder / "reconstruction.png"
+    plot_reconstructions(
+        run.accelerator.unwrap_model(model),
+        next(iter(sample)).to(run.accelerator.device),
+        path,
+        rgb,
+        draw=run.accelerator.is_main_process,
+    )
+    return "reconstruction.png"
 
 
 def _hardware(accelerator) -> str:
