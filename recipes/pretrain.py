@@ -12,6 +12,7 @@ noise are all functions of saved state or of (seed, step, rank).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -36,8 +37,14 @@ from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining, GeoViTMAEImagePro
 from geofm_hf.bands import rgb_band_indices
 from geofm_hf.data import make_pretrain_dataloader, read_dataset_info, sample_dataset_path
 from geofm_hf.modeling_geofm import count_parameters, flops_per_image
-from geofm_hf.training.arguments import as_flat_dict, parse_arguments
-from geofm_hf.training.checkpointing import CheckpointManager, resolve_resume
+from geofm_hf.training.arguments import (
+    ArgumentError,
+    as_flat_dict,
+    check_output_dir_writable,
+    parse_arguments,
+    run_recipe,
+)
+from geofm_hf.training.checkpointing import CheckpointManager, list_checkpoints
 from geofm_hf.training.optim import (
     learning_rate_at,
     parameter_groups,
@@ -60,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return dry_run(config, args)
 
+    check_output_dir_writable(args.output_dir)
     run = start_run(model_args, data_args, args)
     model = build_model(config, model_args, args.seed)
     processor = (
@@ -68,12 +76,22 @@ def main(argv: list[str] | None = None) -> int:
     loader = build_dataloader(run, data, data_args, config)
     model, optimizer = build_optimizer(run, model)
     start_step = resume(run, loader)
+    if start_step > args.max_steps:
+        raise ArgumentError(
+            f"--max_steps {args.max_steps} is below the step of the checkpoint resumed from "
+            f"({run.resume_path}, step {start_step}): raise --max_steps to continue training."
+        )
+    if start_step == args.max_steps and _exported_at(run.output_dir, start_step):
+        # E.g. a requeued job that had finished: exporting again would only move final/ aside.
+        run.log(f"{run.output_dir}/final already holds step {start_step}: nothing to do")
+        run.accelerator.end_training()
+        return 0
     describe_run(run, model, config, start_step)
 
     outcome = train(run, model, optimizer, loader, config, processor, start_step)
     if outcome.stopped_by_signal:
         run.accelerator.end_training()
-        return 0
+        return outcome.exit_code
     export(run, model, processor, data, outcome, loader)
     run.accelerator.end_training()
     return 0
@@ -97,6 +115,15 @@ def read_data_contract(data_args) -> DataContract:
         if data_args.synthetic_data
         else read_dataset_info(dataset, revision=data_args.dataset_revision)
     )
+    if info is not None:
+        bad = {k: v for k, v in (("mean", info.mean), ("std", info.std))
+               if not all(math.isfinite(x) for x in v)}  # fmt: skip
+        if bad:
+            raise ValueError(
+                f"{dataset}: geofm_dataset.json holds non-finite normalisation statistics "
+                f"{bad}: every batch would be NaN. Rewrite the dataset (its statistics must "
+                "exclude NaN/inf pixels) or fix mean/std there."
+            )
     return DataContract(str(dataset), info)
 
 
@@ -230,16 +257,39 @@ class Run:
         return self.accelerator.print
 
 
+class StopWhileWaitingForData(Exception):
+    """A stop signal arrived while this rank waited for its next batch."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum} while waiting for data")
+        self.signum = signum
+
+
 class _StopSignal:
-    """SIGTERM / SIGUSR1 (Slurm's warning before the time limit) -> checkpoint and exit."""
+    """SIGTERM / SIGUSR1 (Slurm's warning before the time limit) -> checkpoint and exit.
+
+    The flag is voted on after each forward pass. A signal that arrives while this rank waits
+    for data (a stalled read) cannot wait for that vote: it interrupts the wait instead.
+    """
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.waiting_for_data = False
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
         self.received = signum
+        if self.waiting_for_data:
+            self.waiting_for_data = False
+            raise StopWhileWaitingForData(signum)
+
+    def next_batch(self, data_iter):
+        self.waiting_for_data = True
+        try:
+            return next(data_iter)
+        finally:
+            self.waiting_for_data = False
 
 
 def build_accelerator(args) -> tuple[Accelerator, bool]:
@@ -284,7 +334,7 @@ def start_run(model_args, data_args, args) -> Run:
         accelerator=accelerator,
         output_dir=output_dir,
         checkpoints=checkpoints,
-        resume_path=resolve_resume(output_dir, args.resume_from_checkpoint),
+        resume_path=checkpoints.resolve_resume(args.resume_from_checkpoint),
         bf16=bf16,
         rank=accelerator.process_index,
         world=world,
@@ -309,6 +359,13 @@ def build_model(config: GeoViTMAEConfig, model_args, seed: int) -> GeoViTMAEForP
             raise ValueError(
                 f"{model_args.model_name_or_path} holds a {type(model).__name__}; continuing "
                 "pretraining needs a GeoViTMAEForPreTraining checkpoint."
+            )
+        damaged = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if damaged:
+            raise ValueError(
+                f"The weights loaded from {model_args.model_name_or_path} hold NaN/inf in "
+                f"{len(damaged)} tensors (first: {damaged[0]}); continuing from them would "
+                "train on nothing. Use an earlier export or checkpoint."
             )
     else:
         model = GeoViTMAEForPreTraining(config)
@@ -381,8 +438,10 @@ def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEC
 def build_optimizer(run: Run, model):
     """AdamW (MAE's groups) at the peak lr; model and optimiser prepared by accelerate."""
     args = run.args
-    run.peak_lr = args.learning_rate or scaled_learning_rate(
-        args.base_learning_rate, run.global_batch
+    run.peak_lr = (
+        args.learning_rate
+        if args.learning_rate is not None
+        else scaled_learning_rate(args.base_learning_rate, run.global_batch)
     )
     optimizer = torch.optim.AdamW(
         parameter_groups(model, args.weight_decay),
@@ -422,7 +481,7 @@ def describe_run(run: Run, model, config, start_step: int) -> None:
         f"world size {run.world} | per-device batch {args.per_device_train_batch_size} | grad "
         f"accumulation {args.gradient_accumulation_steps} | global batch {run.global_batch}\n"
         f"peak lr {run.peak_lr:.3e} (base {args.base_learning_rate:g} x {run.global_batch}/256"
-        f"{', overridden' if args.learning_rate else ''}) | warm-up {args.warmup_steps} | "
+        f"{', overridden' if args.learning_rate is not None else ''}) | warm-up {args.warmup_steps} | "
         f"steps {args.max_steps}\n"
         f"model {config.preset or 'custom'} {count_parameters(unwrapped) / 1e6:.1f}M params "
         f"(encoder {count_parameters(unwrapped, encoder_only=True) / 1e6:.1f}M) | "
@@ -462,6 +521,8 @@ class Outcome:
     images: int
     last_loss: float
     stopped_by_signal: bool = False
+    exit_code: int = 0
+    skipped_steps: int = 0
 
 
 def train(run: Run, model, optimizer, loader, config, processor, start_step: int) -> Outcome:
@@ -488,7 +549,16 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
         set_learning_rate(optimizer, lr)
         step_loss, bad = 0.0, False
         for micro in range(args.gradient_accumulation_steps):
-            pixels = next(data_iter).to(accelerator.device, non_blocking=True)
+            try:
+                pixels = run.stop.next_batch(data_iter).to(accelerator.device, non_blocking=True)
+            except StopWhileWaitingForData as stop:
+                # A checkpoint is collective and this rank has no batch: exit, do not hang.
+                run.log(
+                    f"signal {stop.signum} while waiting for data at step {step}: exiting "
+                    f"without a checkpoint. {_last_checkpoint_text(run.output_dir)}"
+                )
+                return Outcome(step, 0.0, trained_images, last_loss, stopped_by_signal=True,
+                               exit_code=128 + stop.signum)  # fmt: skip
             noise = mask_noise(
                 args.seed, step, micro, run.rank, (pixels.shape[0], config.num_patches)
             )
@@ -497,20 +567,25 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
                     loss = model(pixel_values=pixels, noise=noise.to(accelerator.device)).loss
                 # One small all-reduce: every rank must agree to skip or stop, or the next
                 # collective would hang. It doubles as the preemption-signal vote.
+                loss_bad = not torch.isfinite(loss)
                 flags = torch.tensor(
-                    [float(not torch.isfinite(loss)), float(run.stop.received is not None)],
+                    [
+                        float(loss_bad),
+                        float(run.stop.received is not None),
+                        # Diagnosis, only when the loss is bad: data fault or weight fault?
+                        float(loss_bad and not torch.isfinite(pixels).all()),
+                        float(loss_bad and not _local_parameters_finite(model)),
+                    ],
                     device=accelerator.device,
                 )
                 flags = accelerator.reduce(flags, reduction="sum")
                 if flags[0] > 0:
                     bad = True
                     if args.nan_policy == "stop":
-                        raise FloatingPointError(
-                            f"Loss is {loss.item()} at step {step} (micro-batch {micro}) on at "
-                            f"least one rank; stopping without writing a checkpoint. The last "
-                            f"good checkpoint is in {run.output_dir}. Lower the learning rate or "
-                            "use --nan_policy skip."
+                        diagnosis = _diagnose_nan(
+                            run, loss.item(), step, micro, flags[2] > 0, flags[3] > 0, start_step
                         )
+                        raise FloatingPointError(diagnosis)
                     loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0  # contributes no gradient
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -566,7 +641,65 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
             )
             return Outcome(step, 0.0, trained_images, last_loss, stopped_by_signal=True)
     progress.close()
-    return Outcome(step, time.perf_counter() - train_start, trained_images, last_loss)
+    return Outcome(step, time.perf_counter() - train_start, trained_images, last_loss,
+                   skipped_steps=skipped_steps)  # fmt: skip
+
+
+def _last_checkpoint_text(output_dir: Path) -> str:
+    found = list_checkpoints(output_dir)
+    if not found:
+        return f"No checkpoint has been written to {output_dir} yet."
+    return (
+        f"The last complete checkpoint is {found[-1][1]} (--resume_from_checkpoint auto "
+        "resumes from it)."
+    )
+
+
+def _diagnose_nan(run: Run, loss: float, step: int, micro: int, input_bad: bool,
+                  weights_bad: bool, start_step: int) -> str:  # fmt: skip
+    """Say which fault made the loss non-finite: the data, the weights, or the optimisation."""
+    where = f"Loss is {loss} at step {step} (micro-batch {micro}) on at least one rank"
+    if input_bad:
+        cause = (
+            "the input batch holds NaN/inf: a data fault, not the learning rate. Check the "
+            "dataset's mean/std in geofm_dataset.json and chips kept with NaN pixels "
+            "(--max-nodata-fraction when writing the shards); then rewrite the dataset."
+        )
+    elif weights_bad:
+        origin = (
+            f"the weights this run started from ({run.model_args.model_name_or_path or run.resume_path})"
+            if step == start_step
+            else "an earlier update"
+        )
+        cause = (
+            f"the model's weights already hold NaN/inf before this step (from {origin}). Resume "
+            "from an earlier checkpoint, with a lower learning rate if the run diverged."
+        )
+    else:
+        cause = (
+            "inputs and weights are finite, so the optimisation diverged. Lower the learning "
+            "rate (or raise warm-up), or use --nan_policy skip."
+        )
+    return (
+        f"{where}: {cause} Stopping without writing a checkpoint. "
+        f"{_last_checkpoint_text(run.output_dir)}"
+    )
+
+
+def _local_parameters_finite(model) -> bool:
+    for param in model.parameters():
+        local = param.to_local() if hasattr(param, "to_local") else param
+        if not torch.isfinite(local).all():
+            return False
+    return True
+
+
+def _exported_at(output_dir: Path, step: int) -> bool:
+    record = output_dir / "final" / "run_record.json"
+    try:
+        return json.loads(record.read_text()).get("steps") == step
+    except (OSError, ValueError):
+        return False
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -654,6 +787,8 @@ def export(run: Run, model, processor, data: DataContract, outcome: Outcome, loa
             std=reloaded.config.image_std,
             augment=False,
             revision=data_args.dataset_revision,
+            on_error=data_args.on_error,
+            max_error_fraction=data_args.max_error_fraction,
         )
         try:
             rgb = rgb_band_indices(reloaded.config.band_names or [])
@@ -662,6 +797,7 @@ def export(run: Run, model, processor, data: DataContract, outcome: Outcome, loa
         plot_reconstructions(reloaded, next(iter(sample)), tmp / "reconstruction.png", rgb)
         recon = "reconstruction.png"
     ips = outcome.images / wall if wall > 0 else None
+    skipped = _skipped_counts(loader, outcome)
     info = data.info
     dataset = data.name_or_path
     record = RunRecord.from_model(
@@ -701,6 +837,8 @@ def export(run: Run, model, processor, data: DataContract, outcome: Outcome, loa
         license="apache-2.0",
         repo_id=args.hub_model_id,
         package_version=geofm_hf.__version__,
+        skipped=skipped,
+        limitations=_skipped_text(skipped),
     )
     record.save(tmp / "run_record.json")
     write_model_card(tmp, record)
@@ -711,6 +849,7 @@ def export(run: Run, model, processor, data: DataContract, outcome: Outcome, loa
         accelerator.print(f"kept the previous export as {previous}")
     os.replace(tmp, final)
     summary = {"final_dir": str(final), "steps": step, "final_loss": last_loss, "images_per_s": ips}
+    summary["skipped"] = skipped
     if hasattr(loader, "stats"):
         summary["data"] = loader.stats
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -723,6 +862,32 @@ def export(run: Run, model, processor, data: DataContract, outcome: Outcome, loa
     accelerator.wait_for_everyone()
 
 
+def _skipped_counts(loader, outcome: Outcome) -> dict:
+    """What the run did not train on, for summary.json, the run record and the card."""
+    stats = getattr(loader, "stats", {})
+    return {
+        "bad_shards": list(stats.get("bad_shards", [])),
+        "rows_lost_to_bad_shards": int(stats.get("rows_lost_to_bad_shards", 0)),
+        "batches_lost_to_bad_shards": int(stats.get("batches_lost_to_bad_shards", 0)),
+        "steps_skipped_non_finite": outcome.skipped_steps,
+    }
+
+
+def _skipped_text(skipped: dict) -> list[str]:
+    lines = []
+    if skipped["bad_shards"]:
+        lines.append(
+            f"{len(skipped['bad_shards'])} unreadable shard(s) were skipped "
+            f"({skipped['rows_lost_to_bad_shards']} chips not trained on)."
+        )
+    if skipped["steps_skipped_non_finite"]:
+        lines.append(
+            f"{skipped['steps_skipped_non_finite']} optimizer step(s) were skipped for a "
+            "non-finite loss or gradient (--nan_policy skip)."
+        )
+    return lines
+
+
 def _hardware(accelerator) -> str:
     device = accelerator.device
     if device.type == "cuda":
@@ -733,4 +898,4 @@ def _hardware(accelerator) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_recipe(main))
