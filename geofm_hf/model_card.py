@@ -74,6 +74,7 @@ class RunRecord:
         repo_id, revision: where the weights are published; revision a commit sha when known.
         package_version, code_revision: geofm_hf version and git commit of the code that ran.
         limitations: run-specific caveats the recipe adds (e.g. "demo run: 300 CPU steps").
+        skipped: what the run did not train on (unreadable shards, chips, skipped steps).
     """
 
     preset: str | None = None
@@ -107,6 +108,7 @@ class RunRecord:
     package_version: str | None = None
     code_revision: str | None = None
     limitations: list[str] = field(default_factory=list)
+    skipped: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod

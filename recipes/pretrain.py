@@ -12,6 +12,7 @@ noise are all functions of saved state or of (seed, step, rank).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -36,13 +37,15 @@ from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining, GeoViTMAEImagePro
 from geofm_hf.bands import rgb_band_indices
 from geofm_hf.data import make_pretrain_dataloader, read_dataset_info, sample_dataset_path
 from geofm_hf.modeling_geofm import count_parameters, flops_per_image
-from geofm_hf.training.arguments import as_flat_dict, parse_arguments
-from geofm_hf.training.checkpointing import CheckpointManager, resolve_resume
-from geofm_hf.training.distributed import (
-    REDUCE_DTYPES,
-    prepare_model,
-    save_pretrained_streaming,
+from geofm_hf.training.arguments import (
+    ArgumentError,
+    as_flat_dict,
+    check_output_dir_writable,
+    parse_arguments,
+    run_recipe,
 )
+from geofm_hf.training.checkpointing import CheckpointManager, list_checkpoints
+from geofm_hf.training.distributed import prepare_model, save_pretrained_streaming
 from geofm_hf.training.optim import (
     learning_rate_at,
     parameter_groups,
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return dry_run(config, args)
 
+    check_output_dir_writable(args.output_dir)
     run = start_run(model_args, data_args, args)
     model = build_model(config, model_args, args.seed)
     processor = (
@@ -73,12 +77,22 @@ def main(argv: list[str] | None = None) -> int:
     loader = build_dataloader(run, data, data_args, config)
     model, optimizer = build_optimizer(run, model)
     start_step = resume(run, loader)
+    if start_step > args.max_steps:
+        raise ArgumentError(
+            f"--max_steps {args.max_steps} is below the step of the checkpoint resumed from "
+            f"({run.resume_path}, step {start_step}): raise --max_steps to continue training."
+        )
+    if start_step == args.max_steps and _exported_at(run.output_dir, start_step):
+        # E.g. a requeued job that had finished: exporting again would only move final/ aside.
+        run.log(f"{run.output_dir}/final already holds step {start_step}: nothing to do")
+        run.accelerator.end_training()
+        return 0
     describe_run(run, model, config, start_step)
 
     outcome = train(run, model, optimizer, loader, config, processor, start_step)
     if outcome.stopped_by_signal:
         run.accelerator.end_training()
-        return 0
+        return outcome.exit_code
     export(run, model, config, processor, data, outcome, loader)
     run.accelerator.end_training()
     return 0
@@ -102,6 +116,15 @@ def read_data_contract(data_args) -> DataContract:
         if data_args.synthetic_data
         else read_dataset_info(dataset, revision=data_args.dataset_revision)
     )
+    if info is not None:
+        bad = {k: v for k, v in (("mean", info.mean), ("std", info.std))
+               if not all(math.isfinite(x) for x in v)}  # fmt: skip
+        if bad:
+            raise ValueError(
+                f"{dataset}: geofm_dataset.json holds non-finite normalisation statistics "
+                f"{bad}: every batch would be NaN. Rewrite the dataset (its statistics must "
+                "exclude NaN/inf pixels) or fix mean/std there."
+            )
     return DataContract(str(dataset), info)
 
 
@@ -235,16 +258,39 @@ class Run:
         return self.accelerator.print
 
 
+class StopWhileWaitingForData(Exception):
+    """A stop signal arrived while this rank waited for its next batch."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum} while waiting for data")
+        self.signum = signum
+
+
 class _StopSignal:
-    """SIGTERM / SIGUSR1 (Slurm's warning before the time limit) -> checkpoint and exit."""
+    """SIGTERM / SIGUSR1 (Slurm's warning before the time limit) -> checkpoint and exit.
+
+    The flag is voted on after each forward pass. A signal that arrives while this rank waits
+    for data (a stalled read) cannot wait for that vote: it interrupts the wait instead.
+    """
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.waiting_for_data = False
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
         self.received = signum
+        if self.waiting_for_data:
+            self.waiting_for_data = False
+            raise StopWhileWaitingForData(signum)
+
+    def next_batch(self, data_iter):
+        self.waiting_for_data = True
+        try:
+            return next(data_iter)
+        finally:
+            self.waiting_for_data = False
 
 
 def build_accelerator(args) -> tuple[Accelerator, bool]:
@@ -261,11 +307,6 @@ def build_accelerator(args) -> tuple[Accelerator, bool]:
         "project_dir": str(args.output_dir),
         "log_with": None if args.report_to == "none" else args.report_to,
     }
-    if args.gradient_reduce_dtype not in REDUCE_DTYPES:
-        raise ValueError(
-            f"gradient_reduce_dtype must be one of {sorted(REDUCE_DTYPES)}: found "
-            f"{args.gradient_reduce_dtype!r}."
-        )
     if use_cuda and bf16 and args.gradient_reduce_dtype == "bfloat16":
         # Asked for: replicated (DDP) runs all-reduce gradients in bf16. FSDP2 runs ignore this
         # handler and reduce per their mixed-precision policy (distributed.mixed_precision_policy).
@@ -297,7 +338,7 @@ def start_run(model_args, data_args, args) -> Run:
         accelerator=accelerator,
         output_dir=output_dir,
         checkpoints=checkpoints,
-        resume_path=resolve_resume(output_dir, args.resume_from_checkpoint),
+        resume_path=checkpoints.resolve_resume(args.resume_from_checkpoint),
         bf16=bf16,
         rank=accelerator.process_index,
         world=world,
@@ -323,6 +364,13 @@ def build_model(config: GeoViTMAEConfig, model_args, seed: int) -> GeoViTMAEForP
             raise ValueError(
                 f"{model_args.model_name_or_path} holds a {type(model).__name__}; continuing "
                 "pretraining needs a GeoViTMAEForPreTraining checkpoint."
+            )
+        damaged = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if damaged:
+            raise ValueError(
+                f"The weights loaded from {model_args.model_name_or_path} hold NaN/inf in "
+                f"{len(damaged)} tensors (first: {damaged[0]}); continuing from them would "
+                "train on nothing. Use an earlier export or checkpoint."
             )
     else:
         with torch.device("meta"):
@@ -408,8 +456,10 @@ def build_optimizer(run: Run, model):
     shard; then AdamW (MAE's groups) at the peak lr, built from the prepared parameters."""
     args = run.args
     model = prepare_model(run.accelerator, model, args.seed, args.gradient_reduce_dtype)
-    run.peak_lr = args.learning_rate or scaled_learning_rate(
-        args.base_learning_rate, run.global_batch
+    run.peak_lr = (
+        args.learning_rate
+        if args.learning_rate is not None
+        else scaled_learning_rate(args.base_learning_rate, run.global_batch)
     )
     optimizer = torch.optim.AdamW(
         parameter_groups(model, args.weight_decay),
@@ -449,7 +499,7 @@ def describe_run(run: Run, model, config, start_step: int) -> None:
         f"world size {run.world} | per-device batch {args.per_device_train_batch_size} | grad "
         f"accumulation {args.gradient_accumulation_steps} | global batch {run.global_batch}\n"
         f"peak lr {run.peak_lr:.3e} (base {args.base_learning_rate:g} x {run.global_batch}/256"
-        f"{', overridden' if args.learning_rate else ''}) | warm-up {args.warmup_steps} | "
+        f"{', overridden' if args.learning_rate is not None else ''}) | warm-up {args.warmup_steps} | "
         f"steps {args.max_steps}\n"
         f"model {config.preset or 'custom'} {count_parameters(unwrapped) / 1e6:.1f}M params "
         f"(encoder {count_parameters(unwrapped, encoder_only=True) / 1e6:.1f}M) | "
@@ -489,6 +539,8 @@ class Outcome:
     images: int
     last_loss: float
     stopped_by_signal: bool = False
+    exit_code: int = 0
+    skipped_steps: int = 0
 
 
 def train(run: Run, model, optimizer, loader, config, processor, start_step: int) -> Outcome:
@@ -522,15 +574,27 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
         )
         set_learning_rate(optimizer, lr)
         for micro in range(args.gradient_accumulation_steps):
-            pixels = next(data_iter).to(device, non_blocking=True)
+            try:
+                pixels = run.stop.next_batch(data_iter).to(device, non_blocking=True)
+            except StopWhileWaitingForData as stop:
+                # A checkpoint is collective and this rank has no batch: exit, do not hang.
+                run.log(
+                    f"signal {stop.signum} while waiting for data at step {step}: exiting "
+                    f"without a checkpoint. {_last_checkpoint_text(run.output_dir)}"
+                )
+                return Outcome(step, 0.0, trained_images, last_loss, stopped_by_signal=True,
+                               exit_code=128 + stop.signum)  # fmt: skip
             noise = mask_noise(
                 args.seed, step, micro, run.rank, (pixels.shape[0], config.num_patches)
             )
+            if window.steps == 0 and micro == 0:
+                window.check_weights(model)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     loss = model(pixel_values=pixels, noise=noise.to(device)).loss
-                loss_value = loss.detach().float()
-                window.add(loss_value / args.gradient_accumulation_steps, step + 1)
+                window.add(
+                    loss.detach().float(), pixels, step, micro, args.gradient_accumulation_steps
+                )
                 # A non-finite loss makes every rank's reduced gradients non-finite, so under
                 # `skip` all ranks see the same non-finite norm below and skip together.
                 accelerator.backward(loss)
@@ -553,11 +617,17 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
         if step % args.logging_steps == 0 or saving:
             vote = window.vote(accelerator, run.stop, run.world)
             if vote.nonfinite and args.nan_policy == "stop":
+                bad_loss, bad_step, bad_micro = window.first_bad()
                 raise FloatingPointError(
-                    f"Loss was NaN/inf {vote.nonfinite} time(s) between steps "
-                    f"{window.first_step} and {step} ({window.local_first_bad_step()}); "
-                    "stopping without writing a checkpoint. The last good checkpoint is in "
-                    f"{run.output_dir}. Lower the learning rate or use --nan_policy skip."
+                    _diagnose_nan(
+                        run,
+                        bad_loss,
+                        bad_step if bad_step is not None else f"{window.first_step - 1}..{step}",
+                        bad_micro if bad_micro is not None else "?",
+                        vote.inputs_bad,
+                        vote.weights_bad,
+                        start_step,
+                    )
                 )
             last_loss = vote.mean_loss
             elapsed = time.perf_counter() - window.start
@@ -595,9 +665,60 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
                 f"signal {run.stop.received or 'on another rank'}: checkpoint written at step "
                 f"{step}, exiting"
             )
-            return Outcome(step, 0.0, trained_images, last_loss, stopped_by_signal=True)
+            return Outcome(step, 0.0, trained_images, last_loss, stopped_by_signal=True,
+                           skipped_steps=skipped_steps)  # fmt: skip
     progress.close()
-    return Outcome(step, time.perf_counter() - train_start, trained_images, last_loss)
+    return Outcome(step, time.perf_counter() - train_start, trained_images, last_loss,
+                   skipped_steps=skipped_steps)  # fmt: skip
+
+
+def _last_checkpoint_text(output_dir: Path) -> str:
+    found = list_checkpoints(output_dir)
+    if not found:
+        return f"No checkpoint has been written to {output_dir} yet."
+    return (
+        f"The last complete checkpoint is {found[-1][1]} (--resume_from_checkpoint auto "
+        "resumes from it)."
+    )
+
+
+def _diagnose_nan(run: Run, loss: float, step: int, micro: int, input_bad: bool,
+                  weights_bad: bool, start_step: int) -> str:  # fmt: skip
+    """Say which fault made the loss non-finite: the data, the weights, or the optimisation."""
+    where = f"Loss is {loss} at step {step} (micro-batch {micro}) on at least one rank"
+    if input_bad:
+        cause = (
+            "the input batch holds NaN/inf: a data fault, not the learning rate. Check the "
+            "dataset's mean/std in geofm_dataset.json and chips kept with NaN pixels "
+            "(--max-nodata-fraction when writing the shards); then rewrite the dataset."
+        )
+    elif weights_bad:
+        origin = (
+            f"the weights this run started from ({run.model_args.model_name_or_path or run.resume_path})"
+            if step == start_step
+            else "an earlier update"
+        )
+        cause = (
+            f"the model's weights already hold NaN/inf before this step (from {origin}). Resume "
+            "from an earlier checkpoint, with a lower learning rate if the run diverged."
+        )
+    else:
+        cause = (
+            "inputs and weights are finite, so the optimisation diverged. Lower the learning "
+            "rate (or raise warm-up), or use --nan_policy skip."
+        )
+    return (
+        f"{where}: {cause} Stopping without writing a checkpoint. "
+        f"{_last_checkpoint_text(run.output_dir)}"
+    )
+
+
+def _exported_at(output_dir: Path, step: int) -> bool:
+    record = output_dir / "final" / "run_record.json"
+    try:
+        return json.loads(record.read_text()).get("steps") == step
+    except (OSError, ValueError):
+        return False
 
 
 def _plain(tensor):
@@ -610,48 +731,66 @@ class _Vote:
     nonfinite: int
     stop: bool
     mean_loss: float
+    inputs_bad: bool
+    weights_bad: bool
 
 
 class _Window:
     """Device-side sums between two votes: no host sync until :meth:`vote`."""
 
     def __init__(self, device, first_step: int = 1) -> None:
-        self.loss_sum = torch.zeros((), device=device)  # finite losses only
-        self.nonfinite = torch.zeros((), device=device)
-        self.first_bad = torch.full((), -1, device=device, dtype=torch.long)
-        self.steps = torch.zeros((), device=device)
+        zero = torch.zeros((), device=device)
+        self.loss_sum = zero.clone()  # finite losses only
+        self.nonfinite = zero.clone()
+        self.inputs_bad = zero.clone()  # non-finite input batches among the non-finite losses
+        self.weights_bad = zero.clone()  # non-finite weights when the window began
+        self.first_bad_at = torch.full((3,), -1.0, device=device)  # (loss, step, micro)
+        self.steps = 0
         self.first_step = first_step
         self.images = 0
         self.start = time.perf_counter()
-        self._last_step = None
 
-    def add(self, loss: torch.Tensor, step: int) -> None:
+    def check_weights(self, model) -> None:
+        """Whether this rank's weights hold NaN/inf as the window begins (a device flag)."""
+        flags = [
+            ~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()
+            for p in model.parameters()
+        ]
+        self.weights_bad = torch.stack(flags).any().float()
+
+    def add(self, loss: torch.Tensor, pixels, step: int, micro: int, accumulation: int) -> None:
         finite = torch.isfinite(loss)
-        self.loss_sum += torch.where(finite, loss, torch.zeros_like(loss))
+        self.loss_sum += torch.where(finite, loss, torch.zeros_like(loss)) / accumulation
         self.nonfinite += (~finite).float()
-        self.first_bad = torch.where(
-            (self.first_bad < 0) & ~finite, torch.full_like(self.first_bad, step), self.first_bad
-        )
-        if self._last_step != step:
+        self.inputs_bad += ((~finite) & ~torch.isfinite(pixels).all()).float()
+        first = (self.first_bad_at[1] < 0) & ~finite
+        here = torch.stack([loss, loss.new_tensor(step), loss.new_tensor(micro)])
+        self.first_bad_at = torch.where(first, here, self.first_bad_at)
+        if micro == accumulation - 1:
             self.steps += 1
-            self._last_step = step
 
     def vote(self, accelerator, stop, world: int) -> _Vote:
-        """Collective: one all-reduce of (non-finite count, stop signals, loss sum, steps)."""
+        """Collective: one all-reduce of (non-finite losses, stop signals, loss sum, bad inputs,
+        bad weights)."""
+        signal_flag = torch.tensor(float(stop.received is not None), device=self.nonfinite.device)
         flags = torch.stack(
-            [
-                self.nonfinite,
-                torch.tensor(float(stop.received is not None), device=self.nonfinite.device),
-                self.loss_sum,
-                self.steps,
-            ]
+            [self.nonfinite, signal_flag, self.loss_sum, self.inputs_bad, self.weights_bad]
         )
-        nonfinite, stops, loss_sum, steps = accelerator.reduce(flags, reduction="sum").tolist()
-        return _Vote(int(nonfinite), stops > 0, loss_sum / max(1.0, steps))
+        nonfinite, stops, loss_sum, inputs_bad, weights_bad = accelerator.reduce(
+            flags, reduction="sum"
+        ).tolist()
+        return _Vote(
+            int(nonfinite),
+            stops > 0,
+            loss_sum / max(1, self.steps * world),
+            inputs_bad > 0,
+            weights_bad > 0,
+        )
 
-    def local_first_bad_step(self) -> str:
-        step = int(self.first_bad)
-        return f"first at step {step} on this rank" if step >= 0 else "on another rank"
+    def first_bad(self) -> tuple[float, int | None, int | None]:
+        """(loss, step, micro-batch) of this rank's first non-finite loss in the window."""
+        loss, step, micro = self.first_bad_at.tolist()
+        return (loss, int(step), int(micro)) if step >= 0 else (float("nan"), None, None)
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -730,6 +869,7 @@ def export(
     with torch.device("meta"):
         described = GeoViTMAEForPreTraining(config)  # parameter counts for the record, no memory
     ips = outcome.images / wall if wall > 0 else None
+    skipped = _skipped_counts(loader, outcome)
     info = data.info
     dataset = data.name_or_path
     record = RunRecord.from_model(
@@ -769,6 +909,8 @@ def export(
         license="apache-2.0",
         repo_id=args.hub_model_id,
         package_version=geofm_hf.__version__,
+        skipped=skipped,
+        limitations=_skipped_text(skipped),
     )
     record.save(tmp / "run_record.json")
     write_model_card(tmp, record)
@@ -779,6 +921,7 @@ def export(
         accelerator.print(f"kept the previous export as {previous}")
     os.replace(tmp, final)
     summary = {"final_dir": str(final), "steps": step, "final_loss": last_loss, "images_per_s": ips}
+    summary["skipped"] = skipped
     if hasattr(loader, "stats"):
         summary["data"] = loader.stats
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -807,6 +950,8 @@ def plot_export_reconstructions(run: Run, model, config, data: DataContract, fol
         std=config.image_std,
         augment=False,
         revision=data_args.dataset_revision,
+        on_error=data_args.on_error,
+        max_error_fraction=data_args.max_error_fraction,
     )
     try:
         rgb = rgb_band_indices(config.band_names or [])
@@ -823,6 +968,32 @@ def plot_export_reconstructions(run: Run, model, config, data: DataContract, fol
     return "reconstruction.png"
 
 
+def _skipped_counts(loader, outcome: Outcome) -> dict:
+    """What the run did not train on, for summary.json, the run record and the card."""
+    stats = getattr(loader, "stats", {})
+    return {
+        "bad_shards": list(stats.get("bad_shards", [])),
+        "rows_lost_to_bad_shards": int(stats.get("rows_lost_to_bad_shards", 0)),
+        "batches_lost_to_bad_shards": int(stats.get("batches_lost_to_bad_shards", 0)),
+        "steps_skipped_non_finite": outcome.skipped_steps,
+    }
+
+
+def _skipped_text(skipped: dict) -> list[str]:
+    lines = []
+    if skipped["bad_shards"]:
+        lines.append(
+            f"{len(skipped['bad_shards'])} unreadable shard(s) were skipped "
+            f"({skipped['rows_lost_to_bad_shards']} chips not trained on)."
+        )
+    if skipped["steps_skipped_non_finite"]:
+        lines.append(
+            f"{skipped['steps_skipped_non_finite']} optimizer step(s) were skipped for a "
+            "non-finite loss or gradient (--nan_policy skip)."
+        )
+    return lines
+
+
 def _hardware(accelerator) -> str:
     device = accelerator.device
     if device.type == "cuda":
@@ -833,4 +1004,4 @@ def _hardware(accelerator) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_recipe(main))

@@ -19,6 +19,7 @@ import pyarrow as pa
 __all__ = [
     "DATASET_INFO_FILE",
     "FORMAT_VERSION",
+    "SHARD_FOOTER_METADATA",
     "SHARD_SCHEMA",
     "BadInputError",
     "GeoDatasetInfo",
@@ -47,6 +48,8 @@ SHARD_SCHEMA = pa.schema(
     ]
 )
 LABEL_FIELD = pa.field("label", pa.int64())
+# Key-value metadata in every shard's footer: its pages carry CRC32 checksums.
+SHARD_FOOTER_METADATA = {b"geofm.page_checksums": b"crc32"}
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 
