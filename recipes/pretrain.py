@@ -44,7 +44,7 @@ from geofm_hf.training.arguments import (
     parse_arguments,
     run_recipe,
 )
-from geofm_hf.training.checkpointing import CheckpointManager, list_checkpoints
+from geofm_hf.training.checkpointing import TRAINER_STATE, CheckpointManager, list_checkpoints
 from geofm_hf.training.distributed import prepare_model, save_pretrained_streaming
 from geofm_hf.training.optim import (
     learning_rate_at,
@@ -70,23 +70,15 @@ def main(argv: list[str] | None = None) -> int:
 
     check_output_dir_writable(args.output_dir)
     run = start_run(model_args, data_args, args)
+    check_activation_checkpointing(run, model_args)
+    if run_already_finished(run):
+        return 0
+    check_resume_compatibility(run, config, data)
     model = build_model(config, model_args, args.seed)
-    processor = (
-        GeoViTMAEImageProcessor.from_model_config(config) if config.image_mean is not None else None
-    )
+    processor = build_processor(config, data)
     loader = build_dataloader(run, data, data_args, config)
     model, optimizer = build_optimizer(run, model)
     start_step = resume(run, loader)
-    if start_step > args.max_steps:
-        raise ArgumentError(
-            f"--max_steps {args.max_steps} is below the step of the checkpoint resumed from "
-            f"({run.resume_path}, step {start_step}): raise --max_steps to continue training."
-        )
-    if start_step == args.max_steps and _exported_at(run.output_dir, start_step):
-        # E.g. a requeued job that had finished: exporting again would only move final/ aside.
-        run.log(f"{run.output_dir}/final already holds step {start_step}: nothing to do")
-        run.accelerator.end_training()
-        return 0
     describe_run(run, model, config, start_step)
 
     outcome = train(run, model, optimizer, loader, config, processor, start_step)
@@ -148,6 +140,15 @@ def build_model_config(model_args, data_args, data_info) -> GeoViTMAEConfig:
         for name in ("mask_ratio", "norm_pix_loss"):
             if getattr(model_args, name) is not None:
                 setattr(config, name, getattr(model_args, name))
+        if model_args.image_size is not None and model_args.image_size != config.image_size:
+            raise ArgumentError(
+                f"--image_size {model_args.image_size} differs from the {config.image_size} px "
+                f"that {model_args.model_name_or_path} was trained at; continued pretraining "
+                f"keeps the checkpoint's size: drop --image_size or pass {config.image_size}."
+            )
+        check_image_size(config.image_size, getattr(data_info, "chip_size", None),
+                         config.patch_size, asked=False,
+                         source=f"{model_args.model_name_or_path}'s")  # fmt: skip
         config._attn_implementation = model_args.attn_implementation
         return config
 
@@ -169,12 +170,25 @@ def build_model_config(model_args, data_args, data_info) -> GeoViTMAEConfig:
     preset = geofm_hf.PRESETS.get(model_args.preset, {})
     patch = preset.get("patch_size", 16)
     size = model_args.image_size or preset.get("image_size", 224)
-    crop = data_info.chip_size if data_info is not None else None
-    if crop is not None and size > crop:
-        # The paper's 224 px does not fit a 64 px chip: train on the largest patch-aligned crop.
-        size = (crop // patch) * patch
+    chip = data_info.chip_size if data_info is not None else None
+    check_image_size(size, chip, patch, asked=model_args.image_size is not None,
+                     source=f"the {model_args.preset} preset's")  # fmt: skip
     overrides["image_size"] = size
     return GeoViTMAEConfig.from_preset(model_args.preset, **overrides)
+
+
+def check_image_size(size: int, chip: int | None, patch: int, *, asked: bool, source: str) -> None:
+    """A training size is never changed silently: one larger than the chips is refused."""
+    if chip is None or size <= chip:
+        return
+    fits = (chip // patch) * patch
+    what = f"--image_size {size}" if asked else f"{source} image_size {size}"
+    raise ArgumentError(
+        f"{what} is larger than the dataset's {chip} px chips. Pass --image_size {fits} (the "
+        f"largest multiple of the patch size {patch} that fits; training crops it from each "
+        f"chip at the chips' ground resolution), or write the shards with chips of at least "
+        f"{size} px."
+    )
 
 
 def check_band_contract(config, data_info) -> None:
@@ -251,6 +265,7 @@ class Run:
     stop: _StopSignal | None = None
     metrics: MetricsLog | None = None
     pusher: object | None = None
+    argument_changes: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -346,6 +361,117 @@ def start_run(model_args, data_args, args) -> Run:
     )
 
 
+def check_activation_checkpointing(run: Run, model_args) -> None:
+    """One source of truth: the recipe's flag or the FSDP config's, never both."""
+    plugin = getattr(run.accelerator.state, "fsdp_plugin", None)
+    if model_args.gradient_checkpointing and plugin is not None and plugin.activation_checkpointing:
+        raise ArgumentError(
+            "Activation checkpointing is asked for twice: gradient_checkpointing: true in the "
+            "recipe's arguments and fsdp_activation_checkpointing: true in the accelerate config; "
+            "each block's forward would run three times. Under FSDP keep the accelerate config's "
+            "and pass --gradient_checkpointing false (or set fsdp_activation_checkpointing: "
+            "false)."
+        )
+
+
+def build_processor(config: GeoViTMAEConfig, data: DataContract):
+    """The exported image processor. Training crops ``image_size`` windows out of larger chips at
+    the chips' own ground resolution, so inference crops the same way instead of resampling a
+    chip down to ``image_size`` (which would show the model another ground resolution)."""
+    if config.image_mean is None:
+        return None
+    chip = getattr(data.info, "chip_size", None)
+    if chip is not None and chip > config.image_size:
+        return GeoViTMAEImageProcessor.from_model_config(
+            config, size=chip, crop_size=config.image_size
+        )
+    return GeoViTMAEImageProcessor.from_model_config(config)
+
+
+def run_already_finished(run: Run) -> bool:
+    """Rerunning a finished run's command (``resume_from_checkpoint: auto``) does nothing, says
+    so, and leaves its export and card as they are."""
+    if run.resume_path is None:
+        return False
+    step = json.loads((run.resume_path / TRAINER_STATE).read_text())["step"]
+    if step > run.args.max_steps:
+        raise ArgumentError(
+            f"--max_steps {run.args.max_steps} is below the step of the checkpoint resumed from "
+            f"({run.resume_path}, step {step}): raise --max_steps to continue training."
+        )
+    if step == run.args.max_steps and _exported_at(run.output_dir, step):
+        run.log(
+            f"{run.output_dir} already finished: {run.output_dir / 'final'} holds step {step} "
+            f"of --max_steps {run.args.max_steps}; nothing to do (raise --max_steps to train on)."
+        )
+        run.accelerator.end_training()
+        return True
+    return False
+
+
+# What must match to resume exactly: the model's shape and bands, and what places each rank in
+# the data stream. Anything else (schedule, logging, checkpoint cadence...) may change, and is
+# recorded.
+_MODEL_KEYS = (
+    "preset", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "decoder_hidden_size", "decoder_num_hidden_layers", "patch_size", "image_size",
+    "num_channels", "band_names", "mask_ratio", "norm_pix_loss",
+)  # fmt: skip
+_DATA_KEYS = (
+    "dataset_name_or_path", "dataset_revision", "train_split", "synthetic_data",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "model_name_or_path",
+)  # fmt: skip
+_NOT_RECORDED = ("output_dir", "resume_from_checkpoint", "dry_run", "accelerate_config")
+
+
+def _model_fingerprint(config) -> dict:
+    return {key: getattr(config, key, None) for key in _MODEL_KEYS}
+
+
+def check_resume_compatibility(run: Run, config, data: DataContract) -> None:
+    """Before anything is loaded: the checkpoint must come from a run this one can continue
+    exactly. Names every difference; records the allowed changes of arguments."""
+    if run.resume_path is None:
+        return
+    state = json.loads((run.resume_path / TRAINER_STATE).read_text())
+    before = state.get("arguments")
+    if before is None:
+        run.log(f"{run.resume_path} records no arguments (older version): not compared")
+        return
+    now = as_flat_dict(run.model_args, run.data_args, run.args)
+    now["dataset_name_or_path"] = data.name_or_path
+    problems = []
+    for key, (was, found) in _differences(state.get("model", {}), _model_fingerprint(config)):
+        problems.append(f"model {key}: {was!r} in the checkpoint, {found!r} now")
+    for key in _DATA_KEYS:
+        if key in before and before[key] != now.get(key):
+            problems.append(f"{key}: {before[key]!r} in the checkpoint, {now.get(key)!r} now")
+    if state.get("world_size") not in (None, run.world):
+        problems.append(f"world size: {state['world_size']} in the checkpoint, {run.world} now")
+    if problems:
+        raise ArgumentError(
+            f"Cannot resume {run.resume_path}: it was written by another run.\n  "
+            + "\n  ".join(problems)
+            + "\nUse another --output_dir for this run, or pass the checkpoint's values."
+        )
+    changes = {
+        key: [before[key], now.get(key)]
+        for key in sorted(set(before) | set(now))
+        if key not in _NOT_RECORDED and key not in _DATA_KEYS and before.get(key) != now.get(key)
+    }
+    run.argument_changes = list(state.get("argument_changes", []))
+    if changes:
+        run.argument_changes.append({"step": state["step"], "changes": changes})
+        listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        run.log(f"resuming at step {state['step']} with changed arguments: {listed}")
+
+
+def _differences(before: dict, now: dict):
+    for key in sorted(set(before) | set(now)):
+        if before.get(key) != now.get(key):
+            yield key, (before.get(key), now.get(key))
+
+
 # ---------------------------------------------------------------------------------- model
 
 
@@ -421,6 +547,7 @@ def loader_settings(device_type: str, num_workers: int | None) -> tuple[int, boo
 
 def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEConfig):
     """This rank's stream of normalised, cropped batches (or synthetic ones)."""
+    run.extra["dataset"] = data.name_or_path
     batch = run.args.per_device_train_batch_size
     if data_args.synthetic_data:
         return SyntheticLoader(
@@ -470,8 +597,15 @@ def build_optimizer(run: Run, model):
     optimizer = run.accelerator.prepare_optimizer(optimizer)
     if run.accelerator.distributed_type.value == "FSDP":
         shard = model.vit.encoder.layers[0].mlp.fc1.weight
+        mesh = shard.device_mesh
+        layout = (
+            f"HSDP mesh (dp_replicate={mesh.size(0)}, dp_shard={mesh.size(1)})"
+            if mesh.ndim == 2
+            else f"{mesh.size()} shards"
+        )
         run.log(
-            f"FSDP2: block weights sharded {tuple(shard.to_local().shape)} of {tuple(shard.shape)}"
+            f"FSDP2: block weights sharded {tuple(shard.to_local().shape)} of "
+            f"{tuple(shard.shape)}, {layout}"
         )
     return model, optimizer
 
@@ -525,6 +659,9 @@ def describe_run(run: Run, model, config, start_step: int) -> None:
             args.hub_model_id,
             private=args.hub_private_repo,
             retry_backoff_s=args.hub_retry_backoff_s,
+            # Outside every checkpoint-N: rotation deletes those while their push may still be
+            # queued behind a slow Hub. Staged snapshots are hard links, removed once pushed.
+            staging_dir=run.output_dir / ".hub_staging",
         )
     run.stop = _StopSignal()
 
@@ -821,6 +958,13 @@ def save_checkpoint(run: Run, model, loader, step: int, config, processor=None) 
         "max_steps": args.max_steps,
         "global_batch": run.global_batch,
         "geofm_hf_version": geofm_hf.__version__,
+        # What check_resume_compatibility compares before a resume loads anything.
+        "arguments": {
+            **as_flat_dict(run.model_args, run.data_args, args),
+            "dataset_name_or_path": run.extra.get("dataset"),
+        },
+        "model": _model_fingerprint(config),
+        "argument_changes": run.argument_changes,
     }
     path = run.checkpoints.save(step, trainer_state, loader.state_dict())
     if args.push_to_hub:
@@ -910,7 +1054,8 @@ def export(
         repo_id=args.hub_model_id,
         package_version=geofm_hf.__version__,
         skipped=skipped,
-        limitations=_skipped_text(skipped),
+        argument_changes=run.argument_changes,
+        limitations=_skipped_text(skipped) + _changes_text(run.argument_changes),
     )
     record.save(tmp / "run_record.json")
     write_model_card(tmp, record)
@@ -977,6 +1122,16 @@ def _skipped_counts(loader, outcome: Outcome) -> dict:
         "batches_lost_to_bad_shards": int(stats.get("batches_lost_to_bad_shards", 0)),
         "steps_skipped_non_finite": outcome.skipped_steps,
     }
+
+
+def _changes_text(argument_changes: list) -> list[str]:
+    """One card line per resume that changed arguments: the figures hold from that step on."""
+    return [
+        f"Resumed at step {entry['step']} with changed arguments (in force from that step on): "
+        + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in entry["changes"].items())
+        + "."
+        for entry in argument_changes
+    ]
 
 
 def _skipped_text(skipped: dict) -> list[str]:

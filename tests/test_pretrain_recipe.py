@@ -95,6 +95,7 @@ def test_dry_run_plans_a_15b_model_on_meta(tmp_path):
     result = launch(
         ROOT / "recipes" / "pretrain.py",
         "--dry_run", "true", "--preset", "vit-15b", "--dry_run_nodes", "16",
+        "--synthetic_data", "true",  # the paper's 224 px: larger than the bundled sample's chips
         "--accelerate_config", ROOT / "accelerate_configs" / "frontier_shard_grad_op.yaml",
     )  # fmt: skip
     out = result.stdout

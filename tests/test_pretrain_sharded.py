@@ -55,3 +55,19 @@ def test_initial_weights_are_the_same_at_one_and_two_fsdp2_processes(tmp_path):
         p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "two" / "initial").iterdir()
     }
     assert modes["model.safetensors"] == modes["config.json"] == 0o644, modes
+
+
+def test_bf16_runs_reduce_gradients_in_fp32_unless_asked(tmp_path):
+    """FSDP2 MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32) by default, as torchtitan
+    (accelerate's own default reduces in bf16); bf16 reduction only on request."""
+    policies = {}
+    for reduce in ("float32", "bfloat16"):
+        result = launch(
+            WORKER, tmp_path / reduce, "--bf16", "true", "--gradient_reduce_dtype", reduce,
+            config=CPU_FSDP_CONFIG,
+        )  # fmt: skip
+        policies[reduce] = {
+            (f["param_dtype"], f["reduce_dtype"]) for f in map(_fields, _lines(result.stdout))
+        }
+    assert policies["float32"] == {("torch.bfloat16", "torch.float32")}
+    assert policies["bfloat16"] == {("torch.bfloat16", "torch.bfloat16")}

@@ -24,15 +24,17 @@ def main(out: str, *extra: str) -> None:
     run = pretrain.start_run(model_args, data_args, args)
     model = pretrain.build_model(config, model_args, args.seed)
     on_meta = all(p.is_meta for p in model.parameters())
-    model = prepare_model(run.accelerator, model, args.seed)
+    model = prepare_model(run.accelerator, model, args.seed, args.gradient_reduce_dtype)
     local = sum(
         p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters()
     )
     full = sum(p.numel() for p in model.parameters())
     save_pretrained_streaming(model, Path(out) / "initial", run.accelerator.is_main_process)
     run.accelerator.wait_for_everyone()
+    policy = model._get_fsdp_state()._mp_policy if hasattr(model, "_get_fsdp_state") else None
     print(
-        f"INITIAL_WEIGHTS rank={run.rank} world={run.world} built_on_meta={on_meta} "
+        f"INITIAL_WEIGHTS param_dtype={getattr(policy, 'param_dtype', None)} "
+        f"reduce_dtype={getattr(policy, 'reduce_dtype', None)} rank={run.rank} world={run.world} built_on_meta={on_meta} "
         f"local={local} full={full} type={run.accelerator.distributed_type.value}",
         flush=True,
     )
