@@ -89,3 +89,9 @@ def test_a_runs_life_rerun_foreign_resume_and_changed_arguments(tmp_path):
     card = (out / "final" / "README.md").read_text()
     assert "Resumed at step 2 with changed arguments" in card and "learning_rate" in card
     assert os.path.isdir(sample_dataset_path())
+
+
+def test_gpu_runs_use_data_workers_and_pinned_memory_by_default():
+    assert recipe.loader_settings("cuda", None) == (4, True)
+    assert recipe.loader_settings("cuda", 0) == (0, True)  # an explicit choice is kept
+    assert recipe.loader_settings("cpu", None) == (0, False)  # CPU ranks own the cores
