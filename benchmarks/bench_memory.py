@@ -89,6 +89,7 @@ def main() -> None:
     full_state = 16 * params
 
     work = Path(opts.workdir or tempfile.mkdtemp(prefix="bench_memory_"))
+    work.mkdir(parents=True, exist_ok=True)
     recipe_args = [
         "--preset", opts.preset, "--image_size", str(opts.image_size),
         "--max_steps", str(opts.steps), "--save_steps", str(opts.steps), "--warmup_steps", "1",
