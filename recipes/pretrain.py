@@ -572,6 +572,7 @@ def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEC
         revision=data_args.dataset_revision,
         on_error=data_args.on_error,
         max_error_fraction=data_args.max_error_fraction,
+        return_masks=True,  # nodata / fill / cloud pixels are kept out of the MAE loss
     )
 
 
@@ -712,7 +713,7 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
         set_learning_rate(optimizer, lr)
         for micro in range(args.gradient_accumulation_steps):
             try:
-                pixels = run.stop.next_batch(data_iter).to(device, non_blocking=True)
+                batch = run.stop.next_batch(data_iter)
             except StopWhileWaitingForData as stop:
                 # A checkpoint is collective and this rank has no batch: exit, do not hang.
                 run.log(
@@ -721,6 +722,12 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
                 )
                 return Outcome(step, 0.0, trained_images, last_loss, stopped_by_signal=True,
                                exit_code=128 + stop.signum)  # fmt: skip
+            pixels, pixel_mask = batch, None
+            if isinstance(batch, dict):  # the real stream: pixels + validity mask
+                pixels, pixel_mask = batch["pixel_values"], batch["pixel_mask"]
+                # An all-valid batch takes the unmasked loss (checked on the CPU: no sync).
+                pixel_mask = None if bool(pixel_mask.all()) else pixel_mask.to(device)
+            pixels = pixels.to(device, non_blocking=True)
             noise = mask_noise(
                 args.seed, step, micro, run.rank, (pixels.shape[0], config.num_patches)
             )
@@ -728,7 +735,9 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
                 window.check_weights(model)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    loss = model(pixel_values=pixels, noise=noise.to(device)).loss
+                    loss = model(
+                        pixel_values=pixels, pixel_mask=pixel_mask, noise=noise.to(device)
+                    ).loss
                 window.add(
                     loss.detach().float(), pixels, step, micro, args.gradient_accumulation_steps
                 )
