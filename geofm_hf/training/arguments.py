@@ -4,7 +4,9 @@ YAML file plus command-line overrides. Names follow ``TrainingArguments`` where 
 from __future__ import annotations
 
 import math
+import os
 import sys
+import tempfile
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -57,6 +59,7 @@ _CHOICES = {
     "bf16": ("auto", "true", "false"),
     "feature": ("cls", "mean"),
     "mixed_precision": ("no", "bf16", "fp16"),
+    "gradient_reduce_dtype": ("float32", "bfloat16"),
 }
 
 
@@ -144,14 +147,37 @@ def coerce_config_values(path, values, classes, *, keys_word: str = "arguments")
 
 
 def run_recipe(main) -> int:
-    """Run a recipe's ``main`` for the command line and return the exit code: an
-    :class:`ArgumentError` prints one line and gives 2, as argparse does for its own checks."""
+    """Run a recipe's ``main`` for the command line and return the exit code. Bad arguments and
+    bad data print one line and give 2, as argparse does for its own checks; a run stopped on a
+    non-finite loss prints its diagnosis and gives 1. Anything else keeps its traceback."""
+    from ..data.format import BadInputError, TooManyErrorsError
+
+    name = Path(sys.argv[0]).name
     try:
         result = main()
-    except ArgumentError as err:
-        print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
+    except (ArgumentError, BadInputError, TooManyErrorsError) as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:
+        print(f"{name}: stopped: {err}", file=sys.stderr)
+        return 1
     return result if isinstance(result, int) else 0
+
+
+def check_output_dir_writable(output_dir: str | os.PathLike) -> None:
+    """Create ``output_dir`` and prove it writable before any work starts (global rank 0 only:
+    one probe, not one per rank); an :class:`ArgumentError` naming it otherwise."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as err:
+        raise ArgumentError(
+            f"--output_dir {output_dir} is not writable ({err.strerror or err}): choose a "
+            "folder this user can write to."
+        ) from err
 
 
 @dataclass
@@ -192,7 +218,10 @@ class DataArguments:
     )
     dataset_revision: str | None = field(default=None, metadata={"help": "Dataset revision."})
     train_split: str = field(default="train")
-    dataloader_num_workers: int = field(default=0)
+    dataloader_num_workers: int | None = field(
+        default=None,
+        metadata={"help": "Data worker processes per rank; default: 4 on GPUs, 0 on CPU."},
+    )
     synthetic_data: bool = field(
         default=False,
         metadata={"help": "Random tensors instead of data (throughput runs, as in the paper)."},
@@ -229,6 +258,14 @@ class PretrainingArguments:
     bf16: str = field(
         default="auto",
         metadata={"help": "auto (bf16 autocast where the hardware has it), true or false."},
+    )
+    gradient_reduce_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "float32 or bfloat16: dtype of the gradient reduction in bf16 runs (FSDP2 "
+            "reduce-scatter, DDP all-reduce). float32 is exact to the ranks' sum; bfloat16 halves "
+            "the traffic."
+        },
     )
     seed: int = field(default=0)
     logging_steps: int = field(default=10)
