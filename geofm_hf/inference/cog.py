@@ -168,7 +168,7 @@ def assemble_cogs(staging: Path, output: Path, grids: dict[int, dict[str, Any]],
             np.full((3, height, width), np.nan, np.float32)
             if preview and rgb_comps is not None
             else None
-        )  # noqa: E501
+        )
         with rasterio.open(stage) as src, _stage(final, width, height, final_count, crs,
                                                  out_transform) as out:  # fmt: skip
             for r0 in range(0, height, _BLOCK_ROWS):

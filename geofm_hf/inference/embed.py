@@ -282,8 +282,9 @@ def embed(
     crs_ref = None
     per_scene: dict[str, int] = {}
 
-    def run_batches(items, scene_idx: int, first_part: int, transform_of) -> tuple[int, int]:
-        """Embed ``(meta, pixels)`` items in batches; write parts; returns (windows, empty)."""
+    def run_batches(items, scene_idx: int, first_part: int) -> tuple[int, int]:
+        """Embed ``(meta, bounds, pixels)`` items in batches; write parts; returns
+        (windows, empty windows)."""
         buf_meta, buf_pix, rows = [], [], []
         part, written, n_empty = first_part, 0, 0
 
@@ -307,12 +308,12 @@ def embed(
             part += 1
             rows.clear()
 
-        for meta, pixels in items:
+        for meta, bounds, pixels in items:
             valid = float(np.isfinite(pixels).all(axis=0).mean())
             if valid == 0.0:
                 n_empty += 1
                 continue
-            buf_meta.append((*meta, valid, *transform_of(meta)))
+            buf_meta.append((*meta, valid, *bounds))
             buf_pix.append(pixels)
             written += 1
             bar.update(1)
@@ -348,43 +349,23 @@ def embed(
                 (staging / f"s{idx:05d}.grid.json").write_text(json.dumps(grids[idx]))
                 t = grid.transform
 
-                def bounds(meta, t=t):
-                    _, r, c, _ = meta
+                def bounds(r, c, t=t):
                     x0, y0 = t * (c, r)
                     x1, y1 = t * (c + window, r + window)
                     return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 
+                src = grid.source
+                skip = {(r, c) for s_, r, c in done if s_ == src}
                 items = (
-                    ((grid.source, r, c, grid.datetime), pix)
-                    for r, c, pix in iter_windows(grid, window, stride, done)
+                    ((src, r, c, grid.datetime), bounds(r, c), pix)
+                    for r, c, pix in iter_windows(grid, window, stride, skip)
                 )
-                n, n_empty = run_batches(items, idx, first_part, bounds)
+                n, n_empty = run_batches(items, idx, first_part)
             else:
                 items = _shard_items(sources[0], dataset_revision, window, done,
                                      loaded.band_names)  # fmt: skip
-                first = {}
-
-                def bounds(meta):
-                    return first[(meta[1], meta[2])]
-
-                def with_bounds(it):
-                    nonlocal crs_ref
-                    for (src, r, c, dt, b, crs), pix in it:
-                        from rasterio.crs import CRS
-
-                        chip_crs = CRS.from_user_input(crs)
-                        if crs_ref is None:
-                            crs_ref = chip_crs
-                        elif chip_crs != crs_ref:
-                            raise BadInputError(
-                                "crs_mismatch",
-                                f"chip of {src} is in {chip_crs}, earlier chips in {crs_ref}; "
-                                "one GeoParquet file has one CRS.",
-                            )
-                        first[(r, c)] = tuple(b)
-                        yield (src, r, c, dt), pix
-
-                n, n_empty = run_batches(with_bounds(items), idx, first_part, bounds)
+                n, n_empty = run_batches(items, idx, first_part)
+                crs_ref = _shard_crs(sources[0], dataset_revision, window)
             done_total += n
             empty += n_empty
             per_scene[key] = n + len(done)
@@ -428,10 +409,14 @@ def embed(
 
 
 def _shard_items(source, revision, window, done, model_bands):
-    """Shard chips as ``((source, row, col, datetime, bounds, crs), pixels)``; row/col are the
-    chip's offsets parsed from its id (``<scene>_rNNNNN_cNNNNN``)."""
+    """Shard chips as ``((source, row, col, datetime), bounds, pixels)``; row/col are the
+    chip's offsets parsed from its id (``<scene>_rNNNNN_cNNNNN``). Every chip must share one
+    CRS (one GeoParquet file has one)."""
     import re
 
+    from rasterio.crs import CRS
+
+    crs_ref = None
     pattern = re.compile(r"_r(\d+)_c(\d+)$")
     for _, meta, pixels in _iter_shard_chips(source, revision, window):
         names = list(meta["band_names"])
@@ -441,19 +426,38 @@ def _shard_items(source, revision, window, done, model_bands):
                 "band_name_mismatch",
                 f"{source}: chips lack the model's bands {missing} (have {names}).",
             )
+        crs = CRS.from_user_input(meta["crs"])
+        if crs_ref is None:
+            crs_ref = crs
+        elif crs != crs_ref:
+            raise BadInputError(
+                "crs_mismatch",
+                f"chip {meta['chip_id']} is in {crs}, earlier chips in {crs_ref}; one GeoParquet "
+                "file has one CRS: write the shards of each CRS to their own dataset.",
+            )
         m = pattern.search(meta["chip_id"])
         r, c = (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
-        if (r, c) in done:
+        if (meta["source"], r, c) in done:
             continue
         pix = pixels[[names.index(b) for b in model_bands]].astype(np.float32)
-        yield (meta["source"], r, c, meta["datetime"], meta["bounds"], meta["crs"]), pix
+        yield (meta["source"], r, c, meta["datetime"]), tuple(meta["bounds"]), pix
 
 
-def _done_windows(staging: Path, idx: int) -> set[tuple[int, int]]:
-    done: set[tuple[int, int]] = set()
+def _shard_crs(source, revision, window):
+    """The CRS of a shard dataset's chips (all equal: :func:`_shard_items` checks)."""
+    from rasterio.crs import CRS
+
+    for _, meta, _ in _iter_shard_chips(source, revision, window):
+        return CRS.from_user_input(meta["crs"])
+    raise BadInputError("empty_dataset", f"{source} holds no chips")
+
+
+def _done_windows(staging: Path, idx: int) -> set[tuple[str, int, int]]:
+    """``(source, row, col)`` of the windows already in scene ``idx``'s parts."""
+    done: set[tuple[str, int, int]] = set()
     for part in sorted(staging.glob(f"s{idx:05d}-*.parquet")):
-        table = pq.read_table(part, columns=["row", "col"])
-        done.update(zip(table.column("row").to_pylist(), table.column("col").to_pylist()))
+        t = pq.read_table(part, columns=["source", "row", "col"])
+        done.update(zip(*(t.column(k).to_pylist() for k in ("source", "row", "col"))))
     return done
 
 
