@@ -91,10 +91,10 @@ __all__ = [
     "GeoViTMAEModel",
     "GeoViTMAEPreTrainedModel",
     "config_from_vitmae",
-    "embed",
-    "search",
     "count_parameters",
+    "embed",
     "flops_per_image",
     "from_transformers_vitmae",
+    "search",
     "select_input_bands",
 ]

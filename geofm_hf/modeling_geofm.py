@@ -708,9 +708,9 @@ def flops_per_image(config: GeoViTMAEConfig, training: bool = True) -> float:
 
 __all__ = [
     "GeoViTMAEForImageClassification",
-    "GeoViTMAEForSemanticSegmentation",
     "GeoViTMAEForPreTraining",
     "GeoViTMAEForPreTrainingOutput",
+    "GeoViTMAEForSemanticSegmentation",
     "GeoViTMAELayer",
     "GeoViTMAEModel",
     "GeoViTMAEModelOutput",

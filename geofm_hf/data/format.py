@@ -47,6 +47,8 @@ SHARD_SCHEMA = pa.schema(
     ]
 )
 LABEL_FIELD = pa.field("label", pa.int64())
+# Segmentation shards: the chip's class mask, uint8 (H, W) C-order bytes; 255 = unlabelled.
+MASK_FIELD = pa.field("mask", pa.binary())
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 

@@ -62,12 +62,16 @@ def write_cog(src_path: Path, dst: Path) -> None:
 
     with rasterio.open(src_path) as src:
         big = max(src.width, src.height)
+        floating = np.dtype(src.dtypes[0]).kind == "f"
     tmp = dst.with_name(dst.name + ".tmp.tif")
     # Small rasters get small blocks so they still carry overviews (what COG readers page).
     block = 512 if big >= 4096 else (256 if big >= 1024 else 64)
     try:
-        rio_copy(src_path, tmp, driver="COG", compress="DEFLATE", predictor="3",
-                 blocksize=block, overview_resampling="average", bigtiff="IF_SAFER")  # fmt: skip
+        # Class maps (integers) get nearest-neighbour overviews: an averaged class is no class.
+        rio_copy(src_path, tmp, driver="COG", compress="DEFLATE",
+                 predictor="3" if floating else "2", blocksize=block,
+                 overview_resampling="average" if floating else "nearest",
+                 bigtiff="IF_SAFER")  # fmt: skip
         os.replace(tmp, dst)
     finally:
         if tmp.exists():
