@@ -9,8 +9,10 @@ D encoder width, Dd decoder width, Hn heads, Dh head dim.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -326,6 +328,13 @@ _AUTO_MAP = {
 }
 
 
+_CUSTOM_PIPELINE = {
+    "impl": "pipeline_geofm.GeoViTMAEFeatureExtractionPipeline",
+    "pt": ["AutoModel"],
+    "type": "image",
+}
+
+
 class GeoViTMAEPreTrainedModel(PreTrainedModel):
     """Weight init, the Auto-class glue and the FSDP wrap unit shared by all heads."""
 
@@ -350,7 +359,14 @@ class GeoViTMAEPreTrainedModel(PreTrainedModel):
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
         auto_map.update(_AUTO_MAP)
         self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        # The feature-extraction pipeline for multispectral arrays travels with the weights.
+        pipeline_file = Path(__file__).with_name("pipeline_geofm.py")
+        if pipeline_file.is_file():
+            self.config.custom_pipelines = {"image-feature-extraction": _CUSTOM_PIPELINE}
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        if pipeline_file.is_file():
+            shutil.copyfile(pipeline_file, Path(save_directory) / pipeline_file.name)
+        return out
 
     def _init_weights(self, module: nn.Module) -> None:
         # MAE's init: xavier-uniform linears (and the patch projection seen as a linear), zero

@@ -580,6 +580,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise")
     p.add_argument("--max-error-fraction", type=float, default=0.05)
+    p.add_argument("--checkpoint-every", type=int, default=4096, metavar="N",
+                   help="windows per part file: what --resume keeps of a killed run")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -593,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         format=args.format, pca=args.pca, batch_size=args.batch_size, device=args.device,
         dtype=args.dtype, resume=args.resume, overwrite=args.overwrite, on_error=args.on_error,
         max_error_fraction=args.max_error_fraction, progress=not args.no_progress,
+        part_rows=args.checkpoint_every,
     )  # fmt: skip
     print(
         f"{summary.num_windows} windows ({summary.num_windows_resumed} resumed, "
