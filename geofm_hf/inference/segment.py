@@ -130,7 +130,6 @@ def segment(
     table; plus ``PRED.png`` (colours + legend) of the first scene.
     """
     import rasterio
-    from rasterio.windows import Window
     from tqdm.auto import tqdm
 
     from ..data.writer import _ErrorPolicy
