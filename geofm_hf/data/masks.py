@@ -128,7 +128,7 @@ class _SceneMask:
             return np.full((rows, self.width), IGNORE_INDEX, dtype=np.uint8)
         return features.rasterize(
             self._shapes, out_shape=(rows, self.width), fill=IGNORE_INDEX, dtype="uint8",
-            transform=self.transform * Affine.translation(0, row0),
+            transform=self.transform @ Affine.translation(0, row0),
         )  # fmt: skip
 
     def close(self) -> None:

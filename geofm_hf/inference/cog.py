@@ -65,7 +65,7 @@ def write_cog(src_path: Path, dst: Path) -> None:
         floating = np.dtype(src.dtypes[0]).kind == "f"
     tmp = dst.with_name(dst.name + ".tmp.tif")
     # Small rasters get small blocks so they still carry overviews (what COG readers page).
-    block = 512 if big >= 4096 else (256 if big >= 1024 else 64)
+    block = 512 if big >= 4096 else (256 if big >= 1024 else 128)
     try:
         # Class maps (integers) get nearest-neighbour overviews: an averaged class is no class.
         rio_copy(src_path, tmp, driver="COG", compress="DEFLATE",

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from affine import Affine
@@ -69,9 +70,9 @@ def embedding_transform(transform: Affine, window: int, stride: int, pooling: st
     ``stride == window`` the pixel is exactly the window). patch: one pixel per patch.
     """
     if pooling == "patch":
-        return transform * Affine.scale(patch)
+        return transform @ Affine.scale(patch)
     offset = (window - stride) / 2
-    return transform * Affine.translation(offset, offset) * Affine.scale(stride)
+    return transform @ Affine.translation(offset, offset) @ Affine.scale(stride)
 
 
 def _use_bf16(dtype: str, device: torch.device) -> bool:
@@ -350,8 +351,8 @@ def embed(
                 t = grid.transform
 
                 def bounds(r, c, t=t):
-                    x0, y0 = t * (c, r)
-                    x1, y1 = t * (c + window, r + window)
+                    x0, y0 = t @ (c, r)
+                    x1, y1 = t @ (c + window, r + window)
                     return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 
                 src = grid.source
@@ -479,7 +480,19 @@ def _assemble_parquet(staging: Path, output: Path, crs, dim: int, g: int, loaded
         ("valid_fraction", pa.float32()), ("model_id", pa.string()),
         ("model_revision", pa.string()),
     ])  # fmt: skip
+    # The geo metadata (with the overall bbox) goes in the schema the writer starts with, so
+    # every reader (Arrow schema or Parquet footer) sees it: a first pass reads only the bounds.
     bbox = [np.inf, np.inf, -np.inf, -np.inf]
+    for part in parts:
+        b = pq.read_table(part, columns=["xmin", "ymin", "xmax", "ymax"])
+        if b.num_rows:
+            bbox = [min(bbox[0], pc.min(b["xmin"]).as_py()), min(bbox[1], pc.min(b["ymin"]).as_py()),
+                    max(bbox[2], pc.max(b["xmax"]).as_py()), max(bbox[3], pc.max(b["ymax"]).as_py())]  # fmt: skip
+    if not parts or not np.isfinite(bbox).all():
+        raise BadInputError("no_output", "no window held any valid pixel; nothing to write")
+    schema = schema.with_metadata(
+        {"geo": geo_metadata(crs, bbox), "geofm_embed": json.dumps(meta).encode()}
+    )
     tmp = output.with_name(output.name + ".tmp")
     writer = None
     try:
@@ -511,8 +524,6 @@ def _assemble_parquet(staging: Path, output: Path, crs, dim: int, g: int, loaded
                 sources = [s for s in sources for _ in range(g * g)]
                 dts = [d for d in dts for _ in range(g * g)]
                 n = n * g * g
-            bbox = [min(bbox[0], x0.min()), min(bbox[1], y0.min()),
-                    max(bbox[2], x1.max()), max(bbox[3], y1.max())]  # fmt: skip
             table = pa.Table.from_arrays(
                 [
                     bbox_polygons_wkb(x0, y0, x1, y1),
@@ -536,14 +547,6 @@ def _assemble_parquet(staging: Path, output: Path, crs, dim: int, g: int, loaded
             if writer is None:
                 writer = pq.ParquetWriter(tmp, schema, compression="zstd")
             writer.write_table(table, row_group_size=8192)
-        if writer is None:
-            raise BadInputError("no_output", "no window held any valid pixel; nothing to write")
-        # The geo metadata needs the overall bbox, known only at the end: write the footer's
-        # key-value metadata through the writer before closing it.
-        writer.add_key_value_metadata({
-            "geo": geo_metadata(crs, bbox).decode(),
-            "geofm_embed": json.dumps(meta),
-        })  # fmt: skip
         writer.close()
         writer = None
         os.replace(tmp, output)
