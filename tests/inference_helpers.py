@@ -26,7 +26,7 @@ def write_crop(folder: Path, corrupt_band: str | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for band in S2_BANDS:
         with rasterio.open(JP2 / f"{PREFIX}_{band}.jp2") as src:
-            factor = int(round(src.res[0] / 10))
+            factor = round(src.res[0] / 10)
             w, h = CROP_W // factor, CROP_H // factor
             data = src.read(1, window=Window(0, 0, w, h))
             profile = dict(driver="GTiff", width=w, height=h, count=1, dtype=data.dtype,

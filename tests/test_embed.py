@@ -46,7 +46,7 @@ def parquet(crop, model, tmp_path_factory):
     return out, summary
 
 
-def test_geoparquet_geometry_is_each_window_and_crs_round_trips(parquet):
+def test_geoparquet_geometry_is_each_window_and_crs_round_trips(parquet, model):
     import geopandas as gpd
     from pyproj import CRS
 
@@ -66,7 +66,8 @@ def test_geoparquet_geometry_is_each_window_and_crs_round_trips(parquet):
     assert CRS.from_json_dict(meta["columns"]["geometry"]["crs"]).to_epsg() == 32633
     table = pq.read_table(out)
     assert table.schema.field("embedding").type.list_size == 48
-    assert set(table.column("model_id").to_pylist()) == {str(parquet[0].parent.parent)} or True
+    assert set(table.column("model_id").to_pylist()) == {str(model)}
+    assert set(table.column("model_revision").to_pylist()) == {None}  # a local export: no commit
     assert str(table.column("datetime")[0].as_py()) == "2017-02-16 10:21:01"
     assert set(table.column("source").to_pylist()) == {f"scene/{PREFIX}"}
 
@@ -77,7 +78,9 @@ def test_geoparquet_reads_in_duckdb_spatial(parquet):
     out, _ = parquet
     con = duckdb.connect()
     path = os.path.join(os.path.dirname(ext.__file__), "extensions")
-    found = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith("extension")]
+    found = [
+        os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith("extension")
+    ]
     con.execute(f"INSTALL '{found[0]}'")
     con.execute("LOAD spatial")
     rows = con.execute(
@@ -98,12 +101,12 @@ def test_embeddings_match_the_model_on_the_same_window(parquet, model, crop):
 
     out, _ = parquet
     table = pq.read_table(out)
-    i = [k for k, (r, c) in enumerate(zip(table.column("row").to_pylist(),
-                                           table.column("col").to_pylist())) if (r, c) == (48, 96)][0]  # fmt: skip
+    i = next(k for k, (r, c) in enumerate(zip(table.column("row").to_pylist(),
+                                           table.column("col").to_pylist())) if (r, c) == (48, 96))  # fmt: skip
     bands = []
     for band in GeoViTMAEModel.from_pretrained(model).config.band_names:
         with rasterio.open(crop / f"{PREFIX}_{band}.tif") as src:
-            f = int(round(src.res[0] / 10))
+            f = round(src.res[0] / 10)
             full = np.repeat(np.repeat(src.read(1), f, axis=0), f, axis=1)  # nearest to 10 m
         bands.append(full[48:112, 96:160])
     processor = GeoViTMAEImageProcessor.from_pretrained(model)
@@ -188,7 +191,7 @@ def test_resume_after_kill_skips_finished_windows(crop, model, tmp_path):
     resumed = geofm_hf.embed(model, crop, out, stride=16, resume=True, progress=False,
                              dtype="float32")  # fmt: skip
     assert resumed.num_windows_resumed >= 6
-    fresh = geofm_hf.embed(model, crop, tmp_path / "fresh.parquet", stride=16, progress=False,
+    geofm_hf.embed(model, crop, tmp_path / "fresh.parquet", stride=16, progress=False,
                            dtype="float32")  # fmt: skip
     a, b = pq.read_table(out), pq.read_table(tmp_path / "fresh.parquet")
     key = lambda t: list(zip(t.column("row").to_pylist(), t.column("col").to_pylist()))  # noqa: E731
