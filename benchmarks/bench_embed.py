@@ -93,7 +93,7 @@ def main() -> None:
     p.add_argument("--stride", type=int, default=64)
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 3, 4])
     p.add_argument("--naive-limit", type=int, default=None, help="cap the naive loop's windows")
-    p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         _child(args.model, args.child[0], args.child[1], args.stride)
