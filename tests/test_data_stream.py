@@ -80,14 +80,14 @@ def test_geotiff_bytes_dataset_streams(tmp_path):
 
 @pytest.mark.parametrize("split,batch_size", [("train", 9), ("validation", 6)])
 def test_two_ranks_two_workers_disjoint_cover(split, batch_size):
-    # train: 4 shards -> whole shards per reader; validation: 2 shards -> every 4th row.
+    # train: 4 shards over 4 readers; validation: 2 shards of 54 and 18 rows over 4 readers.
     seen = []
     for rank in range(2):
         loader = make_pretrain_dataloader(
             SAMPLE, split=split, batch_size=batch_size, seed=3, rank=rank, world_size=2,
             num_workers=2, return_chip_ids=True,
         )  # fmt: skip
-        assert loader.stats["mode"] == ("shard" if split == "train" else "row")
+        assert loader.stats["mode"] == "stretch"
         for _, ids in _take(loader, loader.batches_per_epoch):
             seen.extend(ids)
     everything = set(_chips_by_id(split))
