@@ -186,7 +186,8 @@ class _Layout:
     sequence, ``n = total // R``, split inside shards at its two ends. So every reader gets the
     same count every epoch, readers are disjoint and together cover all but ``total % R`` samples
     (the sequence's tail, a different part every epoch), and a reader opens at most
-    ``ceil(shards / R) + 1`` shards when shards hold equal row counts. Inside a stretch, each
+    ``ceil(shards / R) + 1`` shards when all shards but one hold the same row count (what
+    geofm-make-shards writes; shorter shards lead the sequence). Inside a stretch, each
     shard's piece is shuffled on its own, so a reader needs only the Parquet row groups under
     its pieces and holds at most two pieces at a time.
     """
@@ -221,7 +222,11 @@ class _Layout:
         return np.random.Generator(np.random.PCG64([self.seed, *key]))
 
     def shard_order(self, epoch: int) -> np.ndarray:
-        return self._rng(epoch, 0).permutation(len(self.counts))
+        # Shards shorter than the longest (the writer's last one) lead the sequence: a short
+        # shard in the middle could make one stretch span one shard more than the bound.
+        order = self._rng(epoch, 0).permutation(len(self.counts))
+        counts = np.asarray(self.counts)[order]
+        return np.concatenate([order[counts < counts.max()], order[counts == counts.max()]])
 
     def reader_pieces(self, epoch: int, reader: int) -> list[tuple[int, int, int]]:
         """``reader``'s stretch of ``epoch`` as (shard, first_row, stop_row), in reading order."""
