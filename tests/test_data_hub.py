@@ -86,6 +86,8 @@ def test_two_processes_fetch_the_split_once_per_epoch(pushed, tmp_path):
     assert not set(ids[0]) & set(ids[1]) and len(set(ids[0]) | set(ids[1])) == 120
     served = _served(hub)
     ratio = sum(served.values()) / sum(shards.values())
+    print(f"served {sum(served.values())} B for a {sum(shards.values())} B train split "
+          f"({len(shards)} shards, 2 processes, 1 epoch): {ratio:.3f}x")  # fmt: skip
     # Each stretch is half the shuffled shard sequence: one shard, at the cut, is read by both.
     assert ratio <= 1.1, (ratio, served)
     assert set(served) <= set(shards) and len(served) >= len(shards) - 1

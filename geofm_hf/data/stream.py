@@ -1,11 +1,25 @@
 """Streaming readers: ``datasets`` IterableDataset access and the MAE pretraining stream.
 
 ``load_geo_dataset`` is the single entry point for a Hub repo id and a local folder
-(``datasets.load_dataset(..., streaming=True)``). ``GeoPretrainStream`` builds on it: each
-(rank, DataLoader worker) reads a disjoint part (whole shards when they divide evenly, else
-every W-th row), produces whole batches, and orders, augments and drops samples as pure
-functions of (seed, epoch, sample index), so a loader restored from ``state_dict()`` yields
-exactly the batches an uninterrupted run would have yielded.
+(``datasets.load_dataset(..., streaming=True)``). ``GeoPretrainStream`` reads the same files for
+pretraining: each (rank, DataLoader worker) takes a contiguous stretch of the epoch's shuffled
+shard sequence (see ``_Layout``), opens only the shards under it, reads only their Parquet row
+groups under it (exact HTTP range requests through ``huggingface_hub.HfFileSystem``, the
+filesystem ``datasets`` streams with, at one pinned commit), produces whole batches, and orders,
+augments and drops samples as pure functions of (seed, epoch, sample index), so a loader
+restored from ``state_dict()`` yields exactly the batches an uninterrupted run would have yielded.
+
+Why the split is ours rather than ``datasets.distributed.split_dataset_by_node`` or torchdata's
+``StatefulDataLoader``: ``split_dataset_by_node``'s default (``"auto"``) uses whole shards only
+when the shard count is a multiple of ``world_size`` and otherwise has every node read every
+shard and keep one example in ``world_size`` (I/O multiplied by the rank count, the defect this
+layout removes); its ``"shards"`` strategy hands out whole shards, so per-node counts differ by
+up to a shard and ranks fall out of step; neither splits a shard between two nodes.
+``StatefulDataLoader`` checkpoints iterator state that the dataset must itself make resumable
+(for a streamed ``IterableDataset``: shard index plus an offset, after a shuffle buffer that is
+not restored exactly). Here the position is one integer (batches consumed) and every batch is
+recomputed from (seed, epoch, reader), so resume is exact, independent of worker timing, and
+re-reads only the shard pieces it was in the middle of.
 """
 
 from __future__ import annotations
