@@ -102,8 +102,7 @@ def test_a_5xx_while_streaming_is_retried(pushed, monkeypatch):
         return [next(it) for it in [iter(loader)] for _ in range(4)]
 
     reference = batches()
-    # A data range GET fails (the HTTP client retries it), then a file-metadata call fails
-    # (the stream retries the shard).
+    # A data range GET fails, then the listing that gives the shards' sizes: both retried.
     hub.set_failure("http500", count=1, match="/resolve/")
     first = batches()
     assert hub._failure is None  # the failure was served
@@ -114,6 +113,19 @@ def test_a_5xx_while_streaming_is_retried(pushed, monkeypatch):
     for got in (first, second):
         for (x, ids), (want_x, want_ids) in zip(got, reference):
             assert ids == want_ids and torch.equal(x, want_x)
+
+
+def test_an_outage_stops_the_run_instead_of_skipping_shards(pushed, monkeypatch):
+    hub, _, _ = pushed
+    monkeypatch.setattr(time, "sleep", lambda s: None)  # the HTTP client's backoff waits
+    loader = make_pretrain_dataloader(REPO, batch_size=6, seed=5, on_error="skip")
+    hub.set_failure("http500", match="/resolve/")  # every data request, past all retries
+    try:
+        with pytest.raises(ConnectionError, match="could not be fetched after retries"):
+            next(iter(loader))
+    finally:
+        hub.set_failure(None)
+    assert "bad_shards" not in loader.stream.stats  # an outage is not bad data
 
 
 def test_resume_after_a_kill_fetches_only_what_it_still_needs(pushed, tmp_path):

@@ -304,6 +304,8 @@ def test_resume_refuses_a_different_layout():
     other = make_pretrain_dataloader(SAMPLE, batch_size=16, seed=1)
     with pytest.raises(ValueError, match="batch_size"):
         other.load_state_dict(state)
+    with pytest.raises(ValueError, match="version 1, this geofm_hf reads version 2"):
+        loader.load_state_dict({**state, "version": 1})  # saved under the previous layout
 
 
 def test_bad_arguments_say_what_was_expected():

@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import struct
-import time
 from collections import OrderedDict
 from typing import Any
 
@@ -48,10 +47,10 @@ __all__ = ["GeoPretrainStream", "PretrainLoader", "load_geo_dataset", "make_pret
 
 logger = logging.getLogger(__name__)
 
-_STATE_VERSION = 1
+# 2: contiguous stretches per reader. A version-1 position means other samples under this
+# layout, so it is refused rather than resumed into a different order.
+_STATE_VERSION = 2
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-_READ_ATTEMPTS = 4
-_RETRY_WAIT_S = 1.0
 
 try:
     from huggingface_hub.errors import EntryNotFoundError
@@ -151,7 +150,7 @@ class _CountingFile:
 
 
 def _is_transient(err: BaseException) -> bool:
-    """A server or network hiccup worth retrying (5xx, 429, timeouts, dropped connections)."""
+    """A server or network failure (5xx, 429, timeouts, dropped connections), not bad data."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
@@ -355,7 +354,14 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         if info is not None and split in info.shards:
             counts = [int(s["num_rows"]) for s in info.shards[split]]
         else:  # no geofm_dataset.json: each shard's footer says how many rows it holds
-            counts = [self._footer(i)[0].num_rows for i in range(len(self._files))]
+            counts = []
+            for i, path in enumerate(self._files):
+                try:
+                    counts.append(self._footer(i)[0].num_rows)
+                except Exception as err:
+                    raise BadInputError(
+                        "bad_shard", f"{path}: cannot read its Parquet footer: {err}"
+                    ) from err
         self.counts = counts
         self.mean = np.asarray(mean if mean is not None else info.mean, dtype=np.float32)
         self.std = np.asarray(std if std is not None else info.std, dtype=np.float32)
@@ -439,17 +445,21 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         the shard is unreadable and skipped (``on_error="skip"``)."""
         if shard in self._bad_shards:
             return False
-        for attempt in range(_READ_ATTEMPTS):
-            try:
-                self._read_row_groups(shard, first, stop, keep)
-                return True
-            except Exception as err:
-                if _is_transient(err) and attempt + 1 < _READ_ATTEMPTS:
-                    logger.warning("shard %d: %s; retrying", shard, err)
-                    time.sleep(_RETRY_WAIT_S * 2**attempt)
-                    continue
-                error = err
-                break
+        try:
+            self._read_row_groups(shard, first, stop, keep)
+            return True
+        except Exception as err:
+            if _is_transient(err):
+                # The HTTP client already retried this request with backoff. An outage is not a
+                # bad shard: skipping it would drop good data silently, so the run stops here
+                # and resumes exactly from its last checkpoint.
+                raise ConnectionError(
+                    f"shard {shard} of {self.name_or_path}:{self.split} "
+                    f"({self._files[shard]}) could not be fetched after retries: {err}; nothing "
+                    "was skipped for it. Rerun when the server answers: the run resumes from "
+                    "its last checkpoint"
+                ) from err
+            error = err
         message = f"shard {shard} of {self.name_or_path}:{self.split} is unreadable: {error}"
         if self.on_error == "raise":
             raise BadInputError("bad_shard", message) from error
@@ -697,7 +707,12 @@ class PretrainLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at ``state``; the loader must be built with the same order-defining settings."""
         if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unsupported stream state version {state.get('version')!r}")
+            raise ValueError(
+                f"cannot resume: the stream state has version {state.get('version')!r}, this "
+                f"geofm_hf reads version {_STATE_VERSION} (the reader layout changed, so the "
+                "saved position names other samples); resume with the geofm_hf that saved it, "
+                "or start the data stream afresh"
+            )
         mine = self.state_dict()
         keys = ("seed", "split", "world_size", "num_workers", "batch_size", "drop_last",
                 "shard_rows")  # fmt: skip
