@@ -156,3 +156,38 @@ def test_resume_after_a_kill_fetches_only_what_it_still_needs(pushed, tmp_path):
     done = {where[i] for ids in want[:6] for i in ids} - need
     assert set(after) <= {f for f in shards if f in need} and not set(after) & done
     assert sum(after.values()) < sum(before.values())
+
+
+def test_every_read_is_pinned_to_the_commit_resolved_at_start(pushed, tmp_path):
+    hub, shards, _ = pushed
+    from huggingface_hub import HfApi
+
+    repo = "geofm-test/pinned"
+    api = HfApi()
+    api.create_repo(repo, repo_type="dataset")
+    snapshot = hub.repo(REPO, "dataset").files_at("main")
+    for name, content in snapshot.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    api.upload_folder(folder_path=tmp_path, repo_id=repo, repo_type="dataset")
+    want = [ids for _, (_, ids) in zip(range(3), _ids_loader(repo))]
+    loader = _ids_loader(repo)
+    # The repo moves on while the run streams: the full shards of main swap their chips.
+    full = sorted(shards)[:-1]  # the last shard holds 1 chip, the others 4
+    swapped = {name: snapshot[other] for name, other in zip(full, reversed(full))}
+    api.upload_folder(folder_path=_folder_of(tmp_path / "next", swapped), repo_id=repo,
+                      repo_type="dataset")  # fmt: skip
+    assert [ids for _, (_, ids) in zip(range(3), loader)] == want
+    assert [ids for _, (_, ids) in zip(range(3), _ids_loader(repo))] != want  # main did change
+
+
+def _ids_loader(repo):
+    return make_pretrain_dataloader(repo, batch_size=6, seed=5, rank=1, world_size=2,
+                                    return_chip_ids=True)  # fmt: skip
+
+
+def _folder_of(path, files: dict[str, bytes]):
+    for name, content in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_bytes(content)
+    return path

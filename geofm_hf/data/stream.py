@@ -486,7 +486,10 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         self._evict(keep)
         with self._open(shard) as fh:
             counted = _CountingFile(fh, _file_size(fh), self._count_read)
-            pf = pq.ParquetFile(counted, metadata=meta, pre_buffer=True)
+            # CRC checksums of the pages (written by geofm-make-shards) catch corrupt bytes.
+            pf = pq.ParquetFile(
+                counted, metadata=meta, pre_buffer=True, page_checksum_verification=True
+            )
             table = pf.read_row_groups(
                 missing,
                 columns=self._columns(meta.schema.to_arrow_schema().names),
