@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 
 from .format import BadInputError, TooManyErrorsError
@@ -26,6 +27,51 @@ def _parse_split(text: str):
                 f"--split expects NAME or NAME=FRACTION,...; got {text!r}"
             ) from None
     return out
+
+
+def _parse_band_files(values: list[str]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise argparse.ArgumentTypeError(
+                f"--band-files expects NAME=PATH ... (e.g. red=ls7_30.tif nir=ls7_40.tif); "
+                f"got {item!r}"
+            )
+        if name in out:
+            raise argparse.ArgumentTypeError(f"--band-files names band {name!r} twice")
+        out[name] = path
+    return out
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _number(kind, *, low=None, high=None, low_open=False, name=""):
+    """argparse type: a number of ``kind`` within [low, high] (``low_open``: > low)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, found {text!r}") from None
+        if value != value or (low is not None and (value <= low if low_open else value < low)) or (
+            high is not None and value > high
+        ):  # fmt: skip
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+            hi = "" if high is None else f"<= {high}"
+            raise argparse.ArgumentTypeError(
+                f"expected a value {' and '.join(x for x in (lo, hi) if x)}, found {text}"
+            )
+        return value
+
+    parse.__name__ = name or kind.__name__
+    return parse
+
+
+_POSITIVE_INT = _number(int, low=0, low_open=True, name="positive int")
+_FRACTION = _number(float, low=0.0, high=1.0, name="fraction in [0, 1]")
 
 
 def push_dataset_to_hub(folder: str, repo_id: str, *, private: bool = False,
@@ -58,18 +104,53 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Cut rasters (files, folders, globs; one file per band or multi-band) into "
         "chips and write Parquet shards + dataset card + geofm_dataset.json.",
     )
-    p.add_argument("inputs", nargs="+", help="raster files, folders or quoted globs")
+    p.add_argument("inputs", nargs="*", help="raster files, folders or quoted globs")
     p.add_argument("-o", "--output-dir", required=True)
-    p.add_argument("--chip-size", type=int, default=64)
-    p.add_argument("--stride", type=int, default=None, help="default: chip size")
-    p.add_argument("--bands", default=None, help="comma-separated band names/aliases, in order")
-    p.add_argument("--resolution", type=float, default=None, help="target GSD (default finest)")
+    p.add_argument("--chip-size", type=_POSITIVE_INT, default=64)
+    p.add_argument("--stride", type=_POSITIVE_INT, default=None, help="default: chip size")
+    p.add_argument(
+        "--bands",
+        type=_names,
+        default=None,
+        help="select and reorder bands by name/alias, e.g. B4,B3,B2 (pixels follow)",
+    )
+    p.add_argument(
+        "--band-names",
+        type=_names,
+        default=None,
+        help="name the bands of multi-band files that carry no band descriptions",
+    )
+    p.add_argument(
+        "--band-files",
+        nargs="+",
+        action="append",
+        default=None,
+        metavar="NAME=PATH",
+        help="one scene from one file per band (repeat the flag for more scenes)",
+    )
+    p.add_argument(
+        "--filename-pattern",
+        default=None,
+        help="regex with a named 'band' group (optionally 'scene') grouping "
+        r"one-file-per-band inputs, e.g. '(?P<scene>.+)_(?P<band>\d)0\.tif$'",
+    )
+    p.add_argument(
+        "--ignore-qa-masks",
+        action="store_true",
+        help="do not apply <scene>_fmask/_SCL/_QA_PIXEL cloud masks to validity",
+    )
+    p.add_argument(
+        "--resolution",
+        type=_number(float, low=0.0, low_open=True),
+        default=None,
+        help="target GSD (default finest)",
+    )
     p.add_argument("--resampling", default="nearest")
     p.add_argument("--nodata", type=float, default=None)
-    p.add_argument("--max-nodata-fraction", type=float, default=0.0)
-    p.add_argument("--target-shard-mb", type=float, default=128.0)
-    p.add_argument("--rows-per-shard", type=int, default=None)
-    p.add_argument("--compression-level", type=int, default=3)
+    p.add_argument("--max-nodata-fraction", type=_FRACTION, default=0.0)
+    p.add_argument("--target-shard-mb", type=_number(float, low=0.0, low_open=True), default=128.0)
+    p.add_argument("--rows-per-shard", type=_POSITIVE_INT, default=None)
+    p.add_argument("--compression-level", type=_number(int, low=1, high=22), default=3)
     p.add_argument(
         "--split",
         type=_parse_split,
@@ -77,8 +158,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="NAME, or spatial blocks NAME=FRACTION,... e.g. train=0.8,validation=0.2",
     )
     p.add_argument("--on-error", choices=["skip", "raise"], default="raise")
-    p.add_argument("--max-error-fraction", type=float, default=0.05)
-    p.add_argument("--sensor", default=None)
+    p.add_argument("--max-error-fraction", type=_FRACTION, default=0.05)
+    p.add_argument(
+        "--sensor",
+        default=None,
+        help="band table, e.g. landsat7, landsat5, landsat8, sentinel2-l2a, hls-s30; "
+        "default: identified from product ids / metadata, else an error if ambiguous",
+    )
     p.add_argument("--name", default=None, help="dataset card title")
     p.add_argument("--license", default="other")
     p.add_argument("--overwrite", action="store_true")
@@ -89,15 +175,33 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _report(err: BaseException, text: str | None = None) -> None:
+    print(f"geofm-make-shards: error: {text or err}", file=sys.stderr)
+    notes = getattr(err, "__notes__", ())
+    for note in notes:
+        print(f"geofm-make-shards: {note}", file=sys.stderr)
+    if notes:
+        return
+    print(
+        "geofm-make-shards: nothing was written; the output folder is as it was before the run",
+        file=sys.stderr,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the process exit code."""
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
     try:
+        band_files = [_parse_band_files(g) for g in args.band_files] if args.band_files else None
+        if not args.inputs and not band_files:
+            raise ValueError("no inputs: give raster files/folders/globs or --band-files")
         summary = write_shards(
             args.inputs, args.output_dir, chip_size=args.chip_size, stride=args.stride,
-            bands=args.bands.split(",") if args.bands else None, resolution=args.resolution,
+            bands=args.bands, band_names=args.band_names, band_files=band_files,
+            filename_pattern=args.filename_pattern, qa_masks=not args.ignore_qa_masks,
+            resolution=args.resolution,
             resampling=args.resampling, nodata=args.nodata,
             max_nodata_fraction=args.max_nodata_fraction, target_shard_mb=args.target_shard_mb,
             rows_per_shard=args.rows_per_shard, compression_level=args.compression_level,
@@ -106,8 +210,12 @@ def main(argv: list[str] | None = None) -> int:
             license=args.license,
         )  # fmt: skip
     except (BadInputError, TooManyErrorsError, FileNotFoundError, FileExistsError,
-            ValueError) as err:  # fmt: skip
-        print(f"geofm-make-shards: error: {err}", file=sys.stderr)
+            ValueError, argparse.ArgumentTypeError, re.error) as err:  # fmt: skip
+        _report(err)
+        return 2
+    except OSError as err:  # e.g. a read-only or full output folder
+        what = "cannot write" if isinstance(err, PermissionError) else "I/O error in"
+        _report(err, f"{what} {args.output_dir}: {err.strerror or err}")
         return 2
     print(json.dumps({
         "output_dir": summary.output_dir, "num_samples": summary.num_samples,

@@ -40,6 +40,7 @@ from .format import (
     TooManyErrorsError,
     dataset_location,
     decode_batch,
+    decode_valid_masks,
     read_dataset_info,
 )
 
@@ -69,12 +70,17 @@ def load_geo_dataset(name_or_path: str | os.PathLike, split: str = "train",
     (``ds.with_format("arrow").iter(batch_size=n)``) with :func:`geofm_hf.data.decode_batch`.
     """
     import datasets
+    import pyarrow.dataset as pds
 
     dataset_location(name_or_path)  # a mistyped path fails here, before any network call
+    # Verify each page's CRC32 (written by geofm-make-shards): a flipped byte is an error,
+    # not altered pixels. Pages written without a checksum are read as before.
+    scan = pds.ParquetFragmentScanOptions(page_checksum_verification=True)
     try:
         return datasets.load_dataset(
-            str(name_or_path), split=split, revision=revision, streaming=True
-        )
+            str(name_or_path), split=split, revision=revision, streaming=True,
+            fragment_scan_options=scan,
+        )  # fmt: skip
     except ValueError as err:
         if "Unknown split" in str(err) or "split" in str(err).lower():
             raise ValueError(f"{name_or_path}: cannot stream split {split!r}: {err}") from err
@@ -306,6 +312,7 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         return_chip_ids: bool = False,
         info: GeoDatasetInfo | None = None,
         cache_mb: float = 512.0,
+        return_masks: bool = False,
     ):
         super().__init__()
         if not 0 <= rank < world_size:
@@ -327,6 +334,7 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         self.on_error = on_error
         self.max_error_fraction = max_error_fraction
         self.return_chip_ids = return_chip_ids
+        self.return_masks = return_masks
         self.start_batch = 0
         self.cache_mb = cache_mb
         self.stats: dict[str, Any] = {}
@@ -387,7 +395,8 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
 
     # -- reading ---------------------------------------------------------------------------
     def _columns(self, schema_names: list[str]) -> list[str]:
-        wanted = ["image", "shape", "dtype"] + (["chip_id"] if self.return_chip_ids else [])
+        wanted = ["image", "shape", "dtype", "valid_mask"]
+        wanted += ["chip_id"] if self.return_chip_ids else []
         return [c for c in wanted if c in schema_names]
 
     def _open(self, shard: int):
@@ -414,6 +423,29 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
                 )
             self._meta[shard] = (meta, starts)
         return self._meta[shard]
+
+    def mark_bad_shards(self, problems: list[dict[str, Any]]) -> None:
+        """Skip shards found bad before reading (``{"shard": i, "problem": ...}`` from the
+        start-up check), counted like shards found bad while reading."""
+        for p in problems:
+            self._bad_shards.add(int(p["shard"]))
+            logger.warning("skipping shard %s (%s): %s", p["shard"], p.get("file"), p["problem"])
+        self.stats["bad_shards"] = sorted(self._bad_shards)
+        self.stats["rows_lost_to_bad_shards"] = sum(self.counts[s] for s in self._bad_shards)
+        if len(self._bad_shards) > self.max_error_fraction * len(self.counts):
+            raise TooManyErrorsError(
+                f"{len(self._bad_shards)} of {len(self.counts)} shards of {self.name_or_path}:"
+                f"{self.split} are bad ({problems[0]['file']}: {problems[0]['problem']}; ...); "
+                f"max_error_fraction={self.max_error_fraction}"
+            )
+
+    def _no_batch_error(self, epoch: int) -> TooManyErrorsError:
+        return TooManyErrorsError(
+            f"no batch can be produced from {self.name_or_path}:{self.split}: shards "
+            f"{sorted(self._bad_shards)} of {len(self.counts)} are unreadable and this reader's "
+            f"epochs up to {epoch} yielded nothing (max_error_fraction={self.max_error_fraction} "
+            "let the run go on). Fix or rewrite the shards."
+        )
 
     def _count_read(self, nbytes: int) -> None:
         self.stats["bytes_read"] = self.stats.get("bytes_read", 0) + nbytes
@@ -527,6 +559,7 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         keep = np.ones(len(rows), dtype=bool)
         sources: list[tuple[Any, int] | None] = [None] * len(rows)
         chip_ids: list[str | None] = [None] * len(rows)
+        masks: list[np.ndarray | None] = [None] * len(rows)
         batch_shards = {int(s) for s in np.unique(shards)}
         for shard in sorted(batch_shards):
             sel = np.flatnonzero(shards == shard)
@@ -544,9 +577,15 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
                     decoded = decode_batch(table, local)
                     for j, i in enumerate(here):
                         sources[i] = (decoded, j)
+                    height, width = decoded.shape[-2:]
                 else:
                     for i, r in zip(here, local):
                         sources[i] = (arr, int(r))
+                    height, width = arr.shape[-2:]
+                valid = decode_valid_masks(table, local, height, width)
+                if valid is not None:
+                    for j, i in enumerate(here):
+                        masks[i] = valid[j]
                 if self.return_chip_ids:
                     column = table.column("chip_id")
                     for i, r in zip(here, local):
@@ -555,12 +594,25 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
             return None
         positions = np.flatnonzero(keep)
         sample_index = self.layout.offsets[shards[positions]] + rows[positions]
-        batch = self._transform([sources[i] for i in positions], epoch, sample_index)
+        batch, valid = self._transform(
+            [sources[i] for i in positions], epoch, sample_index, [masks[i] for i in positions]
+        )
+        kept_ids = [chip_ids[i] for i in positions]
+        if self.return_masks:
+            out = {"pixel_values": batch, "pixel_mask": valid}
+            if self.return_chip_ids:
+                out["chip_ids"] = kept_ids
+            return out
         if self.return_chip_ids:
-            return batch, [chip_ids[i] for i in positions]
+            return batch, kept_ids
         return batch
 
-    def _transform(self, sources, epoch: int, sample_index: np.ndarray) -> torch.Tensor:
+    def _transform(self, sources, epoch: int, sample_index: np.ndarray, masks=None):
+        """Crop/flip/rotate and normalise; returns (pixels, valid mask (B, crop, crop) bool).
+
+        Invalid pixels (stored mask, NaN/inf) are set to 0 after normalisation (the band
+        mean), never fed as raw fill values; the mask says which they are.
+        """
         first, j = sources[0]
         _, c, h, w = first.shape
         if len(self.mean) != c:
@@ -568,6 +620,7 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         n = len(sources)
         crop = self.crop_size or h
         raw = np.empty((n, c, crop, crop), dtype=first.dtype)
+        valid = np.ones((n, crop, crop), dtype=bool)
         if self.augment:
             params = augmentation_params(self.seed, epoch, sample_index, min(h, w), crop)
         else:
@@ -584,13 +637,28 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
             # A per-sample transposed copy is slow; copy odd rotations untransposed and
             # transpose them together below (same pixels, several times faster).
             raw[i] = view.swapaxes(1, 2) if k % 2 else view
+            if masks is not None and masks[i] is not None:
+                mview = masks[i][y : y + crop, x : x + crop]
+                if hflip:
+                    mview = mview[:, ::-1]
+                if vflip:
+                    mview = mview[::-1, :]
+                if k:
+                    mview = np.rot90(mview, k)
+                valid[i] = mview.T if k % 2 else mview
         odd = np.flatnonzero(params[:, 4] % 2 == 1)
         if len(odd):
             raw[odd] = raw[odd].swapaxes(2, 3)
+            valid[odd] = valid[odd].swapaxes(1, 2)
         out = raw.astype(np.float32)
         out -= self.mean[None, :, None, None]
         out /= self.std[None, :, None, None]
-        return torch.from_numpy(out)
+        if np.issubdtype(raw.dtype, np.floating):
+            valid &= np.isfinite(out).all(axis=1)
+        if not valid.all():
+            out *= valid[:, None]  # 0 = the band mean; NaN/inf never reach the model
+            out[~np.isfinite(out)] = 0.0
+        return torch.from_numpy(out), torch.from_numpy(valid)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -618,10 +686,12 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         per_epoch = self.layout.batches_per_epoch
         epoch, batch_in_epoch = divmod(skip, per_epoch)
         self.stats.update(self.describe())
+        empty_epochs = 0
         while True:
             pieces = {p[0]: p for p in self.layout.reader_pieces(epoch, reader)}
             shards, rows = self.layout.reader_positions(epoch, reader)
             self.stats["epoch"] = epoch
+            whole_epoch, produced = batch_in_epoch == 0, 0
             for b in range(batch_in_epoch, per_epoch):
                 sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
                 batch = self._make_batch(epoch, shards[sl], rows[sl], pieces)
@@ -629,8 +699,16 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
                     self.stats["batches_lost_to_bad_shards"] = (
                         self.stats.get("batches_lost_to_bad_shards", 0) + 1
                     )
+                    if len(self._bad_shards) == len(self.counts):
+                        raise self._no_batch_error(epoch)
                     continue
+                produced += 1
                 yield batch
+            # All shards bad is caught above; with a few good ones left, one reader may draw
+            # none of them for an epoch by chance, but not ten epochs running.
+            empty_epochs = empty_epochs + 1 if whole_epoch and not produced else 0
+            if empty_epochs >= 10:
+                raise self._no_batch_error(epoch)
             batch_in_epoch = 0
             epoch += 1
 
@@ -688,6 +766,7 @@ class PretrainLoader:
             iterator = iter(loader)
         for batch in iterator:
             self._consumed += 1
+            self.stats.update(self.stream.stats)  # bad shards met in this process, live
             self.stats["batches_consumed"] = self._consumed
             yield batch
 
@@ -748,6 +827,8 @@ def make_pretrain_dataloader(
     max_error_fraction: float = 0.05,
     return_chip_ids: bool = False,
     pin_memory: bool = False,
+    return_masks: bool = False,
+    check_shards: bool = True,
 ) -> PretrainLoader:
     """Build the MAE pretraining loader for a Hub repo id or local folder.
 
@@ -755,11 +836,47 @@ def make_pretrain_dataloader(
     (mean/std default to ``geofm_dataset.json``) and, with ``augment``, randomly cropped,
     flipped and rotated by multiples of 90 degrees as a function of (seed, epoch, sample).
     ``return_chip_ids=True`` yields ``(tensor, chip_ids)`` (for tests/debugging).
+    ``return_masks=True`` yields ``{"pixel_values", "pixel_mask"}`` dicts: ``pixel_mask``
+    ``(B, crop, crop)`` bool, True where the pixel is valid (stored ``valid_mask``: nodata,
+    fill, cloud/QA; and NaN/inf), augmented with the pixels; pass it to the model so the
+    loss ignores invalid pixels. Invalid pixels are 0 (the band mean) in ``pixel_values``.
+    ``check_shards`` reads every shard's footer first (split across ranks; collective when
+    ``world_size`` > 1): a bad shard is an error at once, or skipped and counted under
+    ``on_error="skip"``.
     """
     stream = GeoPretrainStream(
         name_or_path, split=split, batch_size=batch_size, seed=seed, rank=rank,
         world_size=world_size, num_workers=num_workers, crop_size=crop_size, mean=mean, std=std,
         augment=augment, revision=revision, drop_last=drop_last, on_error=on_error,
         max_error_fraction=max_error_fraction, return_chip_ids=return_chip_ids,
+        return_masks=return_masks,
     )  # fmt: skip
-    return PretrainLoader(stream, num_workers=num_workers, pin_memory=pin_memory)
+    if check_shards and stream.info is not None:
+        from .verify import check_shard_footers_on_all_ranks
+
+        problems = check_shard_footers_on_all_ranks(
+            name_or_path, stream.info, split, revision=revision, rank=rank, world_size=world_size
+        )
+        missing = [p for p in problems if p["problem"] == "is missing"]
+        if missing:  # shards are addressed by position in the folder: a gap shifts them all
+            raise BadInputError(
+                "missing_shard",
+                f"{len(missing)} shard file(s) of {name_or_path}:{split} listed in "
+                f"geofm_dataset.json are missing ({', '.join(p['file'] for p in missing[:5])}); "
+                "a missing file cannot be skipped. Restore it or rewrite the dataset.",
+            )
+        if problems and on_error == "raise":
+            listed = "; ".join(
+                f"shard {p['shard']} ({p['file']}) {p['problem']}" for p in problems[:5]
+            )
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise BadInputError(
+                "bad_shard",
+                f"{len(problems)} of {len(stream.counts)} shards of {name_or_path}:{split} are "
+                f"bad: {listed}{more}. Rewrite them, or pass on_error='skip' to train on the rest.",
+            )
+        if problems:
+            stream.mark_bad_shards(problems)
+    loader = PretrainLoader(stream, num_workers=num_workers, pin_memory=pin_memory)
+    loader.stats.update(stream.stats)
+    return loader
