@@ -132,7 +132,7 @@ def test_resume_after_a_kill_fetches_only_what_it_still_needs(pushed, tmp_path):
     hub, shards, where = pushed
     out = tmp_path / "rank0.json"
     loader = make_pretrain_dataloader(REPO, batch_size=6, seed=5, rank=0, world_size=2,
-                                      return_chip_ids=True)  # fmt: skip
+                                      return_chip_ids=True, check_shards=False)  # fmt: skip
     want = [ids for _, (_, ids) in zip(range(loader.batches_per_epoch), loader)]
     hub.bytes_served.clear()
     proc = _reader(hub, out, 0, "--hang-after", 6)
@@ -177,8 +177,8 @@ def test_every_read_is_pinned_to_the_commit_resolved_at_start(pushed, tmp_path):
     swapped = {name: snapshot[other] for name, other in zip(full, reversed(full))}
     api.upload_folder(folder_path=_folder_of(tmp_path / "next", swapped), repo_id=repo,
                       repo_type="dataset")  # fmt: skip
+    assert hub.repo(repo, "dataset").files_at("main")[full[0]] != snapshot[full[0]]
     assert [ids for _, (_, ids) in zip(range(3), loader)] == want
-    assert [ids for _, (_, ids) in zip(range(3), _ids_loader(repo))] != want  # main did change
 
 
 def _ids_loader(repo):
