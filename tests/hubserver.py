@@ -19,7 +19,9 @@ drops kept-alive connections without an answer; ``set_failure(None)`` restores s
 same port.
 
 Every request's method, path and headers are recorded in ``FakeHub.requests`` so a test can check
-that the token is sent; the server itself never logs headers.
+that the token is sent; the server itself never logs headers. File bytes sent by ``resolve`` GETs
+are counted per ``repo_id/path`` in ``FakeHub.bytes_served`` (each range in ``ranges_served``);
+Range requests are answered as the Hub's CDN does (``a-b``, ``a-``, ``-suffix``; 416 beyond EOF).
 
 The pytest fixture ``local_hub`` starts one server per test and points the client at it.
 ``huggingface_hub`` reads ``HF_ENDPOINT`` and the cache paths into ``huggingface_hub.constants`` at
@@ -153,12 +155,15 @@ class FakeHub:
         self.repos: dict[tuple[str, str], FakeRepo] = {}
         self.requests: list[RecordedRequest] = []
         self.deletions: list[str] = []
+        self.bytes_served: dict[str, int] = {}
+        self.ranges_served: list[tuple[str, int, int]] = []
         self._lock = threading.RLock()
         self._failure: str | None = None
         self._failure_count: int | None = None
         # Seconds every request waits before it is answered: a slow Hub (tests of what training
         # does to pushes still queued behind it).
         self.request_delay_s = 0.0
+        self._failure_match: str | None = None
         self._server: socketserver.TCPServer | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
@@ -194,26 +199,36 @@ class FakeHub:
     def stop(self) -> None:
         self._stop_listening()
 
-    def set_failure(self, mode: str | None, count: int | None = None) -> None:
-        """Switch failure mode: None (healthy), "http500" (next ``count`` requests, or all), "down"."""
+    def set_failure(
+        self, mode: str | None, count: int | None = None, match: str | None = None
+    ) -> None:
+        """Switch failure mode: None (healthy), "http500" (next ``count`` requests, or all; with
+        ``match``, only requests whose path contains it), "down"."""
         if mode not in (None, "http500", "down"):
             raise ValueError(f"failure mode must be None, 'http500' or 'down', got {mode!r}")
         with self._lock:
             was_down = self._failure == "down"
-            self._failure, self._failure_count = mode, count
+            self._failure, self._failure_count, self._failure_match = mode, count, match
         if mode == "down" and not was_down:
             self._stop_listening()
         elif mode != "down" and was_down:
             self.start()
 
-    def _take_failure(self) -> str | None:
+    def _take_failure(self, path: str = "") -> str | None:
         with self._lock:
             mode = self._failure
+            if mode == "http500" and self._failure_match and self._failure_match not in path:
+                return None
             if mode == "http500" and self._failure_count is not None:
                 self._failure_count -= 1
                 if self._failure_count <= 0:
                     self._failure, self._failure_count = None, None
             return mode
+
+    def _count_served(self, key: str, start: int, size: int) -> None:
+        with self._lock:
+            self.bytes_served[key] = self.bytes_served.get(key, 0) + size
+            self.ranges_served.append((key, start, size))
 
     # ---------------------------------------------------------------- helpers for tests
     def repo(self, repo_id: str, repo_type: str = "model") -> FakeRepo:
@@ -557,7 +572,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         )
         if hub.request_delay_s:
             time.sleep(hub.request_delay_s)
-        failure = hub._take_failure()
+        failure = hub._take_failure(self.path)
         if failure == "down":
             # Kept-alive connections survive the listening socket; drop them without an answer.
             self.close_connection = True
@@ -686,12 +701,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     "X-Repo-Commit": sha,
                     "Accept-Ranges": "bytes",
                 }
-                status, payload = 200, content
+                status, payload, start = 200, content, 0
                 rng = self.headers.get("Range")
                 if rng and rng.startswith("bytes=") and method == "GET":
-                    start = int(rng[6:].split("-")[0] or 0)
-                    payload, status = content[start:], 206
-                    headers["Content-Range"] = f"bytes {start}-{len(content) - 1}/{len(content)}"
+                    # One range, as the Hub's CDN answers: "a-b" (inclusive), "a-" or "-suffix".
+                    first, _, last = rng[6:].partition("-")
+                    size = len(content)
+                    if first:
+                        start, stop = int(first), min(int(last) + 1, size) if last else size
+                    else:
+                        start, stop = max(size - int(last), 0), size
+                    if start >= size or stop <= start:
+                        raise _HubError(416, f"range {rng} not satisfiable for {size} bytes")
+                    payload, status = content[start:stop], 206
+                    headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
                 headers["Content-Length"] = str(len(payload))
                 self.send_response(status)
                 for k, v in headers.items():
@@ -699,6 +722,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.end_headers()
                 if method == "GET":
                     self.wfile.write(payload)
+                    hub._count_served(
+                        f"{repo.repo_id}/{path}", start if status == 206 else 0, len(payload)
+                    )
                 return None
         raise _HubError(404, f"fake hub: no route for {method} {split.path}")
 

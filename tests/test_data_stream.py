@@ -4,6 +4,7 @@ determinism, normalisation and exact resume (num_workers 0 and 2)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -80,14 +81,14 @@ def test_geotiff_bytes_dataset_streams(tmp_path):
 
 @pytest.mark.parametrize("split,batch_size", [("train", 9), ("validation", 6)])
 def test_two_ranks_two_workers_disjoint_cover(split, batch_size):
-    # train: 4 shards -> whole shards per reader; validation: 2 shards -> every 4th row.
+    # train: 4 shards over 4 readers; validation: 2 shards of 54 and 18 rows over 4 readers.
     seen = []
     for rank in range(2):
         loader = make_pretrain_dataloader(
             SAMPLE, split=split, batch_size=batch_size, seed=3, rank=rank, world_size=2,
             num_workers=2, return_chip_ids=True,
         )  # fmt: skip
-        assert loader.stats["mode"] == ("shard" if split == "train" else "row")
+        assert loader.stats["mode"] == "stretch"
         for _, ids in _take(loader, loader.batches_per_epoch):
             seen.extend(ids)
     everything = set(_chips_by_id(split))
@@ -110,6 +111,134 @@ def test_layout_is_disjoint_and_counts_every_drop(counts, world, workers, batch)
         seen |= set(used)
     dropped = layout.dropped_per_epoch()
     assert len(seen) + sum(dropped.values()) == sum(counts)
+
+
+def _writer_like(rng, shards, rows):
+    """Shard row counts as geofm-make-shards writes them: all equal but the last, shuffled."""
+    counts = [rows] * (shards - 1) + [int(rng.integers(1, rows + 1))]
+    return [int(c) for c in rng.permutation(counts)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_epoch_readers_are_disjoint_covering_balanced_and_open_few_shards(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(12):
+        n_shards = int(rng.integers(1, 80))
+        counts = _writer_like(rng, n_shards, int(rng.integers(1, 70)))
+        total = sum(counts)
+        world, workers = int(rng.integers(1, 20)), int(rng.integers(0, 4))
+        readers = world * max(workers, 1)
+        if readers > total:
+            continue
+        layout = _Layout(counts, seed, world, workers, 1, drop_last=True)
+        per_reader = total // readers
+        for epoch in range(3):
+            seen: set[tuple[int, int]] = set()
+            for g in range(readers):
+                shards, rows = layout.reader_positions(epoch, g)
+                assert len(shards) == per_reader  # the same count for every reader, every epoch
+                mine = set(zip(shards.tolist(), rows.tolist()))
+                assert len(mine) == per_reader and not seen & mine
+                assert all(0 <= r < counts[s] for s, r in mine)
+                seen |= mine
+                pieces = layout.reader_pieces(epoch, g)
+                assert len(pieces) == len({s for s, _, _ in pieces})  # each shard opened once
+                assert len(pieces) <= -(-n_shards // readers) + 1, (counts, readers, epoch)
+            assert (
+                len(seen)
+                == per_reader * readers
+                == total - layout.dropped_per_epoch()["to_balance_readers"]
+            )
+            assert total - len(seen) < readers
+
+
+def test_dropped_samples_change_every_epoch():
+    layout = _Layout([7] * 10 + [3], 0, 4, 1, 1, drop_last=True)  # 73 = 4 x 18 + 1
+    unseen = []
+    for epoch in range(6):
+        seen = {p for g in range(4) for p in zip(*map(list, layout.reader_positions(epoch, g)))}
+        unseen.append({(s, r) for s in range(11) for r in range(layout.counts[s])} - seen)
+    assert all(len(u) == 1 for u in unseen) and len(set().union(*unseen)) > 1
+
+
+def _row_grouped(tmp_path, rows_per_group=6):
+    """The bundled train split rewritten with small row groups (4 shards x 9 groups of 6)."""
+    info = read_dataset_info(SAMPLE)
+    (tmp_path / "data").mkdir()
+    for shard in info.shards["train"]:
+        name = shard["file"].split("/")[-1]
+        pq.write_table(pq.read_table(f"{SAMPLE}/data/{name}"), tmp_path / "data" / name,
+                       row_group_size=rows_per_group)  # fmt: skip
+    data = json.loads((Path(SAMPLE) / "geofm_dataset.json").read_text())
+    data["shards"].pop("validation")
+    data["num_samples"].pop("validation")
+    (tmp_path / "geofm_dataset.json").write_text(json.dumps(data))
+    return tmp_path
+
+
+def test_each_reader_reads_only_the_row_groups_under_its_stretch(tmp_path):
+    folder = _row_grouped(tmp_path)
+    where = {}  # chip id -> (shard file, row group)
+    total_bytes = 0
+    for path in sorted((folder / "data").glob("*.parquet")):
+        total_bytes += path.stat().st_size
+        for row, chip in enumerate(pq.read_table(path).column("chip_id").to_pylist()):
+            where[chip] = (path.name, row // 6)
+    for rank in range(8):  # 8 readers over 4 shards of 54 rows: 27 rows each
+        loader = make_pretrain_dataloader(folder, batch_size=9, seed=2, rank=rank, world_size=8,
+                                          return_chip_ids=True)  # fmt: skip
+        ids = [i for _, batch in _take(loader, loader.batches_per_epoch) for i in batch]
+        needed = {where[i] for i in ids}
+        stats = loader.stream.stats
+        assert stats["row_groups_read"] == len(needed) <= 27 // 6 + 2
+        assert stats["bytes_read"] < 0.25 * total_bytes  # ideal 1/8; a whole shard would be 1/4
+
+
+def test_resume_mid_epoch_with_stretches_across_shards(tmp_path):
+    folder = _row_grouped(tmp_path)
+
+    def build():
+        return make_pretrain_dataloader(folder, batch_size=8, seed=4, rank=1, world_size=3,
+                                        num_workers=2, return_chip_ids=True)  # fmt: skip
+
+    reference = build()
+    assert reference.batches_per_epoch == 8  # 6 readers x 36 rows, 4 batches each
+    want = _take(reference, 13)
+    first = build()
+    _take(first, 5)
+    resumed = build()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    for (x, ids), (want_x, want_ids) in zip(_take(resumed, 8), want[5:]):
+        assert ids == want_ids and torch.equal(x, want_x)
+
+
+def test_a_mistyped_local_path_fails_at_once(tmp_path, monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("went to the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", no_network)
+    monkeypatch.setattr(datasets, "load_dataset", no_network)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("x")
+    for load in (read_dataset_info, load_geo_dataset,
+                 lambda p: make_pretrain_dataloader(p, batch_size=2)):  # fmt: skip
+        with pytest.raises(
+            ValueError, match=r"'ds_lsat' is neither an existing folder .* org/name"
+        ):
+            load("ds_lsat")
+        with pytest.raises(ValueError, match="neither an existing folder"):
+            load("org/bad name!")
+        for path in ("./ds_lsat", "~/no_such_geofm_ds", str(tmp_path / "ds_lsat"), "a/b/c"):
+            with pytest.raises(FileNotFoundError, match="does not exist"):
+                load(path)
+        with pytest.raises(NotADirectoryError, match="is a file"):
+            load("notes.txt")
+        with pytest.raises(AssertionError, match="went to the Hub"):
+            load("geofm-test/ds_lsat")  # a valid repo id still goes to the Hub
 
 
 def test_order_is_a_function_of_seed_and_epoch():
@@ -175,6 +304,8 @@ def test_resume_refuses_a_different_layout():
     other = make_pretrain_dataloader(SAMPLE, batch_size=16, seed=1)
     with pytest.raises(ValueError, match="batch_size"):
         other.load_state_dict(state)
+    with pytest.raises(ValueError, match="version 1, this geofm_hf reads version 2"):
+        loader.load_state_dict({**state, "version": 1})  # saved under the previous layout
 
 
 def test_bad_arguments_say_what_was_expected():

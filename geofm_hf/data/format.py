@@ -25,6 +25,7 @@ __all__ = [
     "BadInputError",
     "GeoDatasetInfo",
     "TooManyErrorsError",
+    "dataset_location",
     "decode_batch",
     "decode_image",
     "decode_valid_masks",
@@ -139,6 +140,54 @@ class GeoDatasetInfo:
         os.replace(tmp, path)
 
 
+def dataset_location(name_or_path: str | os.PathLike) -> str:
+    """``"local"`` for an existing folder, ``"hub"`` for a Hub dataset repo id; anything else is a
+    clear error at once (not a ~30 s wait for the Hub to say a mistyped path does not exist).
+
+    Path-like (absolute, starting with ``.`` or ``~``, with a backslash or more than one ``/``)
+    and missing: ``FileNotFoundError``. A bare name that is no folder here, or an ``org/name``
+    the Hub would reject: ``ValueError`` naming both readings.
+    """
+    text = os.fspath(name_or_path)
+    local = Path(text).expanduser()
+    if local.is_dir():
+        return "local"
+    if local.exists():
+        raise NotADirectoryError(
+            f"{text} is a file; expected a dataset folder written by geofm-make-shards "
+            "(holding geofm_dataset.json and data/*.parquet) or a Hub dataset repo id"
+        )
+    path_like = (
+        isinstance(name_or_path, os.PathLike)
+        or text.startswith((".", "~", "/"))
+        or "\\" in text
+        or (os.sep != "/" and os.sep in text)
+        or text.count("/") > 1
+        or text.endswith("/")
+    )
+    if path_like:
+        raise FileNotFoundError(
+            f"dataset folder {text} does not exist (resolved to {local.absolute()}); "
+            "check the path, or pass a Hub dataset repo id as org/name"
+        )
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    problem = None
+    if "/" not in text:
+        problem = "has no org/ part"
+    else:
+        try:
+            validate_repo_id(text)
+        except HFValidationError as err:
+            problem = str(err)
+    if problem:
+        raise ValueError(
+            f"{text!r} is neither an existing folder (no {local.absolute()}) nor a Hub dataset "
+            f"repo id of the form org/name ({problem}); fix the path or the repo id"
+        )
+    return "hub"
+
+
 def read_dataset_info(
     name_or_path: str | os.PathLike, revision: str | None = None
 ) -> GeoDatasetInfo:
@@ -147,8 +196,8 @@ def read_dataset_info(
     A path that exists locally is read directly; anything else is treated as a repo id and
     fetched with ``huggingface_hub.hf_hub_download(repo_type="dataset")``.
     """
-    local = Path(name_or_path)
-    if local.is_dir():
+    local = Path(name_or_path).expanduser()
+    if dataset_location(name_or_path) == "local":
         path = local / DATASET_INFO_FILE
         if not path.is_file():
             raise FileNotFoundError(

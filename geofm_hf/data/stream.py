@@ -1,11 +1,25 @@
 """Streaming readers: ``datasets`` IterableDataset access and the MAE pretraining stream.
 
 ``load_geo_dataset`` is the single entry point for a Hub repo id and a local folder
-(``datasets.load_dataset(..., streaming=True)``). ``GeoPretrainStream`` builds on it: each
-(rank, DataLoader worker) reads a disjoint part (whole shards when they divide evenly, else
-every W-th row), produces whole batches, and orders, augments and drops samples as pure
-functions of (seed, epoch, sample index), so a loader restored from ``state_dict()`` yields
-exactly the batches an uninterrupted run would have yielded.
+(``datasets.load_dataset(..., streaming=True)``). ``GeoPretrainStream`` reads the same files for
+pretraining: each (rank, DataLoader worker) takes a contiguous stretch of the epoch's shuffled
+shard sequence (see ``_Layout``), opens only the shards under it, reads only their Parquet row
+groups under it (exact HTTP range requests through ``huggingface_hub.HfFileSystem``, the
+filesystem ``datasets`` streams with, at one pinned commit), produces whole batches, and orders,
+augments and drops samples as pure functions of (seed, epoch, sample index), so a loader
+restored from ``state_dict()`` yields exactly the batches an uninterrupted run would have yielded.
+
+Why the split is ours rather than ``datasets.distributed.split_dataset_by_node`` or torchdata's
+``StatefulDataLoader``: ``split_dataset_by_node``'s default (``"auto"``) uses whole shards only
+when the shard count is a multiple of ``world_size`` and otherwise has every node read every
+shard and keep one example in ``world_size`` (I/O multiplied by the rank count, the defect this
+layout removes); its ``"shards"`` strategy hands out whole shards, so per-node counts differ by
+up to a shard and ranks fall out of step; neither splits a shard between two nodes.
+``StatefulDataLoader`` checkpoints iterator state that the dataset must itself make resumable
+(for a streamed ``IterableDataset``: shard index plus an offset, after a shuffle buffer that is
+not restored exactly). Here the position is one integer (batches consumed) and every batch is
+recomputed from (seed, epoch, reader), so resume is exact, independent of worker timing, and
+re-reads only the shard pieces it was in the middle of.
 """
 
 from __future__ import annotations
@@ -13,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import struct
 from collections import OrderedDict
 from typing import Any
 
@@ -24,6 +39,7 @@ from .format import (
     BadInputError,
     GeoDatasetInfo,
     TooManyErrorsError,
+    dataset_location,
     decode_batch,
     decode_valid_masks,
     read_dataset_info,
@@ -33,8 +49,15 @@ __all__ = ["GeoPretrainStream", "PretrainLoader", "load_geo_dataset", "make_pret
 
 logger = logging.getLogger(__name__)
 
-_STATE_VERSION = 1
+# 2: contiguous stretches per reader. A version-1 position means other samples under this
+# layout, so it is refused rather than resumed into a different order.
+_STATE_VERSION = 2
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+try:
+    from huggingface_hub.errors import EntryNotFoundError
+except ImportError:  # pragma: no cover - older huggingface_hub
+    from huggingface_hub.utils import EntryNotFoundError
 
 
 def load_geo_dataset(name_or_path: str | os.PathLike, split: str = "train",
@@ -50,6 +73,7 @@ def load_geo_dataset(name_or_path: str | os.PathLike, split: str = "train",
     import datasets
     import pyarrow.dataset as pds
 
+    dataset_location(name_or_path)  # a mistyped path fails here, before any network call
     # Verify each page's CRC32 (written by geofm-make-shards): a flipped byte is an error,
     # not altered pixels. Pages written without a checksum are read as before.
     scan = pds.ParquetFragmentScanOptions(page_checksum_verification=True)
@@ -62,6 +86,91 @@ def load_geo_dataset(name_or_path: str | os.PathLike, split: str = "train",
         if "Unknown split" in str(err) or "split" in str(err).lower():
             raise ValueError(f"{name_or_path}: cannot stream split {split!r}: {err}") from err
         raise
+
+
+def _hub_commit(repo_id: str, revision: str | None) -> str:
+    from huggingface_hub import HfApi
+
+    return HfApi().dataset_info(repo_id, revision=revision).sha
+
+
+def _file_size(fh) -> int:
+    size = getattr(fh, "size", None)
+    return int(size) if size is not None else os.fstat(fh.fileno()).st_size
+
+
+def _read_parquet_footer(fh, size: int, count):
+    """A Parquet file's metadata, read exactly: its last 8 bytes (footer length and magic), then
+    the footer. pyarrow alone reads a speculative 64 KiB tail per open: more than a small shard
+    and, at scale, than the footer of most shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if size < 12:
+        raise BadInputError("bad_shard", f"{size} bytes is too short for a Parquet file")
+    fh.seek(size - 8)
+    tail = fh.read(8)
+    count(len(tail))
+    if tail[-4:] != b"PAR1":
+        raise BadInputError("bad_shard", "not a Parquet file (no PAR1 magic at its end)")
+    length = struct.unpack("<i", tail[:4])[0]
+    if not 0 < length <= size - 12:
+        raise BadInputError("bad_shard", f"footer length {length} does not fit a {size}-byte file")
+    fh.seek(size - 8 - length)
+    footer = fh.read(length)
+    count(len(footer))
+    return pq.read_metadata(pa.BufferReader(b"PAR1" + footer + tail))
+
+
+class _CountingFile:
+    """Read-only file wrapper that reports the bytes read (so ``stats`` shows the I/O)."""
+
+    def __init__(self, fh, size: int, count):
+        self._fh, self._size, self._count = fh, size, count
+        self.closed = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        self._count(len(data))
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def size(self) -> int:
+        return self._size
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _is_transient(err: BaseException) -> bool:
+    """A server or network failure (5xx, 429, timeouts, dropped connections), not bad data."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        response = getattr(err, "response", None)
+        status = getattr(response, "status_code", None)
+        if status is not None and (status >= 500 or status == 429):
+            return True
+        if isinstance(err, (ConnectionError, TimeoutError)):
+            return True
+        if type(err).__module__.split(".")[0].startswith("httpx") and not status:
+            return True  # the HTTP client's transport errors (connect, read, protocol)
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -90,7 +199,18 @@ def augmentation_params(seed: int, epoch: int, sample_index: np.ndarray, size: i
 
 
 class _Layout:
-    """Which rows each reader (rank x worker) takes in an epoch; pure metadata, no I/O."""
+    """Which rows each reader (rank x worker) takes in an epoch; pure metadata, no I/O.
+
+    An epoch is one sequence: the shards in a seeded shuffled order, each shard's rows in storage
+    order. Reader ``g`` of ``R`` takes the contiguous stretch ``[g * n, (g + 1) * n)`` of that
+    sequence, ``n = total // R``, split inside shards at its two ends. So every reader gets the
+    same count every epoch, readers are disjoint and together cover all but ``total % R`` samples
+    (the sequence's tail, a different part every epoch), and a reader opens at most
+    ``ceil(shards / R) + 1`` shards when all shards but one hold the same row count (what
+    geofm-make-shards writes; shorter shards lead the sequence). Inside a stretch, each
+    shard's piece is shuffled on its own, so a reader needs only the Parquet row groups under
+    its pieces and holds at most two pieces at a time.
+    """
 
     def __init__(self, counts: list[int], seed: int, world_size: int, num_workers: int,
                  batch_size: int, drop_last: bool):  # fmt: skip
@@ -101,15 +221,8 @@ class _Layout:
         self.num_readers = world_size * max(num_workers, 1)
         self.batch_size = batch_size
         self.drop_last = drop_last
-        n_shards = len(self.counts)
-        self.mode = "shard" if n_shards % self.num_readers == 0 else "row"
-        if self.mode == "shard":
-            # Readers get different shards, hence different counts: every reader stops at the
-            # smallest so ranks stay in step (the excess is reported in ``stats``).
-            per_reader = self._shard_counts_per_reader(0)
-            self.samples_per_reader = min(per_reader)
-        else:
-            self.samples_per_reader = self.total // self.num_readers
+        self.mode = "stretch"
+        self.samples_per_reader = self.total // self.num_readers
         if self.samples_per_reader == 0:
             raise ValueError(
                 f"{self.total} samples cannot feed {self.num_readers} readers "
@@ -129,38 +242,45 @@ class _Layout:
         return np.random.Generator(np.random.PCG64([self.seed, *key]))
 
     def shard_order(self, epoch: int) -> np.ndarray:
-        return self._rng(epoch, 0).permutation(len(self.counts))
+        # Shards shorter than the longest (the writer's last one) lead the sequence: a short
+        # shard in the middle could make one stretch span one shard more than the bound.
+        order = self._rng(epoch, 0).permutation(len(self.counts))
+        counts = np.asarray(self.counts)[order]
+        return np.concatenate([order[counts < counts.max()], order[counts == counts.max()]])
 
-    def row_order(self, epoch: int, shard: int) -> np.ndarray:
-        return self._rng(epoch, 1, shard).permutation(self.counts[shard])
-
-    def _shard_counts_per_reader(self, epoch: int) -> list[int]:
+    def reader_pieces(self, epoch: int, reader: int) -> list[tuple[int, int, int]]:
+        """``reader``'s stretch of ``epoch`` as (shard, first_row, stop_row), in reading order."""
         order = self.shard_order(epoch)
-        return [sum(self.counts[s] for s in order[g :: self.num_readers])
-                for g in range(self.num_readers)]  # fmt: skip
+        ends = np.cumsum(np.asarray(self.counts, dtype=np.int64)[order])
+        lo = reader * self.samples_per_reader
+        hi = lo + self.samples_per_reader
+        pieces = []
+        # First shard whose end is past lo, up to the shard holding position hi - 1.
+        for k in range(int(np.searchsorted(ends, lo, side="right")), len(order)):
+            begin = int(ends[k]) - self.counts[order[k]]
+            if begin >= hi:
+                break
+            a, b = max(lo, begin) - begin, min(hi, int(ends[k])) - begin
+            if b > a:
+                pieces.append((int(order[k]), a, b))
+        return pieces
+
+    def piece_rows(self, epoch: int, piece: tuple[int, int, int]) -> np.ndarray:
+        shard, a, b = piece
+        return a + self._rng(epoch, 1, shard, a).permutation(b - a)
 
     def dropped_per_epoch(self) -> dict[str, int]:
         """Samples per epoch not seen (all readers): to keep readers in step, and by drop_last."""
-        if self.mode == "shard":
-            balance = sum(c - self.samples_per_reader for c in self._shard_counts_per_reader(0))
-        else:
-            balance = self.total - self.samples_per_reader * self.num_readers
+        balance = self.total - self.samples_per_reader * self.num_readers
         last = (self.samples_per_reader % self.batch_size) if self.drop_last else 0
         return {"to_balance_readers": int(balance), "by_drop_last": int(last * self.num_readers)}
 
     def reader_positions(self, epoch: int, reader: int) -> tuple[np.ndarray, np.ndarray]:
         """(shard, row) arrays of ``reader``'s samples in epoch order (length samples_per_reader)."""
-        order = self.shard_order(epoch)
-        if self.mode == "shard":
-            mine = order[reader :: self.num_readers]
-            shards = np.concatenate([np.full(self.counts[s], s) for s in mine])
-            rows = np.concatenate([self.row_order(epoch, s) for s in mine])
-        else:
-            shards = np.concatenate([np.full(self.counts[s], s) for s in order])
-            rows = np.concatenate([self.row_order(epoch, s) for s in order])
-            shards, rows = shards[reader :: self.num_readers], rows[reader :: self.num_readers]
-        n = self.samples_per_reader
-        return shards[:n].astype(np.int64), rows[:n].astype(np.int64)
+        pieces = self.reader_pieces(epoch, reader)
+        shards = np.concatenate([np.full(b - a, s, dtype=np.int64) for s, a, b in pieces])
+        rows = np.concatenate([self.piece_rows(epoch, p) for p in pieces]).astype(np.int64)
+        return shards, rows
 
 
 class GeoPretrainStream(torch.utils.data.IterableDataset):
@@ -221,23 +341,39 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         self.return_masks = return_masks
         self.start_batch = 0
         self.cache_mb = cache_mb
+        self.stats: dict[str, Any] = {}
+        self._meta: dict[int, Any] = {}
+        self._groups: OrderedDict[tuple[int, int], Any] = OrderedDict()
+        self._bad_shards: set[int] = set()
+        local = dataset_location(name_or_path) == "local"
+        # One commit for the metadata and every shard, on every rank.
+        self._commit = None if local else _hub_commit(self.name_or_path, revision)
         if info is None:
             try:
-                info = read_dataset_info(name_or_path, revision=revision)
-            except FileNotFoundError:
+                info = read_dataset_info(name_or_path, revision=self._commit)
+            except (FileNotFoundError, EntryNotFoundError):
                 if mean is None or std is None:
                     raise
                 info = None
         self.info = info
         self.chip_size = info.chip_size if info else None
+        if info is not None and split not in info.num_samples:
+            raise ValueError(
+                f"split {split!r} not in {self.name_or_path}; it has {sorted(info.num_samples)}"
+            )
+        self._files = self._data_files()
+        self.counts = None
         if info is not None and split in info.shards:
-            counts = [s["num_rows"] for s in info.shards[split]]
-        else:
-            if info is not None and split not in info.num_samples:
-                raise ValueError(
-                    f"split {split!r} not in {self.name_or_path}; it has {sorted(info.num_samples)}"
-                )
-            counts = self._count_rows()
+            counts = [int(s["num_rows"]) for s in info.shards[split]]
+        else:  # no geofm_dataset.json: each shard's footer says how many rows it holds
+            counts = []
+            for i, path in enumerate(self._files):
+                try:
+                    counts.append(self._footer(i)[0].num_rows)
+                except Exception as err:
+                    raise BadInputError(
+                        "bad_shard", f"{path}: cannot read its Parquet footer: {err}"
+                    ) from err
         self.counts = counts
         self.mean = np.asarray(mean if mean is not None else info.mean, dtype=np.float32)
         self.std = np.asarray(std if std is not None else info.std, dtype=np.float32)
@@ -254,74 +390,43 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         if self.chip_size is not None and self.crop_size > self.chip_size:
             raise ValueError(f"crop_size {self.crop_size} exceeds the chip size {self.chip_size}")
         self.layout = _Layout(counts, self.seed, world_size, num_workers, batch_size, drop_last)
-        self._ds = None
-        self._tables: OrderedDict[int, Any] = OrderedDict()
-        self._arrays: dict[tuple[str, int], Any] = {}
-        self._bad_shards: set[int] = set()
-        self.stats: dict[str, Any] = {}
+
+    def __getstate__(self):
+        # DataLoader workers start with empty caches: each reads only its own row groups.
+        state = dict(self.__dict__)
+        state["_meta"], state["_groups"] = {}, OrderedDict()
+        return state
 
     # -- reading ---------------------------------------------------------------------------
-    def _dataset(self):
-        if self._ds is None:
-            ds = load_geo_dataset(self.name_or_path, split=self.split, revision=self.revision)
-            if ds.num_shards != len(self.counts):
-                raise ValueError(
-                    f"{self.name_or_path} split {self.split!r} streams as {ds.num_shards} shards "
-                    f"but geofm_dataset.json lists {len(self.counts)}; the folder and its "
-                    "metadata disagree (rewrite the dataset)"
-                )
-            self._ds = ds.with_format("arrow")
-        return self._ds
+    def _columns(self, schema_names: list[str]) -> list[str]:
+        wanted = ["image", "shape", "dtype", "valid_mask"]
+        wanted += ["chip_id"] if self.return_chip_ids else []
+        return [c for c in wanted if c in schema_names]
 
-    def _count_rows(self) -> list[int]:
-        # Only for datasets without geofm_dataset.json: one pass over every shard.
-        ds = load_geo_dataset(self.name_or_path, split=self.split, revision=self.revision)
-        ds = ds.with_format("arrow")
-        return [sum(t.num_rows for t in ds.shard(ds.num_shards, i).iter(batch_size=4096))
-                for i in range(ds.num_shards)]  # fmt: skip
+    def _open(self, shard: int):
+        path = self._files[shard]
+        if path.startswith("hf://"):
+            from huggingface_hub import HfFileSystem
 
-    def _table(self, shard: int):
-        if shard in self._tables:
-            self._tables.move_to_end(shard)
-            return self._tables[shard]
-        if shard in self._bad_shards:
-            return None
-        import pyarrow as pa
+            # No read-ahead cache: every read is one exact range request, and pyarrow coalesces
+            # the column chunks of the row groups asked for into as few reads as it can.
+            return HfFileSystem().open(path, "rb", cache_type="none")
+        return open(path, "rb")
 
-        ds = self._dataset()
-        try:
-            parts = list(ds.shard(num_shards=ds.num_shards, index=shard).iter(batch_size=4096))
-            # One chunk per column, so decode_batch can view the image bytes without copying.
-            table = pa.concat_tables(parts).combine_chunks() if parts else None
-            if table is None or table.num_rows != self.counts[shard]:
+    def _footer(self, shard: int):
+        """(Parquet metadata, first row of each row group + total) of one shard, read once."""
+        if shard not in self._meta:
+            with self._open(shard) as fh:
+                meta = _read_parquet_footer(fh, _file_size(fh), self._count_read)
+            starts = np.zeros(meta.num_row_groups + 1, dtype=np.int64)
+            for g in range(meta.num_row_groups):
+                starts[g + 1] = starts[g] + meta.row_group(g).num_rows
+            if self.counts is not None and meta.num_rows != self.counts[shard]:
                 raise BadInputError(
-                    "bad_shard",
-                    f"expected {self.counts[shard]} rows, found "
-                    f"{0 if table is None else table.num_rows}",
+                    "bad_shard", f"expected {self.counts[shard]} rows, found {meta.num_rows}"
                 )
-        except Exception as err:
-            message = f"shard {shard} of {self.name_or_path}:{self.split} is unreadable: {err}"
-            if self.on_error == "raise":
-                raise BadInputError("bad_shard", message) from err
-            self._bad_shards.add(shard)
-            self.stats["bad_shards"] = sorted(self._bad_shards)
-            self.stats["rows_lost_to_bad_shards"] = sum(self.counts[s] for s in self._bad_shards)
-            logger.warning("skipping %s", message)
-            if len(self._bad_shards) > self.max_error_fraction * len(self.counts):
-                raise TooManyErrorsError(
-                    f"{len(self._bad_shards)} of {len(self.counts)} shards are unreadable "
-                    f"({sorted(self._bad_shards)}); max_error_fraction={self.max_error_fraction}"
-                ) from err
-            return None
-        self._tables[shard] = table
-        # Keep decoded-from-Parquet shards up to cache_mb (at least the current one and the one
-        # a batch may straddle): small datasets are then read once per worker, not per epoch.
-        while (
-            len(self._tables) > 2
-            and sum(t.nbytes for t in self._tables.values()) > self.cache_mb * 1e6
-        ):
-            self._tables.popitem(last=False)
-        return table
+            self._meta[shard] = (meta, starts)
+        return self._meta[shard]
 
     def mark_bad_shards(self, problems: list[dict[str, Any]]) -> None:
         """Skip shards found bad before reading (``{"shard": i, "problem": ...}`` from the
@@ -346,69 +451,164 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
             "let the run go on). Fix or rewrite the shards."
         )
 
-    # -- batches ---------------------------------------------------------------------------
-    def _shard_array(self, shard: int):
-        """(N, C, H, W) view of a cached shard's images (zero-copy when rows are uniform)."""
-        table = self._table(shard)
-        if table is None:
-            return None, None
-        key = ("array", shard)
-        cached = self._arrays.get(key)
-        if cached is None or cached[0] is not table:
+    def _count_read(self, nbytes: int) -> None:
+        self.stats["bytes_read"] = self.stats.get("bytes_read", 0) + nbytes
+
+    def _data_files(self) -> list[str]:
+        # Local folder: real paths. Hub: hf:// URLs at the commit pinned in __init__, so every
+        # rank reads the same version even if the repo moves during the run.
+        if self.info is not None and self.split in self.info.shards:
+            names = [s["file"] for s in self.info.shards[self.split]]
+            if self._commit is None:
+                return [os.path.join(self.name_or_path, n) for n in names]
+            return [f"hf://datasets/{self.name_or_path}@{self._commit}/{n}" for n in names]
+        # No geofm_dataset.json: the files ``datasets`` would stream, in its order.
+        import datasets
+
+        builder = datasets.load_dataset_builder(
+            self.name_or_path, revision=self._commit or self.revision
+        )
+        files = (builder.config.data_files or {}).get(self.split)
+        if not files:
+            raise ValueError(
+                f"split {self.split!r} not in {self.name_or_path}; it has "
+                f"{sorted(builder.config.data_files or {})}"
+            )
+        return [str(f) for f in files]
+
+    def _load_piece(self, shard: int, first: int, stop: int, keep: set) -> bool:
+        """Bring the row groups under rows [first, stop) of ``shard`` into the cache; False when
+        the shard is unreadable and skipped (``on_error="skip"``)."""
+        if shard in self._bad_shards:
+            return False
+        try:
+            self._read_row_groups(shard, first, stop, keep)
+            return True
+        except Exception as err:
+            if _is_transient(err):
+                # The HTTP client already retried this request with backoff. An outage is not a
+                # bad shard: skipping it would drop good data silently, so the run stops here
+                # and resumes exactly from its last checkpoint.
+                raise ConnectionError(
+                    f"shard {shard} of {self.name_or_path}:{self.split} "
+                    f"({self._files[shard]}) could not be fetched after retries: {err}; nothing "
+                    "was skipped for it. Rerun when the server answers: the run resumes from "
+                    "its last checkpoint"
+                ) from err
+            error = err
+        message = f"shard {shard} of {self.name_or_path}:{self.split} is unreadable: {error}"
+        if self.on_error == "raise":
+            raise BadInputError("bad_shard", message) from error
+        self._bad_shards.add(shard)
+        self.stats["bad_shards"] = sorted(self._bad_shards)
+        self.stats["rows_lost_to_bad_shards"] = sum(self.counts[s] for s in self._bad_shards)
+        logger.warning("skipping %s", message)
+        if len(self._bad_shards) > self.max_error_fraction * len(self.counts):
+            raise TooManyErrorsError(
+                f"{len(self._bad_shards)} of {len(self.counts)} shards are unreadable "
+                f"({sorted(self._bad_shards)}); max_error_fraction={self.max_error_fraction}"
+            ) from error
+        return False
+
+    def _read_row_groups(self, shard: int, first: int, stop: int, keep: set) -> None:
+        import pyarrow.parquet as pq
+
+        meta, starts = self._footer(shard)
+        g0 = int(np.searchsorted(starts, first, side="right")) - 1
+        g1 = int(np.searchsorted(starts, stop, side="left"))
+        missing = [g for g in range(g0, g1) if (shard, g) not in self._groups]
+        if not missing:
+            return
+        self._evict(keep)
+        with self._open(shard) as fh:
+            counted = _CountingFile(fh, _file_size(fh), self._count_read)
+            # CRC checksums of the pages (written by geofm-make-shards) catch corrupt bytes.
+            pf = pq.ParquetFile(
+                counted, metadata=meta, pre_buffer=True, page_checksum_verification=True
+            )
+            table = pf.read_row_groups(
+                missing,
+                columns=self._columns(meta.schema.to_arrow_schema().names),
+                use_threads=False,
+            )
+        self.stats["row_groups_read"] = self.stats.get("row_groups_read", 0) + len(missing)
+        at = 0
+        for g in missing:
+            n = int(starts[g + 1] - starts[g])
+            # One chunk per column, so decode_batch can view the image bytes without copying.
+            part = table.slice(at, n).combine_chunks()
+            at += n
             try:
-                arr = decode_batch(table, _view=True)
+                arr = decode_batch(part, _view=True)
             except BadInputError as err:
                 if err.reason != "not_viewable":
                     raise
-                arr = None  # GeoTIFF bytes: decoded row by row in _make_batch
-            cached = (table, arr)
-            self._arrays = {k: v for k, v in self._arrays.items() if k[1] in self._tables}
-            self._arrays[key] = cached
-        return table, cached[1]
+                arr = None  # GeoTIFF bytes or ragged rows: decoded row by row in _make_batch
+            self._groups[(shard, g)] = (part, arr)
 
-    def _make_batch(self, epoch: int, shards: np.ndarray, rows: np.ndarray):
+    def _evict(self, keep: set) -> None:
+        # Keep decoded row groups up to cache_mb (never those the current batch needs): small
+        # datasets are then read once per worker, not once per epoch.
+        budget = self.cache_mb * 1e6
+        size = sum(t.nbytes for t, _ in self._groups.values())
+        for key in list(self._groups):
+            if size <= budget:
+                break
+            if key[0] in keep:
+                continue
+            size -= self._groups.pop(key)[0].nbytes
+
+    # -- batches ---------------------------------------------------------------------------
+    def _make_batch(self, epoch: int, shards: np.ndarray, rows: np.ndarray, pieces: dict):
         keep = np.ones(len(rows), dtype=bool)
         sources: list[tuple[Any, int] | None] = [None] * len(rows)
+        chip_ids: list[str | None] = [None] * len(rows)
         masks: list[np.ndarray | None] = [None] * len(rows)
-        chip_ids: list[str] = []
-        for shard in np.unique(shards):
+        batch_shards = {int(s) for s in np.unique(shards)}
+        for shard in sorted(batch_shards):
             sel = np.flatnonzero(shards == shard)
-            table, arr = self._shard_array(int(shard))
-            if table is None:
+            if not self._load_piece(shard, *pieces[shard][1:], keep=batch_shards):
                 keep[sel] = False
                 continue
-            if arr is None:  # GeoTIFF bytes or ragged rows: decode just these rows
-                decoded = decode_batch(table, rows[sel])
-                for j, i in enumerate(sel):
-                    sources[i] = (decoded, j)
-                height, width = decoded.shape[-2:]
-            else:
-                for i in sel:
-                    sources[i] = (arr, int(rows[i]))
-                height, width = arr.shape[-2:]
-            valid = decode_valid_masks(table, rows[sel], height, width)
-            if valid is not None:
-                for j, i in enumerate(sel):
-                    masks[i] = valid[j]
+            starts = self._meta[shard][1]
+            groups = np.searchsorted(starts, rows[sel], side="right") - 1
+            for g in np.unique(groups):
+                table, arr = self._groups[(shard, int(g))]
+                self._groups.move_to_end((shard, int(g)))
+                here = sel[groups == g]
+                local = rows[here] - starts[g]
+                if arr is None:
+                    decoded = decode_batch(table, local)
+                    for j, i in enumerate(here):
+                        sources[i] = (decoded, j)
+                    height, width = decoded.shape[-2:]
+                else:
+                    for i, r in zip(here, local):
+                        sources[i] = (arr, int(r))
+                    height, width = arr.shape[-2:]
+                valid = decode_valid_masks(table, local, height, width)
+                if valid is not None:
+                    for j, i in enumerate(here):
+                        masks[i] = valid[j]
+                if self.return_chip_ids:
+                    column = table.column("chip_id")
+                    for i, r in zip(here, local):
+                        chip_ids[i] = column[int(r)].as_py()
         if not keep.any():
             return None
         positions = np.flatnonzero(keep)
-        if self.return_chip_ids:
-            chip_ids = [
-                self._table(int(shards[i])).column("chip_id")[int(rows[i])].as_py()
-                for i in positions
-            ]
         sample_index = self.layout.offsets[shards[positions]] + rows[positions]
         batch, valid = self._transform(
             [sources[i] for i in positions], epoch, sample_index, [masks[i] for i in positions]
         )
+        kept_ids = [chip_ids[i] for i in positions]
         if self.return_masks:
             out = {"pixel_values": batch, "pixel_mask": valid}
             if self.return_chip_ids:
-                out["chip_ids"] = chip_ids
+                out["chip_ids"] = kept_ids
             return out
         if self.return_chip_ids:
-            return batch, chip_ids
+            return batch, kept_ids
         return batch
 
     def _transform(self, sources, epoch: int, sample_index: np.ndarray, masks=None):
@@ -501,12 +701,13 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         self.stats.update(self.describe())
         empty_epochs = 0
         while True:
+            pieces = {p[0]: p for p in self.layout.reader_pieces(epoch, reader)}
             shards, rows = self.layout.reader_positions(epoch, reader)
             self.stats["epoch"] = epoch
             whole_epoch, produced = batch_in_epoch == 0, 0
             for b in range(batch_in_epoch, per_epoch):
                 sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
-                batch = self._make_batch(epoch, shards[sl], rows[sl])
+                batch = self._make_batch(epoch, shards[sl], rows[sl], pieces)
                 if batch is None:
                     self.stats["batches_lost_to_bad_shards"] = (
                         self.stats.get("batches_lost_to_bad_shards", 0) + 1
@@ -601,7 +802,12 @@ class PretrainLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at ``state``; the loader must be built with the same order-defining settings."""
         if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unsupported stream state version {state.get('version')!r}")
+            raise ValueError(
+                f"cannot resume: the stream state has version {state.get('version')!r}, this "
+                f"geofm_hf reads version {_STATE_VERSION} (the reader layout changed, so the "
+                "saved position names other samples); resume with the geofm_hf that saved it, "
+                "or start the data stream afresh"
+            )
         mine = self.state_dict()
         keys = ("seed", "split", "world_size", "num_workers", "batch_size", "drop_last",
                 "shard_rows")  # fmt: skip
