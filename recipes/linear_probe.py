@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from geofm_hf.classification.arguments import ClassificationArguments
+from geofm_hf.training.arguments import check_output_dir_writable
 
 
 @dataclass
@@ -87,7 +88,7 @@ def run(args: ProbeArguments) -> dict:
     if args.feature not in ("cls", "mean"):
         raise ValueError(f"feature must be 'cls' or 'mean': found {args.feature!r}.")
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir_writable(output_dir)  # creates it; a clear error (exit 2) if it cannot
     torch.manual_seed(args.seed)
 
     # ---- data
