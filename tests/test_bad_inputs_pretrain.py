@@ -123,6 +123,16 @@ def test_nan_input_batch_is_diagnosed_as_a_data_fault(tmp_path):
     assert "the input batch holds NaN/inf: a data fault" in result.stderr
     assert "Lower the learning rate" not in result.stderr
     assert "No checkpoint has been written" in result.stderr  # and no pointer to a missing one
+    # Under --nan_policy skip the run goes on, and the skipped steps are counted.
+    out = tmp_path / "skip"
+    pretrain(out, "--dataset_name_or_path", ds, "--max_steps", "2", "--nan_policy", "skip",
+             "--per_device_train_batch_size", "4", *FAST)  # fmt: skip
+    assert (
+        json.loads((out / "summary.json").read_text())["skipped"]["steps_skipped_non_finite"] == 2
+    )
+    record = json.loads((out / "final" / "run_record.json").read_text())
+    assert record["skipped"]["steps_skipped_non_finite"] == 2
+    assert "2 optimizer step(s) were skipped" in (out / "final" / "README.md").read_text()
 
 
 # ----------------------------------------------------------------------------- in-process
