@@ -648,6 +648,7 @@ def write_shards(
     stats: dict[str, _Stats] = {}
     sources: list[str] = []
     bytes_read = 0
+    non_finite_values = 0
     target_res = None
 
     for scene in scenes:
@@ -738,7 +739,10 @@ def write_shards(
                     invalid = np.zeros((chip_size, width), dtype=bool)
                     band_invalid = np.zeros(strip.shape, dtype=bool)
                     if np.issubdtype(out_dtype, np.floating):
-                        band_invalid |= np.isnan(strip)
+                        # NaN and +-inf alike: one inf pixel would make the statistics NaN.
+                        non_finite = ~np.isfinite(strip)
+                        non_finite_values += int(non_finite.sum())
+                        band_invalid |= non_finite
                     for b, nd in enumerate(nodatas):
                         if nd is not None and not np.isnan(nd):
                             band_invalid[b] |= strip[b] == nd
@@ -750,7 +754,7 @@ def write_shards(
                         frac = float(invalid[:, x0 : x0 + chip_size].mean())
                         if frac > max_nodata_fraction:
                             has_nan = np.issubdtype(out_dtype, np.floating) and bool(
-                                np.isnan(chip).any())  # fmt: skip
+                                (~np.isfinite(chip)).any())  # fmt: skip
                             reason = "nan" if has_nan else "nodata"
                             policy.record(
                                 BadInputError(reason, f"{frac:.1%} of pixels are nodata/NaN "
@@ -864,7 +868,8 @@ def write_shards(
         label_names=list(label_names) if label_names else None,
         shards=shards,
         stats_by_split=stats_by_split,
-        extra={"stats_split": stats_split, "stride": stride, "target_gsd_m": target_res,
+        extra={"non_finite_values": non_finite_values,
+               "stats_split": stats_split, "stride": stride, "target_gsd_m": target_res,
                "resampling": resampling, "max_nodata_fraction": max_nodata_fraction},
     )  # fmt: skip
     card = render_dataset_card(info, name=dataset_name or output_dir.name,
