@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -397,6 +398,18 @@ def _check_pixel_values(config: GeoViTMAEConfig, pixel_values: torch.Tensor, int
         )
 
 
+def _apply_pixel_mask(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
+    batch, _, height, width = pixel_values.shape
+    if tuple(pixel_mask.shape) != (batch, height, width):
+        raise ValueError(
+            f"pixel_mask must be (B, H, W) = {(batch, height, width)} for pixel_values of shape "
+            f"{tuple(pixel_values.shape)}: found {tuple(pixel_mask.shape)}."
+        )
+    valid = pixel_mask.to(device=pixel_values.device, dtype=torch.bool)[:, None]
+    return torch.where(valid, pixel_values, torch.zeros((), dtype=pixel_values.dtype,
+                                                        device=pixel_values.device))  # fmt: skip
+
+
 class GeoViTMAEModel(GeoViTMAEPreTrainedModel):
     """The encoder. Without ``mask_ratio`` it sees every patch (feature extraction)."""
 
@@ -427,11 +440,15 @@ class GeoViTMAEModel(GeoViTMAEPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        pixel_mask: torch.Tensor | None = None,
     ) -> GeoViTMAEModelOutput | tuple:
         """Encodes ``pixel_values`` ``(B, C, H, W)``, optionally masking ``mask_ratio`` of the
-        patches (``noise`` ``(B, L)`` fixes which)."""
+        patches (``noise`` ``(B, L)`` fixes which). ``pixel_mask`` ``(B, H, W)`` (1 = valid, as
+        the image processor and the pretraining stream return it) sets invalid pixels to 0, the
+        normalised band mean, so fill values and NaN never enter the network."""
         _check_pixel_values(self.config, pixel_values, interpolate_pos_encoding)
+        if pixel_mask is not None:
+            pixel_values = _apply_pixel_mask(pixel_values, pixel_mask)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         tokens, cls_token = self.embeddings(pixel_values, interpolate_pos_encoding)  # (B, L, D)
@@ -536,16 +553,40 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
         return x.reshape(patches.shape[0], channels, height, width)
 
     def forward_loss(
-        self, pixel_values: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor
+        self,
+        pixel_values: torch.Tensor,
+        logits: torch.Tensor,
+        mask: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean squared error per patch, averaged over the masked patches only."""
+        """Mean squared error per patch, averaged over the masked patches only.
+
+        With ``pixel_mask`` ``(B, H, W)`` (1 = valid) only valid pixels count: the error is
+        averaged over the valid pixel values of the masked patches (``norm_pix_loss`` uses the
+        valid pixels' mean/variance); a batch with no valid masked pixel gives a zero loss.
+        """
         target = self.patchify(pixel_values).to(logits.dtype)  # (B, L, p*p*C)
+        if pixel_mask is None:
+            if self.config.norm_pix_loss:
+                mean = target.mean(dim=-1, keepdim=True)
+                var = target.var(dim=-1, keepdim=True)
+                target = (target - mean) / (var + 1.0e-6) ** 0.5
+            per_patch = ((logits - target) ** 2).mean(dim=-1)  # (B, L)
+            return (per_patch * mask).sum() / mask.sum()
+        channels = pixel_values.shape[1]
+        valid = pixel_mask.to(device=target.device, dtype=target.dtype)[:, None]
+        valid = self.patchify(valid.expand(-1, channels, -1, -1))  # (B, L, p*p*C)
+        # NaN/fill under invalid pixels must not reach the sums (NaN * 0 is NaN).
+        target = torch.where(valid > 0, target, torch.zeros_like(target))
         if self.config.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
+            count = valid.sum(dim=-1, keepdim=True)
+            mean = target.sum(dim=-1, keepdim=True) / count.clamp_min(1)
+            var = (((target - mean) * valid) ** 2).sum(dim=-1, keepdim=True) / (
+                count - 1
+            ).clamp_min(1)
             target = (target - mean) / (var + 1.0e-6) ** 0.5
-        per_patch = ((logits - target) ** 2).mean(dim=-1)  # (B, L)
-        return (per_patch * mask).sum() / mask.sum()
+        weight = valid * mask.unsqueeze(-1)
+        return (((logits - target) ** 2) * weight).sum() / weight.sum().clamp_min(1)
 
     def forward(
         self,
@@ -554,9 +595,13 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        pixel_mask: torch.Tensor | None = None,
     ) -> GeoViTMAEForPreTrainingOutput | tuple:
-        """MAE step on ``pixel_values`` ``(B, C, H, W)``; ``noise`` ``(B, L)`` fixes the mask."""
+        """MAE step on ``pixel_values`` ``(B, C, H, W)``; ``noise`` ``(B, L)`` fixes the mask.
+        ``pixel_mask`` ``(B, H, W)`` (1 = valid) keeps invalid pixels out of the input and the
+        loss."""
+        if pixel_mask is not None:
+            pixel_values = _apply_pixel_mask(pixel_values, pixel_mask)
         encoded = self.vit(
             pixel_values,
             noise=noise,
@@ -571,7 +616,9 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
         )
         # The loss is taken in float32 even under autocast: MSE of near-equal numbers in bf16
         # loses most of its mantissa.
-        loss = self.forward_loss(pixel_values.float(), logits.float(), encoded.mask.float())
+        loss = self.forward_loss(
+            pixel_values.float(), logits.float(), encoded.mask.float(), pixel_mask
+        )
         output = GeoViTMAEForPreTrainingOutput(
             loss=loss,
             logits=logits,
@@ -602,13 +649,15 @@ class GeoViTMAEForImageClassification(GeoViTMAEPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        pixel_mask: torch.Tensor | None = None,
     ) -> ImageClassifierOutput | tuple:
-        """Class logits ``(B, num_labels)``; cross-entropy (or BCE for multi-label) with labels."""
+        """Class logits ``(B, num_labels)``; cross-entropy (or BCE for multi-label) with labels.
+        ``pixel_mask`` ``(B, H, W)`` (1 = valid) sets invalid pixels to the band mean."""
         encoded = self.vit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_hidden_states=output_hidden_states,
+            pixel_mask=pixel_mask,
         )
         logits = self.classifier(encoded.pooler_output)  # (B, num_labels)
         loss = None
@@ -623,13 +672,17 @@ class GeoViTMAEForImageClassification(GeoViTMAEPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
 
-def select_input_bands(model: GeoViTMAEPreTrainedModel, band_names: list[str]) -> None:
+def select_input_bands(
+    model: GeoViTMAEPreTrainedModel, band_names: list[str], processor: Any = None
+) -> None:
     """Restricts a model, in place, to an explicit subset of its input bands.
 
     The patch projection keeps the input channels of the named bands (in the given order) and the
     config's band contract is narrowed to match: an RGB dataset on a multispectral model uses the
     weights learnt for those very bands instead of zero-filled inputs. For a pretraining model the
-    decoder's output channels are narrowed the same way.
+    decoder's output channels are narrowed the same way. ``processor`` (the model's
+    :class:`GeoViTMAEImageProcessor`) is narrowed to the same bands in the same call; a processor
+    loaded later from the saved model follows its narrowed config.
     """
     config = model.config
     if not config.band_names:
@@ -663,11 +716,14 @@ def select_input_bands(model: GeoViTMAEPreTrainedModel, band_names: list[str]) -
             new_pred.weight.copy_(old.weight[rows.to(old.weight.device)])
             new_pred.bias.copy_(old.bias[rows.to(old.bias.device)])
         decoder.decoder_pred = new_pred.to(old.weight.device, old.weight.dtype)
+    old_bands = list(config.band_names)
     for field in ("band_names", "wavelengths_um", "gsd_m", "image_mean", "image_std"):
         values = getattr(config, field)
         if values is not None:
             setattr(config, field, [values[i] for i in index])
     config.num_channels = len(index)
+    if processor is not None:
+        processor.select_bands(band_names, reference=old_bands)
 
 
 def count_parameters(model: nn.Module, encoder_only: bool = False) -> int:

@@ -429,6 +429,7 @@ def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEC
         revision=data_args.dataset_revision,
         on_error=data_args.on_error,
         max_error_fraction=data_args.max_error_fraction,
+        return_masks=True,  # nodata / fill / cloud pixels are kept out of the MAE loss
     )
 
 
@@ -550,7 +551,7 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
         step_loss, bad = 0.0, False
         for micro in range(args.gradient_accumulation_steps):
             try:
-                pixels = run.stop.next_batch(data_iter).to(accelerator.device, non_blocking=True)
+                pixels = run.stop.next_batch(data_iter)
             except StopWhileWaitingForData as stop:
                 # A checkpoint is collective and this rank has no batch: exit, do not hang.
                 run.log(
@@ -559,12 +560,22 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
                 )
                 return Outcome(step, 0.0, trained_images, last_loss, stopped_by_signal=True,
                                exit_code=128 + stop.signum)  # fmt: skip
+            pixel_mask = None
+            if isinstance(pixels, dict):  # the real stream: pixels + validity mask
+                pixels, pixel_mask = pixels["pixel_values"], pixels["pixel_mask"]
+                # An all-valid batch takes the unmasked loss (checked on the CPU: no sync).
+                pixel_mask = None if bool(pixel_mask.all()) else pixel_mask.to(accelerator.device)
+            pixels = pixels.to(accelerator.device, non_blocking=True)
             noise = mask_noise(
                 args.seed, step, micro, run.rank, (pixels.shape[0], config.num_patches)
             )
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    loss = model(pixel_values=pixels, noise=noise.to(accelerator.device)).loss
+                    loss = model(
+                        pixel_values=pixels,
+                        pixel_mask=pixel_mask,
+                        noise=noise.to(accelerator.device),
+                    ).loss
                 # One small all-reduce: every rank must agree to skip or stop, or the next
                 # collective would hang. It doubles as the preemption-signal vote.
                 loss_bad = not torch.isfinite(loss)

@@ -319,7 +319,7 @@ def test_non_finite_pixels_are_invalid_in_the_statistics_and_counted(value, tmp_
     assert np.isfinite(info.mean).all() and np.isfinite(info.std).all()
     valid = data[0][np.isfinite(data[0])]
     np.testing.assert_allclose(info.mean[0], valid.mean(), rtol=1e-6)
-    assert info.extra["non_finite_values"] == 1
+    assert info.extra["validity"]["non_finite_values"] == 1
     # Above max_nodata_fraction the chip is dropped and counted under "nan".
     summary = write_shards(folder, tmp_path / "strict")
     assert summary.num_samples == {"train": 1} and summary.skipped["by_reason"] == {"nan": 1}
