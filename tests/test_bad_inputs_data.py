@@ -201,7 +201,7 @@ ERRORS = {
     "target_shard_mb_0": (_args_case("--target-shard-mb", "0"), ["--target-shard-mb"]),
     "resolution_negative": (_args_case("--resolution", "-10"), ["--resolution"]),
     "compression_level_99": (_args_case("--compression-level", "99"), ["--compression-level"]),
-    "unknown_sensor": (_args_case("--sensor", "sentinel2-l2a"), ["unknown sensor"]),
+    "unknown_sensor": (_args_case("--sensor", "sentinel2-l9z"), ["unknown sensor"]),
     "unknown_sensor_over_a_dataset": (
         lambda tmp_path: ([_scenes(tmp_path / "in", 1), "-o", _existing_dataset(tmp_path),
                            "--overwrite", "--sensor", "nope"], tmp_path / "out"),
