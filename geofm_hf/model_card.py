@@ -265,6 +265,18 @@ def write_model_card(export_dir: str | os.PathLike, record: RunRecord | dict | N
     return out
 
 
+def _interval_args(e: dict[str, Any]) -> dict[str, Any] | None:
+    """The 95 % interval of an evaluation (and over how many seeds), for the model-index's
+    metric ``args``: the one structured slot of a metric that the Hub's parser keeps."""
+    if not e.get("ci95"):
+        return None
+    args = {"ci95": list(e["ci95"])}
+    for key in ("num_seeds", "std_over_seeds"):
+        if e.get(key) is not None:
+            args[key] = e[key]
+    return args
+
+
 def _card_data(r: RunRecord) -> ModelCardData:
     classifier = bool(r.architecture and r.architecture.endswith("ForImageClassification"))
     tags = list(_BASE_TAGS)
@@ -282,6 +294,7 @@ def _card_data(r: RunRecord) -> ModelCardData:
             metric_type=e["metric_type"],
             metric_name=e.get("metric_name"),
             metric_value=e["value"],
+            metric_args=_interval_args(e),
         )
         for e in r.eval_results
     ]
@@ -390,6 +403,9 @@ def _context(r: RunRecord) -> dict[str, str]:
             metric = e.get("metric_name") or e["metric_type"]
             value = e["value"]
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            if e.get("ci95"):
+                shown += f" [{e['ci95'][0]:.4f}, {e['ci95'][1]:.4f}] (95% CI"
+                shown += f", {e['num_seeds']} seeds)" if e.get("num_seeds", 1) > 1 else ")"
             rows.append(f"| {e['task']} | {ds} | {_fmt(e.get('split'))} | {metric} | {shown} |")
         eval_table = "\n".join(rows)
     else:

@@ -45,6 +45,12 @@ class FinetuneArguments(ClassificationArguments):
     augment: bool = field(default=True, metadata={"help": "Random flips and 90-degree rotations."})
     max_grad_norm: float | None = None
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16."})
+    seeds: int = field(
+        default=1,
+        metadata={"help": "Fine-tunes with seeds seed .. seed+seeds-1 (results over all; the "
+                  "first seed's model is saved). Each costs a full fine-tune."},
+    )  # fmt: skip
+    bootstrap_resamples: int = 2000
 
 
 def _preprocess(processor, split, band_names, batch_size: int) -> torch.Tensor:
@@ -87,6 +93,7 @@ def run(args: FinetuneArguments) -> dict:
         update_model_card,
         write_results,
     )
+    from geofm_hf.classification.stats import summarize_predictions
     from geofm_hf.model_card import RunRecord
 
     start = time.perf_counter()
@@ -104,11 +111,14 @@ def run(args: FinetuneArguments) -> dict:
     num_classes = len(train.label_names)
     id2label = dict(enumerate(train.label_names))
 
-    # ---- model + band mapping (an explicit subset for RGB data on a multispectral model)
-    model = GeoViTMAEForImageClassification.from_pretrained(
-        args.model_name_or_path, revision=args.revision, num_labels=num_classes,
-        id2label=id2label, label2id={v: k for k, v in id2label.items()}, pooling=args.feature,
-    )  # fmt: skip
+    # ---- band mapping (an explicit subset for RGB data on a multispectral model)
+    def build_model():
+        return GeoViTMAEForImageClassification.from_pretrained(
+            args.model_name_or_path, revision=args.revision, num_labels=num_classes,
+            id2label=id2label, label2id={v: k for k, v in id2label.items()}, pooling=args.feature,
+        )  # fmt: skip
+
+    model = build_model()
     processor = AutoImageProcessor.from_pretrained(args.model_name_or_path, revision=args.revision)
     model_bands = list(model.config.band_names or [])
     # Matched by sensor + wavelength (never band number); --dataset_bands picks the channels.
@@ -129,70 +139,97 @@ def run(args: FinetuneArguments) -> dict:
     test_x = _preprocess(processor, test, dataset_bands, args.per_device_eval_batch_size)
     train_y, test_y = torch.from_numpy(train.labels), torch.from_numpy(test.labels)
     interpolate = train_x.shape[-1] != model.config.image_size
-
-    # ---- optimizer: AdamW with layer-wise lr decay, warm-up then cosine
     global_batch = args.per_device_train_batch_size * accelerator.num_processes
     peak_lr = args.learning_rate * global_batch / 256
-    groups = param_groups_layer_decay(model, args.weight_decay, args.layer_decay)
-    optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.999))
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(train_x, train_y),
-        batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=len(train_x) >
-        args.per_device_train_batch_size, generator=torch.Generator().manual_seed(args.seed),
-    )  # fmt: skip
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    steps_per_epoch = len(loader)
-    total, warmup = args.num_train_epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
-    accelerator.print(
-        f"fine-tune {args.model_name_or_path}: {num_classes} classes, train {len(train)} / test "
-        f"{len(test)}, bands {bands_used}; global batch {global_batch}, peak lr {peak_lr:.3g}, "
-        f"layer decay {args.layer_decay}, {total} steps on {accelerator.num_processes} process(es)"
-    )
 
-    # ---- loop
-    aug = torch.Generator().manual_seed(args.seed + accelerator.process_index)
-    step, losses = 0, []
-    model.train()
-    for epoch in range(args.num_train_epochs):
-        for pixels, labels in loader:
-            scale = learning_rate_at(step, peak=1.0, warmup_steps=warmup, max_steps=total)
-            for group in optimizer.param_groups:
-                group["lr"] = peak_lr * scale * group.get("lr_scale", 1.0)
-            if args.augment:
-                pixels = _augment(pixels, aug)
-            pixels, targets = mixup_cutmix(
-                pixels, labels, num_classes, mixup_alpha=args.mixup_alpha,
-                cutmix_alpha=args.cutmix_alpha, label_smoothing=args.label_smoothing,
-                generator=aug,
-            )  # fmt: skip
-            logits = model(pixels, interpolate_pos_encoding=interpolate).logits
-            loss = torch.nn.functional.cross_entropy(logits.float(), targets)
-            accelerator.backward(loss)
-            if args.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-        losses.append(loss.item())  # .item() is a sync point: once per epoch only
-        if (epoch + 1) % max(1, args.num_train_epochs // 5) == 0:
-            accelerator.print(f"epoch {epoch + 1}: loss {losses[-1]:.4f}")
+    def fine_tune(model, seed: int):
+        """One fine-tune from the checkpoint with ``seed``: returns (model, test scores, losses,
+        steps)."""
+        set_seed(seed)
+        if model is None:  # a later seed: a fresh copy of the checkpoint, same band mapping
+            accelerator.free_memory()
+            model = build_model()
+            fresh = AutoImageProcessor.from_pretrained(
+                args.model_name_or_path, revision=args.revision
+            )
+            restrict_to_bands(model, fresh, train.band_names, args.allow_band_subset)
+        # ---- optimizer: AdamW with layer-wise lr decay, warm-up then cosine
+        groups = param_groups_layer_decay(model, args.weight_decay, args.layer_decay)
+        optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.999))
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(train_x, train_y),
+            batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=len(train_x) >
+            args.per_device_train_batch_size, generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        steps_per_epoch = len(loader)
+        total, warmup = (
+            args.num_train_epochs * steps_per_epoch,
+            args.warmup_epochs * steps_per_epoch,
+        )
+        accelerator.print(
+            f"fine-tune {args.model_name_or_path}: {num_classes} classes, train {len(train)} / test "
+            f"{len(test)}, bands {bands_used}; global batch {global_batch}, peak lr {peak_lr:.3g}, "
+            f"layer decay {args.layer_decay}, {total} steps on {accelerator.num_processes} process(es)"
+        )
 
-    # ---- evaluation (every process scores the whole test split: it is small)
-    model.eval()
-    with torch.no_grad():
-        scores = torch.cat([
-            model(test_x[i : i + args.per_device_eval_batch_size].to(accelerator.device),
-                  interpolate_pos_encoding=interpolate).logits.float().cpu()
-            for i in range(0, len(test_x), args.per_device_eval_batch_size)
-        ]).numpy()  # fmt: skip
-    metrics = classification_metrics(scores, test_y.numpy(), num_classes)
-    matrix = confusion_matrix(scores.argmax(1), test_y.numpy(), num_classes)
+        # ---- loop
+        aug = torch.Generator().manual_seed(seed + accelerator.process_index)
+        step, losses = 0, []
+        model.train()
+        for epoch in range(args.num_train_epochs):
+            for pixels, labels in loader:
+                scale = learning_rate_at(step, peak=1.0, warmup_steps=warmup, max_steps=total)
+                for group in optimizer.param_groups:
+                    group["lr"] = peak_lr * scale * group.get("lr_scale", 1.0)
+                if args.augment:
+                    pixels = _augment(pixels, aug)
+                pixels, targets = mixup_cutmix(
+                    pixels, labels, num_classes, mixup_alpha=args.mixup_alpha,
+                    cutmix_alpha=args.cutmix_alpha, label_smoothing=args.label_smoothing,
+                    generator=aug,
+                )  # fmt: skip
+                logits = model(pixels, interpolate_pos_encoding=interpolate).logits
+                loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+                accelerator.backward(loss)
+                if args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+            losses.append(loss.item())  # .item() is a sync point: once per epoch only
+            if (epoch + 1) % max(1, args.num_train_epochs // 5) == 0:
+                accelerator.print(f"epoch {epoch + 1}: loss {losses[-1]:.4f}")
+
+        # ---- evaluation (every process scores the whole test split: it is small)
+        model.eval()
+        with torch.no_grad():
+            scores = torch.cat([
+                model(test_x[i : i + args.per_device_eval_batch_size].to(accelerator.device),
+                      interpolate_pos_encoding=interpolate).logits.float().cpu()
+                for i in range(0, len(test_x), args.per_device_eval_batch_size)
+            ]).numpy()  # fmt: skip
+        return accelerator.unwrap_model(model), scores, losses, step
+
+    seeds = [args.seed + i for i in range(args.seeds)]
+    per_seed, saved = [], None
+    for i, seed in enumerate(seeds):
+        unwrapped, scores, seed_losses, seed_steps = fine_tune(model if i == 0 else None, seed)
+        per_seed.append({"metrics": classification_metrics(scores, test_y.numpy(), num_classes),
+                         "predictions": scores.argmax(1)})  # fmt: skip
+        if i == 0:  # the saved model is the first seed's: its scores give the confusion matrix
+            saved, first_scores, losses, step = unwrapped, scores, seed_losses, seed_steps
+        accelerator.print(f"seed {seed}: top-1 {100 * per_seed[-1]['metrics']['top1']:.1f}")
+    summary = summarize_predictions(per_seed, test_y.numpy(), num_classes, seeds=seeds,
+                                    resamples=args.bootstrap_resamples)  # fmt: skip
+    metrics = {k: v for k, v in summary.items() if k != "test_predictions"}
+    matrix = confusion_matrix(first_scores.argmax(1), test_y.numpy(), num_classes)
 
     # ---- save (main process): weights, processor, results, card
     accelerator.wait_for_everyone()
     results = {}
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = saved
         unwrapped.save_pretrained(output_dir, safe_serialization=True)
         processor.save_pretrained(output_dir)
         dataset_label = args.dataset_name or Path(args.dataset_name_or_path).name
@@ -211,6 +248,8 @@ def run(args: FinetuneArguments) -> dict:
             bands_used=bands_used,
             band_subset=band_subset,
             matrix=matrix,
+            protocols={"fine-tune": summary},
+            test_references=test_y.tolist(),
             train_loss_per_epoch=losses,
             steps=step,
             global_batch=global_batch,

@@ -29,11 +29,17 @@ def test_finetune_on_bundled_chips_saves_a_loadable_classifier(tmp_path):
     results = finetune.main([
         "--model_name_or_path", str(export), "--dataset_name_or_path", LABELLED,
         "--output_dir", str(out), "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0", *FAST,
+        "--seeds", "2",
     ])  # fmt: skip
     assert results["num_train"] == 394 and results["num_test"] == 169
     assert results["steps"] == 2 * (394 // 64)
     matrix = np.array(results["confusion_matrix"])
-    assert results["top1"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    # Two seeds: per-seed values, their mean and std, the bootstrap interval of the mean.
+    per_seed = results["protocols"]["fine-tune"]["top1_per_seed"]
+    assert results["seeds"] == [0, 1] and len(per_seed) == 2
+    assert results["top1"] == pytest.approx(np.mean(per_seed))
+    assert results["top1_ci95"][0] < results["top1"] < results["top1_ci95"][1]
+    assert per_seed[0] == pytest.approx(np.trace(matrix) / matrix.sum())  # the saved model's
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {"0": "farm", "1": "forest", "2": "meadow", "3": "residential",

@@ -4,6 +4,7 @@ from a Hub repo id served offline from the cache; bad inputs; the comparison tab
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import linear_probe
 
 REPO = "geofm-test/probe-tiny"
 FAST = ["--num_train_epochs", "30", "--warmup_epochs", "3", "--per_device_train_batch_size", "64"]
+CHEAP = ["--seeds", "2", "--sweep_learning_rates", "0.1", "--sweep_weight_decays", "0"]
 
 
 def _probe(model, out, *extra):
@@ -46,7 +48,27 @@ def test_probe_on_bundled_chips_writes_results_png_and_card(tmp_path):
     assert saved["num_test"] == info["num_samples"]["test"] == 169
     matrix = np.array(saved["confusion_matrix"])
     assert matrix.sum() == saved["num_test"]
-    assert saved["top1"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    # Headline: the linear probe's mean over the default 5 seeds; the matrix is the first seed's.
+    linear = saved["protocols"]["linear-probe"]
+    assert saved["protocol"] == "linear-probe" and linear["seeds"] == [0, 1, 2, 3, 4]
+    assert linear["top1_per_seed"][0] == pytest.approx(np.trace(matrix) / matrix.sum())
+    assert saved["top1"] == pytest.approx(np.mean(linear["top1_per_seed"]))
+    assert saved["top1_std"] == pytest.approx(np.std(linear["top1_per_seed"], ddof=1))
+    for key in ("top1", "macro_f1"):
+        lo, hi = saved[f"{key}_ci95"]
+        assert lo < saved[key] < hi and hi - lo < 0.25  # 169 test chips: about +-7 points
+    preds = np.array(linear["test_predictions"])
+    assert preds.shape == (5, 169)
+    refs = np.array(saved["test_references"])
+    np.testing.assert_allclose((preds == refs).mean(1), linear["top1_per_seed"])
+    # kNN on the same cached features: deterministic, one value, its own interval.
+    knn = saved["protocols"]["knn"]
+    assert knn["num_seeds"] == 1 and knn["top1_ci95"][0] < knn["top1"] < knn["top1_ci95"][1]
+    assert saved["knn"] == {"k": 20, "temperature": 0.07}
+    # Learning rate and weight decay were chosen on a validation split of train.
+    chosen = saved["selection"]["candidates"][saved["feature"]]
+    assert chosen["num_val"] + chosen["num_fit"] == 394 and len(chosen["grid"]) == 6
+    assert saved["selection"]["learning_rate"] == chosen["learning_rate"]
     assert saved["top5_k"] == 5 and saved["top5"] == 1.0  # 5 classes: top-5 is every class
     # Real labels carry signal: even a random frozen encoder beats the majority class clearly.
     majority = matrix.sum(axis=1).max() / matrix.sum()
@@ -56,8 +78,13 @@ def test_probe_on_bundled_chips_writes_results_png_and_card(tmp_path):
     card = ModelCard.load(export / "README.md")
     _, evals = model_index_to_eval_results(card.data.to_dict()["model-index"])
     top1 = [e for e in evals if e.metric_type == "accuracy"]
-    assert top1 and top1[0].metric_value == pytest.approx(saved["top1"], abs=1e-6)
+    assert len(top1) == 2 and "knn" in top1[1].metric_name  # one row per protocol
+    assert top1[0].metric_value == pytest.approx(saved["top1"], abs=1e-6)
     assert top1[0].dataset_split == "test"
+    # The interval travels with the value (model-index metric args) and into the card's table.
+    assert top1[0].metric_args["ci95"] == pytest.approx(saved["top1_ci95"], abs=1e-6)
+    assert top1[0].metric_args["num_seeds"] == 5
+    assert "(95% CI, 5 seeds)" in (export / "README.md").read_text()
     # Second run: features from the cache, identical metrics, card rows replaced not duplicated.
     again = _probe(
         export, tmp_path / "run", "--feature_cache_dir", str(tmp_path / "run" / "feature_cache")
@@ -106,16 +133,80 @@ def test_comparison_table_aggregates_runs(tmp_path, capsys):
     small = tiny_export(tmp_path / "small")
     wide = tiny_export(tmp_path / "wide", hidden_size=96, num_attention_heads=3)
     for name, export in (("small", small), ("wide", wide)):
-        _probe(export, tmp_path / name, "--update_model_card", "false")
+        _probe(export, tmp_path / name, "--update_model_card", "false", *CHEAP)
     text = linear_probe.main(["table", str(tmp_path / "wide"), str(tmp_path / "small" /
                               "results.json"), "--output", str(tmp_path / "table.md")])  # fmt: skip
     rows = [r for r in text.splitlines() if r.startswith("| ") and "checkpoint" not in r]
-    assert len(rows) == 2
-    assert str(small) in rows[0] and str(wide) in rows[1]  # sorted by encoder size
+    assert len(rows) == 4  # linear probe and kNN for each
+    assert str(small) in rows[0] and str(wide) in rows[3]  # sorted by encoder size
     assert (tmp_path / "table.md").read_text() == text
+    small_result = json.loads((tmp_path / "small" / "results.json").read_text())
+    lo, hi = small_result["top1_ci95"]
+    assert f"{100 * small_result['top1']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" in rows[0]
+    # With a baseline: the paired-bootstrap difference of every other run, per protocol.
+    text = linear_probe.main(["table", str(tmp_path / "small"), str(tmp_path / "wide"),
+                              "--baseline", str(tmp_path / "small")])  # fmt: skip
+    rows = [r for r in text.splitlines() if r.startswith("| ") and "checkpoint" not in r]
+    assert "Δ top-1 vs baseline" in text and rows[0].endswith("(baseline) |")
+    from geofm_hf.classification import load_results, paired_comparison
+
+    d = paired_comparison(load_results(tmp_path / "wide"), small_result, "linear-probe")["top1"]
+    assert f"{100 * d['difference']:+.1f} [{100 * d['ci95'][0]:+.1f}" in rows[2]
     with pytest.raises(ValueError, match="lacks"):
         (tmp_path / "broken.json").write_text("{}")
         linear_probe.main(["table", str(tmp_path / "broken.json")])
+
+
+def test_seeds_change_per_seed_values_not_the_protocol(tmp_path):
+    export = tiny_export(tmp_path / "export")
+    cache = ["--feature_cache_dir", str(tmp_path / "cache"), "--update_model_card", "false",
+             "--sweep_learning_rates", "0.1", "1.0"]  # fmt: skip
+    a = _probe(export, tmp_path / "a", "--seeds", "3", *cache)
+    b = _probe(export, tmp_path / "b", "--seeds", "3", "--seed", "7", *cache)
+    c = _probe(export, tmp_path / "c", "--seeds", "2", *cache)
+    lin = {k: r["protocols"]["linear-probe"] for k, r in zip("abc", (a, b, c))}
+    assert lin["a"]["seeds"] == [0, 1, 2] and lin["b"]["seeds"] == [7, 8, 9]
+    assert lin["a"]["test_predictions"] != lin["b"]["test_predictions"]
+    assert lin["c"]["top1_per_seed"] == lin["a"]["top1_per_seed"][:2]  # seed i is seed i
+    # The protocol (feature, hyperparameters chosen on validation, kNN) does not move.
+    assert a["selection"] == b["selection"] == c["selection"]
+    assert a["protocols"]["knn"] == b["protocols"]["knn"] == c["protocols"]["knn"]
+    assert a["feature"] == b["feature"] and a["knn"] == b["knn"]
+
+
+def test_choices_are_made_on_validation_never_on_test(tmp_path):
+    """Scrambling the test labels changes test scores, never the feature or hyperparameters."""
+    scrambled = tmp_path / "scrambled"
+    shutil.copytree(LABELLED, scrambled)
+    shard = next((scrambled / "data").glob("test-*.parquet"))
+    table = pq.read_table(shard)
+    labels = np.random.default_rng(0).permutation(table.column("label").to_numpy())
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label",
+                                    pa.array(labels, table.schema.field("label").type)), shard)  # fmt: skip
+    export = tiny_export(tmp_path / "export")
+    runs = [linear_probe.main([
+        "--model_name_or_path", str(export), "--dataset_name_or_path", str(data),
+        "--output_dir", str(tmp_path / name), *FAST, "--feature", "auto", "--seeds", "1",
+        "--update_model_card", "false",
+    ]) for name, data in (("real", LABELLED), ("scrambled", scrambled))]  # fmt: skip
+    real, fake = runs
+    assert real["selection"] == fake["selection"]
+    assert set(real["selection"]["candidates"]) == {"cls", "mean", "mean_last2"}
+    best = max(real["selection"]["candidates"].items(), key=lambda kv: kv[1]["val_top1"])[0]
+    assert real["feature"] == best and real["args"]["feature"] == "auto"
+    assert fake["top1"] < real["top1"] - 0.1  # the scrambled test labels did reach the scores
+
+
+def test_knn_only_protocol_and_bad_options(tmp_path):
+    export = tiny_export(tmp_path / "export")
+    r = _probe(export, tmp_path / "knn", "--protocol", "knn", "--update_model_card", "false")
+    assert r["protocol"] == "knn" and set(r["protocols"]) == {"knn"}
+    assert r["selection"]["on"].startswith("fixed")  # nothing to choose for kNN alone
+    for bad, message in ((["--protocol", "svm"], "protocol must be one of"),
+                         (["--seeds", "0"], "seeds is a count"),
+                         (["--feature", "max"], "feature must be 'cls', 'mean' or 'mean_lastK'")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            _probe(export, tmp_path / "bad", *bad)
 
 
 # ----------------------------------------------------------------------------- bad input

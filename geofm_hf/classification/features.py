@@ -5,13 +5,41 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["extract_features", "feature_cache_key", "load_or_extract_features"]
+__all__ = [
+    "FEATURE_CHOICES",
+    "check_feature",
+    "extract_features",
+    "feature_cache_key",
+    "load_or_extract_features",
+]
+
+# The probe's candidate features: MAE's cls token, the mean patch token, and the mean patch token
+# averaged over the last 4 blocks (each block's output through the final LayerNorm).
+FEATURE_CHOICES = ("cls", "mean", "mean_last4")
+_LAST_K = re.compile(r"mean_last(\d+)")
+
+
+def check_feature(feature: str, num_layers: int | None = None) -> int:
+    """Validate a feature name; returns the number of blocks it averages (1 for cls / mean)."""
+    if feature in ("cls", "mean"):
+        return 1
+    match = _LAST_K.fullmatch(feature)
+    if match is None or int(match.group(1)) < 1:
+        raise ValueError(
+            f"feature must be 'cls', 'mean' or 'mean_lastK' (K >= 1 blocks, e.g. mean_last4): "
+            f"found {feature!r}."
+        )
+    k = int(match.group(1))
+    if num_layers is not None and k > num_layers:
+        raise ValueError(f"feature {feature!r} averages {k} blocks; the model has {num_layers}.")
+    return k
 
 
 @torch.no_grad()
@@ -27,13 +55,13 @@ def extract_features(
 ) -> torch.Tensor:
     """``(N, D)`` float32 features of ``images`` from a frozen :class:`GeoViTMAEModel`.
 
-    ``feature``: ``"cls"`` (the cls token after the final LayerNorm, MAE's linear-probe feature) or
-    ``"mean"`` (mean of the patch tokens after it). Images go through ``processor`` (band order by
+    ``feature``: ``"cls"`` (the cls token after the final LayerNorm, MAE's linear-probe feature),
+    ``"mean"`` (mean of the patch tokens after it) or ``"mean_lastK"`` (the mean patch token of each
+    of the last K blocks, each through the final LayerNorm, averaged). Images go through ``processor`` (band order by
     name, per-band normalisation, resize to the model's size); other sizes than the model's
     ``image_size`` run with interpolated position embeddings.
     """
-    if feature not in ("cls", "mean"):
-        raise ValueError(f"feature must be 'cls' or 'mean': found {feature!r}.")
+    last_k = check_feature(feature, model.config.num_hidden_layers)
     model = model.to(device).eval()
     out = []
     for start in range(0, len(images), batch_size):
@@ -43,8 +71,17 @@ def extract_features(
         else:
             batch = [np.asarray(b, dtype=np.float32) for b in batch]
         pixels = processor(batch, band_names=band_names)["pixel_values"].to(device)
-        hidden = model(pixels, interpolate_pos_encoding=True).last_hidden_state  # (B, 1 + L, D)
-        pooled = hidden[:, 0] if feature == "cls" else hidden[:, 1:].mean(dim=1)  # (B, D)
+        output = model(
+            pixels, interpolate_pos_encoding=True, output_hidden_states=feature.startswith("mean_")
+        )
+        hidden = output.last_hidden_state  # (B, 1 + L, D)
+        if feature == "cls":
+            pooled = hidden[:, 0]
+        elif feature == "mean":
+            pooled = hidden[:, 1:].mean(dim=1)  # (B, D)
+        else:  # hidden_states[-1] is the last block's output before the final LayerNorm
+            blocks = output.hidden_states[-last_k:]
+            pooled = torch.stack([model.layernorm(h[:, 1:]).mean(dim=1) for h in blocks]).mean(0)
         out.append(pooled.float().cpu())
     return torch.cat(out) if out else torch.empty(0, model.config.hidden_size)
 

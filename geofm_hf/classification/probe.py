@@ -20,7 +20,14 @@ from torch import nn
 
 from geofm_hf.training.optim import learning_rate_at
 
-__all__ = ["LARS", "LinearProbe", "predict_scores", "train_linear_probe"]
+__all__ = [
+    "LARS",
+    "LinearProbe",
+    "predict_scores",
+    "sweep_linear_probe",
+    "train_linear_probe",
+    "validation_split",
+]
 
 
 class LinearProbe(nn.Module):
@@ -146,3 +153,70 @@ def predict_scores(probe: LinearProbe, features: torch.Tensor) -> torch.Tensor:
     """``(N, num_classes)`` logits of the probe (eval mode: BatchNorm uses its running stats)."""
     probe.eval()
     return probe(features)
+
+
+def validation_split(labels, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stratified ``(fit_index, val_index)`` carved from the training labels.
+
+    Every class with at least two samples puts ``round(fraction * count)`` (at least one) of them
+    in validation; a class with one sample stays in ``fit``. The test split is never touched.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1): found {fraction}.")
+    labels = torch.as_tensor(labels).long()
+    generator = torch.Generator().manual_seed(seed)
+    fit, val = [], []
+    for c in labels.unique(sorted=True).tolist():
+        members = (labels == c).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        n_val = (
+            0 if len(members) < 2 else min(len(members) - 1, max(1, round(fraction * len(members))))
+        )
+        val.append(members[:n_val])
+        fit.append(members[n_val:])
+    return torch.cat(fit).sort().values, torch.cat(val).sort().values
+
+
+def sweep_linear_probe(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    learning_rates: list[float],
+    weight_decays: list[float],
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    **schedule,
+) -> dict:
+    """Choose the probe's base learning rate and weight decay on a validation split of train.
+
+    Trains one probe per grid point on the ``fit`` part (seed ``seed``), scores top-1 on the
+    held-out part and returns ``{"learning_rate", "weight_decay", "val_top1", "grid": [...],
+    "num_fit", "num_val", "val_fraction"}``; ties go to the earlier grid point. ``schedule``:
+    the other :func:`train_linear_probe` arguments (epochs, batch size, optimizer ...).
+    """
+    if not learning_rates or not weight_decays:
+        raise ValueError(
+            f"The sweep needs at least one learning rate and one weight decay: found "
+            f"{learning_rates} and {weight_decays}."
+        )
+    labels = torch.as_tensor(labels).long()
+    fit, val = validation_split(labels, val_fraction, seed)
+    if len(val) == 0:
+        raise ValueError(
+            f"val_fraction={val_fraction} leaves no validation sample in {len(labels)} training "
+            "samples: every class needs at least two. Use --sweep false with explicit values."
+        )
+    grid, best = [], None
+    for lr in learning_rates:
+        for wd in weight_decays:
+            probe, _ = train_linear_probe(
+                features[fit], labels[fit], num_classes, base_learning_rate=lr,
+                weight_decay=wd, seed=seed, **schedule,
+            )  # fmt: skip
+            top1 = (predict_scores(probe, features[val]).argmax(1) == labels[val]).float().mean()
+            grid.append({"learning_rate": lr, "weight_decay": wd, "val_top1": float(top1)})
+            if best is None or grid[-1]["val_top1"] > best["val_top1"]:
+                best = grid[-1]
+    return {**best, "grid": grid, "num_fit": len(fit), "num_val": len(val),
+            "val_fraction": val_fraction}  # fmt: skip

@@ -11,6 +11,8 @@ __all__ = [
     "RESULTS_NAME",
     "eval_results",
     "load_results",
+    "paired_comparison",
+    "protocol_rows",
     "results_table",
     "update_model_card",
     "write_results",
@@ -100,8 +102,67 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def results_table(results: list[dict[str, Any]]) -> str:
-    """Markdown table comparing runs (one row each), sorted by dataset then encoder size."""
+def protocol_rows(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{protocol: numbers}`` of one record: every protocol it ran (records written before
+    ``protocols`` existed have one, at the top level)."""
+    return results.get("protocols") or {results.get("protocol", "?"): results}
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def _with_interval(r: dict[str, Any], key: str) -> str:
+    text = _pct(r[key])
+    if r.get(f"{key}_ci95"):
+        lo, hi = r[f"{key}_ci95"]
+        text += f" [{_pct(lo)}, {_pct(hi)}]"
+    return text
+
+
+def paired_comparison(
+    a: dict[str, Any], b: dict[str, Any], protocol: str, *, resamples: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """``a - b`` for ``top1`` and ``macro_f1`` of one protocol, by the paired bootstrap over the
+    test samples both runs scored (:func:`~geofm_hf.classification.stats.paired_bootstrap`).
+
+    Both records must come from the same test set: same dataset, split and references, in the
+    same order; anything else is an error, since an unpaired difference would be silently wrong.
+    """
+    from .stats import BOOTSTRAP_RESAMPLES, paired_bootstrap
+
+    for name, r in (("first", a), ("second", b)):
+        rows = protocol_rows(r)
+        if protocol not in rows or "test_predictions" not in rows[protocol]:
+            raise ValueError(
+                f"The {name} run ({r['model_name_or_path']}) has no per-sample {protocol!r} "
+                f"predictions (protocols: {sorted(rows)}): rerun it with this version's recipe."
+            )
+    same = [k for k in ("dataset", "test_split", "num_test") if a.get(k) != b.get(k)]
+    if same or a.get("test_references") != b.get("test_references"):
+        raise ValueError(
+            f"A paired comparison needs both runs on the same test set: they differ in "
+            f"{same or ['test_references']} ({a.get('dataset')}:{a.get('test_split')} vs "
+            f"{b.get('dataset')}:{b.get('test_split')})."
+        )
+    out = {}
+    for key in ("top1", "macro_f1"):
+        out[key] = paired_bootstrap(
+            protocol_rows(a)[protocol]["test_predictions"],
+            protocol_rows(b)[protocol]["test_predictions"],
+            a["test_references"],
+            a["num_classes"],
+            key,
+            resamples=resamples or BOOTSTRAP_RESAMPLES,
+        )
+    return out
+
+
+def results_table(results: list[dict[str, Any]], baseline: dict[str, Any] | None = None) -> str:
+    """Markdown table comparing runs (one row per run and protocol), sorted by dataset then
+    encoder size. Top-1 and macro-F1 are seed means with their 95 % bootstrap interval over test
+    samples; ``± std`` is over seeds. With ``baseline``, a last column gives each row's top-1
+    minus the baseline's (same protocol) with the paired-bootstrap 95 % interval."""
     if not results:
         raise ValueError("results_table needs at least one results record: found none.")
     rows = sorted(
@@ -109,42 +170,62 @@ def results_table(results: list[dict[str, Any]]) -> str:
     )
     head = (
         "| checkpoint | revision | encoder params | protocol | feature | dataset | bands | train | "
-        "test | top-1 | top-5 | macro-F1 |\n"
-        "|---|---|---:|---|---|---|---|---:|---:|---:|---:|---:|\n"
+        "test | seeds | top-1 [95% CI] | ± std | top-5 | macro-F1 [95% CI] |"
+        + (" Δ top-1 vs baseline [95% CI] |" if baseline else "")
+        + "\n|---|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|" if baseline else "")
+        + "\n"
     )
     lines = []
     for r in rows:
         params = r.get("num_parameters_encoder")
         params_text = f"{params / 1e6:.1f}M" if params else "?"
-        top5 = f"{100 * r['top5']:.1f}"
-        if r.get("top5_k", 5) < 5:
-            top5 += f" (k={r['top5_k']})"
-        lines.append(
-            f"| {r['model_name_or_path']} | {r.get('revision') or '-'} | {params_text} | "
-            f"{r.get('protocol', '?')} | {r.get('feature', '-')} | {r['dataset']} "
-            f"({r.get('test_split', 'test')}) | {len(r.get('bands_used') or [])} | "
-            f"{r['num_train']} | {r['num_test']} | {100 * r['top1']:.1f} | {top5} | "
-            f"{100 * r['macro_f1']:.1f} |"
-        )
+        for protocol, p in protocol_rows(r).items():
+            top5 = _pct(p["top5"])
+            if p.get("top5_k", 5) < 5:
+                top5 += f" (k={p['top5_k']})"
+            line = (
+                f"| {r['model_name_or_path']} | {r.get('revision') or '-'} | {params_text} | "
+                f"{protocol} | {r.get('feature', '-')} | {r['dataset']} "
+                f"({r.get('test_split', 'test')}) | {len(r.get('bands_used') or [])} | "
+                f"{r['num_train']} | {r['num_test']} | {p.get('num_seeds', 1)} | "
+                f"{_with_interval(p, 'top1')} | {_pct(p.get('top1_std', 0.0))} | {top5} | "
+                f"{_with_interval(p, 'macro_f1')} |"
+            )
+            if baseline is not None:
+                if r is baseline:
+                    line += " (baseline) |"
+                else:
+                    d = paired_comparison(r, baseline, protocol)["top1"]
+                    lo, hi = d["ci95"]
+                    line += f" {100 * d['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] |"
+            lines.append(line)
     return head + "\n".join(lines) + "\n"
 
 
 def eval_results(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """``RunRecord.eval_results`` rows (the card's model-index) for one results record."""
-    protocol = results.get("protocol", "linear-probe")
+    """``RunRecord.eval_results`` rows (the card's model-index) for one results record: one row
+    per protocol and metric; top-1 and macro-F1 carry their 95 % interval (``ci95``) and the
+    seed count, which the card writes into the model-index metric's ``args``."""
     rows = []
-    for key, metric_type, name in _METRICS:
-        if key == "top5" and results.get("top5_k", 5) < 5:
-            continue  # top-5 of fewer than 5 classes is always 1: not worth publishing
-        rows.append({
-            "task": "image-classification",
-            "dataset_name": results.get("dataset_name") or results["dataset"],
-            "dataset_id": results["dataset"],
-            "split": results.get("test_split"),
-            "metric_type": metric_type,
-            "metric_name": f"{name} ({protocol}, {results.get('feature', 'fine-tuned')})",
-            "value": round(float(results[key]), 6),
-        })  # fmt: skip
+    for protocol, r in protocol_rows(results).items():
+        for key, metric_type, name in _METRICS:
+            if key == "top5" and r.get("top5_k", 5) < 5:
+                continue  # top-5 of fewer than 5 classes is always 1: not worth publishing
+            row = {
+                "task": "image-classification",
+                "dataset_name": results.get("dataset_name") or results["dataset"],
+                "dataset_id": results["dataset"],
+                "split": results.get("test_split"),
+                "metric_type": metric_type,
+                "metric_name": f"{name} ({protocol}, {results.get('feature', 'fine-tuned')})",
+                "value": round(float(r[key]), 6),
+            }
+            if r.get(f"{key}_ci95"):
+                row["ci95"] = [round(float(v), 6) for v in r[f"{key}_ci95"]]
+                row["num_seeds"] = r.get("num_seeds", 1)
+                row["std_over_seeds"] = round(float(r.get(f"{key}_std", 0.0)), 6)
+            rows.append(row)
     return rows
 
 
