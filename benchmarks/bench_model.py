@@ -1,9 +1,12 @@
 """Forward+backward speed of GeoViTMAEForPreTraining vs transformers' ViTMAEForPreTraining.
 
 Same shape (default vit-base, 224 px, batch 8, mask 0.75), same weights (ours imported from
-theirs), alternating timed rounds in one process, fp32 and bf16 autocast. Prints images/s for
-each, the ratio ours/theirs, and model FLOPs utilisation against a plain bf16 (and fp32) matmul
-measured in the same run.
+theirs), alternating timed rounds in one process (A B C A B C ...), fp32 and bf16 autocast.
+Rows: transformers' ViTMAE, ours eager, ours with every block compiled
+(``geofm_hf.training.compile.compile_blocks``, inductor; ``--no-compile`` drops it). Prints the
+CPU case it ran in (model name, AMX / AVX512-BF16 flags, whether bf16 is native), the load
+average, images/s, the ratios, and model FLOPs utilisation against a plain bf16 (and fp32)
+matmul measured in the same run.
 
     python benchmarks/bench_model.py [--preset vit-base] [--batch 8] [--rounds 5] [--steps 3]
 """
@@ -11,6 +14,9 @@ measured in the same run.
 from __future__ import annotations
 
 import argparse
+import copy
+import os
+import platform
 import statistics
 import time
 
@@ -19,7 +25,30 @@ from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 import geofm_hf
 from geofm_hf.modeling_geofm import sincos_2d_position_embedding
+from geofm_hf.training.compile import compile_blocks
 from geofm_hf.training.reporting import cpu_has_fast_bf16, measure_matmul_flops
+
+
+def cpu_case() -> str:
+    """Which CPU case this run is: model name, native-bf16 ISA flags, cores, threads, load."""
+    name, flags = platform.processor() or "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name") and name in ("", "unknown CPU", "x86_64"):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = [f for f in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2") if f in flags]
+    native = "amx_bf16" in flags or "avx512_bf16" in flags
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"CPU: {name} | {os.cpu_count()} cores, {torch.get_num_threads()} threads | ISA: "
+        f"{' '.join(isa) or 'none of amx/avx512'} | native bf16: {'yes' if native else 'NO'} | "
+        f"load average {load}"
+    )
 
 
 def build_pair(preset: str):
@@ -74,6 +103,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled row")
     parser.add_argument(
         "--precisions",
         nargs="+",
@@ -84,6 +114,12 @@ def main() -> None:
 
     torch.manual_seed(0)
     ours, theirs, cfg = build_pair(args.preset)
+    models = {"transformers": theirs, "geofm_hf": ours}
+    if not args.no_compile:
+        compiled = copy.deepcopy(ours)
+        compile_blocks(compiled)
+        models["geofm_hf compiled"] = compiled
+    print(cpu_case())
     pixels = torch.randn(args.batch, cfg.num_channels, cfg.image_size, cfg.image_size)
     noise = torch.rand(args.batch, cfg.num_patches)
     flops = geofm_hf.flops_per_image(cfg) * args.batch
@@ -107,10 +143,12 @@ def main() -> None:
             )
     for precision in precisions:
         autocast = precision == "bf16"
-        times = {"geofm_hf": [], "transformers": []}
-        models = {"geofm_hf": ours, "transformers": theirs}
-        for model in models.values():
-            step(model, pixels, noise, autocast)  # warm-up
+        times = {name: [] for name in models}
+        for name, model in models.items():
+            start = time.perf_counter()
+            step(model, pixels, noise, autocast)  # warm-up (compiles the compiled row)
+            step(model, pixels, noise, autocast)
+            print(f"{precision:5s} {name:18s} warm-up {time.perf_counter() - start:6.1f} s")
         for _ in range(args.rounds):
             for name, model in models.items():
                 start = time.perf_counter()
@@ -126,10 +164,19 @@ def main() -> None:
             mfu = "  ".join(
                 f"MFU vs {p} matmul {achieved / peak[p]:5.1%}" for p in dict.fromkeys(against)
             )
-            print(f"{precision:5s} {name:13s} {ips[name]:7.2f} img/s  {mfu}")
-        print(
-            f"{precision:5s} ratio geofm_hf / transformers = {ips['geofm_hf'] / ips['transformers']:.2f}x"
-        )
+            print(f"{precision:5s} {name:18s} {ips[name]:7.2f} img/s  {mfu}")
+        for name in models:
+            if name != "transformers":
+                print(
+                    f"{precision:5s} ratio {name} / transformers = "
+                    f"{ips[name] / ips['transformers']:.2f}x"
+                )
+        if "geofm_hf compiled" in ips:
+            print(
+                f"{precision:5s} ratio geofm_hf compiled / eager = "
+                f"{ips['geofm_hf compiled'] / ips['geofm_hf']:.2f}x"
+            )
+        print(f"{precision:5s} load average after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,13 @@
 #!/bin/bash
-# Single-GPU pretraining check: vit-base and vit-huge, bf16, FSDP2 through recipes/pretrain.py,
-# printing images/s and MFU against the GPU's bf16 dense peak. For a session lent one GPU;
-# each run is bounded by `timeout` (default 240 s, both together < 8 minutes).
+# Single-GPU check, one script, one run, under 8 minutes (every part bounded by `timeout`):
+#  1. benchmarks/gpu_bench.py (<= 210 s): eager vs per-block compiled vit-base and vit-huge under
+#     bf16 autocast (img/s, ratio, MFU vs spec and vs a measured bf16 matmul); which SDPA backend
+#     accepts head dims 64/88/105/112; device-side uint16 normalisation/augmentation cost.
+#  2. benchmarks/bench_feed.py (<= 60 s): samples/s per data worker, host vs device transforms,
+#     workers needed per GPU at the planner's images/s.
+#  3. The recipe, FSDP2, bf16, synthetic data: vit-base and vit-huge, --torch_compile false and
+#     true (<= 40 s each at GEOFM_CHECK_STEPS=10).
+# Prepared without a GPU: not run yet.
 #
 #   bash benchmarks/gpu_check.sh            # writes outputs under ${OUT:-/tmp/geofm_gpu_check}
 #
@@ -11,10 +17,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUTDIR="${OUT:-/tmp/geofm_gpu_check}"
-STEPS="${GEOFM_CHECK_STEPS:-30}"
 BATCH="${GEOFM_CHECK_BATCH:-32}"
-LIMIT="${GEOFM_CHECK_TIMEOUT_S:-240}"
+LIMIT="${GEOFM_CHECK_TIMEOUT_S:-40}"
 mkdir -p "${OUTDIR}"
+STEPS="${GEOFM_CHECK_STEPS:-10}"
+
+timeout 210 python benchmarks/gpu_bench.py 2>&1 | tee "${OUTDIR}/gpu_bench.log" || echo "== gpu_bench: FAILED or timed out"
+timeout 60 python benchmarks/bench_feed.py --rounds 3 2>&1 | tee "${OUTDIR}/bench_feed.log" || echo "== bench_feed: FAILED or timed out"
 
 python - <<'PY'
 import torch
@@ -34,13 +43,14 @@ yaml.safe_dump(cfg, open(sys.argv[1], "w"))
 PY
 
 for PRESET in vit-base vit-huge; do
-    LOG="${OUTDIR}/${PRESET}.log"
-    echo "== ${PRESET}: ${STEPS} steps, batch ${BATCH}, bf16, FSDP2 (log: ${LOG})"
+  for COMPILE in false true; do
+    LOG="${OUTDIR}/${PRESET}-compile-${COMPILE}.log"
+    echo "== ${PRESET} torch_compile=${COMPILE}: ${STEPS} steps, batch ${BATCH}, bf16, FSDP2 (log: ${LOG})"
     START=$(date +%s.%N)
     timeout "${LIMIT}" accelerate launch --config_file "${CFG}" recipes/pretrain.py \
-        --config recipes/configs/demo.yaml --preset "${PRESET}" \
+        --config recipes/configs/demo.yaml --preset "${PRESET}" --torch_compile "${COMPILE}" \
         --max_steps "${STEPS}" --per_device_train_batch_size "${BATCH}" \
-        --output_dir "${OUTDIR}/${PRESET}" --synthetic_data true 2>&1 | tee "${LOG}" || {
+        --output_dir "${OUTDIR}/${PRESET}-${COMPILE}" --synthetic_data true 2>&1 | tee "${LOG}" || {
         echo "== ${PRESET}: FAILED or timed out after ${LIMIT} s (see ${LOG})"
         continue
     }
@@ -62,7 +72,8 @@ how = "recipe-reported" if values else "wall clock incl. start-up (lower bound)"
 shape = planner._resolve_shape(preset)
 flops = planner._flops_per_image(shape, checkpointing=False)
 mfu = ips * flops / (peak * 1e12) if peak else float("nan")
-print(f"RESULT {preset} on {name}: {ips:.1f} images/s ({how}), {flops / 1e9:.1f} GFLOP/image, "
+print(f"RESULT recipe {preset} ({log}) on {name}: {ips:.1f} images/s ({how}), {flops / 1e9:.1f} GFLOP/image, "
       f"MFU {mfu:.1%} of {peak} TFLOP/s bf16")
 PY
+  done
 done

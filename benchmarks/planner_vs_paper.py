@@ -2,6 +2,7 @@
 
     python benchmarks/planner_vs_paper.py          # the tables docs/frontier.md shows
     python benchmarks/planner_vs_paper.py --fit    # re-derive the throughput constants
+    python benchmarks/planner_vs_paper.py --loo    # in-sample vs leave-one-out errors (~2 min)
 
 ``--fit`` minimises the mean squared log error of images/s over all published throughput points
 (Nelder-Mead over the six throughput constants of ``geofm_hf.planner.Calibration``) and prints
@@ -12,19 +13,12 @@ the constants to paste into ``Calibration``; it needs scipy. Memory constants ar
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 
 from geofm_hf import planner as P
+from geofm_hf.planner import validation as V
 
-_FIT_NAMES = (
-    "efficiency_bf16",
-    "efficiency_fp32",
-    "latency_intra_us",
-    "latency_inter_us",
-    "inter_node_gbs",
-    "exposed_fraction",
-)
+_FIT_NAMES = V.THROUGHPUT_CONSTANTS
 
 
 def _throughput_errors(cal: P.Calibration) -> list[float]:
@@ -37,20 +31,8 @@ def _throughput_errors(cal: P.Calibration) -> list[float]:
 
 
 def fit() -> P.Calibration:
-    """Least-squares fit of the throughput constants (log space)."""
-    import numpy as np
-    from scipy.optimize import minimize
-
-    def calibration(x):
-        values = {n: float(math.exp(v)) for n, v in zip(_FIT_NAMES, x)}
-        return dataclasses.replace(P.CALIBRATION, **values)
-
-    def loss(x):
-        return float(np.mean(np.square(_throughput_errors(calibration(x)))))
-
-    x0 = [math.log(getattr(P.CALIBRATION, n)) for n in _FIT_NAMES]
-    result = minimize(loss, x0, method="Nelder-Mead", options={"maxiter": 1500, "xatol": 1e-3})
-    return calibration(result.x)
+    """Least-squares fit of the throughput constants (log space), from the fixed prior."""
+    return V.fit_throughput(V.throughput_points())
 
 
 def memory_table() -> str:
@@ -85,21 +67,53 @@ def throughput_table() -> str:
 
 def recommendation_table() -> str:
     lines = [
-        "| model | paper's best | planner, 1 node | planner, 128 nodes |",
+        "| model | paper's best | planner's top, 1 node | planner's top, 128 nodes |",
         "|---|---|---|---|",
     ]
     for preset, best in P.PAPER_BEST_STRATEGY.items():
-        got = [
-            P.plan(preset, num_nodes=n, **P.PAPER_SETTINGS).recommended_strategy for n in (1, 128)
-        ]
+        got = [P.plan(preset, num_nodes=n, **P.PAPER_SETTINGS).ranking[0] for n in (1, 128)]
         lines.append(f"| {preset} | {best} | {got[0]} | {got[1]} |")
     return "\n".join(lines)
+
+
+def loo_report() -> str:
+    """In-sample vs leave-one-out errors, and leave-one-model-out recommendation agreement."""
+    out = ["| quantity | points | in-sample mean abs | in-sample max | LOO mean abs | LOO max |"]
+    out.append("|---|---|---|---|---|---|")
+    for kind, unit in (("memory", "relative"), ("throughput", "ln ratio")):
+        r = V.leave_one_out(kind)
+        i, o = r["in_sample"], r["out_of_sample"]
+        out.append(
+            f"| {kind} ({unit}) | {i['n']} | {i['mean_abs']:.3f} | {i['max_abs']:.3f} | "
+            f"{o['mean_abs']:.3f} | {o['max_abs']:.3f} |"
+        )
+    rows = V.leave_one_model_out_recommendations()
+    out += [
+        "",
+        "| model | nodes | paper's best | in-sample top (measured / any) | "
+        "out-of-sample top (measured / any) |",
+        "|---|---|---|---|---|",
+    ]
+    for k in range(0, len(rows), 2):
+        a, b = rows[k], rows[k + 1]
+        out.append(
+            f"| {a['model']} | {a['nodes']} | {a['paper_best']} | {a['top_measured']} / "
+            f"{a['top_any']} | {b['top_measured']} / {b['top_any']} |"
+        )
+    for label in ("in_sample", "out_of_sample"):
+        hits = [r["agrees"] for r in rows if r["fit"] == label]
+        out.append(f"\nrecommendation agreement {label}: {sum(hits)}/{len(hits)}")
+    return "\n".join(out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fit", action="store_true", help="re-fit the throughput constants")
+    parser.add_argument("--loo", action="store_true", help="in-sample vs leave-one-out errors")
     args = parser.parse_args()
+    if args.loo:
+        print(loo_report())
+        return
     if args.fit:
         cal = fit()
         errors = _throughput_errors(cal)

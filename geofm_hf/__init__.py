@@ -13,6 +13,7 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForPreTraining,
+    AutoModelForSemanticSegmentation,
 )
 
 from .configuration_geofm import PAPER_PARAMETER_COUNTS, PRESETS, GeoViTMAEConfig
@@ -21,6 +22,7 @@ from .image_processing_geofm import GeoViTMAEImageProcessor
 from .modeling_geofm import (
     GeoViTMAEForImageClassification,
     GeoViTMAEForPreTraining,
+    GeoViTMAEForSemanticSegmentation,
     GeoViTMAEModel,
     GeoViTMAEPreTrainedModel,
     count_parameters,
@@ -31,12 +33,29 @@ from .modeling_geofm import (
 __version__ = "0.1.0"
 
 
+def embed(*args, **kwargs):
+    """Embed every window of whole scenes: see :func:`geofm_hf.inference.embed`."""
+    from .inference.embed import embed as _embed
+
+    return _embed(*args, **kwargs)
+
+
+def search(*args, **kwargs):
+    """Nearest windows by cosine similarity: see :func:`geofm_hf.inference.search`."""
+    from .inference.search import search as _search
+
+    return _search(*args, **kwargs)
+
+
 def _register() -> None:
     AutoConfig.register(GeoViTMAEConfig.model_type, GeoViTMAEConfig, exist_ok=True)
     AutoModel.register(GeoViTMAEConfig, GeoViTMAEModel, exist_ok=True)
     AutoModelForPreTraining.register(GeoViTMAEConfig, GeoViTMAEForPreTraining, exist_ok=True)
     AutoModelForImageClassification.register(
         GeoViTMAEConfig, GeoViTMAEForImageClassification, exist_ok=True
+    )
+    AutoModelForSemanticSegmentation.register(
+        GeoViTMAEConfig, GeoViTMAEForSemanticSegmentation, exist_ok=True
     )
     AutoImageProcessor.register(
         GeoViTMAEConfig,
@@ -54,6 +73,7 @@ def _register() -> None:
         (GeoViTMAEModel, "AutoModel"),
         (GeoViTMAEForPreTraining, "AutoModelForPreTraining"),
         (GeoViTMAEForImageClassification, "AutoModelForImageClassification"),
+        (GeoViTMAEForSemanticSegmentation, "AutoModelForSemanticSegmentation"),
     ):
         cls.register_for_auto_class(auto)
 
@@ -66,12 +86,15 @@ __all__ = [
     "GeoViTMAEConfig",
     "GeoViTMAEForImageClassification",
     "GeoViTMAEForPreTraining",
+    "GeoViTMAEForSemanticSegmentation",
     "GeoViTMAEImageProcessor",
     "GeoViTMAEModel",
     "GeoViTMAEPreTrainedModel",
     "config_from_vitmae",
     "count_parameters",
+    "embed",
     "flops_per_image",
     "from_transformers_vitmae",
+    "search",
     "select_input_bands",
 ]

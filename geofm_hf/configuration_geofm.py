@@ -80,6 +80,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "patch_size": 14,
         "qk_norm": True,
     },
+    # vit-15b with 45 heads x 112 instead of 48 x 105: the same weight shapes (qkv and output
+    # projections are width x width) and parameter count (+28 QK-norm values per block), but a
+    # head dim every fused SDPA kernel takes unpadded -- 105 runs flash only, padded to 112
+    # (+6.7 % attention work), and the unfused path in fp32 (docs/frontier.md). A different
+    # model, not a re-parametrisation: vit-15b weights do not load into it.
+    "vit-15b-h112": {
+        "hidden_size": 5040,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 45,
+        "intermediate_size": 20160,
+        "patch_size": 14,
+        "qk_norm": True,
+    },
 }
 
 # Encoder parameter counts the paper reports (224 px, 3 channels), used by the tests.

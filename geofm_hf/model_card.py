@@ -75,6 +75,8 @@ class RunRecord:
         package_version, code_revision: geofm_hf version and git commit of the code that ran.
         limitations: run-specific caveats the recipe adds (e.g. "demo run: 300 CPU steps").
         skipped: what the run did not train on (unreadable shards, chips, skipped steps).
+        argument_changes: ``[{step, changes: {name: [before, after]}}]``, one per resume that
+            changed arguments (learning rate, schedule, ...); ``run_config`` holds the last ones.
     """
 
     preset: str | None = None
@@ -109,6 +111,7 @@ class RunRecord:
     code_revision: str | None = None
     limitations: list[str] = field(default_factory=list)
     skipped: dict[str, Any] = field(default_factory=dict)
+    argument_changes: list[dict[str, Any]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod

@@ -9,8 +9,10 @@ D encoder width, Dd decoder width, Hn heads, Dh head dim.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +21,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.modeling_outputs import ImageClassifierOutput, SemanticSegmenterOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
@@ -323,6 +325,14 @@ _AUTO_MAP = {
     "AutoModel": "modeling_geofm.GeoViTMAEModel",
     "AutoModelForPreTraining": "modeling_geofm.GeoViTMAEForPreTraining",
     "AutoModelForImageClassification": "modeling_geofm.GeoViTMAEForImageClassification",
+    "AutoModelForSemanticSegmentation": "modeling_geofm.GeoViTMAEForSemanticSegmentation",
+}
+
+
+_CUSTOM_PIPELINE = {
+    "impl": "pipeline_geofm.GeoViTMAEFeatureExtractionPipeline",
+    "pt": ["AutoModel"],
+    "type": "image",
 }
 
 
@@ -350,7 +360,14 @@ class GeoViTMAEPreTrainedModel(PreTrainedModel):
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
         auto_map.update(_AUTO_MAP)
         self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        # The feature-extraction pipeline for multispectral arrays travels with the weights.
+        pipeline_file = Path(__file__).with_name("pipeline_geofm.py")
+        if pipeline_file.is_file():
+            self.config.custom_pipelines = {"image-feature-extraction": _CUSTOM_PIPELINE}
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        if pipeline_file.is_file():
+            shutil.copyfile(pipeline_file, Path(save_directory) / pipeline_file.name)
+        return out
 
     def _init_weights(self, module: nn.Module) -> None:
         # MAE's init: xavier-uniform linears (and the patch projection seen as a linear), zero
@@ -765,6 +782,7 @@ __all__ = [
     "GeoViTMAEForImageClassification",
     "GeoViTMAEForPreTraining",
     "GeoViTMAEForPreTrainingOutput",
+    "GeoViTMAEForSemanticSegmentation",
     "GeoViTMAELayer",
     "GeoViTMAEModel",
     "GeoViTMAEModelOutput",
@@ -774,3 +792,142 @@ __all__ = [
     "select_input_bands",
     "sincos_2d_position_embedding",
 ]
+
+
+class GeoViTMAESegmentationHead(nn.Module):
+    """UPerNet-style head over four encoder depths (as Prithvi/TerraTorch and ViTDet use a
+    plain ViT): the token grids of four evenly spaced blocks become a pyramid at 4x, 2x, 1x and
+    1/2x the patch grid, fused top-down (FPN), concatenated at the finest level and classified;
+    the logits are upsampled to the input resolution."""
+
+    def __init__(self, config: GeoViTMAEConfig) -> None:
+        super().__init__()
+        width, channels = config.hidden_size, config.segmentation_hidden_size
+
+        def norm(ch: int) -> nn.Module:
+            # GroupNorm, not BatchNorm: no running statistics to go stale at batch size 1-2 per
+            # device, and nothing rank-dependent under FSDP.
+            groups = max(g for g in range(1, 33) if ch % g == 0)
+            return nn.GroupNorm(groups, ch)
+
+        def up(times: int) -> nn.Module:
+            layers: list[nn.Module] = []
+            for i in range(times):
+                layers.append(nn.ConvTranspose2d(width, width, 2, stride=2))
+                if i < times - 1:
+                    layers += [norm(width), nn.GELU()]
+            return nn.Sequential(*layers)
+
+        self.rescale = nn.ModuleList([up(2), up(1), nn.Identity(), nn.MaxPool2d(2)])
+        self.lateral = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width, channels, 1, bias=False), norm(channels), nn.ReLU())
+            for _ in range(4)
+        )
+        self.smooth = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                          norm(channels), nn.ReLU())
+            for _ in range(4)
+        )  # fmt: skip
+        self.fuse = nn.Sequential(
+            nn.Conv2d(4 * channels, channels, 3, padding=1, bias=False), norm(channels), nn.ReLU()
+        )
+        self.dropout = nn.Dropout2d(config.segmentation_dropout)
+        self.classifier = nn.Conv2d(channels, config.num_labels, 1)
+
+    def forward(self, grids: list[torch.Tensor]) -> torch.Tensor:
+        """Four ``(B, D, h, w)`` token grids, shallow to deep -> ``(B, K, 4h, 4w)`` logits."""
+        feats = [lat(scale(g)) for g, scale, lat in zip(grids, self.rescale, self.lateral)]
+        for i in range(len(feats) - 1, 0, -1):  # top-down: coarse context into finer levels
+            feats[i - 1] = feats[i - 1] + F.interpolate(
+                feats[i], size=feats[i - 1].shape[-2:], mode="bilinear", align_corners=False
+            )
+        size = feats[0].shape[-2:]
+        outs = [
+            F.interpolate(sm(f), size=size, mode="bilinear", align_corners=False)
+            for f, sm in zip(feats, self.smooth)
+        ]
+        return self.classifier(self.dropout(self.fuse(torch.cat(outs, dim=1))))
+
+
+class GeoViTMAEForSemanticSegmentation(GeoViTMAEPreTrainedModel):
+    """Encoder (no masking) + :class:`GeoViTMAESegmentationHead`; per-pixel class logits at the
+    input resolution. Config fields (defaults written into the config on first use):
+    ``segmentation_layers`` (four 1-based block indices; default evenly spaced, ending at the
+    last), ``segmentation_hidden_size`` (256), ``segmentation_dropout`` (0.1) and
+    ``semantic_loss_ignore_index`` (255, transformers' name)."""
+
+    def __init__(self, config: GeoViTMAEConfig) -> None:
+        depth = config.num_hidden_layers
+        defaults = {
+            "segmentation_layers": [max(1, round(depth * k / 4)) for k in (1, 2, 3, 4)],
+            "segmentation_hidden_size": 256,
+            "segmentation_dropout": 0.1,
+            "semantic_loss_ignore_index": 255,
+        }
+        for key, value in defaults.items():
+            if getattr(config, key, None) is None:
+                setattr(config, key, value)
+        layers = list(config.segmentation_layers)
+        if len(layers) != 4 or not all(1 <= i <= depth for i in layers):
+            raise ValueError(
+                f"segmentation_layers must be four block indices in 1..{depth}: found {layers}."
+            )
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vit = GeoViTMAEModel(config)
+        self.decode_head = GeoViTMAESegmentationHead(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vit.embeddings.patch_embeddings
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.ConvTranspose2d):
+            init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.GroupNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SemanticSegmenterOutput | tuple:
+        """Logits ``(B, num_labels, H, W)``; with ``labels`` ``(B, H, W)`` (class index, or
+        ``semantic_loss_ignore_index`` for unlabelled pixels) the mean cross-entropy."""
+        encoded = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=True,
+        )
+        p = self.config.patch_size
+        grid_h, grid_w = pixel_values.shape[2] // p, pixel_values.shape[3] // p
+        grids = []
+        for i in self.config.segmentation_layers:
+            # hidden_states[i] is block i's output (index 0 is the embedding); drop the cls token.
+            tokens = encoded.hidden_states[i][:, 1:]  # (B, L, D)
+            grids.append(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, grid_h, grid_w))
+        logits = self.decode_head(grids)  # (B, K, 4h, 4w)
+        logits = F.interpolate(
+            logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False
+        )  # (B, K, H, W)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits.float(),
+                labels.to(logits.device).long(),
+                ignore_index=self.config.semantic_loss_ignore_index,
+            )
+        output = SemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=encoded.hidden_states if output_hidden_states else None,
+        )
+        return output if return_dict is not False else output.to_tuple()

@@ -88,6 +88,7 @@ def run(args: FinetuneArguments) -> dict:
         mixup_cutmix,
         param_groups_layer_decay,
         prepare_dataset_bands,
+        restrict_to_bands,
         results_record,
         save_confusion_matrix_png,
         update_model_card,
@@ -152,7 +153,8 @@ def run(args: FinetuneArguments) -> dict:
             fresh = AutoImageProcessor.from_pretrained(
                 args.model_name_or_path, revision=args.revision
             )
-            restrict_to_bands(model, fresh, train.band_names, args.allow_band_subset)
+            # dataset_bands are already the model's band names: the same restriction again.
+            restrict_to_bands(model, fresh, dataset_bands, args.allow_band_subset)
         # ---- optimizer: AdamW with layer-wise lr decay, warm-up then cosine
         groups = param_groups_layer_decay(model, args.weight_decay, args.layer_decay)
         optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.999))

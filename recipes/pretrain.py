@@ -36,6 +36,7 @@ import geofm_hf
 from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining, GeoViTMAEImageProcessor
 from geofm_hf.bands import rgb_band_indices
 from geofm_hf.data import make_pretrain_dataloader, read_dataset_info, sample_dataset_path
+from geofm_hf.data.device_transforms import batch_to_device, resolve_device_transforms
 from geofm_hf.modeling_geofm import count_parameters, flops_per_image
 from geofm_hf.training.arguments import (
     ArgumentError,
@@ -44,7 +45,9 @@ from geofm_hf.training.arguments import (
     parse_arguments,
     run_recipe,
 )
-from geofm_hf.training.checkpointing import CheckpointManager, list_checkpoints
+from geofm_hf.training.checkpointing import TRAINER_STATE, CheckpointManager, list_checkpoints
+from geofm_hf.training.compile import compile_blocks
+from geofm_hf.training.distributed import prepare_model, save_pretrained_streaming
 from geofm_hf.training.optim import (
     learning_rate_at,
     parameter_groups,
@@ -69,30 +72,22 @@ def main(argv: list[str] | None = None) -> int:
 
     check_output_dir_writable(args.output_dir)
     run = start_run(model_args, data_args, args)
+    check_activation_checkpointing(run, model_args)
+    if run_already_finished(run):
+        return 0
+    check_resume_compatibility(run, config, data)
     model = build_model(config, model_args, args.seed)
-    processor = (
-        GeoViTMAEImageProcessor.from_model_config(config) if config.image_mean is not None else None
-    )
+    processor = build_processor(config, data)
     loader = build_dataloader(run, data, data_args, config)
     model, optimizer = build_optimizer(run, model)
     start_step = resume(run, loader)
-    if start_step > args.max_steps:
-        raise ArgumentError(
-            f"--max_steps {args.max_steps} is below the step of the checkpoint resumed from "
-            f"({run.resume_path}, step {start_step}): raise --max_steps to continue training."
-        )
-    if start_step == args.max_steps and _exported_at(run.output_dir, start_step):
-        # E.g. a requeued job that had finished: exporting again would only move final/ aside.
-        run.log(f"{run.output_dir}/final already holds step {start_step}: nothing to do")
-        run.accelerator.end_training()
-        return 0
     describe_run(run, model, config, start_step)
 
     outcome = train(run, model, optimizer, loader, config, processor, start_step)
     if outcome.stopped_by_signal:
         run.accelerator.end_training()
         return outcome.exit_code
-    export(run, model, processor, data, outcome, loader)
+    export(run, model, config, processor, data, outcome, loader)
     run.accelerator.end_training()
     return 0
 
@@ -147,6 +142,15 @@ def build_model_config(model_args, data_args, data_info) -> GeoViTMAEConfig:
         for name in ("mask_ratio", "norm_pix_loss"):
             if getattr(model_args, name) is not None:
                 setattr(config, name, getattr(model_args, name))
+        if model_args.image_size is not None and model_args.image_size != config.image_size:
+            raise ArgumentError(
+                f"--image_size {model_args.image_size} differs from the {config.image_size} px "
+                f"that {model_args.model_name_or_path} was trained at; continued pretraining "
+                f"keeps the checkpoint's size: drop --image_size or pass {config.image_size}."
+            )
+        check_image_size(config.image_size, getattr(data_info, "chip_size", None),
+                         config.patch_size, asked=False,
+                         source=f"{model_args.model_name_or_path}'s")  # fmt: skip
         config._attn_implementation = model_args.attn_implementation
         return config
 
@@ -168,12 +172,25 @@ def build_model_config(model_args, data_args, data_info) -> GeoViTMAEConfig:
     preset = geofm_hf.PRESETS.get(model_args.preset, {})
     patch = preset.get("patch_size", 16)
     size = model_args.image_size or preset.get("image_size", 224)
-    crop = data_info.chip_size if data_info is not None else None
-    if crop is not None and size > crop:
-        # The paper's 224 px does not fit a 64 px chip: train on the largest patch-aligned crop.
-        size = (crop // patch) * patch
+    chip = data_info.chip_size if data_info is not None else None
+    check_image_size(size, chip, patch, asked=model_args.image_size is not None,
+                     source=f"the {model_args.preset} preset's")  # fmt: skip
     overrides["image_size"] = size
     return GeoViTMAEConfig.from_preset(model_args.preset, **overrides)
+
+
+def check_image_size(size: int, chip: int | None, patch: int, *, asked: bool, source: str) -> None:
+    """A training size is never changed silently: one larger than the chips is refused."""
+    if chip is None or size <= chip:
+        return
+    fits = (chip // patch) * patch
+    what = f"--image_size {size}" if asked else f"{source} image_size {size}"
+    raise ArgumentError(
+        f"{what} is larger than the dataset's {chip} px chips. Pass --image_size {fits} (the "
+        f"largest multiple of the patch size {patch} that fits; training crops it from each "
+        f"chip at the chips' ground resolution), or write the shards with chips of at least "
+        f"{size} px."
+    )
 
 
 def check_band_contract(config, data_info) -> None:
@@ -250,6 +267,7 @@ class Run:
     stop: _StopSignal | None = None
     metrics: MetricsLog | None = None
     pusher: object | None = None
+    argument_changes: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -306,9 +324,9 @@ def build_accelerator(args) -> tuple[Accelerator, bool]:
         "project_dir": str(args.output_dir),
         "log_with": None if args.report_to == "none" else args.report_to,
     }
-    if use_cuda and bf16:
-        # Replicated (DDP) runs all-reduce gradients in bf16, as the paper's FSDP runs did;
-        # FSDP configs ignore this handler and reduce per their own mixed-precision policy.
+    if use_cuda and bf16 and args.gradient_reduce_dtype == "bfloat16":
+        # Asked for: replicated (DDP) runs all-reduce gradients in bf16. FSDP2 runs ignore this
+        # handler and reduce per their mixed-precision policy (distributed.mixed_precision_policy).
         kwargs["kwargs_handlers"] = [
             DistributedDataParallelKwargs(comm_hook=DDPCommunicationHookType.BF16)
         ]
@@ -327,6 +345,9 @@ def start_run(model_args, data_args, args) -> Run:
     if removed:
         accelerator.print(f"removed unfinished checkpoint writes from a previous run: {removed}")
     world = accelerator.num_processes
+    data_args.dataloader_num_workers, _ = loader_settings(
+        accelerator.device.type, data_args.dataloader_num_workers
+    )
     return Run(
         model_args=model_args,
         data_args=data_args,
@@ -342,12 +363,124 @@ def start_run(model_args, data_args, args) -> Run:
     )
 
 
+def check_activation_checkpointing(run: Run, model_args) -> None:
+    """One source of truth: the recipe's flag or the FSDP config's, never both."""
+    plugin = getattr(run.accelerator.state, "fsdp_plugin", None)
+    if model_args.gradient_checkpointing and plugin is not None and plugin.activation_checkpointing:
+        raise ArgumentError(
+            "Activation checkpointing is asked for twice: gradient_checkpointing: true in the "
+            "recipe's arguments and fsdp_activation_checkpointing: true in the accelerate config; "
+            "each block's forward would run three times. Under FSDP keep the accelerate config's "
+            "and pass --gradient_checkpointing false (or set fsdp_activation_checkpointing: "
+            "false)."
+        )
+
+
+def build_processor(config: GeoViTMAEConfig, data: DataContract):
+    """The exported image processor. Training crops ``image_size`` windows out of larger chips at
+    the chips' own ground resolution, so inference crops the same way instead of resampling a
+    chip down to ``image_size`` (which would show the model another ground resolution)."""
+    if config.image_mean is None:
+        return None
+    chip = getattr(data.info, "chip_size", None)
+    if chip is not None and chip > config.image_size:
+        return GeoViTMAEImageProcessor.from_model_config(
+            config, size=chip, crop_size=config.image_size
+        )
+    return GeoViTMAEImageProcessor.from_model_config(config)
+
+
+def run_already_finished(run: Run) -> bool:
+    """Rerunning a finished run's command (``resume_from_checkpoint: auto``) does nothing, says
+    so, and leaves its export and card as they are."""
+    if run.resume_path is None:
+        return False
+    step = json.loads((run.resume_path / TRAINER_STATE).read_text())["step"]
+    if step > run.args.max_steps:
+        raise ArgumentError(
+            f"--max_steps {run.args.max_steps} is below the step of the checkpoint resumed from "
+            f"({run.resume_path}, step {step}): raise --max_steps to continue training."
+        )
+    if step == run.args.max_steps and _exported_at(run.output_dir, step):
+        run.log(
+            f"{run.output_dir} already finished: {run.output_dir / 'final'} holds step {step} "
+            f"of --max_steps {run.args.max_steps}; nothing to do (raise --max_steps to train on)."
+        )
+        run.accelerator.end_training()
+        return True
+    return False
+
+
+# What must match to resume exactly: the model's shape and bands, and what places each rank in
+# the data stream. Anything else (schedule, logging, checkpoint cadence...) may change, and is
+# recorded.
+_MODEL_KEYS = (
+    "preset", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "decoder_hidden_size", "decoder_num_hidden_layers", "patch_size", "image_size",
+    "num_channels", "band_names", "mask_ratio", "norm_pix_loss",
+)  # fmt: skip
+_DATA_KEYS = (
+    "dataset_name_or_path", "dataset_revision", "train_split", "synthetic_data",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "model_name_or_path",
+)  # fmt: skip
+_NOT_RECORDED = ("output_dir", "resume_from_checkpoint", "dry_run", "accelerate_config")
+
+
+def _model_fingerprint(config) -> dict:
+    return {key: getattr(config, key, None) for key in _MODEL_KEYS}
+
+
+def check_resume_compatibility(run: Run, config, data: DataContract) -> None:
+    """Before anything is loaded: the checkpoint must come from a run this one can continue
+    exactly. Names every difference; records the allowed changes of arguments."""
+    if run.resume_path is None:
+        return
+    state = json.loads((run.resume_path / TRAINER_STATE).read_text())
+    before = state.get("arguments")
+    if before is None:
+        run.log(f"{run.resume_path} records no arguments (older version): not compared")
+        return
+    now = as_flat_dict(run.model_args, run.data_args, run.args)
+    now["dataset_name_or_path"] = data.name_or_path
+    problems = []
+    for key, (was, found) in _differences(state.get("model", {}), _model_fingerprint(config)):
+        problems.append(f"model {key}: {was!r} in the checkpoint, {found!r} now")
+    for key in _DATA_KEYS:
+        if key in before and before[key] != now.get(key):
+            problems.append(f"{key}: {before[key]!r} in the checkpoint, {now.get(key)!r} now")
+    if state.get("world_size") not in (None, run.world):
+        problems.append(f"world size: {state['world_size']} in the checkpoint, {run.world} now")
+    if problems:
+        raise ArgumentError(
+            f"Cannot resume {run.resume_path}: it was written by another run.\n  "
+            + "\n  ".join(problems)
+            + "\nUse another --output_dir for this run, or pass the checkpoint's values."
+        )
+    changes = {
+        key: [before[key], now.get(key)]
+        for key in sorted(set(before) | set(now))
+        if key not in _NOT_RECORDED and key not in _DATA_KEYS and before.get(key) != now.get(key)
+    }
+    run.argument_changes = list(state.get("argument_changes", []))
+    if changes:
+        run.argument_changes.append({"step": state["step"], "changes": changes})
+        listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        run.log(f"resuming at step {state['step']} with changed arguments: {listed}")
+
+
+def _differences(before: dict, now: dict):
+    for key in sorted(set(before) | set(now)):
+        if before.get(key) != now.get(key):
+            yield key, (before.get(key), now.get(key))
+
+
 # ---------------------------------------------------------------------------------- model
 
 
 def build_model(config: GeoViTMAEConfig, model_args, seed: int) -> GeoViTMAEForPreTraining:
-    """The model to train: the continued checkpoint's weights, or a fresh init from ``seed``."""
-    set_seed(seed)  # identical initial weights on every rank and every rerun
+    """The model to train: the continued checkpoint's weights, or, from scratch, the model on the
+    ``meta`` device: no memory until each rank materialises its own shards (prepare_model)."""
+    set_seed(seed)
     if model_args.model_name_or_path:
         model = AutoModelForPreTraining.from_pretrained(
             model_args.model_name_or_path,
@@ -368,9 +501,12 @@ def build_model(config: GeoViTMAEConfig, model_args, seed: int) -> GeoViTMAEForP
                 "train on nothing. Use an earlier export or checkpoint."
             )
     else:
-        model = GeoViTMAEForPreTraining(config)
+        with torch.device("meta"):
+            model = GeoViTMAEForPreTraining(config)
     if model_args.gradient_checkpointing:
         model.activation_checkpointing_enable()
+    if model_args.torch_compile:
+        compile_blocks(model)  # per block, before FSDP2 wraps them (torchtitan's order)
     return model
 
 
@@ -406,8 +542,16 @@ class SyntheticLoader:
         self.consumed = state["consumed"]
 
 
+def loader_settings(device_type: str, num_workers: int | None) -> tuple[int, bool]:
+    """(data workers per rank, pin_memory): on GPUs decoding runs in 4 workers and batches are
+    pinned for asynchronous copies; on CPU the training processes own the cores."""
+    on_gpu = device_type == "cuda"
+    return (4 if on_gpu else 0) if num_workers is None else num_workers, on_gpu
+
+
 def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEConfig):
     """This rank's stream of normalised, cropped batches (or synthetic ones)."""
+    run.extra["dataset"] = data.name_or_path
     batch = run.args.per_device_train_batch_size
     if data_args.synthetic_data:
         return SyntheticLoader(
@@ -423,12 +567,18 @@ def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEC
         rank=run.rank,
         world_size=run.world,
         num_workers=data_args.dataloader_num_workers,
+        pin_memory=loader_settings(run.accelerator.device.type, data_args.dataloader_num_workers)[
+            1
+        ],
         crop_size=config.image_size,
         mean=config.image_mean,
         std=config.image_std,
         revision=data_args.dataset_revision,
         on_error=data_args.on_error,
         max_error_fraction=data_args.max_error_fraction,
+        device_transforms=resolve_device_transforms(
+            data_args.device_transforms, run.accelerator.device
+        ),
         return_masks=True,  # nodata / fill / cloud pixels are kept out of the MAE loss
     )
 
@@ -437,8 +587,10 @@ def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEC
 
 
 def build_optimizer(run: Run, model):
-    """AdamW (MAE's groups) at the peak lr; model and optimiser prepared by accelerate."""
+    """Shard (FSDP2/HSDP) or wrap (DDP) the model, materialising a from-scratch model shard by
+    shard; then AdamW (MAE's groups) at the peak lr, built from the prepared parameters."""
     args = run.args
+    model = prepare_model(run.accelerator, model, args.seed, args.gradient_reduce_dtype)
     run.peak_lr = (
         args.learning_rate
         if args.learning_rate is not None
@@ -450,11 +602,18 @@ def build_optimizer(run: Run, model):
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
     )
-    model, optimizer = run.accelerator.prepare(model, optimizer)
+    optimizer = run.accelerator.prepare_optimizer(optimizer)
     if run.accelerator.distributed_type.value == "FSDP":
         shard = model.vit.encoder.layers[0].mlp.fc1.weight
+        mesh = shard.device_mesh
+        layout = (
+            f"HSDP mesh (dp_replicate={mesh.size(0)}, dp_shard={mesh.size(1)})"
+            if mesh.ndim == 2
+            else f"{mesh.size()} shards"
+        )
         run.log(
-            f"FSDP2: block weights sharded {tuple(shard.to_local().shape)} of {tuple(shard.shape)}"
+            f"FSDP2: block weights sharded {tuple(shard.to_local().shape)} of "
+            f"{tuple(shard.shape)}, {layout}"
         )
     return model, optimizer
 
@@ -508,6 +667,9 @@ def describe_run(run: Run, model, config, start_step: int) -> None:
             args.hub_model_id,
             private=args.hub_private_repo,
             retry_backoff_s=args.hub_retry_backoff_s,
+            # Outside every checkpoint-N: rotation deletes those while their push may still be
+            # queued behind a slow Hub. Staged snapshots are hard links, removed once pushed.
+            staging_dir=run.output_dir / ".hub_staging",
         )
     run.stop = _StopSignal()
 
@@ -527,15 +689,23 @@ class Outcome:
 
 
 def train(run: Run, model, optimizer, loader, config, processor, start_step: int) -> Outcome:
-    """The loop: lr schedule, micro-batches, the NaN/signal vote, logging, checkpoints."""
+    """The loop: lr schedule, micro-batches, logging, checkpoints.
+
+    No host sync or collective per micro-batch: losses and the non-finite count stay on the
+    device, and the ranks vote (one small all-reduce: NaN count, stop signal, loss sum) only at
+    logging steps and before every checkpoint, so a non-finite loss is still caught before any
+    checkpoint is written.
+    """
     args, accelerator = run.args, run.accelerator
+    device = accelerator.device
     flops_img, peak_flops = run.extra["flops_img"], run.extra["peak_flops"]
     model.train()
     data_iter = iter(loader)
     step = start_step
-    window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+    window = _Window(device)
     train_start, trained_images, last_loss = time.perf_counter(), 0, float("nan")
     skipped_steps = 0
+    grad_norm = torch.zeros((), device=device)
     progress = tqdm(
         total=args.max_steps, initial=start_step, disable=not accelerator.is_local_main_process
     )
@@ -548,10 +718,9 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
             min_lr=args.min_learning_rate,
         )
         set_learning_rate(optimizer, lr)
-        step_loss, bad = 0.0, False
         for micro in range(args.gradient_accumulation_steps):
             try:
-                pixels = run.stop.next_batch(data_iter)
+                batch = run.stop.next_batch(data_iter)
             except StopWhileWaitingForData as stop:
                 # A checkpoint is collective and this rank has no batch: exit, do not hang.
                 run.log(
@@ -560,70 +729,68 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
                 )
                 return Outcome(step, 0.0, trained_images, last_loss, stopped_by_signal=True,
                                exit_code=128 + stop.signum)  # fmt: skip
-            pixel_mask = None
-            if isinstance(pixels, dict):  # the real stream: pixels + validity mask
-                pixels, pixel_mask = pixels["pixel_values"], pixels["pixel_mask"]
+            pixels, pixel_mask = batch, None
+            if isinstance(batch, dict):  # the real stream: pixels + validity mask
+                pixels, pixel_mask = batch["pixel_values"], batch["pixel_mask"]
                 # An all-valid batch takes the unmasked loss (checked on the CPU: no sync).
-                pixel_mask = None if bool(pixel_mask.all()) else pixel_mask.to(accelerator.device)
-            pixels = pixels.to(accelerator.device, non_blocking=True)
+                pixel_mask = None if bool(pixel_mask.all()) else pixel_mask.to(device)
+            pixels = batch_to_device(pixels, device, loader)
             noise = mask_noise(
                 args.seed, step, micro, run.rank, (pixels.shape[0], config.num_patches)
             )
+            if window.steps == 0 and micro == 0:
+                window.check_weights(model)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     loss = model(
-                        pixel_values=pixels,
-                        pixel_mask=pixel_mask,
-                        noise=noise.to(accelerator.device),
+                        pixel_values=pixels, pixel_mask=pixel_mask, noise=noise.to(device)
                     ).loss
-                # One small all-reduce: every rank must agree to skip or stop, or the next
-                # collective would hang. It doubles as the preemption-signal vote.
-                loss_bad = not torch.isfinite(loss)
-                flags = torch.tensor(
-                    [
-                        float(loss_bad),
-                        float(run.stop.received is not None),
-                        # Diagnosis, only when the loss is bad: data fault or weight fault?
-                        float(loss_bad and not torch.isfinite(pixels).all()),
-                        float(loss_bad and not _local_parameters_finite(model)),
-                    ],
-                    device=accelerator.device,
+                window.add(
+                    loss.detach().float(), pixels, step, micro, args.gradient_accumulation_steps
                 )
-                flags = accelerator.reduce(flags, reduction="sum")
-                if flags[0] > 0:
-                    bad = True
-                    if args.nan_policy == "stop":
-                        diagnosis = _diagnose_nan(
-                            run, loss.item(), step, micro, flags[2] > 0, flags[3] > 0, start_step
-                        )
-                        raise FloatingPointError(diagnosis)
-                    loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0  # contributes no gradient
+                # A non-finite loss makes every rank's reduced gradients non-finite, so under
+                # `skip` all ranks see the same non-finite norm below and skip together.
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    if bad or not torch.isfinite(torch.as_tensor(grad_norm)):
+                    grad_norm = _plain(
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    )
+                    if args.nan_policy == "skip" and not torch.isfinite(grad_norm):
+                        # One host read per step, no collective: the norm is already global.
                         skipped_steps += 1
-                        optimizer.zero_grad(set_to_none=True)
                     else:
                         optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-            step_loss += loss.detach().float().item() / args.gradient_accumulation_steps
         step += 1
-        last_loss = step_loss
-        window_loss += step_loss
-        window_images += run.global_batch
+        window.images += run.global_batch
         trained_images += run.global_batch
         progress.update(1)
 
-        if step % args.logging_steps == 0 or step == args.max_steps:
-            elapsed = time.perf_counter() - window_start
-            images_per_s = window_images / elapsed
+        saving = step % args.save_steps == 0 or step == args.max_steps
+        if step % args.logging_steps == 0 or saving:
+            vote = window.vote(accelerator, run.stop, run.world)
+            if vote.nonfinite and args.nan_policy == "stop":
+                bad_loss, bad_step, bad_micro = window.first_bad()
+                raise FloatingPointError(
+                    _diagnose_nan(
+                        run,
+                        bad_loss,
+                        bad_step if bad_step is not None else f"{window.first_step - 1}..{step}",
+                        bad_micro if bad_micro is not None else "?",
+                        vote.inputs_bad,
+                        vote.weights_bad,
+                        start_step,
+                    )
+                )
+            last_loss = vote.mean_loss
+            elapsed = time.perf_counter() - window.start
+            images_per_s = window.images / elapsed
             mfu = (
                 images_per_s * flops_img / (peak_flops * run.world) if peak_flops else float("nan")
             )
             record = {
                 "step": step,
-                "loss": window_loss / max(1, window_images // run.global_batch),
+                "loss": vote.mean_loss,
                 "lr": lr,
                 "grad_norm": float(grad_norm),
                 "images_per_s": images_per_s,
@@ -640,17 +807,19 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
                 run.metrics.write(record)
             if args.report_to != "none":
                 accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-            window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
-
-        stopping = flags[1] > 0
-        if step % args.save_steps == 0 or stopping or step == args.max_steps:
+            window = _Window(device, first_step=step + 1)
+            stopping = vote.stop
+        else:
+            stopping = False
+        if saving or stopping:
             save_checkpoint(run, model, loader, step, config, processor)
         if stopping:
             run.log(
                 f"signal {run.stop.received or 'on another rank'}: checkpoint written at step "
                 f"{step}, exiting"
             )
-            return Outcome(step, 0.0, trained_images, last_loss, stopped_by_signal=True)
+            return Outcome(step, 0.0, trained_images, last_loss, stopped_by_signal=True,
+                           skipped_steps=skipped_steps)  # fmt: skip
     progress.close()
     return Outcome(step, time.perf_counter() - train_start, trained_images, last_loss,
                    skipped_steps=skipped_steps)  # fmt: skip
@@ -697,20 +866,84 @@ def _diagnose_nan(run: Run, loss: float, step: int, micro: int, input_bad: bool,
     )
 
 
-def _local_parameters_finite(model) -> bool:
-    for param in model.parameters():
-        local = param.to_local() if hasattr(param, "to_local") else param
-        if not torch.isfinite(local).all():
-            return False
-    return True
-
-
 def _exported_at(output_dir: Path, step: int) -> bool:
     record = output_dir / "final" / "run_record.json"
     try:
         return json.loads(record.read_text()).get("steps") == step
     except (OSError, ValueError):
         return False
+
+
+def _plain(tensor):
+    """A clipped-gradient norm as a plain tensor (FSDP2 returns a replicated DTensor)."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else torch.as_tensor(tensor)
+
+
+@dataclass
+class _Vote:
+    nonfinite: int
+    stop: bool
+    mean_loss: float
+    inputs_bad: bool
+    weights_bad: bool
+
+
+class _Window:
+    """Device-side sums between two votes: no host sync until :meth:`vote`."""
+
+    def __init__(self, device, first_step: int = 1) -> None:
+        zero = torch.zeros((), device=device)
+        self.loss_sum = zero.clone()  # finite losses only
+        self.nonfinite = zero.clone()
+        self.inputs_bad = zero.clone()  # non-finite input batches among the non-finite losses
+        self.weights_bad = zero.clone()  # non-finite weights when the window began
+        self.first_bad_at = torch.full((3,), -1.0, device=device)  # (loss, step, micro)
+        self.steps = 0
+        self.first_step = first_step
+        self.images = 0
+        self.start = time.perf_counter()
+
+    def check_weights(self, model) -> None:
+        """Whether this rank's weights hold NaN/inf as the window begins (a device flag)."""
+        flags = [
+            ~torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()
+            for p in model.parameters()
+        ]
+        self.weights_bad = torch.stack(flags).any().float()
+
+    def add(self, loss: torch.Tensor, pixels, step: int, micro: int, accumulation: int) -> None:
+        finite = torch.isfinite(loss)
+        self.loss_sum += torch.where(finite, loss, torch.zeros_like(loss)) / accumulation
+        self.nonfinite += (~finite).float()
+        self.inputs_bad += ((~finite) & ~torch.isfinite(pixels).all()).float()
+        first = (self.first_bad_at[1] < 0) & ~finite
+        here = torch.stack([loss, loss.new_tensor(step), loss.new_tensor(micro)])
+        self.first_bad_at = torch.where(first, here, self.first_bad_at)
+        if micro == accumulation - 1:
+            self.steps += 1
+
+    def vote(self, accelerator, stop, world: int) -> _Vote:
+        """Collective: one all-reduce of (non-finite losses, stop signals, loss sum, bad inputs,
+        bad weights)."""
+        signal_flag = torch.tensor(float(stop.received is not None), device=self.nonfinite.device)
+        flags = torch.stack(
+            [self.nonfinite, signal_flag, self.loss_sum, self.inputs_bad, self.weights_bad]
+        )
+        nonfinite, stops, loss_sum, inputs_bad, weights_bad = accelerator.reduce(
+            flags, reduction="sum"
+        ).tolist()
+        return _Vote(
+            int(nonfinite),
+            stops > 0,
+            loss_sum / max(1, self.steps * world),
+            inputs_bad > 0,
+            weights_bad > 0,
+        )
+
+    def first_bad(self) -> tuple[float, int | None, int | None]:
+        """(loss, step, micro-batch) of this rank's first non-finite loss in the window."""
+        loss, step, micro = self.first_bad_at.tolist()
+        return (loss, int(step), int(micro)) if step >= 0 else (float("nan"), None, None)
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -741,14 +974,20 @@ def save_checkpoint(run: Run, model, loader, step: int, config, processor=None) 
         "max_steps": args.max_steps,
         "global_batch": run.global_batch,
         "geofm_hf_version": geofm_hf.__version__,
+        # What check_resume_compatibility compares before a resume loads anything.
+        "arguments": {
+            **as_flat_dict(run.model_args, run.data_args, args),
+            "dataset_name_or_path": run.extra.get("dataset"),
+        },
+        "model": _model_fingerprint(config),
+        "argument_changes": run.argument_changes,
     }
     path = run.checkpoints.save(step, trainer_state, loader.state_dict())
     if args.push_to_hub:
         # Hub revisions hold loadable weights (safetensors + code), not optimiser shards.
-        state_dict = accelerator.get_state_dict(model)
+        export_dir = path / "hub_export"
+        save_pretrained_streaming(model, export_dir, write=run.pusher is not None)
         if run.pusher is not None:
-            export_dir = path / "hub_export"
-            accelerator.unwrap_model(model).save_pretrained(export_dir, state_dict=state_dict)
             if processor is not None:
                 # Without it AutoImageProcessor (and so the probe / fine-tune recipes) cannot
                 # load a checkpoint revision.
@@ -760,7 +999,9 @@ def save_checkpoint(run: Run, model, loader, step: int, config, processor=None) 
 # ---------------------------------------------------------------------------------- export
 
 
-def export(run: Run, model, processor, data: DataContract, outcome: Outcome, loader) -> None:
+def export(
+    run: Run, model, config, processor, data: DataContract, outcome: Outcome, loader
+) -> None:
     """Consolidated safetensors weights, processor, figures, run record and card -> final/."""
     from geofm_hf.model_card import RunRecord, write_model_card
 
@@ -768,51 +1009,31 @@ def export(run: Run, model, processor, data: DataContract, outcome: Outcome, loa
     model_args, data_args = run.model_args, run.data_args
     step, wall, last_loss = outcome.step, outcome.wall_s, outcome.last_loss
     flops_img, peak_flops = run.extra["flops_img"], run.extra["peak_flops"]
-    state_dict = accelerator.get_state_dict(model)  # collective: gathers FSDP shards
+    final = output_dir / "final"
+    tmp = output_dir / ".tmp-final"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    # Collective: every rank gathers one tensor at a time; the main process writes.
+    save_pretrained_streaming(model, tmp, write=accelerator.is_main_process)
+    recon = None
+    if args.plot_reconstructions and not data_args.synthetic_data:
+        # Collective too: the trained (sharded) model itself, not a reloaded copy.
+        recon = plot_export_reconstructions(run, model, config, data, tmp)
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return
-    final = output_dir / "final"
-    tmp = output_dir / ".tmp-final"
-    shutil.rmtree(tmp, ignore_errors=True)
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     if processor is not None:
         processor.save_pretrained(tmp)
     records = run.metrics.read() if run.metrics is not None else []
     plot_loss_curve(records, tmp / "loss_curve.png")
-    recon = None
-    reloaded = GeoViTMAEForPreTraining.from_pretrained(tmp)
-    if (
-        args.plot_reconstructions
-        and count_parameters(reloaded) < 2e9
-        and not data_args.synthetic_data
-    ):
-        sample = make_pretrain_dataloader(
-            data.name_or_path,
-            split=data_args.train_split,
-            batch_size=3,
-            seed=args.seed + 1,
-            crop_size=reloaded.config.image_size,
-            mean=reloaded.config.image_mean,
-            std=reloaded.config.image_std,
-            augment=False,
-            revision=data_args.dataset_revision,
-            on_error=data_args.on_error,
-            max_error_fraction=data_args.max_error_fraction,
-        )
-        try:
-            rgb = rgb_band_indices(reloaded.config.band_names or [])
-        except ValueError:
-            rgb = None  # no red/green/blue bands: a grey composite of the first band
-        plot_reconstructions(reloaded, next(iter(sample)), tmp / "reconstruction.png", rgb)
-        recon = "reconstruction.png"
+    with torch.device("meta"):
+        described = GeoViTMAEForPreTraining(config)  # parameter counts for the record, no memory
     ips = outcome.images / wall if wall > 0 else None
     skipped = _skipped_counts(loader, outcome)
     info = data.info
     dataset = data.name_or_path
     record = RunRecord.from_model(
-        reloaded,
+        described,
         processor,
         sensor=getattr(info, "sensor", None),
         datasets=[
@@ -849,7 +1070,8 @@ def export(run: Run, model, processor, data: DataContract, outcome: Outcome, loa
         repo_id=args.hub_model_id,
         package_version=geofm_hf.__version__,
         skipped=skipped,
-        limitations=_skipped_text(skipped),
+        argument_changes=run.argument_changes,
+        limitations=_skipped_text(skipped) + _changes_text(run.argument_changes),
     )
     record.save(tmp / "run_record.json")
     write_model_card(tmp, record)
@@ -873,6 +1095,40 @@ def export(run: Run, model, processor, data: DataContract, outcome: Outcome, loa
     accelerator.wait_for_everyone()
 
 
+def plot_export_reconstructions(run: Run, model, config, data: DataContract, folder: Path):
+    """Collective (every rank runs the forward of a sharded model); the main process draws.
+    Skipped from 2B parameters up, where the figure is not worth the forward."""
+    if count_parameters(run.accelerator.unwrap_model(model)) >= 2e9:
+        return None
+    data_args = run.data_args
+    sample = make_pretrain_dataloader(
+        data.name_or_path,
+        split=data_args.train_split,
+        batch_size=3,
+        seed=run.args.seed + 1,
+        crop_size=config.image_size,
+        mean=config.image_mean,
+        std=config.image_std,
+        augment=False,
+        revision=data_args.dataset_revision,
+        on_error=data_args.on_error,
+        max_error_fraction=data_args.max_error_fraction,
+    )
+    try:
+        rgb = rgb_band_indices(config.band_names or [])
+    except ValueError:
+        rgb = None  # no red/green/blue bands: a grey composite of the first band
+    path = folder / "reconstruction.png"
+    plot_reconstructions(
+        run.accelerator.unwrap_model(model),
+        next(iter(sample)).to(run.accelerator.device),
+        path,
+        rgb,
+        draw=run.accelerator.is_main_process,
+    )
+    return "reconstruction.png"
+
+
 def _skipped_counts(loader, outcome: Outcome) -> dict:
     """What the run did not train on, for summary.json, the run record and the card."""
     stats = getattr(loader, "stats", {})
@@ -882,6 +1138,16 @@ def _skipped_counts(loader, outcome: Outcome) -> dict:
         "batches_lost_to_bad_shards": int(stats.get("batches_lost_to_bad_shards", 0)),
         "steps_skipped_non_finite": outcome.skipped_steps,
     }
+
+
+def _changes_text(argument_changes: list) -> list[str]:
+    """One card line per resume that changed arguments: the figures hold from that step on."""
+    return [
+        f"Resumed at step {entry['step']} with changed arguments (in force from that step on): "
+        + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in entry["changes"].items())
+        + "."
+        for entry in argument_changes
+    ]
 
 
 def _skipped_text(skipped: dict) -> list[str]:

@@ -156,6 +156,9 @@ class FakeHub:
         self._lock = threading.RLock()
         self._failure: str | None = None
         self._failure_count: int | None = None
+        # Seconds every request waits before it is answered: a slow Hub (tests of what training
+        # does to pushes still queued behind it).
+        self.request_delay_s = 0.0
         self._server: socketserver.TCPServer | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
@@ -552,6 +555,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         hub.requests.append(
             RecordedRequest(method, self.path, {k.lower(): v for k, v in self.headers.items()})
         )
+        if hub.request_delay_s:
+            time.sleep(hub.request_delay_s)
         failure = hub._take_failure()
         if failure == "down":
             # Kept-alive connections survive the listening socket; drop them without an answer.

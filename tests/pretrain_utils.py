@@ -24,9 +24,10 @@ CPU_HSDP_CONFIG = ROOT / "tests" / "configs" / "cpu_hsdp.yaml"
 _PORT = [29600 + (os.getpid() % 200) * 2]
 
 
-def _command(script, args, config=None, port=True) -> list[str]:
+def _command(script, args, config=None, port=True, launch_args=()) -> list[str]:
     config = Path(config or CPU_CONFIG)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    cmd += [str(a) for a in launch_args]
     if port:
         _PORT[0] += 1  # a fresh port per launch: a killed run can leave one in TIME_WAIT
         cmd += ["--main_process_port", str(_PORT[0])]
@@ -43,11 +44,11 @@ def _env(env):
 
 
 def launch(
-    script, *args, env=None, timeout=600, check=True, config=None
+    script, *args, env=None, timeout=600, check=True, config=None, launch_args=()
 ) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file CONFIG SCRIPT ARGS` in its own process group."""
     result = subprocess.run(
-        _command(script, args, config),
+        _command(script, args, config, launch_args=launch_args),
         cwd=ROOT,
         env=_env(env),
         capture_output=True,
@@ -73,13 +74,16 @@ def _pretrain_args(output_dir, extra):
     ]  # fmt: skip
 
 
-def pretrain(output_dir, *extra, env=None, check=True, config=None) -> subprocess.CompletedProcess:
+def pretrain(
+    output_dir, *extra, env=None, check=True, config=None, launch_args=()
+) -> subprocess.CompletedProcess:
     return launch(
         ROOT / "recipes" / "pretrain.py",
         *_pretrain_args(output_dir, extra),
         env=env,
         check=check,
         config=config,
+        launch_args=launch_args,
     )
 
 

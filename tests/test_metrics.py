@@ -83,7 +83,7 @@ def test_metric_modules_load_by_path_with_the_hub_offline(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "'accuracy': 0.5" in out.stdout
-    assert set(METRICS) == {"accuracy", "top_k_accuracy", "f1"}
+    assert set(METRICS) == {"accuracy", "top_k_accuracy", "f1", "mean_iou"}
 
 
 def test_confusion_matrix_png(tmp_path):

@@ -47,3 +47,16 @@ def test_recipe_under_fsdp2_on_cpu_exports_full_weights(tmp_path):
         config=CPU_FSDP_CONFIG,
     )
     assert "at step 4" in result.stdout + result.stderr
+
+
+def test_activation_checkpointing_asked_twice_is_refused(tmp_path):
+    out = tmp_path / "run"
+    result = pretrain(
+        out, "--max_steps", "1", "--gradient_checkpointing", "true", "--bf16", "false",
+        config=CPU_FSDP_CONFIG, launch_args=["--fsdp_activation_checkpointing", "true"],
+        check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "Activation checkpointing is asked for twice" in result.stderr
+    assert "--gradient_checkpointing false" in result.stderr
+    assert not list(out.glob("checkpoint-*"))

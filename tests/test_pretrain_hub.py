@@ -285,3 +285,25 @@ def test_hub_http_500_during_the_run_is_retried(local_hub, tmp_path):
     _assert_pushed(local_hub, repo_id, out)
     _assert_history_only_grows(local_hub)
     assert local_hub.token not in result.stdout + result.stderr
+
+
+def test_rotation_does_not_lose_pushes_queued_behind_a_slow_hub(local_hub, tmp_path):
+    """save_total_limit 1 deletes checkpoint-N while its push still waits for a slow Hub."""
+    repo_id = "geofm-test/slow"
+    local_hub.request_delay_s = 0.4
+    out = tmp_path / "run"
+    result = pretrain(
+        out, "--max_steps", "3", "--save_steps", "1", "--save_total_limit", "1",
+        "--plot_reconstructions", "false", "--push_to_hub", "true", "--hub_model_id", repo_id,
+        env=local_hub.env,
+    )  # fmt: skip
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-000003"]
+    summary = _hub_summary(result.stdout)
+    assert summary["failed"] == summary["pending"] == [], summary
+    tags = [["step-000001"], ["step-000002"], ["step-000003"], ["final"]]
+    assert [j["tags"] for j in summary["pushed"]] == tags
+    repo = local_hub.repo(repo_id)
+    for step in (1, 2, 3):
+        files = repo.commits[repo.tags[f"step-{step:06d}"]].files
+        assert set(files) >= LOADABLE, (step, sorted(files))
+    assert not list(out.rglob(".hub_staging/*")), "staged snapshots are removed once pushed"

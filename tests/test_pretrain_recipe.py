@@ -1,6 +1,7 @@
 """recipes/pretrain.py end to end under `accelerate launch` with 2 CPU processes."""
 
 import json
+import stat
 
 import pytest
 import torch
@@ -30,6 +31,9 @@ def test_demo_run_learns_and_exports_loadable_weights(tmp_path):
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= names
     assert {"loss_curve.png", "reconstruction.png", "run_record.json", "modeling_geofm.py"} <= names
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
+    # the weights are as readable as the rest of the export (issue 16: they were 0600)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in final.iterdir() if p.is_file()}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o644, modes
 
     # the band contract came from the dataset's own metadata
     info = read_dataset_info(sample_dataset_path())
@@ -95,6 +99,7 @@ def test_dry_run_plans_a_15b_model_on_meta(tmp_path):
     result = launch(
         ROOT / "recipes" / "pretrain.py",
         "--dry_run", "true", "--preset", "vit-15b", "--dry_run_nodes", "16",
+        "--synthetic_data", "true",  # the paper's 224 px: larger than the bundled sample's chips
         "--accelerate_config", ROOT / "accelerate_configs" / "frontier_shard_grad_op.yaml",
     )  # fmt: skip
     out = result.stdout

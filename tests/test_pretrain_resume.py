@@ -6,7 +6,14 @@ shows the moment (a step logged, a checkpoint write begun): the recipe holds no 
 
 import pytest
 import torch
-from pretrain_utils import logged_step, metrics, pretrain, pretrain_killed_when
+from pretrain_utils import (
+    CPU_FSDP_CONFIG,
+    CPU_HSDP_CONFIG,
+    logged_step,
+    metrics,
+    pretrain,
+    pretrain_killed_when,
+)
 from safetensors.torch import load_file
 
 from geofm_hf.training.checkpointing import list_checkpoints
@@ -84,3 +91,50 @@ def test_checkpoint_rotation_keeps_the_newest(tmp_path):
         "false",
     )
     assert [step for step, _ in list_checkpoints(out)] == [5, 6]
+
+
+def _kill_and_resume_is_bit_exact(tmp_path, *extra, config=None, kill_after=3, timeout=900):
+    """Uninterrupted run vs a run SIGKILLed after ``kill_after`` logged steps and resumed."""
+    args = (*extra, "--plot_reconstructions", "false")
+    whole = tmp_path / "whole"
+    pretrain(whole, *args, config=config)
+    cut = tmp_path / "cut"
+    code, output = pretrain_killed_when(
+        cut, lambda o: logged_step(o) >= kill_after, *args, config=config, timeout=timeout
+    )
+    assert code != 0, output[-3000:]
+    kept = [step for step, _ in list_checkpoints(cut)]
+    assert kept and not (cut / "final").exists(), (kept, output[-3000:])
+    resumed = pretrain(cut, *args, config=config)
+    assert f"at step {kept[-1]}" in resumed.stdout
+    _assert_same_weights(whole, cut)
+    assert [r["loss"] for r in metrics(cut)] == [r["loss"] for r in metrics(whole)]
+    return resumed
+
+
+def test_fsdp2_kill_and_resume_is_bit_exact(tmp_path):
+    resumed = _kill_and_resume_is_bit_exact(
+        tmp_path, "--max_steps", "6", "--save_steps", "2", "--warmup_steps", "2",
+        "--bf16", "false", config=CPU_FSDP_CONFIG,
+    )  # fmt: skip
+    assert "FSDP2: block weights sharded (384, 192) of (768, 192)" in resumed.stdout
+
+
+def test_hsdp_2_replicas_x_2_shards_kill_and_resume_is_bit_exact(tmp_path):
+    resumed = _kill_and_resume_is_bit_exact(
+        tmp_path, "--max_steps", "4", "--save_steps", "2", "--warmup_steps", "1",
+        "--per_device_train_batch_size", "4", "--bf16", "false",
+        config=CPU_HSDP_CONFIG, kill_after=3,
+    )  # fmt: skip
+    log = resumed.stdout
+    # 4 processes, each block weight split over the 2-way shard dimension (not 4-way)
+    assert "world size 4" in log and "(384, 192) of (768, 192)" in log, log[-3000:]
+    assert "HSDP mesh (dp_replicate=2, dp_shard=2)" in log
+
+
+def test_resume_with_gradient_accumulation_and_data_workers_is_bit_exact(tmp_path):
+    _kill_and_resume_is_bit_exact(
+        tmp_path, "--max_steps", "6", "--save_steps", "2", "--warmup_steps", "2",
+        "--gradient_accumulation_steps", "2", "--dataloader_num_workers", "2",
+        "--per_device_train_batch_size", "4",
+    )  # fmt: skip

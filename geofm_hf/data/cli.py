@@ -171,6 +171,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--push-to-hub", metavar="REPO_ID", default=None)
     p.add_argument("--private", action="store_true")
     p.add_argument("--revision", default=None, help="branch to push to")
+    p.add_argument("--labels", metavar="MASK.tif", default=None,
+                   help="class raster (value = class, nodata = unlabelled), any grid: "
+                   "reprojected nearest-neighbour; adds a per-chip mask")  # fmt: skip
+    p.add_argument(
+        "--labels-vector",
+        metavar="FILE",
+        default=None,
+        help="polygons (GeoPackage, GeoJSON, shapefile ...) rasterised as the mask",
+    )
+    p.add_argument("--label-field", default=None, help="attribute naming each polygon's class")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -207,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             rows_per_shard=args.rows_per_shard, compression_level=args.compression_level,
             split=args.split, on_error=args.on_error, max_error_fraction=args.max_error_fraction,
             sensor=args.sensor, overwrite=args.overwrite, dataset_name=args.name,
-            license=args.license,
+            license=args.license, label_raster=args.labels, label_vector=args.labels_vector,
+            label_field=args.label_field,
         )  # fmt: skip
     except (BadInputError, TooManyErrorsError, FileNotFoundError, FileExistsError,
             ValueError, argparse.ArgumentTypeError, re.error) as err:  # fmt: skip

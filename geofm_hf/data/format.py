@@ -50,6 +50,8 @@ SHARD_SCHEMA = pa.schema(
     ]
 )
 LABEL_FIELD = pa.field("label", pa.int64())
+# Segmentation shards: the chip's class mask, uint8 (H, W) C-order bytes; 255 = unlabelled.
+MASK_FIELD = pa.field("mask", pa.binary())
 # Per-chip validity: np.packbits of the (H, W) bool mask, 1 = valid pixel (every band has a
 # value, not nodata/fill, not NaN/inf, not flagged by a cloud/QA mask). Absent in older shards.
 VALID_MASK_FIELD = pa.field("valid_mask", pa.binary())

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .device_transforms import crop_uint16
 from .format import (
     BadInputError,
     GeoDatasetInfo,
@@ -192,9 +193,12 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         return_chip_ids: bool = False,
         info: GeoDatasetInfo | None = None,
         cache_mb: float = 512.0,
+        device_transforms: bool = False,
         return_masks: bool = False,
     ):
         super().__init__()
+        # Yield device_transforms.RawBatch (uint16 crops + flips) for the device to finish.
+        self.device_transforms = device_transforms
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}); got {rank}")
         if batch_size <= 0:
@@ -426,6 +430,15 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         else:
             params = np.zeros((n, 5), dtype=np.int64)
             params[:, 0], params[:, 1] = (h - crop) // 2, (w - crop) // 2
+        if (
+            self.device_transforms
+            and not np.issubdtype(first.dtype, np.floating)
+            and (masks is None or all(m is None for m in masks))
+        ):
+            # Integer chips without stored masks: every pixel is valid, the device finishes
+            # them. Batches that carry masks take the host path below (batch_to_device takes
+            # both), so invalid pixels are never fed raw.
+            return crop_uint16(sources, params, crop), torch.from_numpy(valid)
         for i, ((arr, j), (y, x, hflip, vflip, k)) in enumerate(zip(sources, params)):
             view = arr[j, :, y : y + crop, x : x + crop]
             if hflip:
@@ -621,6 +634,7 @@ def make_pretrain_dataloader(
     max_error_fraction: float = 0.05,
     return_chip_ids: bool = False,
     pin_memory: bool = False,
+    device_transforms: bool = False,
     return_masks: bool = False,
     check_shards: bool = True,
 ) -> PretrainLoader:
@@ -630,6 +644,8 @@ def make_pretrain_dataloader(
     (mean/std default to ``geofm_dataset.json``) and, with ``augment``, randomly cropped,
     flipped and rotated by multiples of 90 degrees as a function of (seed, epoch, sample).
     ``return_chip_ids=True`` yields ``(tensor, chip_ids)`` (for tests/debugging).
+    ``device_transforms=True`` yields :class:`~geofm_hf.data.device_transforms.RawBatch` (uint16
+    crops + flips) instead; finish it on the device with ``apply_device_transforms``.
     ``return_masks=True`` yields ``{"pixel_values", "pixel_mask"}`` dicts: ``pixel_mask``
     ``(B, crop, crop)`` bool, True where the pixel is valid (stored ``valid_mask``: nodata,
     fill, cloud/QA; and NaN/inf), augmented with the pixels; pass it to the model so the
@@ -643,6 +659,7 @@ def make_pretrain_dataloader(
         world_size=world_size, num_workers=num_workers, crop_size=crop_size, mean=mean, std=std,
         augment=augment, revision=revision, drop_last=drop_last, on_error=on_error,
         max_error_fraction=max_error_fraction, return_chip_ids=return_chip_ids,
+        device_transforms=device_transforms,
         return_masks=return_masks,
     )  # fmt: skip
     if check_shards and stream.info is not None:

@@ -46,6 +46,7 @@ from ..bands import (
 from .format import (
     DATASET_INFO_FILE,
     LABEL_FIELD,
+    MASK_FIELD,
     SHARD_FOOTER_METADATA,
     SHARD_SCHEMA,
     VALID_MASK_FIELD,
@@ -628,7 +629,8 @@ def _target_grid(band_srcs, resolution):
 
 class _ShardBuffer:
     def __init__(self, split, staging: Path, target_bytes: int, labelled: bool,
-                 rows_per_shard: int | None, compression_level: int):  # fmt: skip
+                 rows_per_shard: int | None, compression_level: int,
+                 masked: bool = False):  # fmt: skip
         self.split = split
         self.rows_per_shard = rows_per_shard
         self.compression_level = compression_level
@@ -639,6 +641,8 @@ class _ShardBuffer:
         self.files: list[dict[str, Any]] = []
         schema = SHARD_SCHEMA.append(LABEL_FIELD) if labelled else SHARD_SCHEMA
         self.schema = schema.append(VALID_MASK_FIELD)
+        if masked:
+            self.schema = self.schema.append(MASK_FIELD)
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -829,6 +833,10 @@ def write_shards(
     dataset_name: str | None = None,
     license: str = "other",
     card_notes: str | None = None,
+    label_raster: str | os.PathLike | None = None,
+    label_vector: str | os.PathLike | None = None,
+    label_field: str | None = None,
+    mask_label_names: Sequence[str] | None = None,
 ) -> WriteSummary:
     r"""Cut rasters into chips and write a Hub-ready Parquet dataset to ``output_dir``.
 
@@ -873,6 +881,12 @@ def write_shards(
         overwrite: replace a finished dataset in ``output_dir``.
         dataset_name: title of the dataset card. license: its ``license:`` tag (SPDX id or
             ``other``). card_notes: markdown appended to the card (source, licence, citation).
+        label_raster: a class raster (values = class index, nodata = unlabelled) on this or
+            any grid, reprojected nearest-neighbour onto each scene's grid; or label_vector +
+            label_field: polygons rasterised with the class named by that attribute (sorted
+            distinct values, or ``mask_label_names``). Each chip then gets a ``mask`` column
+            (uint8 bytes, 255 = unlabelled); the class names go to ``geofm_dataset.json``
+            under ``mask_label_names``.
 
     Returns:
         A :class:`WriteSummary`. The folder holds ``README.md``, ``geofm_dataset.json`` and
@@ -904,6 +918,13 @@ def write_shards(
     if sensor is not None:
         get_sensor_bands(sensor)  # an unknown sensor fails here, before any raster is read
 
+    masks = None
+    if label_raster is not None or label_vector is not None:
+        from .masks import MaskSource
+
+        masks = MaskSource(label_raster, label_vector, label_field,
+                           list(mask_label_names) if mask_label_names else None)  # fmt: skip
+
     if bands is not None and isinstance(bands, str):
         raise ValueError(f"bands must be a list of names; got the string {bands!r}")
     sensor = resolve_sensor(sensor) if sensor else None
@@ -921,7 +942,7 @@ def write_shards(
     split_names = [split] if isinstance(split, str) else list(split)
     buffers = {
         s: _ShardBuffer(s, staging, int(target_shard_mb * 1e6), labels is not None,
-                        rows_per_shard, compression_level)
+                        rows_per_shard, compression_level, masks is not None)
         for s in split_names
     }  # fmt: skip
     dataset_bands: list[str] | None = None
@@ -1047,6 +1068,7 @@ def write_shards(
             if target_gsd_m is None:
                 target_gsd_m = gsd_m
             crs_text = crs.to_string() if crs.to_epsg() is None else f"EPSG:{crs.to_epsg()}"
+            scene_mask = masks.open_scene(crs, transform, width, height) if masks else None
             n_cols = (width - chip_size) // stride + 1
             n_rows = (height - chip_size) // stride + 1
             scene_chips = 0
@@ -1065,6 +1087,8 @@ def write_shards(
                                 f"read at rows {y0}..{y0 + chip_size}: {err}",
                             ) from err
                     bytes_read += strip.nbytes
+                    mask_strip = (scene_mask.read_strip(y0, chip_size)
+                                  if scene_mask is not None else None)  # fmt: skip
                     band_invalid = np.zeros(strip.shape, dtype=bool)
                     non_finite = np.zeros(strip.shape, dtype=bool)
                     if np.issubdtype(out_dtype, np.floating):
@@ -1119,6 +1143,10 @@ def write_shards(
                                     f"labels() returned {label} for {chip_id}; expected 0.."
                                     f"{len(label_names) - 1}"
                                 )
+                        row_mask = None
+                        if mask_strip is not None:
+                            row_mask = np.ascontiguousarray(
+                                mask_strip[:, x0 : x0 + chip_size]).tobytes()  # fmt: skip
                         split_name = _split_of(split, c, n_cols)
                         chip_invalid = invalid[:, x0 : x0 + chip_size]
                         invalid_counts["pixels"] += chip_invalid.size
@@ -1130,7 +1158,9 @@ def write_shards(
                         stats.setdefault(split_name, _Stats(len(dataset_bands))).update(
                             chip, ~band_invalid[:, :, x0 : x0 + chip_size]
                         )
+                        extra_cols = {} if row_mask is None else {"mask": row_mask}
                         buffers[split_name].add({
+                            **extra_cols,
                             "image": chip.tobytes(),
                             "shape": list(chip.shape),
                             "dtype": out_dtype.name,
@@ -1151,6 +1181,8 @@ def write_shards(
                     vrt.close()
                 for _, qvrt in qa_vrts:
                     qvrt.close()
+                if scene_mask is not None:
+                    scene_mask.close()
             sources.append(scene.source)
             logger.info("scene %s: %d chips", scene.source, scene_chips)
         except BadInputError as err:
@@ -1223,7 +1255,9 @@ def write_shards(
                             "sensor_fill_values": list(sensor_fill_values(dataset_sensor)),
                             "qa_masks": qa_masks},
                "radiometric_offset_scenes": offset_scenes,
-               "resampling": resampling, "max_nodata_fraction": max_nodata_fraction},
+               "resampling": resampling, "max_nodata_fraction": max_nodata_fraction,
+               **({"mask_label_names": masks.names(), "mask_ignore_index": 255}
+                  if masks is not None else {})},
     )  # fmt: skip
     card = render_dataset_card(info, name=dataset_name or output_dir.name,
                                skipped_items=policy.items, license=license,

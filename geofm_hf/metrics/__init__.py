@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-METRICS = ("accuracy", "top_k_accuracy", "f1")
+METRICS = ("accuracy", "top_k_accuracy", "f1", "mean_iou")
 
 
 def metric_path(name: str) -> str:

@@ -59,6 +59,7 @@ _CHOICES = {
     "bf16": ("auto", "true", "false"),
     "feature": ("cls", "mean"),
     "mixed_precision": ("no", "bf16", "fp16"),
+    "gradient_reduce_dtype": ("float32", "bfloat16"),
 }
 
 
@@ -201,6 +202,10 @@ class ModelArguments:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute block activations in backward."}
     )
+    torch_compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile every transformer block (geofm_hf.training.compile)."},
+    )
 
 
 @dataclass
@@ -213,7 +218,10 @@ class DataArguments:
     )
     dataset_revision: str | None = field(default=None, metadata={"help": "Dataset revision."})
     train_split: str = field(default="train")
-    dataloader_num_workers: int = field(default=0)
+    dataloader_num_workers: int | None = field(
+        default=None,
+        metadata={"help": "Data worker processes per rank; default: 4 on GPUs, 0 on CPU."},
+    )
     synthetic_data: bool = field(
         default=False,
         metadata={"help": "Random tensors instead of data (throughput runs, as in the paper)."},
@@ -221,6 +229,12 @@ class DataArguments:
     synthetic_channels: int = field(default=13)
     on_error: str = field(default="raise", metadata={"help": "raise or skip bad shards."})
     max_error_fraction: float = field(default=0.05)
+    device_transforms: str = field(
+        default="auto",
+        metadata={
+            "help": "Flip/rotate/normalise uint16 batches on the device (auto: on GPUs only)."
+        },
+    )
 
 
 @dataclass
@@ -244,6 +258,14 @@ class PretrainingArguments:
     bf16: str = field(
         default="auto",
         metadata={"help": "auto (bf16 autocast where the hardware has it), true or false."},
+    )
+    gradient_reduce_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "float32 or bfloat16: dtype of the gradient reduction in bf16 runs (FSDP2 "
+            "reduce-scatter, DDP all-reduce). float32 is exact to the ranks' sum; bfloat16 halves "
+            "the traffic."
+        },
     )
     seed: int = field(default=0)
     logging_steps: int = field(default=10)

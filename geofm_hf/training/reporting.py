@@ -119,9 +119,16 @@ def _rgb(image: np.ndarray, rgb_index: list[int] | None) -> np.ndarray:
 
 @torch.no_grad()
 def plot_reconstructions(
-    model, pixel_values: torch.Tensor, path: str | os.PathLike, rgb_index: list[int] | None
+    model,
+    pixel_values: torch.Tensor,
+    path: str | os.PathLike,
+    rgb_index: list[int] | None,
+    draw: bool = True,
 ) -> None:
-    """Original / masked / reconstruction (RGB composite) for a few images."""
+    """Original / masked / reconstruction (RGB composite) for a few images.
+
+    With a sharded model every rank runs the forward (it gathers parameters); only the one with
+    ``draw`` writes the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,15 +138,18 @@ def plot_reconstructions(
     generator = torch.Generator().manual_seed(0)
     noise = torch.rand(pixel_values.shape[0], model.config.num_patches, generator=generator)
     out = model(pixel_values, noise=noise)
+    if not draw:
+        return
+    pixel_values = pixel_values.cpu()
     target = model.patchify(pixel_values)  # (B, L, p*p*C)
-    logits = out.logits.float()
+    logits = out.logits.float().cpu()
     if model.config.norm_pix_loss:
         # The decoder predicts per-patch normalised pixels: undo it with the true patch stats.
         mean = target.mean(dim=-1, keepdim=True)
         var = target.var(dim=-1, keepdim=True)
         logits = logits * (var + 1.0e-6) ** 0.5 + mean
     size = tuple(pixel_values.shape[-2:])
-    mask = out.mask.unsqueeze(-1).expand_as(target)  # (B, L, p*p*C), 1 = masked
+    mask = out.mask.float().cpu().unsqueeze(-1).expand_as(target)  # (B, L, p*p*C), 1 = masked
     masked = model.unpatchify(target * (1 - mask), size)
     pasted = model.unpatchify(target * (1 - mask) + logits * mask, size)
     rows = pixel_values.shape[0]

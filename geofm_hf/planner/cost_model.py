@@ -1,9 +1,11 @@
-"""Scaling planner: memory per GCD, communication per step and images/s for every FSDP strategy.
+"""The planner's cost model: memory per GCD, communication per step and images/s per strategy.
 
-``geofm-plan --preset vit-5b --nodes 8`` answers "which accelerate config do I launch?" before any
-node-hour is spent. The model is deliberately small -- a handful of physical terms and six fitted
-constants (:data:`CALIBRATION`) -- and is checked against every figure Tsaris et al. 2024 publish
-(``tests/test_planner.py``, ``benchmarks/planner_vs_paper.py``).
+``geofm-plan --preset vit-5b --nodes 8`` (:mod:`geofm_hf.planner.cli`) answers "which accelerate
+config do I launch?" before any node-hour is spent. The model is deliberately small -- a handful of
+physical terms and six fitted constants (:data:`CALIBRATION`). Every strategy is ranked by the
+model's predicted images/s alone; the paper's figures (:mod:`geofm_hf.planner.tables`) are used to
+fit the constants and, held out one at a time, to validate them
+(:mod:`geofm_hf.planner.validation`).
 
 Units: memory is reported in GB of 2**30 bytes (GiB). The paper's peak-memory figures are GiB
 (its differences between HYBRID_2/4/8/16 for the 5B model are exactly 16 bytes x parameters /
@@ -47,10 +49,7 @@ which no communication term explains: it ran in fp32, so the comparison models D
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,19 +57,15 @@ from typing import Any
 __all__ = [
     "CALIBRATION",
     "CONFIG_FOR_STRATEGY",
-    "PAPER_BEST_STRATEGY",
-    "PAPER_IMAGES_PER_S",
-    "PAPER_PEAK_MEMORY_GB",
+    "DEFAULT_CONFIG",
     "STRATEGIES",
     "Calibration",
     "Plan",
     "StrategyEstimate",
     "count_parameters",
-    "main",
-    "paper_precision",
     "plan",
     "plan_from_accelerate_config",
-    "predict_paper_point",
+    "write_accelerate_config",
 ]
 
 STRATEGIES: tuple[str, ...] = (
@@ -85,11 +80,11 @@ STRATEGIES: tuple[str, ...] = (
     "SHARD_GRAD_OP",
 )
 
-# accelerate 1.x cannot express FSDP2 with a shard group of one (it refuses a parallelism config
-# with dp_shard_size == 1 under FSDP2), so "replicate" is DDP with bf16 autocast: the same
-# per-GCD state as FSDP1's HYBRID_1 / NO_SHARD. DDP (the paper's fp32 baseline), NO_SHARD and
-# HYBRID_2/4/16 are estimated for comparison but never recommended: the paper found each of them
-# behind replicate / HYBRID_8 / SHARD_GRAD_OP for every size.
+# The configs shipped in accelerate_configs/ (commented for Frontier). Every other strategy is
+# ranked all the same; its config is generated on request (write_accelerate_config /
+# ``geofm-plan --write-config``). accelerate 1.x cannot express FSDP2 with a shard group of one
+# (it refuses a parallelism config with dp_shard_size == 1 under FSDP2), so "replicate" is DDP with
+# bf16 autocast: the same per-GCD state as FSDP1's HYBRID_1 / NO_SHARD.
 CONFIG_FOR_STRATEGY: dict[str, str] = {
     "HYBRID_1": "accelerate_configs/frontier_replicate.yaml",
     "HYBRID_8": "accelerate_configs/frontier_hybrid8.yaml",
@@ -101,10 +96,9 @@ DEFAULT_CONFIG = "accelerate_configs/frontier_fsdp.yaml"
 _GIB = float(2**30)
 _PEAK_TFLOPS = {"bf16": 191.5, "fp32": 47.9}  # one MI250X GCD (half of 383 / 95.7)
 _BYTES = {"bf16": 2, "fp32": 4}
-# Ties within this fraction of the best throughput are broken by the throughput at the paper's
-# largest scale, so the recommendation keeps working when the job grows.
-_TIE_FRACTION = 0.05
-_REFERENCE_NODES = 128
+# Strategies predicted within this fraction of the best are reported as "not told apart by the
+# model" (its out-of-sample error is larger); the ranking itself is by predicted images/s alone.
+_CLOSE_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -126,6 +120,8 @@ class Calibration:
         queued_layers: fp32 gradient blocks held by a reduce-scatter that crosses nodes.
         intra_node_gbs: GCD-to-GCD bandwidth inside a node (PAPER.md: 50-100; lower bound).
         mi250x_pair_gbs: bandwidth between the two GCDs of one MI250X (PAPER.md).
+        hbm_gbs: memory bandwidth of one GCD (MI250X: 1.6 TB/s per GCD), for the unfused
+            attention path's score traffic.
     """
 
     efficiency_bf16: float = 0.0722
@@ -138,6 +134,7 @@ class Calibration:
     queued_layers: float = 3.0
     intra_node_gbs: float = 50.0
     mi250x_pair_gbs: float = 200.0
+    hbm_gbs: float = 1600.0
 
 
 CALIBRATION = Calibration()
@@ -306,6 +303,7 @@ class StrategyEstimate:
     images_per_s: float = 0.0
     collectives_per_step: int = 0
     config: str | None = None
+    attention_kernel: str = ""
     note: str = ""
 
 
@@ -326,8 +324,13 @@ class Plan:
     image_size: int
     strategies: dict[str, StrategyEstimate]
     recommended_strategy: str | None
+    # The shipped accelerate config of the recommended strategy; None when there is none (write
+    # one with write_accelerate_config) or nothing fits.
     recommended: str | None
     why: str
+    ranking: list[str] = field(default_factory=list)
+    platform: str = "rocm"
+    reduce_precision: str | None = None
     assumptions: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -366,7 +369,11 @@ class Plan:
                 f"{e.comm_intra_node_gb:9.2f}{e.comm_inter_node_gb:9.2f}"
                 f"{e.images_per_s:10,.0f}"
             )
-        lines += ["", f"recommended: {self.recommended} ({self.recommended_strategy})"]
+        lines += ["", f"ranking (predicted img/s): {' > '.join(self.ranking) or 'none fits'}"]
+        lines.append(
+            f"recommended: {self.recommended_strategy} "
+            f"({self.recommended or 'generate its config with --write-config FILE'})"
+        )
         lines.append(f"why: {self.why}")
         return "\n".join(lines)
 
@@ -392,6 +399,46 @@ def _flops_per_image(shape: _Shape, checkpointing: bool) -> float:
     fwd += 2 * pixels * d * (s_enc - 1) + 2 * d * dd * s_enc + 2 * dd * pixels * s_dec
     # backward = 2 x forward; checkpointing recomputes the blocks' forward once more.
     return fwd * (4.0 if checkpointing else 3.0)
+
+
+def _attention_terms(
+    shape: _Shape, batch: int, precision: str, platform: str, checkpointing: bool
+) -> dict[str, Any]:
+    """What the SDPA kernel that really runs adds to the fused, unpadded baseline.
+
+    ``flops`` per image (the flash path's zero padding of the head dim), ``bytes`` of stored
+    scores and ``traffic`` bytes per step (the unfused path), and a ``kernel`` description.
+    """
+    from geofm_hf.planner.attention import sdpa_backend
+
+    out: dict[str, Any] = {"flops": 0.0, "bytes": 0.0, "traffic": 0.0}
+    low = _BYTES[precision]
+    passes = 4.0 if checkpointing else 3.0
+    kinds, largest = [], 0.0
+    for part, tokens, width, heads, layers in (
+        ("encoder", shape.kept_tokens, shape.hidden_size, shape.num_attention_heads,
+         shape.num_hidden_layers),
+        ("decoder", shape.num_patches + 1, shape.decoder_hidden_size,
+         shape.decoder_num_attention_heads, shape.decoder_num_hidden_layers),
+    ):  # fmt: skip
+        head_dim = width // heads
+        kernel, computed = sdpa_backend(head_dim, platform=platform, precision=precision)
+        kinds.append(
+            f"{part} {kernel}"
+            + (f" (head dim {head_dim}->{computed})" if computed != head_dim else "")
+        )
+        out["flops"] += passes * 4 * tokens * tokens * heads * (computed - head_dim) * layers
+        if kernel == "math":
+            scores = batch * heads * tokens * tokens
+            # Kept for backward: the fp32 softmax output and its low-precision copy.
+            kept = scores * (4 + low)
+            largest = max(largest, kept)
+            out["bytes"] += 0.0 if checkpointing else kept * layers
+            # Written and read: scores, fp32 softmax, low-precision weights; backward ~2x.
+            out["traffic"] += passes * scores * 2 * (2 * low + 4) * layers
+    out["bytes"] += largest if checkpointing else 0.0
+    out["kernel"] = ", ".join(kinds)
+    return out
 
 
 def _activation_bytes(shape: _Shape, batch: int, nbytes: int, checkpointing: bool) -> float:
@@ -451,6 +498,61 @@ def _collective_cost(c: _Collective, gcds_per_node: int, cal: Calibration) -> tu
     return seconds * c.calls, intra_share * c.calls, (moved / m if m else moved) * c.calls
 
 
+@dataclass
+class _ThroughputTerms:
+    """Everything images/s depends on apart from the calibration (refitted in validation)."""
+
+    collectives: list[_Collective]
+    gcds_per_node: int
+    precision: str
+    flops: float
+    traffic: float
+    images: int
+
+
+def _step_seconds(t: _ThroughputTerms, cal: Calibration) -> tuple[float, float, float]:
+    """(compute, communication, step) seconds of one optimiser step."""
+    efficiency = cal.efficiency_bf16 if t.precision == "bf16" else cal.efficiency_fp32
+    compute = t.flops / (efficiency * _PEAK_TFLOPS[t.precision] * 1e12)
+    compute += t.traffic / (cal.hbm_gbs * 1e9)
+    comm = sum(_collective_cost(c, t.gcds_per_node, cal)[0] for c in t.collectives)
+    return compute, comm, max(compute, comm) + cal.exposed_fraction * min(compute, comm)
+
+
+def _collectives(
+    strategy: str,
+    p_total: int,
+    shape: _Shape,
+    world: int,
+    g: int,
+    gcds_per_node: int,
+    low: int,
+    red: int,
+) -> list[_Collective]:
+    units = shape.num_hidden_layers + shape.decoder_num_hidden_layers + 1
+    unit_bytes = p_total * low / units  # one block's parameters, all-gathered
+    grad_unit = p_total * red / units  # one block's gradients, reduced
+    collectives: list[_Collective] = []
+    if strategy == "DDP":
+        grad_bytes = 4 * p_total  # DDP reduces the fp32 .grad of fp32 parameters
+        buckets = max(1, math.ceil(grad_bytes / (25 * 2**20)))
+        collectives.append(
+            _Collective("allreduce", world, gcds_per_node, grad_bytes / buckets, buckets)
+        )
+    elif g == 1:
+        collectives.append(_Collective("allreduce", world, gcds_per_node, grad_unit, units))
+    else:
+        shard_per_node = min(g, gcds_per_node)
+        gathers = 1 if strategy == "SHARD_GRAD_OP" else 2
+        collectives.append(_Collective("ring", g, shard_per_node, unit_bytes, units * gathers))
+        collectives.append(_Collective("ring", g, shard_per_node, grad_unit, units))
+        replicas = world // g
+        if replicas > 1:
+            per_node = max(1, gcds_per_node // g) if g <= gcds_per_node else 1
+            collectives.append(_Collective("allreduce", replicas, per_node, grad_unit / g, units))
+    return collectives
+
+
 def _estimate(
     strategy: str,
     shape: _Shape,
@@ -462,6 +564,8 @@ def _estimate(
     precision: str,
     checkpointing: bool,
     cal: Calibration,
+    platform: str = "rocm",
+    reduce_precision: str | None = None,
 ) -> StrategyEstimate:
     world = num_nodes * gcds_per_node
     g = _shard_group(strategy, world)
@@ -480,6 +584,8 @@ def _estimate(
     p_total = counts["total"]
     block = max(counts["encoder_block"], counts["decoder_block"])
     low = _BYTES[precision]
+    # Gradient collectives: FSDP2's MixedPrecisionPolicy reduce_dtype (None = param dtype).
+    red = _BYTES[reduce_precision or precision]
     sharded = g > 1
 
     est.params_gb = 4 * p_total / g / _GIB
@@ -491,13 +597,18 @@ def _estimate(
     elif not sharded:
         buffers += (low * p_total) if low < 4 else 0.0  # low-precision copy of the weights
     else:
-        buffers += 2 * block * (low + low + 4)  # 2 blocks: params, grads, fp32 grads
+        # 2 blocks in flight: params, grads in the reduce dtype, fp32 grads
+        buffers += 2 * block * (low + red + 4)
         if strategy == "SHARD_GRAD_OP":
             buffers += low * p_total  # parameters stay unsharded from forward to backward
         if g > gcds_per_node:
             buffers += cal.queued_layers * block * 4
     est.comm_buffers_gb = buffers / _GIB
-    est.activations_gb = _activation_bytes(shape, local_batch, low, checkpointing) / _GIB
+    attn = _attention_terms(shape, local_batch, precision, platform, checkpointing)
+    est.attention_kernel = attn["kernel"]
+    est.activations_gb = (
+        _activation_bytes(shape, local_batch, low, checkpointing) + attn["bytes"]
+    ) / _GIB
     est.overhead_gb = cal.runtime_overhead_gib
     est.memory_gb_per_gcd = (
         est.params_gb
@@ -509,137 +620,76 @@ def _estimate(
     )
     est.fits = est.memory_gb_per_gcd <= gcd_memory_gb
 
-    # -- communication ---------------------------------------------------------------------
-    units = shape.num_hidden_layers + shape.decoder_num_hidden_layers + 1
-    unit_bytes = p_total * low / units
-    collectives: list[_Collective] = []
-    if strategy == "DDP":
-        grad_bytes = 4 * p_total  # DDP reduces the fp32 .grad of fp32 parameters
-        buckets = max(1, math.ceil(grad_bytes / (25 * 2**20)))
-        collectives.append(
-            _Collective("allreduce", world, gcds_per_node, grad_bytes / buckets, buckets)
-        )
-    elif not sharded:
-        collectives.append(_Collective("allreduce", world, gcds_per_node, unit_bytes, units))
-    else:
-        shard_per_node = min(g, gcds_per_node)
-        gathers = 1 if strategy == "SHARD_GRAD_OP" else 2
-        collectives.append(_Collective("ring", g, shard_per_node, unit_bytes, units * gathers))
-        collectives.append(_Collective("ring", g, shard_per_node, unit_bytes, units))
-        replicas = world // g
-        if replicas > 1:
-            per_node = max(1, gcds_per_node // g) if g <= gcds_per_node else 1
-            collectives.append(_Collective("allreduce", replicas, per_node, unit_bytes / g, units))
-    est.collectives_per_step = sum(c.calls for c in collectives if c.group > 1)
-    comm_s = intra = inter = 0.0
-    for c in collectives:
-        s, a, b = _collective_cost(c, gcds_per_node, cal)
-        comm_s, intra, inter = comm_s + s, intra + a, inter + b
+    # -- communication and time ------------------------------------------------------------
+    terms = _ThroughputTerms(
+        collectives=_collectives(strategy, p_total, shape, world, g, gcds_per_node, low, red),
+        gcds_per_node=gcds_per_node,
+        precision=precision,
+        flops=local_batch * (_flops_per_image(shape, checkpointing) + attn["flops"]),
+        traffic=attn["traffic"],
+        images=world * local_batch,
+    )
+    est.collectives_per_step = sum(c.calls for c in terms.collectives if c.group > 1)
+    intra = inter = 0.0
+    for c in terms.collectives:
+        _, a, b = _collective_cost(c, gcds_per_node, cal)
+        intra, inter = intra + a, inter + b
     est.comm_intra_node_gb = intra / 1e9
     est.comm_inter_node_gb = inter / 1e9
-    efficiency = cal.efficiency_bf16 if precision == "bf16" else cal.efficiency_fp32
-    flops = local_batch * _flops_per_image(shape, checkpointing)
-    est.compute_s = flops / (efficiency * _PEAK_TFLOPS[precision] * 1e12)
-    est.comm_s = comm_s
-    est.step_s = max(est.compute_s, comm_s) + cal.exposed_fraction * min(est.compute_s, comm_s)
-    est.images_per_s = world * local_batch / est.step_s
+    est.compute_s, est.comm_s, est.step_s = _step_seconds(terms, cal)
+    est.images_per_s = terms.images / est.step_s
     if not est.fits:
         est.note = f"needs {est.memory_gb_per_gcd:.1f} GB of {gcd_memory_gb:g} GB"
     return est
-
-
-# Preference among exact ties (identical estimates): the paper's winners first.
-_TIE_ORDER = (
-    "HYBRID_1",
-    "HYBRID_8",
-    "SHARD_GRAD_OP",
-    "NO_SHARD",
-    "DDP",
-    "HYBRID_2",
-    "HYBRID_4",
-    "HYBRID_16",
-    "FULL_SHARD",
-)
 
 
 def _all_estimates(shape: _Shape, num_nodes: int, **kw: Any) -> dict[str, StrategyEstimate]:
     return {name: _estimate(name, shape, num_nodes=num_nodes, **kw) for name in STRATEGIES}
 
 
-def _recommend(
-    estimates: dict[str, StrategyEstimate], at_scale: dict[str, StrategyEstimate]
-) -> tuple[str | None, str]:
-    """Best predicted throughput; near-ties resolved at scale, then by fewest collectives.
+def rank_strategies(estimates: dict[str, StrategyEstimate]) -> list[str]:
+    """Every applicable strategy that fits, best first, by the cost model alone.
 
-    The throughput model is good to ~20 %, so strategies within ``_TIE_FRACTION`` of each other
-    are not told apart by it. Among those the one that also stays within ``_TIE_FRACTION`` at
-    ``_REFERENCE_NODES`` nodes wins, and then the one with the fewest collective launches per
-    step (each is a synchronisation exposed to stragglers at scale: the paper's winners --
-    replicate, HYBRID_8, SHARD_GRAD_OP -- are the fewest-collective option of their regime), then
-    the one using the least memory.
+    Key: predicted images/s (higher first), then predicted memory per GCD (lower first), then the
+    name -- only exact ties in both reach the name, and no order taken from measured results.
     """
-    # Only strategies with a shipped config are recommended.
-    candidates = [
-        e
-        for e in estimates.values()
-        if e.applicable and e.fits and e.strategy in CONFIG_FOR_STRATEGY
-    ]
-    if not candidates:
-        return None, (
+    fitting = [e for e in estimates.values() if e.applicable and e.fits]
+    fitting.sort(key=lambda e: (-e.images_per_s, e.memory_gb_per_gcd, e.strategy))
+    return [e.strategy for e in fitting]
+
+
+def _recommend(estimates: dict[str, StrategyEstimate]) -> tuple[list[str], str]:
+    ranking = rank_strategies(estimates)
+    if not ranking:
+        return [], (
             "no strategy fits in GCD memory: enable activation checkpointing, lower the local "
             "batch or shard over more GCDs"
         )
-    best = max(e.images_per_s for e in candidates)
-    near = [e for e in candidates if e.images_per_s >= (1 - _TIE_FRACTION) * best]
-    close_here = list(near)
-    if len(near) > 1:
-        scale = {e.strategy: at_scale[e.strategy] for e in near}
-        usable = [e for e in near if scale[e.strategy].applicable and scale[e.strategy].fits]
-        if usable:
-            top = max(scale[e.strategy].images_per_s for e in usable)
-            near = [
-                e for e in usable if scale[e.strategy].images_per_s >= (1 - _TIE_FRACTION) * top
-            ]
-    choice = min(
-        near,
-        key=lambda e: (e.collectives_per_step, e.memory_gb_per_gcd, _TIE_ORDER.index(e.strategy)),
-    )
+    choice = estimates[ranking[0]]
     why = (
-        f"{choice.strategy} fits ({choice.memory_gb_per_gcd:.1f} of the GCD's GB) and is "
-        f"predicted at {choice.images_per_s:,.0f} img/s"
+        f"{choice.strategy} fits ({choice.memory_gb_per_gcd:.1f} of the GCD's GB) and has the "
+        f"highest predicted throughput, {choice.images_per_s:,.0f} img/s"
     )
-    others = [e.strategy for e in candidates if e is not choice]
-    ties = [e.strategy for e in near if e is not choice]
-    dropped = [e for e in close_here if e not in near]
-    if dropped:
+    close = [
+        estimates[n]
+        for n in ranking[1:]
+        if estimates[n].images_per_s >= (1 - _CLOSE_FRACTION) * choice.images_per_s
+    ]
+    if close:
         why += (
-            f"; {', '.join(e.strategy for e in dropped)} predict within {_TIE_FRACTION:.0%} here "
-            f"but fall behind at {_REFERENCE_NODES} nodes ("
-            + ", ".join(
-                f"{e.strategy} {at_scale[e.strategy].images_per_s:,.0f}" for e in [choice, *dropped]
-            )
-            + " img/s)"
+            f"; {', '.join(f'{e.strategy} ({e.images_per_s:,.0f})' for e in close)} predict "
+            f"within {_CLOSE_FRACTION:.0%}, closer than the model's out-of-sample error "
+            "(docs/frontier.md): measure both before a long run"
         )
-    if ties:
+    elif len(ranking) > 1:
+        runner = estimates[ranking[1]]
+        why += f", {choice.images_per_s / runner.images_per_s - 1:.0%} ahead of {runner.strategy}"
+    if choice.strategy not in CONFIG_FOR_STRATEGY:
         why += (
-            f"; {', '.join(ties)} predict within {_TIE_FRACTION:.0%} here and at "
-            f"{_REFERENCE_NODES} nodes, and {choice.strategy} needs the fewest collectives per "
-            f"step ({choice.collectives_per_step})"
+            f"; no shipped config for {choice.strategy}: write one with `geofm-plan ... "
+            f"--write-config FILE --strategy {choice.strategy}`"
         )
-    elif others and not dropped:
-        why += f", ahead of {', '.join(others)}"
-    if choice.strategy in ("HYBRID_1", "NO_SHARD", "DDP"):
-        why += "; the model fits on one GCD, so only gradients cross the network (one all-reduce)"
-    elif choice.strategy == "HYBRID_8":
-        why += (
-            "; sharding inside the node keeps the all-gathers on in-node links and only a 1/8 "
-            "gradient shard is all-reduced across nodes"
-        )
-    elif choice.strategy == "SHARD_GRAD_OP":
-        why += "; keeping parameters from forward to backward saves one all-gather per block"
-    elif choice.strategy == "FULL_SHARD":
-        why += "; only full sharding fits, and its all-gathers across nodes will limit scaling"
-    return choice.strategy, why + "."
+    return ranking, why + "."
 
 
 def plan(
@@ -653,15 +703,25 @@ def plan(
     activation_checkpointing: bool = False,
     image_size: int | None = None,
     calibration: Calibration | None = None,
+    platform: str = "rocm",
+    reduce_precision: str | None = None,
 ) -> Plan:
     """Estimates every strategy for a model on ``num_nodes`` x ``gcds_per_node`` GCDs.
 
     ``config_or_preset``: a preset name (``"vit-5b"``), a ``GeoViTMAEConfig`` or a dict of its
     fields. Nothing is allocated: 15B plans on a laptop. ``precision``: ``"bf16"`` (mixed
-    precision with fp32 master weights) or ``"fp32"``. Returns a :class:`Plan`.
+    precision with fp32 master weights) or ``"fp32"``. ``reduce_precision``: dtype of the gradient
+    reduce-scatter / all-reduce (FSDP2 ``MixedPrecisionPolicy.reduce_dtype``); ``None`` = the
+    param dtype, as FSDP2 does by default. ``platform``: ``"rocm"`` or ``"cuda"``, for the SDPA
+    kernel the head dims get (:func:`geofm_hf.planner.attention.sdpa_backend`). Returns a
+    :class:`Plan`.
     """
     if precision not in _BYTES:
         raise ValueError(f"precision must be one of {sorted(_BYTES)}: found {precision!r}.")
+    if reduce_precision is not None and reduce_precision not in _BYTES:
+        raise ValueError(
+            f"reduce_precision must be None or one of {sorted(_BYTES)}: found {reduce_precision!r}."
+        )
     for name, value in (
         ("num_nodes", num_nodes),
         ("gcds_per_node", gcds_per_node),
@@ -680,10 +740,12 @@ def plan(
         precision=precision,
         checkpointing=activation_checkpointing,
         cal=cal,
+        platform=platform,
+        reduce_precision=reduce_precision,
     )
     estimates = _all_estimates(shape, num_nodes, **kw)
-    at_scale = _all_estimates(shape, max(num_nodes, _REFERENCE_NODES), **kw)
-    strategy, why = _recommend(estimates, at_scale)
+    ranking, why = _recommend(estimates)
+    strategy = ranking[0] if ranking else None
     counts = _count(shape)
     return Plan(
         model=shape.name,
@@ -700,11 +762,19 @@ def plan(
         strategies=estimates,
         recommended_strategy=strategy,
         recommended=CONFIG_FOR_STRATEGY.get(strategy) if strategy else None,
+        ranking=ranking,
+        platform=platform,
+        reduce_precision=reduce_precision,
         why=why,
         assumptions=[
             "memory in GiB; fp32 master weights + AdamW; MAE decoder included",
             f"mask ratio {shape.mask_ratio}: encoder sees {shape.kept_tokens} tokens per image",
-            "fused attention (no tokens^2 scores stored)",
+            f"attention on {platform}: "
+            + next(iter(e.attention_kernel for e in estimates.values() if e.attention_kernel), "")
+            + " (flash/efficient/cudnn are fused: no tokens^2 scores stored)",
+            "gradient reduction in "
+            + (reduce_precision or precision)
+            + " (FSDP2 MixedPrecisionPolicy.reduce_dtype)",
             "throughput calibrated to Tsaris et al. 2024 (Frontier, MI250X, RCCL)",
         ],
     )
@@ -718,7 +788,8 @@ def plan(
 def _strategy_from_accelerate(cfg: dict[str, Any], path: str) -> str:
     dist = cfg.get("distributed_type")
     if dist == "MULTI_GPU":
-        return "HYBRID_1"
+        # fp32 DDP is the paper's DDP baseline; DDP under bf16 autocast is "replicate".
+        return "HYBRID_1" if cfg.get("mixed_precision") == "bf16" else "DDP"
     if dist != "FSDP":
         raise ValueError(f"{path}: expected distributed_type FSDP or MULTI_GPU, found {dist!r}.")
     fsdp = cfg.get("fsdp_config") or {}
@@ -773,164 +844,80 @@ def plan_from_accelerate_config(
     return strategy, result
 
 
-# --------------------------------------------------------------------------------------------
-# The paper's figures (PAPER.md): what the planner is calibrated and tested against
-# --------------------------------------------------------------------------------------------
+def write_accelerate_config(
+    strategy: str,
+    path: str | Path,
+    *,
+    num_nodes: int = 1,
+    gcds_per_node: int = 8,
+    precision: str = "bf16",
+    activation_checkpointing: bool = True,
+) -> Path:
+    """Write an accelerate yaml that launches ``strategy`` (any of :data:`STRATEGIES`).
 
-# (preset, strategy, nodes) -> peak memory per GCD in GiB, local batch 32.
-PAPER_PEAK_MEMORY_GB: dict[tuple[str, str, int], float] = {
-    ("vit-base", "DDP", 1): 2.5,
-    ("vit-huge", "DDP", 1): 13.3,
-    ("vit-1b", "DDP", 1): 18.7,
-    ("vit-3b", "DDP", 1): 59.8,
-    ("vit-base", "HYBRID_2", 1): 1.4,
-    ("vit-huge", "HYBRID_2", 1): 6.0,
-    ("vit-1b", "HYBRID_2", 1): 8.4,
-    ("vit-3b", "HYBRID_2", 1): 26.3,
-    ("vit-5b", "HYBRID_2", 1): 43.6,
-    ("vit-5b", "HYBRID_4", 1): 23.5,
-    ("vit-5b", "HYBRID_8", 1): 13.4,
-    ("vit-5b", "HYBRID_16", 2): 8.4,
-    ("vit-15b", "HYBRID_4", 1): 61.7,
-    ("vit-15b", "HYBRID_8", 1): 34.9,
-    ("vit-15b", "HYBRID_16", 2): 21.2,
-    ("vit-3b", "FULL_SHARD", 1): 9.0,
-    ("vit-3b", "FULL_SHARD", 128): 4.1,
-    ("vit-15b", "FULL_SHARD", 1): 34.9,
-    ("vit-15b", "FULL_SHARD", 128): 9.8,
-    ("vit-15b", "SHARD_GRAD_OP", 1): 57.1,
-    ("vit-15b", "SHARD_GRAD_OP", 128): 35.8,
-}
+    FSDP2 through accelerate's parallelism config: HYBRID_g is ``dp_shard_size=g`` x
+    ``dp_replicate_size=world/g``; FULL_SHARD / SHARD_GRAD_OP shard over the whole job with
+    ``reshard_after_forward`` true / false. HYBRID_1 and NO_SHARD (a shard group of one, which
+    accelerate's FSDP2 refuses) are DDP under bf16 autocast -- the same per-GCD state; DDP is the
+    paper's fp32 baseline. :func:`plan_from_accelerate_config` reads the file back to the same
+    strategy (NO_SHARD reads back as HYBRID_1). Refuses to overwrite an existing file.
+    """
+    import yaml
 
-# (preset, strategy) -> ((nodes, img/s), (nodes, img/s)): the first and last point of each row.
-PAPER_IMAGES_PER_S: dict[tuple[str, str], tuple[tuple[int, float], tuple[int, float]]] = {
-    ("vit-base", "DDP"): ((1, 853), (128, 98_681)),
-    ("vit-base", "NO_SHARD"): ((1, 1_207), (128, 138_954)),
-    ("vit-base", "HYBRID_1"): ((1, 1_203), (128, 158_667)),
-    ("vit-base", "HYBRID_2"): ((1, 1_152), (128, 136_589)),
-    ("vit-base", "FULL_SHARD"): ((1, 1_205), (128, 11_336)),
-    ("vit-huge", "DDP"): ((1, 120), (128, 14_879)),
-    ("vit-huge", "NO_SHARD"): ((1, 239), (128, 28_279)),
-    ("vit-huge", "HYBRID_1"): ((1, 244), (128, 31_141)),
-    ("vit-huge", "HYBRID_2"): ((1, 236), (128, 27_164)),
-    ("vit-huge", "FULL_SHARD"): ((1, 245), (128, 10_265)),
-    ("vit-1b", "DDP"): ((1, 89), (128, 10_773)),
-    ("vit-1b", "NO_SHARD"): ((1, 187), (128, 21_603)),
-    ("vit-1b", "HYBRID_1"): ((1, 189), (128, 24_749)),
-    ("vit-1b", "HYBRID_2"): ((1, 188), (128, 20_453)),
-    ("vit-1b", "FULL_SHARD"): ((1, 197), (128, 4_099)),
-    ("vit-3b", "DDP"): ((1, 29), (128, 3_639)),
-    ("vit-3b", "NO_SHARD"): ((1, 76), (128, 8_457)),
-    ("vit-3b", "HYBRID_1"): ((1, 79), (128, 10_274)),
-    ("vit-3b", "HYBRID_2"): ((1, 79), (128, 7_449)),
-    ("vit-3b", "FULL_SHARD"): ((1, 83), (128, 3_708)),
-    ("vit-5b", "HYBRID_2"): ((1, 47), (128, 4_420)),
-    ("vit-5b", "HYBRID_4"): ((1, 47), (128, 3_282)),
-    ("vit-5b", "HYBRID_8"): ((1, 48), (128, 5_565)),
-    ("vit-5b", "HYBRID_16"): ((2, 88), (128, 5_277)),
-    ("vit-5b", "FULL_SHARD"): ((1, 50), (128, 2_262)),
-    ("vit-5b", "SHARD_GRAD_OP"): ((1, 49), (128, 4_207)),
-    ("vit-15b", "HYBRID_4"): ((1, 15), (128, 1_649)),
-    ("vit-15b", "HYBRID_8"): ((1, 16), (128, 1_878)),
-    ("vit-15b", "HYBRID_16"): ((2, 31), (128, 1_789)),
-    ("vit-15b", "FULL_SHARD"): ((1, 18), (128, 1_754)),
-    ("vit-15b", "SHARD_GRAD_OP"): ((1, 18), (128, 2_196)),
-}
-
-# The paper's best strategy per size (its conclusions), for 1 and 128 nodes.
-PAPER_BEST_STRATEGY: dict[str, str] = {
-    "vit-base": "HYBRID_1",
-    "vit-huge": "HYBRID_1",
-    "vit-1b": "HYBRID_1",
-    "vit-3b": "HYBRID_1",
-    "vit-5b": "HYBRID_8",
-    "vit-15b": "SHARD_GRAD_OP",
-}
-
-# How the paper's runs are reproduced: block-level activation checkpointing (see the module
-# docstring), bf16 mixed precision except for its fp32 DDP baseline.
-PAPER_SETTINGS: dict[str, Any] = {"local_batch": 32, "activation_checkpointing": True}
-
-
-def paper_precision(strategy: str) -> str:
-    """Precision the paper's run of ``strategy`` is modelled with (DDP ran in fp32)."""
-    return "fp32" if strategy == "DDP" else "bf16"
-
-
-def predict_paper_point(
-    preset: str, strategy: str, num_nodes: int, calibration: Calibration | None = None
-) -> StrategyEstimate:
-    """The planner's estimate for one of the paper's measured configurations."""
-    result = plan(
-        preset,
-        num_nodes=num_nodes,
-        precision=paper_precision(strategy),
-        calibration=calibration,
-        **PAPER_SETTINGS,
-    )
-    return result.strategies[strategy]
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="geofm-plan",
-        description="Predict memory per GCD and images/s for every FSDP strategy on Frontier "
-        "and recommend an accelerate config.",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", help="a preset name, e.g. vit-5b")
-    source.add_argument("--config-json", help="path to a GeoViTMAEConfig config.json")
-    parser.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
-    parser.add_argument("--gcds-per-node", type=int, default=8)
-    parser.add_argument("--gcd-memory-gb", type=float, default=64.0)
-    parser.add_argument("--local-batch", type=int, default=32)
-    parser.add_argument("--precision", choices=sorted(_BYTES), default="bf16")
-    parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument("--activation-checkpointing", action="store_true")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Console script ``geofm-plan``."""
-    args = _build_parser().parse_args(argv)
-    if args.config_json:
-        path = Path(args.config_json)
-        try:
-            source: Any = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            print(f"geofm-plan: config file not found: {path}", file=sys.stderr)
-            return 2
-        except json.JSONDecodeError as exc:
-            print(f"geofm-plan: {path} is not valid JSON: {exc}", file=sys.stderr)
-            return 2
-    else:
-        source = args.preset
-    try:
-        result = plan(
-            source,
-            num_nodes=args.nodes,
-            gcds_per_node=args.gcds_per_node,
-            gcd_memory_gb=args.gcd_memory_gb,
-            local_batch=args.local_batch,
-            precision=args.precision,
-            activation_checkpointing=args.activation_checkpointing,
-            image_size=args.image_size,
+    if strategy not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}.")
+    if precision not in _BYTES:
+        raise ValueError(f"precision must be one of {sorted(_BYTES)}: found {precision!r}.")
+    world = num_nodes * gcds_per_node
+    g = _shard_group(strategy, world)
+    if strategy.startswith("HYBRID_") and (g > world or (g > gcds_per_node and g % gcds_per_node)):
+        raise ValueError(
+            f"{strategy} needs a shard group of {g} GCDs that tiles {num_nodes} node(s) x "
+            f"{gcds_per_node} GCDs: use more nodes or a smaller group."
         )
-    except ValueError as exc:
-        print(f"geofm-plan: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists: choose a new file name (nothing was written).")
+    cfg: dict[str, Any] = {
+        "compute_environment": "LOCAL_MACHINE",
+        "mixed_precision": "no" if strategy == "DDP" else precision.replace("fp32", "no"),
+        "downcast_bf16": "no",
+        "num_machines": num_nodes,
+        "num_processes": world,
+        "machine_rank": 0,
+        "rdzv_backend": "static",
+        "same_network": True,
+        "main_training_function": "main",
+        "use_cpu": False,
+        "gpu_ids": "all",
+        "enable_cpu_affinity": False,
+    }
+    if g == 1:
+        cfg["distributed_type"] = "MULTI_GPU"
     else:
-        print(result.format_table())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        hybrid = strategy.startswith("HYBRID_")
+        cfg["distributed_type"] = "FSDP"
+        cfg["fsdp_config"] = {
+            "fsdp_version": 2,
+            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "fsdp_reshard_after_forward": strategy != "SHARD_GRAD_OP",
+            "fsdp_activation_checkpointing": activation_checkpointing,
+            "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+            "fsdp_offload_params": False,
+            "fsdp_cpu_ram_efficient_loading": True,
+            "fsdp_sync_module_states": True,
+        }
+        cfg["parallelism_config"] = {
+            "parallelism_config_dp_replicate_size": world // g if hybrid else 1,
+            "parallelism_config_dp_shard_size": g,
+            "parallelism_config_tp_size": 1,
+            "parallelism_config_cp_size": 1,
+        }
+    header = (
+        f"# {strategy} on {num_nodes} node(s) x {gcds_per_node} GCDs, written by geofm-plan "
+        "--write-config.\n# See accelerate_configs/frontier_*.yaml for what each key does.\n"
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(header + yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,136 @@
+"""Peak resident memory per rank of a from-scratch pretraining run, from start to export.
+
+    python benchmarks/bench_memory.py                      # vit-huge, needs ~16 GB free RAM
+    python benchmarks/bench_memory.py --preset tiny        # seconds: checks the script itself
+
+Runs the unchanged recipe twice, one after the other (never both at once), on the bundled
+Sentinel-2 sample at a small crop and batch 1:
+
+1. sharded: 2 CPU processes under FSDP2 (``tests/configs/cpu_fsdp.yaml`` through the
+   ``geofm_hf.training.cpu_fsdp`` launcher), the model built on ``meta`` and materialised per shard;
+2. unsharded: one process, no distribution (the baseline).
+
+Each run trains ``--steps`` steps, writes its checkpoint and streams its export. The peak of each
+process is its kernel high-water mark (``VmHWM`` in ``/proc/PID/status``), read until it exits.
+Both are printed against one full fp32 training state (weights + gradients + two AdamW moments =
+16 bytes per parameter); the goal of issue 16 is a sharded peak below 60 % of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _vm_hwm_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return None
+
+
+def _run_and_watch(cmd: list[str], is_rank, log: Path) -> dict[int, int]:
+    """Run ``cmd``; return {pid: peak RSS bytes} for the processes ``is_rank`` picks."""
+    peaks: dict[int, int] = {}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        root = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                family = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            for p in family:
+                try:
+                    if not is_rank(p.cmdline()):
+                        continue
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                hwm = _vm_hwm_bytes(p.pid)
+                if hwm is not None:
+                    peaks[p.pid] = max(peaks.get(p.pid, 0), hwm)
+            time.sleep(0.05)
+    if proc.returncode != 0:
+        raise SystemExit(f"run failed ({proc.returncode}); see {log}:\n{log.read_text()[-3000:]}")
+    return peaks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="vit-huge")
+    parser.add_argument("--image_size", type=int, default=56, help="crop (patch-aligned)")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--workdir", default=None)
+    opts = parser.parse_args()
+
+    import torch
+
+    from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining
+
+    with torch.device("meta"):
+        model = GeoViTMAEForPreTraining(
+            GeoViTMAEConfig.from_preset(opts.preset, num_channels=13, image_size=opts.image_size)
+        )
+    params = sum(p.numel() for p in model.parameters())
+    full_state = 16 * params
+
+    work = Path(opts.workdir or tempfile.mkdtemp(prefix="bench_memory_"))
+    work.mkdir(parents=True, exist_ok=True)
+    recipe_args = [
+        "--preset", opts.preset, "--image_size", str(opts.image_size),
+        "--max_steps", str(opts.steps), "--save_steps", str(opts.steps), "--warmup_steps", "1",
+        "--per_device_train_batch_size", "1", "--logging_steps", "1", "--report_to", "none",
+        "--bf16", "false", "--plot_reconstructions", "false",
+    ]  # fmt: skip
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    sharded_cmd = [
+        *launch, "--config_file", str(ROOT / "tests" / "configs" / "cpu_fsdp.yaml"),
+        "-m", "geofm_hf.training.cpu_fsdp", str(ROOT / "recipes" / "pretrain.py"),
+        *recipe_args, "--output_dir", str(work / "sharded"),
+    ]  # fmt: skip
+    single_cmd = [
+        sys.executable, str(ROOT / "recipes" / "pretrain.py"),
+        *recipe_args, "--output_dir", str(work / "single"),
+    ]  # fmt: skip
+
+    def worker(cmdline):
+        return any("pretrain.py" in part for part in cmdline) and not any(
+            "accelerate.commands.launch" in part for part in cmdline
+        )
+
+    print(f"{opts.preset}: {params / 1e6:.1f}M parameters, full fp32 training state "
+          f"(weights + grads + AdamW) {full_state / 2**30:.2f} GiB; logs in {work}")  # fmt: skip
+    sharded = _run_and_watch(sharded_cmd, worker, work / "sharded.log")
+    single = _run_and_watch(single_cmd, worker, work / "single.log")
+    if len(sharded) != 2 or len(single) != 1:
+        raise SystemExit(f"expected 2 sharded ranks and 1 single process: {sharded} {single}")
+
+    gib = 2**30
+    print(f"{'case':<34}{'peak RSS per rank':>20}{'of full state':>15}")
+    for i, peak in enumerate(sorted(sharded.values())):
+        print(f"{f'FSDP2, 2 CPU ranks (rank peak {i})':<34}{peak / gib:>16.2f} GiB"
+              f"{peak / full_state:>15.0%}")  # fmt: skip
+    (peak_single,) = single.values()
+    print(f"{'unsharded, 1 process (baseline)':<34}{peak_single / gib:>16.2f} GiB"
+          f"{peak_single / full_state:>15.0%}")  # fmt: skip
+    worst = max(sharded.values())
+    print(f"sharded / unsharded peak: {worst / peak_single:.2f}; goal < 60% of full state: "
+          f"{'met' if worst < 0.6 * full_state else 'NOT met'} ({worst / full_state:.0%})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

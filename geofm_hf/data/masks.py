@@ -1,0 +1,137 @@
+"""Per-pixel class masks for segmentation shards: a class raster or rasterised polygons.
+
+A :class:`MaskSource` is opened once per scene on the scene's target grid and read one strip at
+a time alongside the imagery, so masks never need the whole scene in memory. Pixels without a
+class (outside every polygon, the raster's nodata, outside the label raster) hold
+:data:`IGNORE_INDEX`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from affine import Affine
+
+__all__ = ["IGNORE_INDEX", "MaskSource"]
+
+IGNORE_INDEX = 255
+
+
+class MaskSource:
+    """Class masks from ``raster`` (values are class indices, reprojected nearest-neighbour) or
+    from ``vector`` polygons whose ``field`` names the class (sorted distinct values = classes)."""
+
+    def __init__(self, raster: str | os.PathLike | None = None,
+                 vector: str | os.PathLike | None = None, field: str | None = None,
+                 label_names: list[str] | None = None) -> None:  # fmt: skip
+        if (raster is None) == (vector is None):
+            raise ValueError("give exactly one of a label raster (--labels) or a label vector "
+                             "file (--labels-vector)")  # fmt: skip
+        self.raster = str(raster) if raster is not None else None
+        self.vector = str(vector) if vector is not None else None
+        self.max_class = -1
+        if self.vector is not None:
+            if not field:
+                raise ValueError("--labels-vector needs --label-field (the attribute naming the "
+                                 "class of each polygon)")  # fmt: skip
+            import pyogrio
+
+            if not os.path.exists(self.vector):
+                raise FileNotFoundError(f"label vector file {self.vector} does not exist")
+            meta, _, geometry, values = pyogrio.raw.read(self.vector, columns=[field])
+            if field not in list(meta["fields"]):
+                raise ValueError(f"{self.vector} has no field {field!r}: found "
+                                 f"{list(meta['fields'])}")  # fmt: skip
+            classes = [str(v) for v in values[0]]
+            self.label_names = list(label_names) if label_names else sorted(set(classes))
+            unknown = sorted(set(classes) - set(self.label_names))
+            if unknown:
+                raise ValueError(f"{self.vector}: classes {unknown} are not in label_names")
+            if len(self.label_names) >= IGNORE_INDEX:
+                raise ValueError(f"at most {IGNORE_INDEX} classes: found {len(self.label_names)}")
+            import shapely
+
+            self._crs = meta["crs"]
+            self._shapes = [
+                (shapely.from_wkb(g).__geo_interface__, self.label_names.index(c))
+                for g, c in zip(geometry, classes)
+                if g is not None
+            ]
+        else:
+            if not os.path.exists(self.raster):
+                raise FileNotFoundError(f"label raster {self.raster} does not exist")
+            self.label_names = list(label_names) if label_names else None
+
+    def open_scene(self, crs, transform: Affine, width: int, height: int) -> _SceneMask:
+        return _SceneMask(self, crs, transform, width, height)
+
+    def names(self) -> list[str]:
+        """Class names: given, from the vector field, or ``"0" .. str(max class seen)``."""
+        if self.label_names is not None:
+            return self.label_names
+        return [str(i) for i in range(self.max_class + 1)]
+
+
+class _SceneMask:
+    def __init__(self, source: MaskSource, crs, transform, width, height):
+        self.source, self.transform, self.width = source, transform, width
+        self._vrt = self._src = None
+        self._shapes: list[tuple[Any, int]] = []
+        if source.raster is not None:
+            import rasterio
+            from rasterio.enums import Resampling
+            from rasterio.vrt import WarpedVRT
+
+            self._src = rasterio.open(source.raster)
+            if self._src.crs is None:
+                self._src.close()
+                raise ValueError(f"label raster {source.raster} has no CRS; expected a "
+                                 "georeferenced class raster")  # fmt: skip
+            nodata = self._src.nodata
+            self._vrt = WarpedVRT(self._src, crs=crs, transform=transform, width=width,
+                                  height=height, resampling=Resampling.nearest,
+                                  nodata=IGNORE_INDEX if nodata is None else nodata)  # fmt: skip
+            self._nodata = IGNORE_INDEX if nodata is None else nodata
+        else:
+            from rasterio.crs import CRS
+            from rasterio.warp import transform_geom
+
+            src_crs = CRS.from_user_input(source._crs) if source._crs else crs
+            if src_crs != crs:
+                self._shapes = [(transform_geom(src_crs, crs, g), v) for g, v in source._shapes]
+            else:
+                self._shapes = source._shapes
+
+    def read_strip(self, row0: int, rows: int) -> np.ndarray:
+        """Class indices ``(rows, width)`` uint8, :data:`IGNORE_INDEX` where unlabelled."""
+        if self._vrt is not None:
+            from rasterio.windows import Window
+
+            data = self._vrt.read(1, window=Window(0, row0, self.width, rows))
+            out = np.full(data.shape, IGNORE_INDEX, dtype=np.uint8)
+            valid = data != self._nodata
+            values = data[valid]
+            if values.size and (values.min() < 0 or values.max() >= IGNORE_INDEX):
+                raise ValueError(
+                    f"label raster {self.source.raster}: class values must be 0..{IGNORE_INDEX - 1}"
+                    f" (nodata marks unlabelled pixels): found {values.min()}..{values.max()}"
+                )
+            out[valid] = values
+            if values.size:
+                self.source.max_class = max(self.source.max_class, int(values.max()))
+            return out
+        from rasterio import features
+
+        if not self._shapes:
+            return np.full((rows, self.width), IGNORE_INDEX, dtype=np.uint8)
+        return features.rasterize(
+            self._shapes, out_shape=(rows, self.width), fill=IGNORE_INDEX, dtype="uint8",
+            transform=self.transform @ Affine.translation(0, row0),
+        )  # fmt: skip
+
+    def close(self) -> None:
+        for handle in (self._vrt, self._src):
+            if handle is not None:
+                handle.close()

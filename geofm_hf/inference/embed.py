@@ -1,0 +1,614 @@
+"""``geofm-embed``: an embedding per window of whole scenes, as GeoParquet or a COG.
+
+Pipeline: scenes (rasters, or a shard dataset) -> windows of the model's input size every
+``stride`` px, read a strip at a time -> batches through the image processor and the encoder
+(bf16 autocast where the hardware multiplies bf16 natively) -> parts of <= ``part_rows`` windows
+written atomically to ``OUT.partial/`` -> assembled into ``OUT`` when every scene is done.
+The parts are what ``--resume`` keeps: a killed run restarts at the first window not yet in a
+part. A scene that fails is dropped whole, recorded, and (``on_error="skip"``) the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from affine import Affine
+
+from ..data.format import BadInputError
+from .geoparquet import BBOX_TYPE, bbox_polygons_wkb, geo_metadata
+from .scenes import LoadedModel, iter_windows, load_model, open_grid, open_scenes
+
+__all__ = ["EmbedSummary", "embed", "embedding_transform", "main"]
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("cls", "mean", "patch")
+FORMATS = ("parquet", "cog")
+_MANIFEST = "manifest.json"
+
+
+@dataclass
+class EmbedSummary:
+    """What an :func:`embed` run produced."""
+
+    output: list[str]
+    num_windows: int
+    num_windows_resumed: int
+    skipped: dict[str, Any]
+    empty_windows: int
+    seconds: float
+    dim: int
+    bf16: bool
+    preview: str | None = None
+    per_scene: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def windows_per_s(self) -> float:
+        return (self.num_windows - self.num_windows_resumed) / max(self.seconds, 1e-9)
+
+
+def embedding_transform(transform: Affine, window: int, stride: int, pooling: str,
+                        patch: int) -> Affine:  # fmt: skip
+    """Geotransform of the embedding raster of a scene with pixel transform ``transform``.
+
+    cls/mean: one pixel per window, ``stride`` scene pixels wide, centred on its window (with
+    ``stride == window`` the pixel is exactly the window). patch: one pixel per patch.
+    """
+    if pooling == "patch":
+        return transform @ Affine.scale(patch)
+    offset = (window - stride) / 2
+    return transform @ Affine.translation(offset, offset) @ Affine.scale(stride)
+
+
+def _use_bf16(dtype: str, device: torch.device) -> bool:
+    if dtype == "float32":
+        return False
+    if dtype == "bfloat16":
+        return True
+    if dtype != "auto":
+        raise ValueError(f"dtype must be auto, bfloat16 or float32: found {dtype!r}.")
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    from ..training.reporting import cpu_has_fast_bf16
+
+    return cpu_has_fast_bf16()
+
+
+class _Encoder:
+    """Processor + encoder on batches of NaN-marked windows -> float32 embeddings."""
+
+    def __init__(self, loaded: LoadedModel, pooling: str, device: torch.device, bf16: bool):
+        self.loaded = loaded
+        self.pooling = pooling
+        self.device = device
+        self.bf16 = bf16
+        self.model = loaded.model.to(device)
+        self.grid = loaded.image_size // loaded.patch_size
+
+    @torch.no_grad()
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """``(B, C, S, S)`` raw values (NaN = missing) -> ``(B, D)`` or ``(B, D, g, g)``."""
+        batch = self.loaded.processor(pixels, return_tensors="pt")["pixel_values"]
+        batch = batch.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            hidden = self.model(batch).last_hidden_state  # (B, 1 + L, D)
+        hidden = hidden.float()
+        if self.pooling == "cls":
+            out = hidden[:, 0]
+        elif self.pooling == "mean":
+            out = hidden[:, 1:].mean(dim=1)
+        else:
+            g = self.grid
+            out = hidden[:, 1:].transpose(1, 2).reshape(hidden.shape[0], -1, g, g)
+        return out.cpu().numpy()
+
+
+def _part_schema(dim: int) -> pa.Schema:
+    return pa.schema([
+        ("source", pa.string()), ("row", pa.int32()), ("col", pa.int32()),
+        ("datetime", pa.string()), ("valid_fraction", pa.float32()),
+        ("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()),
+        ("ymax", pa.float64()), ("embedding", pa.list_(pa.float32(), dim)),
+    ])  # fmt: skip
+
+
+def _write_atomic(table: pa.Table, path: Path, **kwargs) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, **kwargs)
+    os.replace(tmp, path)
+
+
+def _window_sources(inputs, band_files) -> tuple[str, list[Any]]:
+    """``("rasters", scenes)`` or ``("shards", [dataset path or id])``."""
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    from ..data.format import DATASET_INFO_FILE
+
+    if len(items) == 1 and not band_files:
+        text = str(items[0])
+        if Path(text).is_dir() and (Path(text) / DATASET_INFO_FILE).exists():
+            return "shards", [Path(text)]
+        if not Path(text).exists() and text.count("/") == 1 and not any(c in text for c in "*?["):
+            return "shards", [text]  # a Hub dataset repo id
+    return "rasters", open_scenes(items, band_files)
+
+
+def _iter_shard_chips(source, revision, window: int) -> Iterator[tuple[str, dict, np.ndarray]]:
+    """Chips of a geofm shard dataset (every split) as ``(split, meta, pixels)``."""
+    from ..data import decode_batch, read_dataset_info
+
+    info = read_dataset_info(source, revision=revision)
+    if info.chip_size != window:
+        raise ValueError(
+            f"{source}: chips are {info.chip_size} px, the model takes {window} px windows; "
+            "expected shards cut at the model's image_size (geofm-make-shards --chip-size)."
+        )
+    for split, shards in info.shards.items():
+        for shard in shards:
+            if isinstance(source, Path):
+                file = source / shard["file"]
+            else:
+                from huggingface_hub import hf_hub_download
+
+                file = hf_hub_download(str(source), shard["file"], repo_type="dataset",
+                                       revision=revision)  # fmt: skip
+            table = pq.read_table(file)
+            images = decode_batch(table)
+            cols = table.select(["source", "chip_id", "bounds", "crs", "datetime", "band_names"])
+            for i, meta in enumerate(cols.to_pylist()):
+                yield split, meta, images[i]
+
+
+def embed(
+    model: str | os.PathLike,
+    inputs,
+    output: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    dataset_revision: str | None = None,
+    stride: int | None = None,
+    pooling: str = "cls",
+    format: str = "parquet",
+    pca: int | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    dtype: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    on_error: str = "raise",
+    max_error_fraction: float = 0.05,
+    band_files=None,
+    part_rows: int = 4096,
+    progress: bool = True,
+    preview: bool = True,
+) -> EmbedSummary:
+    """Embed every window of ``inputs`` with ``model`` and write ``output``.
+
+    Args:
+        model: local export folder or Hub model repo id; ``revision`` pins the Hub commit.
+        inputs: raster files / folders / globs (per-band files are grouped by scene as
+            ``geofm-make-shards`` groups them; ``band_files`` maps bands explicitly), or one
+            shard dataset made by ``geofm-make-shards`` (folder or Hub dataset id, at
+            ``dataset_revision``; its chips are the windows).
+        output: ``OUT.parquet`` (GeoParquet 1.1) or, with ``format="cog"``, ``OUT.tif``.
+        stride: step between windows in pixels (default: the window size; smaller overlaps).
+        pooling: ``cls`` token, ``mean`` of patch tokens, or ``patch`` (one embedding per patch:
+            a dense raster at patch resolution; in Parquet one row per patch).
+        pca: with ``format="cog"``, keep the first ``pca`` principal components (fit exactly on
+            every embedding written) instead of every dimension.
+        resume: continue an interrupted run from ``OUT.partial/`` (same model and settings).
+        on_error: ``raise`` at the first bad scene, or ``skip`` it (counted in the summary) and
+            stop only past ``max_error_fraction`` of the scenes.
+    """
+    from ..data.writer import _ErrorPolicy
+
+    start = time.perf_counter()
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}: found {pooling!r}.")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}: found {format!r}.")
+    if pca is not None and format != "cog":
+        raise ValueError("--pca applies to --format cog (a component raster); found parquet.")
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it.")
+    loaded = load_model(model, revision)
+    window = loaded.image_size
+    stride = stride or window
+    if stride <= 0:
+        raise ValueError(f"stride must be positive: found {stride}.")
+    if pooling == "patch" and stride % loaded.patch_size:
+        raise ValueError(
+            f"pooling='patch' needs a stride that is a multiple of the patch size "
+            f"{loaded.patch_size} (patches must line up across windows): found {stride}."
+        )
+    kind, sources = _window_sources(inputs, band_files)
+    if kind == "shards" and format == "cog":
+        raise ValueError(
+            "format='cog' needs raster scenes (one regular grid per scene); a shard dataset "
+            "holds separate chips: use format='parquet' for it."
+        )
+    torch_device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    )
+    bf16 = _use_bf16(dtype, torch_device)
+    encoder = _Encoder(loaded, pooling, torch_device, bf16)
+    dim = loaded.model.config.hidden_size
+    g = window // loaded.patch_size
+    part_dim = dim * g * g if pooling == "patch" else dim
+
+    staging = output.with_name(output.name + ".partial")
+    scene_keys = [s.source for s in sources] if kind == "rasters" else [str(sources[0])]
+    manifest = {
+        "model_id": loaded.model_id, "model_revision": loaded.revision, "window": window,
+        "stride": stride, "pooling": pooling, "dim": dim, "scenes": scene_keys,
+        "format": format, "pca": pca,
+    }  # fmt: skip
+    if staging.exists() and resume:
+        found = json.loads((staging / _MANIFEST).read_text())
+        if found != manifest:
+            diff = {k: (found.get(k), v) for k, v in manifest.items() if found.get(k) != v}
+            raise ValueError(
+                f"--resume: {staging} was written with other settings (found, now): {diff}. "
+                "Rerun with the original settings, or without --resume to start again."
+            )
+    else:
+        if staging.exists():
+            logger.warning("%s holds an unfinished run; starting again (pass --resume to "
+                           "continue it)", staging)  # fmt: skip
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        (staging / _MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc="embed", unit="win", disable=not progress, total=0)
+    policy = _ErrorPolicy(on_error, max_error_fraction, len(scene_keys))
+    schema = _part_schema(part_dim)
+    done_total = resumed = empty = 0
+    crs_ref = None
+    per_scene: dict[str, int] = {}
+
+    def run_batches(items, scene_idx: int, first_part: int) -> tuple[int, int]:
+        """Embed ``(meta, bounds, pixels)`` items in batches; write parts; returns
+        (windows, empty windows)."""
+        buf_meta, buf_pix, rows = [], [], []
+        part, written, n_empty = first_part, 0, 0
+
+        def flush_batch():
+            emb = encoder(np.stack(buf_pix))
+            for meta, vec in zip(buf_meta, emb):
+                rows.append((*meta, vec.reshape(-1)))
+            buf_meta.clear()
+            buf_pix.clear()
+
+        def flush_part():
+            nonlocal part
+            if not rows:
+                return
+            cols = list(zip(*rows))
+            arrays = [pa.array(c, type=t) for c, t in zip(cols[:-1], schema.types[:-1])]
+            flat = np.stack(cols[-1]).astype(np.float32).reshape(-1)
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), part_dim))
+            _write_atomic(pa.Table.from_arrays(arrays, schema=schema),
+                          staging / f"s{scene_idx:05d}-{part:06d}.parquet")  # fmt: skip
+            part += 1
+            rows.clear()
+
+        for meta, bounds, pixels in items:
+            valid = float(np.isfinite(pixels).all(axis=0).mean())
+            if valid == 0.0:
+                n_empty += 1
+                continue
+            buf_meta.append((*meta, valid, *bounds))
+            buf_pix.append(pixels)
+            written += 1
+            bar.update(1)
+            if len(buf_pix) == batch_size:
+                flush_batch()
+                if len(rows) >= part_rows:
+                    flush_part()
+        if buf_pix:
+            flush_batch()
+        flush_part()
+        return written, n_empty
+
+    grids: dict[int, dict[str, Any]] = {}
+    for idx, key in enumerate(scene_keys):
+        done = _done_windows(staging, idx)
+        resumed += len(done)
+        first_part = len(list(staging.glob(f"s{idx:05d}-*.parquet")))
+        grid = None
+        try:
+            if kind == "rasters":
+                grid = open_grid(sources[idx], loaded.band_names)
+                if crs_ref is None:
+                    crs_ref = grid.crs
+                elif grid.crs != crs_ref and format == "parquet":
+                    raise BadInputError(
+                        "crs_mismatch",
+                        f"{grid.source} is in {grid.crs}, earlier scenes in {crs_ref}; one "
+                        "GeoParquet file has one CRS: embed scenes of each CRS separately.",
+                    )
+                grids[idx] = {"crs": grid.crs.to_wkt(), "transform": list(grid.transform)[:6],
+                              "width": grid.width, "height": grid.height,
+                              "source": grid.source, "scene_id": grid.scene.scene_id}  # fmt: skip
+                (staging / f"s{idx:05d}.grid.json").write_text(json.dumps(grids[idx]))
+                t = grid.transform
+
+                def bounds(r, c, t=t):
+                    x0, y0 = t @ (c, r)
+                    x1, y1 = t @ (c + window, r + window)
+                    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+                src = grid.source
+                skip = {(r, c) for s_, r, c in done if s_ == src}
+                items = (
+                    ((src, r, c, grid.datetime), bounds(r, c), pix)
+                    for r, c, pix in iter_windows(grid, window, stride, skip)
+                )
+                n, n_empty = run_batches(items, idx, first_part)
+            else:
+                items = _shard_items(sources[0], dataset_revision, window, done,
+                                     loaded.band_names)  # fmt: skip
+                n, n_empty = run_batches(items, idx, first_part)
+                crs_ref = _shard_crs(sources[0], dataset_revision, window)
+            done_total += n
+            empty += n_empty
+            per_scene[key] = n + len(done)
+        except BadInputError as err:
+            for stale in staging.glob(f"s{idx:05d}-*.parquet"):
+                stale.unlink()
+            policy.record(err, key)
+        finally:
+            if grid is not None:
+                grid.close()
+    bar.close()
+    if not per_scene:
+        raise BadInputError("no_output", f"no scene could be embedded; skipped: {policy.summary()}")
+    meta = {"model_id": loaded.model_id, "model_revision": loaded.revision, "pooling": pooling,
+            "window": window, "stride": stride}  # fmt: skip
+    outputs: list[str] = []
+    preview_path = None
+    if format == "parquet":
+        _assemble_parquet(staging, output, crs_ref, dim, g, loaded, pooling, meta)
+        outputs.append(str(output))
+    else:
+        from .cog import assemble_cogs
+
+        outputs, preview_path = assemble_cogs(
+            staging, output, grids, dim=dim, window=window, stride=stride, pooling=pooling,
+            patch=loaded.patch_size, pca=pca, preview=preview, tags=meta,
+        )  # fmt: skip
+    shutil.rmtree(staging)
+    return EmbedSummary(
+        output=outputs,
+        num_windows=done_total + resumed,
+        num_windows_resumed=resumed,
+        skipped=policy.summary(),
+        empty_windows=empty,
+        seconds=time.perf_counter() - start,
+        dim=dim,
+        bf16=bf16,
+        preview=preview_path,
+        per_scene=per_scene,
+    )
+
+
+def _shard_items(source, revision, window, done, model_bands):
+    """Shard chips as ``((source, row, col, datetime), bounds, pixels)``; row/col are the
+    chip's offsets parsed from its id (``<scene>_rNNNNN_cNNNNN``). Every chip must share one
+    CRS (one GeoParquet file has one)."""
+    import re
+
+    from rasterio.crs import CRS
+
+    crs_ref = None
+    pattern = re.compile(r"_r(\d+)_c(\d+)$")
+    for _, meta, pixels in _iter_shard_chips(source, revision, window):
+        names = list(meta["band_names"])
+        missing = [b for b in model_bands if b not in names]
+        if missing:
+            raise BadInputError(
+                "band_name_mismatch",
+                f"{source}: chips lack the model's bands {missing} (have {names}).",
+            )
+        crs = CRS.from_user_input(meta["crs"])
+        if crs_ref is None:
+            crs_ref = crs
+        elif crs != crs_ref:
+            raise BadInputError(
+                "crs_mismatch",
+                f"chip {meta['chip_id']} is in {crs}, earlier chips in {crs_ref}; one GeoParquet "
+                "file has one CRS: write the shards of each CRS to their own dataset.",
+            )
+        m = pattern.search(meta["chip_id"])
+        r, c = (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
+        if (meta["source"], r, c) in done:
+            continue
+        pix = pixels[[names.index(b) for b in model_bands]].astype(np.float32)
+        yield (meta["source"], r, c, meta["datetime"]), tuple(meta["bounds"]), pix
+
+
+def _shard_crs(source, revision, window):
+    """The CRS of a shard dataset's chips (all equal: :func:`_shard_items` checks)."""
+    from rasterio.crs import CRS
+
+    for _, meta, _ in _iter_shard_chips(source, revision, window):
+        return CRS.from_user_input(meta["crs"])
+    raise BadInputError("empty_dataset", f"{source} holds no chips")
+
+
+def _done_windows(staging: Path, idx: int) -> set[tuple[str, int, int]]:
+    """``(source, row, col)`` of the windows already in scene ``idx``'s parts."""
+    done: set[tuple[str, int, int]] = set()
+    for part in sorted(staging.glob(f"s{idx:05d}-*.parquet")):
+        t = pq.read_table(part, columns=["source", "row", "col"])
+        done.update(zip(*(t.column(k).to_pylist() for k in ("source", "row", "col"))))
+    return done
+
+
+def _parse_datetime(values: list[str | None]) -> pa.Array:
+    out = []
+    for v in values:
+        out.append(None if not v else np.datetime64(v, "s").astype("int64"))
+    return pa.array(out, type=pa.int64()).cast(pa.timestamp("s"))
+
+
+def _assemble_parquet(staging: Path, output: Path, crs, dim: int, g: int, loaded, pooling: str,
+                      meta: dict) -> None:  # fmt: skip
+    """Parts -> one GeoParquet 1.1 file, streamed part by part (bounded memory)."""
+    parts = sorted(staging.glob("s*-*.parquet"))
+    schema = pa.schema([
+        ("geometry", pa.binary()), ("bbox", BBOX_TYPE),
+        ("embedding", pa.list_(pa.float32(), dim)), ("source", pa.string()),
+        ("row", pa.int32()), ("col", pa.int32()), ("datetime", pa.timestamp("s")),
+        ("valid_fraction", pa.float32()), ("model_id", pa.string()),
+        ("model_revision", pa.string()),
+    ])  # fmt: skip
+    # The geo metadata (with the overall bbox) goes in the schema the writer starts with, so
+    # every reader (Arrow schema or Parquet footer) sees it: a first pass reads only the bounds.
+    bbox = [np.inf, np.inf, -np.inf, -np.inf]
+    for part in parts:
+        b = pq.read_table(part, columns=["xmin", "ymin", "xmax", "ymax"])
+        if b.num_rows:
+            bbox = [min(bbox[0], pc.min(b["xmin"]).as_py()), min(bbox[1], pc.min(b["ymin"]).as_py()),
+                    max(bbox[2], pc.max(b["xmax"]).as_py()), max(bbox[3], pc.max(b["ymax"]).as_py())]  # fmt: skip
+    if not parts or not np.isfinite(bbox).all():
+        raise BadInputError("no_output", "no window held any valid pixel; nothing to write")
+    schema = schema.with_metadata(
+        {"geo": geo_metadata(crs, bbox), "geofm_embed": json.dumps(meta).encode()}
+    )
+    tmp = output.with_name(output.name + ".tmp")
+    writer = None
+    try:
+        for part in parts:
+            t = pq.read_table(part)
+            n = t.num_rows
+            x0, y0, x1, y1 = (t.column(k).to_numpy() for k in ("xmin", "ymin", "xmax", "ymax"))
+            row, col = t.column("row").to_numpy(), t.column("col").to_numpy()
+            emb = t.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
+            valid = t.column("valid_fraction").to_numpy()
+            sources = t.column("source").to_pylist()
+            dts = t.column("datetime").to_pylist()
+            if pooling == "patch":
+                # One row per patch: (n, D, g, g) -> (n * g * g, D); patch (i, j) of a window at
+                # (row, col) covers pixels row + i*p .. and col + j*p ..
+                p = loaded.patch_size
+                emb = emb.reshape(n, dim, g, g).transpose(0, 2, 3, 1).reshape(-1, dim)
+                ii, jj = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
+                ii, jj = ii.reshape(-1), jj.reshape(-1)
+                sx = (x1 - x0) / g
+                sy = (y1 - y0) / g
+                x0n = (x0[:, None] + jj[None] * sx[:, None]).reshape(-1)
+                y1n = (y1[:, None] - ii[None] * sy[:, None]).reshape(-1)
+                x0, x1 = x0n, x0n + np.repeat(sx, g * g)
+                y1, y0 = y1n, y1n - np.repeat(sy, g * g)
+                row = (row[:, None] + ii[None] * p).reshape(-1)
+                col = (col[:, None] + jj[None] * p).reshape(-1)
+                valid = np.repeat(valid, g * g)
+                sources = [s for s in sources for _ in range(g * g)]
+                dts = [d for d in dts for _ in range(g * g)]
+                n = n * g * g
+            table = pa.Table.from_arrays(
+                [
+                    bbox_polygons_wkb(x0, y0, x1, y1),
+                    pa.StructArray.from_arrays(
+                        [pa.array(v, pa.float64()) for v in (x0, y0, x1, y1)],
+                        fields=list(BBOX_TYPE),
+                    ),
+                    pa.FixedSizeListArray.from_arrays(
+                        pa.array(emb.astype(np.float32).reshape(-1)), dim
+                    ),
+                    pa.array(sources, pa.string()),
+                    pa.array(row, pa.int32()),
+                    pa.array(col, pa.int32()),
+                    _parse_datetime(dts),
+                    pa.array(valid, pa.float32()),
+                    pa.array([meta["model_id"]] * n, pa.string()),
+                    pa.array([meta["model_revision"]] * n, pa.string()),
+                ],
+                schema=schema,
+            )
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+            writer.write_table(table, row_group_size=8192)
+        writer.close()
+        writer = None
+        os.replace(tmp, output)
+    finally:
+        if writer is not None:
+            writer.close()
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="geofm-embed",
+        description="Embed every window of whole scenes with a geofm_hf model: GeoParquet "
+        "(polygon per window, CRS as PROJJSON) or a Cloud-Optimised GeoTIFF.",
+    )
+    p.add_argument("model", help="local export folder or Hub model repo id")
+    p.add_argument("inputs", nargs="+", help="rasters (files, folders, globs), or one shard "
+                   "dataset (folder or Hub dataset id)")  # fmt: skip
+    p.add_argument(
+        "-o", "--output", required=True, help="OUT.parquet, or OUT.tif with --format cog"
+    )
+    p.add_argument("--revision", help="model revision (Hub branch, tag or commit)")
+    p.add_argument("--dataset-revision", help="dataset revision (Hub shard datasets)")
+    p.add_argument("--stride", type=int, help="window step in pixels (default: window size)")
+    p.add_argument("--pooling", choices=POOLINGS, default="cls")
+    p.add_argument("--format", choices=FORMATS, default="parquet")
+    p.add_argument("--pca", type=int, help="COG: keep this many principal components")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise")
+    p.add_argument("--max-error-fraction", type=float, default=0.05)
+    p.add_argument("--checkpoint-every", type=int, default=4096, metavar="N",
+                   help="windows per part file: what --resume keeps of a killed run")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    summary = embed(
+        args.model, args.inputs, args.output, revision=args.revision,
+        dataset_revision=args.dataset_revision, stride=args.stride, pooling=args.pooling,
+        format=args.format, pca=args.pca, batch_size=args.batch_size, device=args.device,
+        dtype=args.dtype, resume=args.resume, overwrite=args.overwrite, on_error=args.on_error,
+        max_error_fraction=args.max_error_fraction, progress=not args.no_progress,
+        part_rows=args.checkpoint_every,
+    )  # fmt: skip
+    print(
+        f"{summary.num_windows} windows ({summary.num_windows_resumed} resumed, "
+        f"{summary.empty_windows} empty skipped) -> {', '.join(summary.output)}"
+        + (f" + {summary.preview}" if summary.preview else "")
+        + f"; {summary.windows_per_s:.1f} windows/s, {'bf16' if summary.bf16 else 'fp32'}; "
+        f"skipped inputs: {summary.skipped}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

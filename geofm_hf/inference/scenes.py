@@ -1,0 +1,209 @@
+"""Whole-scene inference plumbing: load a checkpoint, lay windows over scenes, read them lazily.
+
+Scenes are discovered exactly as ``geofm-make-shards`` discovers them (files, folders, globs,
+per-band files grouped by scene prefix); each scene is brought onto one grid (the finest band's)
+through a ``WarpedVRT`` and read one strip of windows at a time, so memory is bounded by
+``bands x window x scene width`` whatever the scene height.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from affine import Affine
+
+from ..data.format import BadInputError
+
+__all__ = ["LoadedModel", "SceneGrid", "load_model", "open_scenes", "window_origins"]
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint ready for inference, with where it came from."""
+
+    model: Any
+    processor: Any
+    model_id: str
+    revision: str | None
+    band_names: list[str]
+    image_size: int
+    patch_size: int
+
+
+def load_model(model: str | os.PathLike, revision: str | None = None, cls=None) -> LoadedModel:
+    """Load ``model`` (a local export folder or a Hub repo id at ``revision``).
+
+    A Hub model is downloaded once (``snapshot_download``) and the commit it resolved to is
+    recorded as the revision, so every output names the exact weights that produced it.
+    """
+    from ..image_processing_geofm import GeoViTMAEImageProcessor
+    from ..modeling_geofm import GeoViTMAEModel
+
+    cls = cls or GeoViTMAEModel
+    path = Path(model)
+    text = str(model)
+    if path.is_dir():
+        local, model_id = path, text
+    elif path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise FileNotFoundError(
+            f"model {text!r} is neither a local export folder nor a Hub repo id (ORG/NAME)"
+        )
+    else:
+        from huggingface_hub import snapshot_download
+
+        local = Path(snapshot_download(str(model), revision=revision))
+        model_id = str(model)
+        revision = local.name  # snapshots/<commit sha>
+    loaded = cls.from_pretrained(local)
+    loaded.eval()
+    processor = GeoViTMAEImageProcessor.from_pretrained(local)
+    # Windows are cut at the model's input size: the processor must never resize or crop them.
+    processor.size = None
+    processor.crop_size = None
+    config = loaded.config
+    bands = list(processor.band_names or config.band_names or [])
+    if not bands:
+        raise ValueError(
+            f"{model}: neither the config nor the image processor names the input bands; "
+            "expected band_names so scene bands can be matched by name."
+        )
+    return LoadedModel(loaded, processor, model_id, revision, bands, config.image_size,
+                       config.patch_size)  # fmt: skip
+
+
+def window_origins(size: int, window: int, stride: int) -> list[int]:
+    """Offsets of windows of ``window`` px every ``stride`` px covering ``size`` px.
+
+    The last window may reach past the edge (it is padded and its valid fraction says so), so
+    the windows form one regular grid that covers every pixel.
+    """
+    count = math.ceil(max(size - window, 0) / stride) + 1
+    return [i * stride for i in range(count)]
+
+
+@dataclass
+class SceneGrid:
+    """One scene on its common grid, open for windowed reads."""
+
+    scene: Any
+    source: str
+    datetime: str | None
+    crs: Any
+    transform: Affine
+    width: int
+    height: int
+    band_names: list[str]
+    _vrts: list[Any] = field(default_factory=list)
+    _bidx: list[int] = field(default_factory=list)
+    _nodata: list[float | None] = field(default_factory=list)
+    _srcs: list[Any] = field(default_factory=list)
+
+    def read_strip(self, row0: int, rows: int) -> np.ndarray:
+        """Rows ``row0 .. row0 + rows`` of every band, float32 ``(C, rows, width)``; pixels
+        outside the scene or equal to nodata are NaN."""
+        from rasterio.windows import Window
+
+        out = np.full((len(self._vrts), rows, self.width), np.nan, dtype=np.float32)
+        take = max(0, min(rows, self.height - row0))
+        if take == 0:
+            return out
+        for b, (vrt, bidx, nd) in enumerate(zip(self._vrts, self._bidx, self._nodata)):
+            try:
+                data = vrt.read(bidx, window=Window(0, row0, self.width, take))
+            except Exception as err:
+                raise BadInputError(
+                    "unreadable_band",
+                    f"band {self.band_names[b]} of {self.source} failed to read at rows "
+                    f"{row0}..{row0 + take}: {err}",
+                ) from err
+            strip = data.astype(np.float32)
+            if nd is not None and not np.isnan(nd):
+                strip[data == nd] = np.nan
+            out[b, :take] = strip
+        return out
+
+    def close(self) -> None:
+        for handle in (*self._vrts, *self._srcs):
+            handle.close()
+        self._vrts, self._srcs = [], []
+
+
+def open_scenes(inputs, band_files=None) -> list[Any]:
+    """The scenes of ``inputs`` (files, folders, globs), grouped as the shard writer groups them."""
+    from ..data.writer import _expand_inputs, _group_scenes
+
+    files = _expand_inputs(inputs) if inputs else []
+    scenes = _group_scenes(files, band_files)
+    if not scenes:
+        raise FileNotFoundError(f"no input rasters found in {inputs!r}")
+    return scenes
+
+
+def open_grid(scene, band_names: Sequence[str], resolution: float | None = None) -> SceneGrid:
+    """Open ``scene`` and bring the bands ``band_names`` (model order) onto one grid."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    from ..bands import detect_sensor
+    from ..data.writer import _open, _resolve_band_names, _target_grid
+
+    srcs = []
+    try:
+        paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
+        for path in paths:
+            srcs.append(_open(path))
+        sensor = None if scene.multiband else detect_sensor(list(scene.band_files))
+        selected = _resolve_band_names(scene, srcs, list(band_names), sensor)
+        crs, transform, width, height, _ = _target_grid([s for _, s, _ in selected], resolution)
+        vrts = [
+            WarpedVRT(s, crs=crs, transform=transform, width=width, height=height,
+                      resampling=Resampling.nearest)
+            for _, s, _ in selected
+        ]  # fmt: skip
+    except BaseException:
+        for src in srcs:
+            src.close()
+        raise
+    return SceneGrid(
+        scene=scene,
+        source=scene.source,
+        datetime=scene.datetime,
+        crs=crs,
+        transform=transform,
+        width=width,
+        height=height,
+        band_names=list(band_names),
+        _vrts=vrts,
+        _bidx=[i for _, _, i in selected],
+        _nodata=[s.nodatavals[i - 1] for _, s, i in selected],
+        _srcs=srcs,
+    )
+
+
+def iter_windows(
+    grid: SceneGrid, window: int, stride: int, skip: set[tuple[int, int]] | None = None
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(row, col, pixels (C, window, window) float32, NaN = missing)`` in row-major order.
+
+    One strip of ``window`` rows is read per window row; ``skip`` holds ``(row, col)`` pixel
+    offsets already done (a resumed run) whose strips are not even read when a whole row is done.
+    """
+    rows = window_origins(grid.height, window, stride)
+    cols = window_origins(grid.width, window, stride)
+    for r in rows:
+        todo = [c for c in cols if not skip or (r, c) not in skip]
+        if not todo:
+            continue
+        strip = grid.read_strip(r, window)
+        if cols[-1] + window > grid.width:
+            pad = np.full((strip.shape[0], window, cols[-1] + window - grid.width), np.nan,
+                          dtype=np.float32)  # fmt: skip
+            strip = np.concatenate([strip, pad], axis=2)
+        for c in todo:
+            yield r, c, strip[:, :, c : c + window]

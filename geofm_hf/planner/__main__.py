@@ -1,0 +1,3 @@
+from geofm_hf.planner.cli import main
+
+raise SystemExit(main())

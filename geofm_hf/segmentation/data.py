@@ -1,0 +1,78 @@
+"""Segmentation shards (``geofm-make-shards --labels / --labels-vector``) -> arrays in memory."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SegmentationSplit", "load_segmentation_split"]
+
+_CHIP = re.compile(r"_r(\d+)_c(\d+)$")
+
+
+@dataclass
+class SegmentationSplit:
+    """One split: ``images`` ``(N, C, H, W)``, ``masks`` ``(N, H, W)`` uint8 (``ignore_index`` =
+    unlabelled), class and band names, and each chip's pixel offset in its scene."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    label_names: list[str]
+    band_names: list[str]
+    ignore_index: int
+    offsets: np.ndarray  # (N, 2) row, col in the scene's grid (-1 when the id does not say)
+    sources: list[str]
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+
+def load_segmentation_split(source: str | Path, split: str, revision: str | None = None,
+                            mask_column: str = "mask") -> SegmentationSplit:  # fmt: skip
+    """Load ``split`` of a local folder or Hub dataset of segmentation shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..data import decode_batch, read_dataset_info
+
+    local = Path(source)
+    source = local if local.is_dir() else str(source)
+    info = read_dataset_info(source, revision=revision)
+    names = info.extra.get("mask_label_names")
+    if not names:
+        raise ValueError(
+            f"{source}: geofm_dataset.json has no mask_label_names, so its shards hold no masks; "
+            "expected shards written with geofm-make-shards --labels or --labels-vector."
+        )
+    if split not in info.shards:
+        raise ValueError(f"{source} has no split {split!r}: expected one of {sorted(info.shards)}.")
+    tables = []
+    for shard in info.shards[split]:
+        if isinstance(source, Path):
+            file = source / shard["file"]
+        else:
+            from huggingface_hub import hf_hub_download
+
+            file = hf_hub_download(source, shard["file"], repo_type="dataset", revision=revision)
+        tables.append(pq.read_table(file))
+    table = pa.concat_tables(tables)
+    if table.num_rows == 0:
+        raise ValueError(f"{source} split {split!r} is empty: expected at least one chip.")
+    if mask_column not in table.column_names:
+        raise ValueError(f"{source}: no {mask_column!r} column; found {table.column_names}")
+    images = decode_batch(table)
+    side = images.shape[-1]
+    masks = np.frombuffer(b"".join(table.column(mask_column).to_pylist()), dtype=np.uint8)
+    masks = masks.reshape(len(images), images.shape[-2], side).copy()
+    offsets = []
+    for chip_id in table.column("chip_id").to_pylist():
+        m = _CHIP.search(chip_id)
+        offsets.append((int(m.group(1)), int(m.group(2))) if m else (-1, -1))
+    return SegmentationSplit(
+        images=images, masks=masks, label_names=list(names), band_names=list(info.band_names),
+        ignore_index=int(info.extra.get("mask_ignore_index", 255)),
+        offsets=np.array(offsets, dtype=np.int64), sources=table.column("source").to_pylist(),
+    )  # fmt: skip

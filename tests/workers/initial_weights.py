@@ -1,0 +1,44 @@
+"""Writes the recipe's initial full weights (before any step) to OUT/model.safetensors.
+
+Launched by tests/test_pretrain_memory.py once as a lone process and once under 2-process FSDP2:
+the recipe's own config, model and sharding functions, then its streaming export.
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "recipes"))
+
+import pretrain  # noqa: E402
+
+from geofm_hf.training.arguments import parse_arguments  # noqa: E402
+from geofm_hf.training.distributed import prepare_model, save_pretrained_streaming  # noqa: E402
+
+
+def main(out: str, *extra: str) -> None:
+    argv = ["--preset", "tiny", "--output_dir", out, "--report_to", "none", "--bf16", "false"]
+    model_args, data_args, args = parse_arguments([*argv, *extra])
+    data = pretrain.read_data_contract(data_args)
+    config = pretrain.build_model_config(model_args, data_args, data.info)
+    run = pretrain.start_run(model_args, data_args, args)
+    model = pretrain.build_model(config, model_args, args.seed)
+    on_meta = all(p.is_meta for p in model.parameters())
+    model = prepare_model(run.accelerator, model, args.seed, args.gradient_reduce_dtype)
+    local = sum(
+        p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters()
+    )
+    full = sum(p.numel() for p in model.parameters())
+    save_pretrained_streaming(model, Path(out) / "initial", run.accelerator.is_main_process)
+    run.accelerator.wait_for_everyone()
+    policy = model._get_fsdp_state()._mp_policy if hasattr(model, "_get_fsdp_state") else None
+    print(
+        f"INITIAL_WEIGHTS param_dtype={getattr(policy, 'param_dtype', None)} "
+        f"reduce_dtype={getattr(policy, 'reduce_dtype', None)} rank={run.rank} world={run.world} built_on_meta={on_meta} "
+        f"local={local} full={full} type={run.accelerator.distributed_type.value}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
