@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from geofm_hf.classification.arguments import ClassificationArguments
+from geofm_hf.training.arguments import check_output_dir_writable
 from geofm_hf.training.optim import learning_rate_at
 
 
@@ -97,6 +98,7 @@ def run(args: FinetuneArguments) -> dict:
     from geofm_hf.model_card import RunRecord
 
     start = time.perf_counter()
+    check_output_dir_writable(args.output_dir)  # a clear error (exit 2) before any work
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed)
     output_dir = Path(args.output_dir)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from geofm_hf.classification.arguments import ClassificationArguments
+from geofm_hf.training.arguments import check_output_dir_writable
 
 
 @dataclass
@@ -133,7 +134,7 @@ def run(args: ProbeArguments) -> dict:
     start = time.perf_counter()
     _check_args(args)
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir_writable(output_dir)  # creates it; a clear error (exit 2) if it cannot
     torch.manual_seed(args.seed)
 
     # ---- data

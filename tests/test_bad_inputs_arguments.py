@@ -132,12 +132,47 @@ def test_classification_argument_refused_naming_it(name, tmp_path):
         assert word in str(err.value), (word, str(err.value))
 
 
-@pytest.mark.parametrize("script", ["linear_probe.py", "finetune.py"])
+RECIPE_COMMANDS = {
+    "linear_probe.py": ([*REQUIRED, "--per_device_eval_batch_size", "0"],
+                        "--per_device_eval_batch_size must be > 0: found 0"),
+    "finetune.py": ([*REQUIRED, "--per_device_eval_batch_size", "0"],
+                    "--per_device_eval_batch_size must be > 0: found 0"),
+    "pretrain.py": (["--max_steps", "0"], "--max_steps must be > 0: found 0"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("script", sorted(RECIPE_COMMANDS))
 def test_recipe_command_line_exits_2(script, tmp_path):
+    args, message = RECIPE_COMMANDS[script]
     result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / script), *REQUIRED, "--per_device_eval_batch_size",
-         "0"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [sys.executable, str(ROOT / "recipes" / script), *args], cwd=tmp_path,
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "--per_device_eval_batch_size must be > 0: found 0" in result.stderr
+    assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("module", ["linear_probe", "finetune"])
+def test_unwritable_output_dir_is_an_argument_error(module, tmp_path, monkeypatch):
+    import importlib
+    import os
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() == 0:  # root ignores permission bits: refuse the write the way EACCES does
+        real_mkdir = os.mkdir
+
+        def mkdir(path, *args, **kwargs):
+            if str(path).startswith(str(ro)):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "mkdir", mkdir)
+    else:
+        ro.chmod(0o555)
+    recipe = importlib.import_module(module)
+    argv = ["--model_name_or_path", "m", "--dataset_name_or_path", "d",
+            "--output_dir", str(ro / "out")]  # fmt: skip
+    with pytest.raises(ArgumentError, match="is not writable"):
+        recipe.main(argv)

@@ -201,6 +201,12 @@ ERRORS = {
     "target_shard_mb_0": (_args_case("--target-shard-mb", "0"), ["--target-shard-mb"]),
     "resolution_negative": (_args_case("--resolution", "-10"), ["--resolution"]),
     "compression_level_99": (_args_case("--compression-level", "99"), ["--compression-level"]),
+    "unknown_sensor": (_args_case("--sensor", "sentinel2-l9z"), ["unknown sensor"]),
+    "unknown_sensor_over_a_dataset": (
+        lambda tmp_path: ([_scenes(tmp_path / "in", 1), "-o", _existing_dataset(tmp_path),
+                           "--overwrite", "--sensor", "nope"], tmp_path / "out"),
+        ["unknown sensor"]),
+    "unknown_resampling": (_args_case("--resampling", "cubicish"), ["cubicish"]),
 }  # fmt: skip
 
 
@@ -298,3 +304,22 @@ def test_shards_carry_page_checksums_and_hashes(tmp_path):
         assert entry["bytes"] == path.stat().st_size
         assert pq.read_metadata(path).metadata[b"geofm.page_checksums"] == b"crc32"
     assert info["readme_sha256"] == hashlib.sha256((out / "README.md").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_non_finite_pixels_are_invalid_in_the_statistics_and_counted(value, tmp_path):
+    data = np.random.default_rng(4).uniform(1000, 3000, (2, 64, 128)).astype(np.float32)
+    data[0, 10, 10] = value  # one pixel of the first chip
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _tif(folder / "F_20200101.tif", data)
+    summary = write_shards(folder, tmp_path / "out", max_nodata_fraction=0.01)
+    assert summary.num_samples == {"train": 2}  # 1/4096 invalid: the chip is kept
+    info = read_dataset_info(tmp_path / "out")
+    assert np.isfinite(info.mean).all() and np.isfinite(info.std).all()
+    valid = data[0][np.isfinite(data[0])]
+    np.testing.assert_allclose(info.mean[0], valid.mean(), rtol=1e-6)
+    assert info.extra["validity"]["non_finite_values"] == 1
+    # Above max_nodata_fraction the chip is dropped and counted under "nan".
+    summary = write_shards(folder, tmp_path / "strict")
+    assert summary.num_samples == {"train": 1} and summary.skipped["by_reason"] == {"nan": 1}

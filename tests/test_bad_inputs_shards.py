@@ -214,3 +214,18 @@ def test_geofm_dataset_json_lists_size_and_hash(dataset):
     entries = json.loads((dataset / "geofm_dataset.json").read_text())["shards"]["train"]
     assert all(Path(dataset / e["file"]).stat().st_size == e["bytes"] for e in entries)
     assert all(len(e["sha256"]) == 64 for e in entries)
+
+
+def test_start_up_check_reads_hub_footers(local_hub, copy):
+    """The same check on a Hub dataset repo (real huggingface_hub client, local server)."""
+    from geofm_hf.data.cli import push_dataset_to_hub
+
+    push_dataset_to_hub(str(copy), "org/shards")
+    info = read_dataset_info("org/shards")
+    assert check_shard_footers("org/shards", info, "train") == []
+    _truncate(copy)
+    push_dataset_to_hub(str(copy), "org/shards")
+    (problem,) = check_shard_footers("org/shards", info, "train")
+    assert problem["shard"] == 3 and "truncated" in problem["problem"]
+    with pytest.raises(BadInputError, match="truncated"):
+        make_pretrain_dataloader("org/shards", batch_size=1)

@@ -28,10 +28,13 @@ def _opener(name_or_path: str, revision: str | None):
         return lambda rel: open(local / rel, "rb")
     from urllib.parse import quote
 
-    from huggingface_hub import HfFileSystem
+    from huggingface_hub import HfApi, HfFileSystem
 
+    # Pinned to the commit the branch points at now: sizes and bytes then come from one
+    # version, even when the repo moves (or a listing was cached) during the check.
+    commit = HfApi().dataset_info(str(name_or_path), revision=revision).sha
     fs = HfFileSystem()
-    base = f"datasets/{name_or_path}" + (f"@{quote(revision, safe='')}" if revision else "")
+    base = f"datasets/{name_or_path}@{quote(commit, safe='')}"
     # Small blocks: the footer is the last few KiB; a default block would fetch megabytes.
     return lambda rel: fs.open(f"{base}/{rel}", "rb", block_size=64 * 1024)
 

@@ -915,6 +915,8 @@ def write_shards(
         raise ValueError(f"unknown resampling {resampling!r}") from None
     if labels is not None and not label_names:
         raise ValueError("labels needs label_names (the class names, index = label)")
+    if sensor is not None:
+        get_sensor_bands(sensor)  # an unknown sensor fails here, before any raster is read
 
     masks = None
     if label_raster is not None or label_vector is not None:
