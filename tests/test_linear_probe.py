@@ -142,7 +142,8 @@ def test_comparison_table_aggregates_runs(tmp_path, capsys):
     assert (tmp_path / "table.md").read_text() == text
     small_result = json.loads((tmp_path / "small" / "results.json").read_text())
     lo, hi = small_result["top1_ci95"]
-    assert f"{100 * small_result['top1']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" in rows[0]
+    headline = next(r for r in rows if str(small) in r and f"| {small_result['protocol']} |" in r)
+    assert f"{100 * small_result['top1']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" in headline
     # With a baseline: the paired-bootstrap difference of every other run, per protocol.
     text = linear_probe.main(["table", str(tmp_path / "small"), str(tmp_path / "wide"),
                               "--baseline", str(tmp_path / "small")])  # fmt: skip
@@ -151,7 +152,8 @@ def test_comparison_table_aggregates_runs(tmp_path, capsys):
     from geofm_hf.classification import load_results, paired_comparison
 
     d = paired_comparison(load_results(tmp_path / "wide"), small_result, "linear-probe")["top1"]
-    assert f"{100 * d['difference']:+.1f} [{100 * d['ci95'][0]:+.1f}" in rows[2]
+    wide_linear = next(r for r in rows if str(wide) in r and "| linear-probe |" in r)
+    assert f"{100 * d['difference']:+.1f} [{100 * d['ci95'][0]:+.1f}" in wide_linear
     with pytest.raises(ValueError, match="lacks"):
         (tmp_path / "broken.json").write_text("{}")
         linear_probe.main(["table", str(tmp_path / "broken.json")])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import tempfile
 import types
@@ -53,11 +54,13 @@ _RANGES = {
     "cutmix_alpha": (">= 0", lambda v: v >= 0),
     "label_smoothing": ("in [0, 1)", lambda v: 0 <= v < 1),
 }
+# The probe's feature names (classification.features); fine-tuning's pooling is checked by the
+# model config, which takes only cls/mean.
+_FEATURE = re.compile(r"cls|mean|mean_last[1-9]\d*|auto")
 _CHOICES = {
     "on_error": ("raise", "skip"),
     "nan_policy": ("stop", "skip"),
     "bf16": ("auto", "true", "false"),
-    "feature": ("cls", "mean"),
     "mixed_precision": ("no", "bf16", "fp16"),
     "gradient_reduce_dtype": ("float32", "bfloat16"),
 }
@@ -74,6 +77,11 @@ def check_argument_values(*parsed) -> None:
                 expected, ok = _RANGES[f.name]
                 if (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
                     raise ArgumentError(f"--{f.name} must be {expected}: found {value}.")
+            if f.name == "feature" and not _FEATURE.fullmatch(str(value)):
+                raise ArgumentError(
+                    "--feature must be 'cls', 'mean' or 'mean_lastK' (K >= 1 blocks, e.g. "
+                    f"mean_last4), or 'auto' for the linear probe: found {value!r}."
+                )
             if f.name in _CHOICES and value not in _CHOICES[f.name]:
                 raise ArgumentError(
                     f"--{f.name} must be one of {', '.join(_CHOICES[f.name])}: found {value!r}."
