@@ -38,6 +38,9 @@ class GeoViTMAEModelOutput(ModelOutput):
         mask: ``(B, L)`` 1 where a patch was masked, 0 where kept; ``None`` without masking.
         ids_restore: ``(B, L)`` inverse of the masking permutation; ``None`` without masking.
         hidden_states: input of every block plus the final output, when requested.
+        band_embedding: ``(C, E)`` or ``(B, C, E)`` wavelength embedding of the input bands
+            (``patch_embedding="wavelength"`` only); the MAE decoder turns it into per-band
+            output weights.
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -45,6 +48,7 @@ class GeoViTMAEModelOutput(ModelOutput):
     mask: torch.Tensor | None = None
     ids_restore: torch.LongTensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    band_embedding: torch.Tensor | None = None
 
 
 @dataclass
@@ -389,7 +393,6 @@ class GeoViTMAEWavelengthPatchEmbeddings(nn.Module):
         self.tubelet_size = config.tubelet_size
         self.video = config.num_frames > 1
         self.hidden_size = config.hidden_size
-        self.wavelength_encoder = GeoViTMAEWavelengthEncoder(config)
         kernel = config.tubelet_size * config.patch_size**2
         self.weight_generator = nn.Linear(config.wavelength_embed_dim, kernel * config.hidden_size)
         self.bias_generator = nn.Linear(config.wavelength_embed_dim, config.hidden_size)
@@ -478,8 +481,12 @@ class GeoViTMAEEmbeddings(nn.Module):
         super().__init__()
         self.config = config
         if config.patch_embedding == "wavelength":
+            # Outside the patch embeddings: accelerate's FSDP2 wraps the input embeddings as their
+            # own unit, and the decoder needs this embedding too.
+            self.wavelength_encoder = GeoViTMAEWavelengthEncoder(config)
             self.patch_embeddings = GeoViTMAEWavelengthPatchEmbeddings(config)
         else:
+            self.wavelength_encoder = None
             self.patch_embeddings = GeoViTMAEPatchEmbeddings(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.temporal_embedding = (
@@ -814,8 +821,7 @@ class GeoViTMAEModel(GeoViTMAEPreTrainedModel):
         """``(C, E)`` or ``(B, C, E)`` wavelength embedding of the input bands (wavelength models)."""
         if inputs.wavelengths is None or self.config.patch_embedding != "wavelength":
             return None
-        encoder = self.embeddings.patch_embeddings.wavelength_encoder
-        return encoder(inputs.wavelengths, inputs.bandwidths)
+        return self.embeddings.wavelength_encoder(inputs.wavelengths, inputs.bandwidths)
 
     def forward(
         self,
@@ -850,31 +856,9 @@ class GeoViTMAEModel(GeoViTMAEPreTrainedModel):
             temporal_coords,
             location_coords,
         )
-        return self._encode(
-            pixel_values,
-            inputs,
-            noise=noise,
-            mask_ratio=mask_ratio,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_hidden_states=output_hidden_states,
-            return_dict=return_dict,
-        )
-
-    def _encode(
-        self,
-        pixel_values: torch.Tensor,
-        inputs: _Inputs,
-        band_embedding: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-        mask_ratio: float | None = None,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> GeoViTMAEModelOutput | tuple:
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        if band_embedding is None:
-            band_embedding = self.band_embedding(inputs)
+        band_embedding = self.band_embedding(inputs)
         tokens, cls_token = self.embeddings(
             pixel_values,
             interpolate_pos_encoding,
@@ -896,6 +880,7 @@ class GeoViTMAEModel(GeoViTMAEPreTrainedModel):
             mask=mask,
             ids_restore=ids_restore,
             hidden_states=all_states,
+            band_embedding=band_embedding,
         )
         return output if return_dict is not False else output.to_tuple()
 
@@ -1074,12 +1059,13 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
             temporal_coords,
             location_coords,
         )
-        # One wavelength embedding feeds both the encoder's kernels and the decoder's outputs.
-        band_embedding = self.vit.band_embedding(inputs)
-        encoded = self.vit._encode(
+        encoded = self.vit(
             pixel_values,
-            inputs,
-            band_embedding=band_embedding,
+            wavelengths=wavelengths,
+            bandwidths=bandwidths,
+            gsd=gsd,
+            temporal_coords=temporal_coords,
+            location_coords=location_coords,
             noise=noise,
             mask_ratio=self.config.mask_ratio,
             interpolate_pos_encoding=interpolate_pos_encoding,
@@ -1092,7 +1078,8 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
             encoded.ids_restore,
             grid,
             interpolate_pos_encoding,
-            band_embedding=band_embedding,
+            # One wavelength embedding feeds both the encoder's kernels and the decoder's outputs.
+            band_embedding=encoded.band_embedding,
             gsd_scale=inputs.gsd_scale,
         )
         # The loss is taken in float32 even under autocast: MSE of near-equal numbers in bf16
