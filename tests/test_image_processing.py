@@ -70,9 +70,9 @@ def test_nodata_and_nan_are_filled_with_the_band_mean_and_masked():
     image[2, 1, 1] = 0  # nodata value
     out = processor(nodata=0)(image)
     assert out.pixel_values[0, 0, 0, 0] == 0.0 and out.pixel_values[0, 2, 1, 1] == 0.0
-    mask = out.nodata_mask[0]
-    assert mask[0, 0] and mask[1, 1] and mask.sum() == 2
-    with pytest.raises(ValueError, match="2 nodata/NaN values found"):
+    mask = out.pixel_mask[0]  # 1 = valid (transformers' pixel_mask convention)
+    assert not mask[0, 0] and not mask[1, 1] and (~mask).sum() == 2
+    with pytest.raises(ValueError, match="2 nodata/NaN/inf values found"):
         processor(nodata=0, nodata_policy="error")(image)
 
 

@@ -231,6 +231,23 @@ def test_time_series_tubelets_and_space_time_masking(embedding):
         model(series(frames=2), **kwargs)
 
 
+def test_time_series_pixel_mask_keeps_cloudy_frames_out_of_input_and_loss():
+    config = GeoViTMAEConfig.from_preset("tiny", num_channels=3, num_frames=4, tubelet_size=2)
+    model = GeoViTMAEForPreTraining(config).eval()
+    pixels, noise = series(), torch.rand(2, 128)
+    valid = torch.ones(2, 4, 64, 64)
+    valid[:, 3] = 0  # frame 3 is cloud
+    cloudy = pixels.clone()
+    cloudy[:, 3] = float("nan")
+    out = model(cloudy, pixel_mask=valid, noise=noise)
+    assert torch.isfinite(out.loss)
+    zeroed = pixels.clone()
+    zeroed[:, 3] = 0.0
+    assert torch.equal(out.logits, model(zeroed, noise=noise).logits)
+    with pytest.raises(ValueError, match=r"pixel_mask must be \(B, \[T,\] H, W\)"):
+        model(pixels, pixel_mask=valid[:, 0], noise=noise)
+
+
 def test_single_image_model_explains_time_series_input():
     with pytest.raises(ValueError, match=r"config.num_frames > 1"):
         GeoViTMAEModel(wavelength_config())(series(channels=4), wavelengths=RGBN)

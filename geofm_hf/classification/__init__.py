@@ -1,7 +1,12 @@
 """Scene classification on frozen or fine-tuned encoders: data adapters, band mapping, features,
 the MAE linear probe, fine-tuning helpers, metrics and results (see docs/classification.md)."""
 
-from .bands import BandMismatchError, map_dataset_bands, restrict_to_bands
+from .bands import (
+    BandMismatchError,
+    map_dataset_bands,
+    prepare_dataset_bands,
+    restrict_to_bands,
+)
 from .data import (
     ClassificationDataError,
     ClassificationSplit,
@@ -42,6 +47,7 @@ __all__ = [
     "mixup_cutmix",
     "param_groups_layer_decay",
     "predict_scores",
+    "prepare_dataset_bands",
     "restrict_to_bands",
     "results_record",
     "results_table",

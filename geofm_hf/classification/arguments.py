@@ -26,6 +26,15 @@ class ClassificationArguments:
         metadata={"help": "Names of the dataset's channels when it does not say (e.g. red green "
                   "blue); mapped to the model's bands by alias."},
     )  # fmt: skip
+    dataset_bands: list[str] | None = field(
+        default=None,
+        metadata={"help": "Use only these dataset bands, in this order (e.g. B3 B4 B5)."},
+    )
+    dataset_sensor: str | None = field(
+        default=None,
+        metadata={"help": "The dataset's sensor (e.g. landsat7): bands are then matched to the "
+                  "model's by wavelength. Default: geofm_dataset.json's sensor/wavelengths."},
+    )  # fmt: skip
     allow_band_subset: bool = field(
         default=True,
         metadata={"help": "Run on a strict subset of the model's bands (select_input_bands)."},

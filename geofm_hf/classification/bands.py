@@ -1,61 +1,156 @@
 """Band mapping between a dataset and a model, through the band contract.
 
-A dataset with every band the model expects is reordered by name by the image processor. A
-dataset with fewer bands (an RGB benchmark on a Sentinel-2 model) is an *explicit* band subset:
-:func:`geofm_hf.select_input_bands` keeps the patch-projection channels of those bands and the
-image processor is narrowed to match. Missing bands are never zero-filled.
+Bands are matched by sensor and wavelength, never by band number: Sentinel-2 ``B05`` (red edge,
+0.705 um) is not Landsat ``B5`` (NIR or SWIR). When both sides' wavelengths are known (the
+model's ``config.wavelengths_um``; the dataset's from its ``geofm_dataset.json``, its sensor or
+generic colour names) each dataset band goes to the model band at the nearest centre wavelength
+within the bands' bandwidth. Without wavelengths only exact names and aliases of one sensor
+match. A dataset with fewer bands is an *explicit* subset (:func:`geofm_hf.select_input_bands`
+narrows model and processor together); extra dataset bands must be dropped explicitly
+(``dataset_bands``). Missing bands are never zero-filled.
 """
 
 from __future__ import annotations
 
-from ..bands import SENSORS, canonical_band_name, detect_sensor
+from ..bands import (
+    Band,
+    canonical_band_name,
+    detect_sensor,
+    get_sensor_bands,
+    match_bands_by_wavelength,
+)
 
-__all__ = ["BandMismatchError", "map_dataset_bands", "restrict_to_bands"]
+__all__ = [
+    "BandMismatchError",
+    "dataset_band_table",
+    "map_dataset_bands",
+    "prepare_dataset_bands",
+    "restrict_to_bands",
+]
+
+# Generic colour names: wavelength (um) and a broad bandwidth.
+_GENERIC = {"red": (0.665, 0.1), "green": (0.56, 0.1), "blue": (0.49, 0.1), "nir": (0.842, 0.15)}
 
 
 class BandMismatchError(ValueError):
     """The dataset's bands cannot be matched to the model's band contract."""
 
 
-def map_dataset_bands(dataset_bands: list[str], model_bands: list[str]) -> list[str]:
+def dataset_band_table(
+    band_names: list[str],
+    *,
+    sensor: str | None = None,
+    wavelengths_um: list[float] | None = None,
+) -> list[Band] | None:
+    """Wavelength-bearing :class:`Band` records for ``band_names``, or ``None`` when unknown.
+
+    From ``sensor``'s table, else explicit ``wavelengths_um`` (e.g. ``geofm_dataset.json``),
+    else generic colour names (``red``, ``green``, ``blue``, ``nir``).
+    """
+    if sensor:
+        table = {b.name: b for b in get_sensor_bands(sensor)}
+        try:
+            return [table[canonical_band_name(n, sensor)] for n in band_names]
+        except ValueError as err:
+            raise BandMismatchError(
+                f"dataset bands {band_names} vs sensor {sensor}: {err}"
+            ) from None
+    if wavelengths_um is not None:
+        if len(wavelengths_um) != len(band_names):
+            raise BandMismatchError(
+                f"{len(wavelengths_um)} wavelengths for {len(band_names)} bands {band_names}"
+            )
+        return [Band(n, None, float(w), None, None) for n, w in zip(band_names, wavelengths_um)]
+    if all(n.strip().lower() in _GENERIC for n in band_names):
+        return [Band(n, n.lower(), *_GENERIC[n.strip().lower()][:1], None,
+                     _GENERIC[n.strip().lower()][1]) for n in band_names]  # fmt: skip
+    return None
+
+
+def _model_table(model_bands: list[str], model_wavelengths) -> list[Band] | None:
+    if not model_wavelengths or len(model_wavelengths) != len(model_bands):
+        return None
+    sensor = detect_sensor(model_bands)
+    widths: dict[str, float | None] = {}
+    if sensor:
+        for b in get_sensor_bands(sensor):
+            widths[b.name] = b.bandwidth_um
+    return [
+        Band(n, None, float(w), None, widths.get(n)) for n, w in zip(model_bands, model_wavelengths)
+    ]
+
+
+def map_dataset_bands(
+    dataset_bands: list[str],
+    model_bands: list[str],
+    *,
+    dataset_table: list[Band] | None = None,
+    model_wavelengths: list[float] | None = None,
+) -> list[str]:
     """The model's name for each dataset band (``"red"`` -> ``"B04"`` on a Sentinel-2 model).
 
-    Raises :class:`BandMismatchError` for a dataset band the model does not have.
+    With ``dataset_table`` (see :func:`dataset_band_table`) and the model's wavelengths, by
+    nearest wavelength within bandwidth; otherwise by exact name or an alias of the model's
+    sensor (``red``, ``nir08``; not a bare band number: ``B5`` is not ``B05``). Raises
+    :class:`BandMismatchError` for a dataset band the model does not have.
     """
-    sensor = detect_sensor(list(model_bands))
-    mapped = []
-    for name in dataset_bands:
-        if name in model_bands:
-            mapped.append(name)
-            continue
-        candidate = None
-        for table in [sensor] if sensor else list(SENSORS):
-            try:
-                candidate = canonical_band_name(name, table)
-            except ValueError:
-                continue
-            if candidate in model_bands:
-                break
-            candidate = None
-        if candidate is None:
+    model_table = _model_table(model_bands, model_wavelengths)
+    if dataset_table is not None and model_table is not None:
+        # For each dataset band, the model band at its wavelength.
+        hits = match_bands_by_wavelength(model_table, dataset_table)
+        unmatched = [
+            f"{b.name} ({b.wavelength_um} um)" for b, i in zip(dataset_table, hits) if i is None
+        ]
+        if unmatched:
             raise BandMismatchError(
-                f"Dataset band {name!r} is not among the model's bands {model_bands} (under any "
-                "alias). Pass band_names=[...] naming the dataset's channels with the model's "
-                "names, or use a model trained on these bands."
+                f"Dataset bands {unmatched} have no model band at their wavelength; the model "
+                f"has {list(zip(model_bands, model_wavelengths))}. Use only the matching dataset "
+                "bands with dataset_bands=[...] (--dataset_bands), or a model trained on them."
             )
-        mapped.append(candidate)
+        mapped = [model_bands[i] for i in hits]
+    else:
+        sensor = detect_sensor(list(model_bands))
+        mapped = []
+        for name in dataset_bands:
+            if name in model_bands:
+                mapped.append(name)
+                continue
+            candidate = None
+            if sensor is not None:
+                key = name.strip().lower()
+                for band in get_sensor_bands(sensor):
+                    if key == (band.common_name or "").lower() or key in band.aliases:
+                        candidate = band.name
+                        break
+            if candidate is None or candidate not in model_bands:
+                raise BandMismatchError(
+                    f"Dataset band {name!r} is not among the model's bands {model_bands} (by "
+                    "name or alias; band numbers differ between sensors). Give the dataset's "
+                    "sensor (--dataset_sensor) so bands are matched by wavelength, select bands "
+                    "with --dataset_bands, or name the channels with the model's names "
+                    "(--band_names)."
+                )
+            mapped.append(candidate)
     if len(set(mapped)) != len(mapped):
         raise BandMismatchError(f"Dataset bands {dataset_bands} map to duplicates {mapped}.")
     return mapped
 
 
-def restrict_to_bands(model, processor, dataset_bands: list[str], allow_subset: bool = True):
-    """Match ``model`` and ``processor`` to a dataset's bands; returns the model band names used.
+def restrict_to_bands(
+    model,
+    processor,
+    dataset_bands: list[str],
+    allow_subset: bool = True,
+    *,
+    dataset_table: list[Band] | None = None,
+) -> list[str]:
+    """Match ``model`` and ``processor`` to a dataset's bands; returns the model band name of
+    each dataset band, in the dataset's order (pass them to the processor as ``band_names``).
 
     With every model band present, nothing changes (the processor reorders by name). With a strict
-    subset and ``allow_subset``, the model is restricted in place with
-    :func:`geofm_hf.select_input_bands` and ``processor`` narrowed to the same bands, in the
-    dataset's order. Otherwise :class:`BandMismatchError`.
+    subset and ``allow_subset``, model and processor are restricted together with
+    :func:`geofm_hf.select_input_bands` to those bands, in the dataset's order. Otherwise
+    :class:`BandMismatchError`.
     """
     from .. import select_input_bands
 
@@ -67,9 +162,14 @@ def restrict_to_bands(model, processor, dataset_bands: list[str], allow_subset: 
                 f"{len(dataset_bands)} ({dataset_bands}): expected the same count."
             )
         return list(dataset_bands)
-    mapped = map_dataset_bands(dataset_bands, model_bands)
+    mapped = map_dataset_bands(
+        dataset_bands,
+        model_bands,
+        dataset_table=dataset_table,
+        model_wavelengths=getattr(model.config, "wavelengths_um", None),
+    )
     if set(model_bands) <= set(mapped):
-        return model_bands
+        return mapped
     if not allow_subset:
         missing = [b for b in model_bands if b not in mapped]
         raise BandMismatchError(
@@ -77,11 +177,57 @@ def restrict_to_bands(model, processor, dataset_bands: list[str], allow_subset: 
             f"the model restricted to {mapped} (select_input_bands); they are never zero-filled."
         )
     processor_bands = list(processor.band_names or model_bands)
-    select_input_bands(model, mapped)
-    order = [processor_bands.index(b) for b in mapped]
-    processor.band_names = list(mapped)
-    for attr in ("image_mean", "image_std"):
-        values = getattr(processor, attr)
-        if values is not None:
-            setattr(processor, attr, [values[i] for i in order])
+    select_input_bands(model, mapped, processor=processor)
+    if processor.band_names != mapped:  # a processor without band names of its own
+        processor.select_bands(mapped, reference=processor_bands)
     return list(mapped)
+
+
+def prepare_dataset_bands(
+    model,
+    processor,
+    split_band_names: list[str],
+    *,
+    dataset: str | None = None,
+    dataset_revision: str | None = None,
+    dataset_bands: list[str] | None = None,
+    dataset_sensor: str | None = None,
+    allow_subset: bool = True,
+) -> tuple[list[int], list[str], list[str]]:
+    """What the probe and fine-tune recipes need to feed a dataset to a model.
+
+    ``dataset_bands`` selects (and orders) the dataset's channels to use; the dataset's
+    wavelengths come from ``dataset_sensor`` or the dataset's ``geofm_dataset.json``
+    (sensor / wavelengths_um). Returns ``(channel indices into the dataset images, the model
+    band name of each selected channel, the model bands used)``; model and processor are
+    restricted in place when the dataset covers a strict subset.
+    """
+    names = list(split_band_names)
+    if dataset_bands:
+        missing = [b for b in dataset_bands if b not in names]
+        if missing:
+            raise BandMismatchError(
+                f"--dataset_bands {missing} are not bands of the dataset; it has {names}."
+            )
+        if len(set(dataset_bands)) != len(dataset_bands):
+            raise BandMismatchError(f"--dataset_bands names a band twice: {dataset_bands}.")
+    chosen = list(dataset_bands) if dataset_bands else names
+    index = [names.index(b) for b in chosen]
+    sensor, wavelengths = dataset_sensor, None
+    if sensor is None and dataset is not None:
+        from ..data.format import read_dataset_info
+
+        try:
+            info = read_dataset_info(dataset, revision=dataset_revision)
+        except Exception:
+            info = None
+        if info is not None and list(info.band_names) == names:
+            wavelengths = info.wavelengths_um
+            if info.sensor and "+" not in info.sensor and wavelengths is None:
+                sensor = info.sensor
+    if wavelengths is not None:
+        wavelengths = [wavelengths[i] for i in index]
+    table = dataset_band_table(chosen, sensor=sensor, wavelengths_um=wavelengths)
+    mapped = restrict_to_bands(model, processor, chosen, allow_subset, dataset_table=table)
+    used = list(model.config.band_names or mapped)
+    return index, mapped, used

@@ -47,6 +47,7 @@ def render_dataset_card(
     features = _FEATURES_YAML
     if info.label_names:
         features += "    - name: label\n      dtype: int64\n"
+    features += "    - name: valid_mask\n      dtype: binary\n"
     chip_bytes = len(info.band_names) * info.chip_size**2 * _itemsize(info.dtype)
     splits = "".join(
         f"    - name: {s}\n      num_bytes: {n * chip_bytes}\n      num_examples: {n}\n"

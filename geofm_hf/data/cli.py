@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 
 from .format import BadInputError, TooManyErrorsError
@@ -26,6 +27,25 @@ def _parse_split(text: str):
                 f"--split expects NAME or NAME=FRACTION,...; got {text!r}"
             ) from None
     return out
+
+
+def _parse_band_files(values: list[str]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise argparse.ArgumentTypeError(
+                f"--band-files expects NAME=PATH ... (e.g. red=ls7_30.tif nir=ls7_40.tif); "
+                f"got {item!r}"
+            )
+        if name in out:
+            raise argparse.ArgumentTypeError(f"--band-files names band {name!r} twice")
+        out[name] = path
+    return out
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 def push_dataset_to_hub(folder: str, repo_id: str, *, private: bool = False,
@@ -58,11 +78,41 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Cut rasters (files, folders, globs; one file per band or multi-band) into "
         "chips and write Parquet shards + dataset card + geofm_dataset.json.",
     )
-    p.add_argument("inputs", nargs="+", help="raster files, folders or quoted globs")
+    p.add_argument("inputs", nargs="*", help="raster files, folders or quoted globs")
     p.add_argument("-o", "--output-dir", required=True)
     p.add_argument("--chip-size", type=int, default=64)
     p.add_argument("--stride", type=int, default=None, help="default: chip size")
-    p.add_argument("--bands", default=None, help="comma-separated band names/aliases, in order")
+    p.add_argument(
+        "--bands",
+        type=_names,
+        default=None,
+        help="select and reorder bands by name/alias, e.g. B4,B3,B2 (pixels follow)",
+    )
+    p.add_argument(
+        "--band-names",
+        type=_names,
+        default=None,
+        help="name the bands of multi-band files that carry no band descriptions",
+    )
+    p.add_argument(
+        "--band-files",
+        nargs="+",
+        action="append",
+        default=None,
+        metavar="NAME=PATH",
+        help="one scene from one file per band (repeat the flag for more scenes)",
+    )
+    p.add_argument(
+        "--filename-pattern",
+        default=None,
+        help="regex with a named 'band' group (optionally 'scene') grouping "
+        r"one-file-per-band inputs, e.g. '(?P<scene>.+)_(?P<band>\d)0\.tif$'",
+    )
+    p.add_argument(
+        "--ignore-qa-masks",
+        action="store_true",
+        help="do not apply <scene>_fmask/_SCL/_QA_PIXEL cloud masks to validity",
+    )
     p.add_argument("--resolution", type=float, default=None, help="target GSD (default finest)")
     p.add_argument("--resampling", default="nearest")
     p.add_argument("--nodata", type=float, default=None)
@@ -78,7 +128,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--on-error", choices=["skip", "raise"], default="raise")
     p.add_argument("--max-error-fraction", type=float, default=0.05)
-    p.add_argument("--sensor", default=None)
+    p.add_argument(
+        "--sensor",
+        default=None,
+        help="band table, e.g. landsat7, landsat5, landsat8, sentinel2-l2a, hls-s30; "
+        "default: identified from product ids / metadata, else an error if ambiguous",
+    )
     p.add_argument("--name", default=None, help="dataset card title")
     p.add_argument("--license", default="other")
     p.add_argument("--overwrite", action="store_true")
@@ -95,9 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
     try:
+        band_files = [_parse_band_files(g) for g in args.band_files] if args.band_files else None
+        if not args.inputs and not band_files:
+            raise ValueError("no inputs: give raster files/folders/globs or --band-files")
         summary = write_shards(
             args.inputs, args.output_dir, chip_size=args.chip_size, stride=args.stride,
-            bands=args.bands.split(",") if args.bands else None, resolution=args.resolution,
+            bands=args.bands, band_names=args.band_names, band_files=band_files,
+            filename_pattern=args.filename_pattern, qa_masks=not args.ignore_qa_masks,
+            resolution=args.resolution,
             resampling=args.resampling, nodata=args.nodata,
             max_nodata_fraction=args.max_nodata_fraction, target_shard_mb=args.target_shard_mb,
             rows_per_shard=args.rows_per_shard, compression_level=args.compression_level,
@@ -106,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             license=args.license,
         )  # fmt: skip
     except (BadInputError, TooManyErrorsError, FileNotFoundError, FileExistsError,
-            ValueError) as err:  # fmt: skip
+            ValueError, argparse.ArgumentTypeError, re.error) as err:  # fmt: skip
         print(f"geofm-make-shards: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps({

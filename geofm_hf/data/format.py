@@ -20,11 +20,13 @@ __all__ = [
     "DATASET_INFO_FILE",
     "FORMAT_VERSION",
     "SHARD_SCHEMA",
+    "VALID_MASK_FIELD",
     "BadInputError",
     "GeoDatasetInfo",
     "TooManyErrorsError",
     "decode_batch",
     "decode_image",
+    "decode_valid_masks",
     "read_dataset_info",
 ]
 
@@ -47,6 +49,9 @@ SHARD_SCHEMA = pa.schema(
     ]
 )
 LABEL_FIELD = pa.field("label", pa.int64())
+# Per-chip validity: np.packbits of the (H, W) bool mask, 1 = valid pixel (every band has a
+# value, not nodata/fill, not NaN/inf, not flagged by a cloud/QA mask). Absent in older shards.
+VALID_MASK_FIELD = pa.field("valid_mask", pa.binary())
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 
@@ -270,3 +275,22 @@ def decode_batch(
     if len(shapes) != 1:
         raise BadInputError("shape_mismatch", f"rows of one batch have different shapes {shapes}")
     return np.stack(rows)
+
+
+def decode_valid_masks(
+    table: pa.Table | pa.RecordBatch, indices: np.ndarray, height: int, width: int
+) -> np.ndarray | None:
+    """(N, H, W) bool validity masks of rows ``indices``, or ``None`` when the shard has none."""
+    if "valid_mask" not in table.schema.names:
+        return None
+    column = table.column("valid_mask")
+    n = height * width
+    out = np.empty((len(indices), height, width), dtype=bool)
+    for k, i in enumerate(np.asarray(indices, dtype=np.int64)):
+        buf = column[int(i)].as_py()
+        if buf is None:
+            out[k] = True
+            continue
+        bits = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), count=n)
+        out[k] = bits.reshape(height, width).astype(bool)
+    return out

@@ -24,6 +24,7 @@ from .format import (
     GeoDatasetInfo,
     TooManyErrorsError,
     decode_batch,
+    decode_valid_masks,
     read_dataset_info,
 )
 
@@ -186,6 +187,7 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         return_chip_ids: bool = False,
         info: GeoDatasetInfo | None = None,
         cache_mb: float = 512.0,
+        return_masks: bool = False,
     ):
         super().__init__()
         if not 0 <= rank < world_size:
@@ -207,6 +209,7 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         self.on_error = on_error
         self.max_error_fraction = max_error_fraction
         self.return_chip_ids = return_chip_ids
+        self.return_masks = return_masks
         self.start_batch = 0
         self.cache_mb = cache_mb
         if info is None:
@@ -334,6 +337,7 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
     def _make_batch(self, epoch: int, shards: np.ndarray, rows: np.ndarray):
         keep = np.ones(len(rows), dtype=bool)
         sources: list[tuple[Any, int] | None] = [None] * len(rows)
+        masks: list[np.ndarray | None] = [None] * len(rows)
         chip_ids: list[str] = []
         for shard in np.unique(shards):
             sel = np.flatnonzero(shards == shard)
@@ -345,9 +349,15 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
                 decoded = decode_batch(table, rows[sel])
                 for j, i in enumerate(sel):
                     sources[i] = (decoded, j)
+                height, width = decoded.shape[-2:]
             else:
                 for i in sel:
                     sources[i] = (arr, int(rows[i]))
+                height, width = arr.shape[-2:]
+            valid = decode_valid_masks(table, rows[sel], height, width)
+            if valid is not None:
+                for j, i in enumerate(sel):
+                    masks[i] = valid[j]
         if not keep.any():
             return None
         positions = np.flatnonzero(keep)
@@ -357,12 +367,24 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
                 for i in positions
             ]
         sample_index = self.layout.offsets[shards[positions]] + rows[positions]
-        batch = self._transform([sources[i] for i in positions], epoch, sample_index)
+        batch, valid = self._transform(
+            [sources[i] for i in positions], epoch, sample_index, [masks[i] for i in positions]
+        )
+        if self.return_masks:
+            out = {"pixel_values": batch, "pixel_mask": valid}
+            if self.return_chip_ids:
+                out["chip_ids"] = chip_ids
+            return out
         if self.return_chip_ids:
             return batch, chip_ids
         return batch
 
-    def _transform(self, sources, epoch: int, sample_index: np.ndarray) -> torch.Tensor:
+    def _transform(self, sources, epoch: int, sample_index: np.ndarray, masks=None):
+        """Crop/flip/rotate and normalise; returns (pixels, valid mask (B, crop, crop) bool).
+
+        Invalid pixels (stored mask, NaN/inf) are set to 0 after normalisation (the band
+        mean), never fed as raw fill values; the mask says which they are.
+        """
         first, j = sources[0]
         _, c, h, w = first.shape
         if len(self.mean) != c:
@@ -370,6 +392,7 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         n = len(sources)
         crop = self.crop_size or h
         raw = np.empty((n, c, crop, crop), dtype=first.dtype)
+        valid = np.ones((n, crop, crop), dtype=bool)
         if self.augment:
             params = augmentation_params(self.seed, epoch, sample_index, min(h, w), crop)
         else:
@@ -386,13 +409,28 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
             # A per-sample transposed copy is slow; copy odd rotations untransposed and
             # transpose them together below (same pixels, several times faster).
             raw[i] = view.swapaxes(1, 2) if k % 2 else view
+            if masks is not None and masks[i] is not None:
+                mview = masks[i][y : y + crop, x : x + crop]
+                if hflip:
+                    mview = mview[:, ::-1]
+                if vflip:
+                    mview = mview[::-1, :]
+                if k:
+                    mview = np.rot90(mview, k)
+                valid[i] = mview.T if k % 2 else mview
         odd = np.flatnonzero(params[:, 4] % 2 == 1)
         if len(odd):
             raw[odd] = raw[odd].swapaxes(2, 3)
+            valid[odd] = valid[odd].swapaxes(1, 2)
         out = raw.astype(np.float32)
         out -= self.mean[None, :, None, None]
         out /= self.std[None, :, None, None]
-        return torch.from_numpy(out)
+        if np.issubdtype(raw.dtype, np.floating):
+            valid &= np.isfinite(out).all(axis=1)
+        if not valid.all():
+            out *= valid[:, None]  # 0 = the band mean; NaN/inf never reach the model
+            out[~np.isfinite(out)] = 0.0
+        return torch.from_numpy(out), torch.from_numpy(valid)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -544,6 +582,7 @@ def make_pretrain_dataloader(
     max_error_fraction: float = 0.05,
     return_chip_ids: bool = False,
     pin_memory: bool = False,
+    return_masks: bool = False,
 ) -> PretrainLoader:
     """Build the MAE pretraining loader for a Hub repo id or local folder.
 
@@ -551,11 +590,16 @@ def make_pretrain_dataloader(
     (mean/std default to ``geofm_dataset.json``) and, with ``augment``, randomly cropped,
     flipped and rotated by multiples of 90 degrees as a function of (seed, epoch, sample).
     ``return_chip_ids=True`` yields ``(tensor, chip_ids)`` (for tests/debugging).
+    ``return_masks=True`` yields ``{"pixel_values", "pixel_mask"}`` dicts: ``pixel_mask``
+    ``(B, crop, crop)`` bool, True where the pixel is valid (stored ``valid_mask``: nodata,
+    fill, cloud/QA; and NaN/inf), augmented with the pixels; pass it to the model so the
+    loss ignores invalid pixels. Invalid pixels are 0 (the band mean) in ``pixel_values``.
     """
     stream = GeoPretrainStream(
         name_or_path, split=split, batch_size=batch_size, seed=seed, rank=rank,
         world_size=world_size, num_workers=num_workers, crop_size=crop_size, mean=mean, std=std,
         augment=augment, revision=revision, drop_last=drop_last, on_error=on_error,
         max_error_fraction=max_error_fraction, return_chip_ids=return_chip_ids,
+        return_masks=return_masks,
     )  # fmt: skip
     return PretrainLoader(stream, num_workers=num_workers, pin_memory=pin_memory)

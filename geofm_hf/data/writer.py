@@ -10,6 +10,7 @@ succeeded; ``geofm_dataset.json`` is written last, so its presence marks a compl
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import logging
@@ -28,11 +29,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from affine import Affine
 
-from ..bands import band_gsd, band_wavelengths, canonical_band_name, detect_sensor, get_sensor_bands
+from ..bands import (
+    SENSORS,
+    AmbiguousSensorError,
+    band_gsd,
+    band_wavelengths,
+    canonical_band_name,
+    get_sensor_bands,
+    identify_sensor,
+    qa_invalid,
+    resolve_sensor,
+    sensor_fill_values,
+)
 from .format import (
     DATASET_INFO_FILE,
     LABEL_FIELD,
     SHARD_SCHEMA,
+    VALID_MASK_FIELD,
     BadInputError,
     GeoDatasetInfo,
     TooManyErrorsError,
@@ -49,6 +62,18 @@ _RASTER_EXTENSIONS = {
 }  # fmt: skip
 # T33UUU_20170216T102101_B8A, LC08_..._B5, scene-B02: a scene prefix and a band suffix.
 _BAND_FILE = re.compile(r"^(?P<scene>.+?)[_\-.](?P<band>B\d{1,2}A?)$", re.IGNORECASE)
+# Cloud/QA mask files of a scene: LE07..._fmask.tif, T33UUU_..._SCL_20m.jp2, LC08_..._QA_PIXEL.TIF.
+_QA_FILE = re.compile(
+    r"^(?P<scene>.+?)[_\-.](?P<qa>fmask|scl|qa_pixel)(?:_\d{2}m)?$", re.IGNORECASE
+)
+_QA_NAMES = {"fmask": "fmask", "scl": "scl", "qa_pixel": "qa_pixel"}
+# Sentinel-2 processing baseline in a SAFE product name (..._N0400_...) or its metadata XML.
+_S2_BASELINE = re.compile(r"_N(\d{2})(\d{2})_")
+_S2_BASELINE_XML = re.compile(r"<PROCESSING_BASELINE>\s*(\d{2})\.(\d{2})\s*<")
+_S2_OFFSET_XML = re.compile(
+    r"<(?:RADIO|BOA)_ADD_OFFSET\s+band_id=\"(\d+)\"\s*>\s*(-?\d+(?:\.\d+)?)\s*<"
+)
+_EARTH_RADIUS_M = 6371008.8  # mean Earth radius (IUGG)
 _DATETIME = re.compile(r"(?<!\d)(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})(?!\d)")
 _DATE = re.compile(r"(?<!\d)(20\d{2}|19\d{2})(\d{2})(\d{2})(?!\d)")
 _SHARD_NAME = re.compile(r"^[\w.\-]+-\d{5}-of-\d{5}\.parquet$")
@@ -95,6 +120,7 @@ class _Scene:
     band_files: dict[str, str]  # band name -> path (per-band files)
     multiband: str | None = None  # path of one multi-band file
     datetime: str | None = None
+    masks: dict[str, str] = field(default_factory=dict)  # QA kind -> path (fmask, scl ...)
 
 
 class _Stats:
@@ -208,25 +234,72 @@ def _datetime_from_name(name: str) -> str | None:
     return None
 
 
-def _group_scenes(files: list[Path], band_files) -> list[_Scene]:
+def _band_key(band: str) -> str:
+    if re.fullmatch(r"[Bb]\d{1,2}[Aa]?", band):
+        band = band.upper()
+        return f"B{int(band[1:-1])}A" if band.endswith("A") else band
+    return band
+
+
+def _group_scenes(files: list[Path], band_files, filename_pattern=None) -> list[_Scene]:
+    """Group files into scenes: ``<scene>_B<n>`` names, ``filename_pattern`` or ``band_files``.
+
+    With ``filename_pattern`` (a regex with a named ``band`` group, optionally ``scene``) every
+    file must match; files that do not are an error listing them. QA/cloud-mask files
+    (``_fmask``, ``_SCL``, ``_QA_PIXEL``) join the scene of the same prefix.
+    """
+    pattern = None
+    if filename_pattern is not None:
+        pattern = re.compile(filename_pattern) if isinstance(filename_pattern, str) else (
+            filename_pattern)  # fmt: skip
+        if "band" not in pattern.groupindex:
+            raise ValueError(
+                f"filename_pattern {pattern.pattern!r} has no named group 'band'; expected e.g. "
+                r"'(?P<scene>.+)_(?P<band>\d+)\.tif$'"
+            )
     scenes: dict[tuple[str, str], dict[str, str]] = {}
+    masks: dict[tuple[str, str], dict[str, str]] = {}
     singles: list[Path] = []
+    unmatched: list[str] = []
     for path in files:
-        m = _BAND_FILE.match(path.stem)
-        if m:
-            band = m.group("band").upper()
-            band = f"B{int(band[1:-1])}A" if band.endswith("A") else band
-            key = (str(path.parent), m.group("scene"))
-            scenes.setdefault(key, {})
-            if band in scenes[key]:
-                raise ValueError(f"two files for band {band} of scene {key[1]}: {path}")
-            scenes[key][band] = str(path)
+        qa = _QA_FILE.match(path.stem)
+        if qa:
+            key = (str(path.parent), qa.group("scene"))
+            masks.setdefault(key, {})[_QA_NAMES[qa.group("qa").lower()]] = str(path)
+            continue
+        if pattern is not None:
+            m = pattern.search(path.name)
+            if m is None or m.group("band") is None:
+                unmatched.append(str(path))
+                continue
+            if "scene" in pattern.groupindex and m.group("scene"):
+                prefix = m.group("scene")
+            else:
+                prefix = (path.name[: m.start("band")] + path.name[m.end("band") :]).rstrip("_-.")
+            key, band = (str(path.parent), prefix), _band_key(m.group("band"))
         else:
-            singles.append(path)
+            m = _BAND_FILE.match(path.stem)
+            if not m:
+                singles.append(path)
+                continue
+            key, band = (str(path.parent), m.group("scene")), _band_key(m.group("band"))
+        scenes.setdefault(key, {})
+        if band in scenes[key]:
+            raise ValueError(
+                f"two files for band {band} of scene {key[1]}: {scenes[key][band]} and {path}; "
+                "expected one file per band (check --filename-pattern)"
+            )
+        scenes[key][band] = str(path)
+    if unmatched:
+        raise ValueError(
+            f"{len(unmatched)} files do not match filename_pattern {pattern.pattern!r} (expected "
+            f"a match with a 'band' group): {unmatched[:20]}"
+        )
     out = []
     for (parent, prefix), bands in sorted(scenes.items()):
         source = f"{Path(parent).name}/{prefix}" if Path(parent).name else prefix
-        out.append(_Scene(prefix, source, bands, datetime=_datetime_from_name(prefix)))
+        out.append(_Scene(prefix, source, bands, datetime=_datetime_from_name(prefix),
+                          masks=masks.pop((parent, prefix), {})))  # fmt: skip
     for path in singles:
         source = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
         out.append(_Scene(path.stem, source, {}, multiband=str(path),
@@ -234,10 +307,21 @@ def _group_scenes(files: list[Path], band_files) -> list[_Scene]:
     if band_files:
         groups = [band_files] if isinstance(band_files, Mapping) else list(band_files)
         for group in groups:
-            paths = {str(k): str(Path(v).resolve()) for k, v in group.items()}
+            paths, qa_paths = {}, {}
+            for k, v in group.items():
+                target = qa_paths if str(k).lower() in _QA_NAMES else paths
+                target[_QA_NAMES.get(str(k).lower(), _band_key(str(k)))] = str(Path(v).resolve())
+            if not paths:
+                raise ValueError(f"band_files group {dict(group)} names no band, only masks")
             first = Path(next(iter(paths.values())))
             out.append(_Scene(first.stem, f"{first.parent.name}/{first.stem}", paths,
-                              datetime=_datetime_from_name(first.stem)))  # fmt: skip
+                              datetime=_datetime_from_name(first.stem), masks=qa_paths))  # fmt: skip
+    if masks:
+        orphans = sorted(p for group in masks.values() for p in group.values())
+        raise ValueError(
+            f"QA/cloud-mask files without a scene of the same prefix: {orphans[:20]}; expected "
+            "<scene>_fmask/_SCL/_QA_PIXEL next to that scene's band files"
+        )
     seen: Counter[str] = Counter()
     for scene in out:
         seen[scene.scene_id] += 1
@@ -245,6 +329,88 @@ def _group_scenes(files: list[Path], band_files) -> list[_Scene]:
             digest = hashlib.sha1(scene.source.encode()).hexdigest()[:6]
             scene.scene_id = f"{scene.scene_id}-{digest}"
     return out
+
+
+def _check_unnamed_singles(scenes: list[_Scene], band_names) -> None:
+    """One-band files with no band name cannot become a dataset band: list them, stop.
+
+    Before this check, ``ls7_2000_10.tif .. ls7_2000_50.tif`` became five one-band "scenes"
+    named ``B1`` (blue, green, red ... mixed). Files that fail to open are left to the main loop.
+    """
+    if band_names:
+        return
+    unnamed = []
+    for scene in scenes:
+        if scene.multiband is None:
+            continue
+        try:
+            src = _open(scene.multiband)
+        except BadInputError:
+            continue
+        with src:
+            if src.count == 1 and not src.descriptions[0]:
+                unnamed.append(scene.multiband)
+    if unnamed:
+        raise ValueError(
+            f"{len(unnamed)} single-band files whose band is not named (no band description, no "
+            f"<scene>_B<n> in the file name): {unnamed[:20]}. Expected per-band files grouped "
+            "by --filename-pattern '(?P<scene>.+)_(?P<band>\\d+)' / --band-files NAME=PATH ... "
+            "(filename_pattern=, band_files=), or one band named with --band-names NAME."
+        )
+
+
+def _scene_evidence(scene: _Scene, srcs) -> list[str]:
+    """File names, folder names and metadata tags: what may name the sensor."""
+    texts = [scene.scene_id, scene.source]
+    paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
+    for p in paths:
+        texts.extend(Path(p).parts[-4:])
+    for src in srcs:
+        with contextlib.suppress(Exception):
+            texts.extend(str(v) for v in src.tags().values())
+    return texts
+
+
+def _s2_offset(scene: _Scene) -> dict[int, float] | None:
+    """Radiometric offset of a Sentinel-2 product of processing baseline >= 04.00.
+
+    From the product metadata XML (``MTD_MSIL1C.xml`` / ``MTD_MSIL2A.xml``: RADIO_ADD_OFFSET /
+    BOA_ADD_OFFSET per band id) when it sits above the band files, else from the baseline in
+    the SAFE name (``_N0400_``: -1000 for every band, as ESA specifies). ``None`` before 04.00
+    or when nothing states the baseline.
+    """
+    paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
+    first = Path(paths[0])
+    for parent in list(first.parents)[:6]:
+        for xml in sorted(parent.glob("MTD_MSIL*.xml")):
+            text = xml.read_text(errors="replace")
+            m = _S2_BASELINE_XML.search(text)
+            if m and int(m.group(1)) * 100 + int(m.group(2)) >= 400:
+                offsets = {int(b): float(v) for b, v in _S2_OFFSET_XML.findall(text)}
+                return offsets or dict.fromkeys(range(13), -1000.0)
+            if m:
+                return None
+    for part in first.parts:
+        m = _S2_BASELINE.search(part)
+        if m and part.startswith("S2"):
+            if int(m.group(1)) * 100 + int(m.group(2)) >= 400:
+                return dict.fromkeys(range(13), -1000.0)
+            return None
+    return None
+
+
+def _gsd_metres(crs, res: float, top: float, bottom: float) -> float:
+    """Pixel size in metres whatever the CRS (degrees: at the grid's central latitude)."""
+    if crs.is_geographic:
+        lat = np.deg2rad((top + bottom) / 2)
+        metres_per_degree = np.pi / 180 * _EARTH_RADIUS_M
+        # Geometric mean of the east-west and north-south pixel sizes.
+        return float(res * metres_per_degree * np.sqrt(max(np.cos(lat), 1e-12)))
+    try:
+        factor = crs.linear_units_factor[1]
+    except Exception:
+        factor = 1.0
+    return float(res * factor)
 
 
 def _open(path: str):
@@ -268,8 +434,13 @@ def _open(path: str):
         raise BadInputError("corrupt_file", f"{path} could not be opened: {err}") from err
 
 
-def _resolve_band_names(scene: _Scene, src_list, bands, sensor) -> list[tuple[str, Any, int]]:
-    """Return (band_name, dataset, band_index) in output order for ``scene``."""
+def _available_bands(scene: _Scene, src_list, band_names, sensor):
+    """(default order, {name: (dataset, band index)}, named) of ``scene``'s bands.
+
+    Per-band files are named by their file (or ``band_files`` key); a multi-band file by its
+    band descriptions, else by ``band_names`` (``--band-names``), else ``B1..Bn`` placeholders
+    (``named`` False: placeholders are positions, never evidence of a sensor).
+    """
     if scene.multiband is None:
         available = {}
         for name, src in zip(scene.band_files, src_list):
@@ -278,29 +449,60 @@ def _resolve_band_names(scene: _Scene, src_list, bands, sensor) -> list[tuple[st
                     "band_count_mismatch",
                     f"{src.name} holds {src.count} bands; a per-band file must hold exactly 1",
                 )
-            available[name] = (name, src, 1)
-        if sensor is not None:
-            try:
-                order = [b.name for b in get_sensor_bands(sensor)]
-                available = {canonical_band_name(k, sensor): v for k, v in available.items()}
-            except ValueError:
-                order = sorted(available)
-        else:
-            order = sorted(available)
-        default = [n for n in order if n in available]
+            available[name] = (src, 1)
+        named = True
     else:
         src = src_list[0]
         descriptions = list(src.descriptions)
-        if all(descriptions) and len(set(descriptions)) == len(descriptions):
+        named = all(descriptions) and len(set(descriptions)) == len(descriptions)
+        if band_names is not None:
+            if len(band_names) != src.count:
+                raise BadInputError(
+                    "band_count_mismatch",
+                    f"band_names (--band-names) gives {len(band_names)} names {list(band_names)} "
+                    f"but {src.name} holds {src.count} bands; expected one name per band",
+                )
+            if named and descriptions != list(band_names):
+                raise BadInputError(
+                    "band_name_mismatch",
+                    f"{src.name} names its bands {descriptions}; band_names gives "
+                    f"{list(band_names)}. band_names only names unnamed bands: drop it, or "
+                    "use bands= (--bands) to select and reorder",
+                )
+            names, named = list(band_names), True
+        elif named:
             names = descriptions
-        elif bands is not None and len(bands) == src.count:
-            names = list(bands)
         else:
             names = [f"B{i}" for i in range(1, src.count + 1)]
-        available = {n: (n, src, i + 1) for i, n in enumerate(names)}
-        default = names
+        available = {n: (src, i + 1) for i, n in enumerate(names)}
+    if sensor is None or not named:
+        order = list(available) if scene.multiband else sorted(available)
+        return order, available, named
+    canon = {}
+    for key, value in available.items():
+        try:
+            canon[canonical_band_name(key, sensor)] = value
+        except ValueError:
+            raise BadInputError(
+                "band_name_mismatch",
+                f"scene {scene.source}: band {key!r} is not a {sensor} band; expected one of "
+                f"{[b.name for b in get_sensor_bands(sensor)]}",
+            ) from None
+    if scene.multiband:
+        order = list(canon)
+    else:
+        order = [b.name for b in get_sensor_bands(sensor) if b.name in canon]
+    return order, canon, named
+
+
+def _resolve_band_names(scene: _Scene, src_list, bands, sensor, band_names=None):
+    """Return (band_name, dataset, band_index) in output order for ``scene``.
+
+    ``bands`` only selects and reorders by name (or alias): the pixels follow the names.
+    """
+    order, available, _ = _available_bands(scene, src_list, band_names, sensor)
     if bands is None:
-        return [available[n] for n in default]
+        return [(n, *available[n]) for n in order]
     wanted = []
     for name in bands:
         key = name
@@ -312,10 +514,38 @@ def _resolve_band_names(scene: _Scene, src_list, bands, sensor) -> list[tuple[st
         if key not in available:
             raise BadInputError(
                 "band_name_mismatch",
-                f"scene {scene.source} has no band {name!r}; it has {sorted(available)}",
+                f"scene {scene.source} has no band {name!r}; it has {list(available)}"
+                + ("" if sensor else " (no sensor identified: aliases like 'red' need one)"),
             )
-        wanted.append(available[key])
+        wanted.append((key, *available[key]))
+    if len({w[0] for w in wanted}) != len(wanted):
+        raise ValueError(f"bands {list(bands)} name a band twice ({[w[0] for w in wanted]})")
     return wanted
+
+
+def _identify_scene_sensors(scenes: list[_Scene], sensor, band_names) -> dict[str, str | None]:
+    """Sensor of every scene, from ``sensor`` or evidence; raises before anything is written."""
+    if sensor is not None:
+        return {s.source: sensor for s in scenes}
+    out: dict[str, str | None] = {}
+    for scene in scenes:
+        paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
+        srcs = []
+        try:
+            for path in paths:
+                srcs.append(_open(path))
+            _, available, named = _available_bands(scene, srcs, band_names, None)
+            names = list(available) if named else []
+            try:
+                out[scene.source] = identify_sensor(names, _scene_evidence(scene, []))
+            except AmbiguousSensorError:
+                out[scene.source] = identify_sensor(names, _scene_evidence(scene, srcs))
+        except BadInputError:
+            out[scene.source] = None  # unreadable: the main loop reports it
+        finally:
+            for src in srcs:
+                src.close()
+    return out
 
 
 def _target_grid(band_srcs, resolution):
@@ -355,7 +585,8 @@ class _ShardBuffer:
         self.rows: list[dict[str, Any]] = []
         self.nbytes = 0
         self.files: list[dict[str, Any]] = []
-        self.schema = SHARD_SCHEMA.append(LABEL_FIELD) if labelled else SHARD_SCHEMA
+        schema = SHARD_SCHEMA.append(LABEL_FIELD) if labelled else SHARD_SCHEMA
+        self.schema = schema.append(VALID_MASK_FIELD)
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -433,7 +664,9 @@ def write_shards(
     chip_size: int = 64,
     stride: int | None = None,
     bands: Sequence[str] | None = None,
+    band_names: Sequence[str] | None = None,
     band_files: Mapping[str, str] | Sequence[Mapping[str, str]] | None = None,
+    filename_pattern: str | re.Pattern | None = None,
     resolution: float | None = None,
     resampling: str = "nearest",
     nodata: float | None = None,
@@ -447,26 +680,37 @@ def write_shards(
     labels: Callable[[ChipMeta], int | None] | None = None,
     label_names: Sequence[str] | None = None,
     sensor: str | None = None,
+    qa_masks: bool = True,
     overwrite: bool = False,
     dataset_name: str | None = None,
     license: str = "other",
     card_notes: str | None = None,
 ) -> WriteSummary:
-    """Cut rasters into chips and write a Hub-ready Parquet dataset to ``output_dir``.
+    r"""Cut rasters into chips and write a Hub-ready Parquet dataset to ``output_dir``.
 
     Args:
         inputs: files, folders (searched recursively for raster extensions) or globs. Files
-            named ``<scene>_B02.jp2`` etc. are grouped into one scene per prefix and stacked.
+            named ``<scene>_B02.jp2`` etc. are grouped into one scene per prefix and stacked;
+            ``<scene>_fmask`` / ``_SCL`` / ``_QA_PIXEL`` files are that scene's cloud/QA mask.
+            A one-band file whose band has no name is an error (group it, or name it).
         chip_size, stride: chip edge and step in target-grid pixels (stride defaults to
             chip_size).
-        bands: names (or aliases) to select and order; default all bands in the sensor's
-            canonical order. band_files: explicit ``{band: path}`` mapping(s) for scenes whose
-            file names do not follow the pattern.
+        bands: names (or aliases) to select and reorder; default all bands in the sensor's
+            canonical order. The pixels always follow the names.
+        band_names: names for the bands of multi-band files that carry no band descriptions
+            (``--band-names``); one per band, in file order.
+        band_files: explicit ``{band: path}`` mapping(s), one per scene.
+        filename_pattern: regex with a named ``band`` group (and optionally ``scene``) that
+            groups one-file-per-band inputs, e.g. ``r"(?P<scene>.+)_(?P<band>\d+)\.tif$"``;
+            every file must match.
         resolution: target GSD in CRS units (default: the finest band of the scene).
         resampling: rasterio resampling name used to bring coarser/finer bands onto the grid.
-        nodata: value treated as nodata in every band (default: each file's own nodata).
-        max_nodata_fraction: chips with a larger fraction of nodata/NaN pixels are dropped
-            (counted in the summary and card under ``nodata``).
+        nodata: value treated as nodata in every band, besides each file's declared nodata and
+            the sensor's known fill value (e.g. 0 for Sentinel-2 and Landsat Collection 2).
+            NaN and +-inf are always invalid.
+        max_nodata_fraction: chips with a larger fraction of invalid pixels (nodata, fill,
+            NaN/inf, cloud/QA-flagged) are dropped (counted in the summary and card). Kept
+            chips store their validity mask (``valid_mask``, 1 = valid) for the loss.
         target_shard_mb: uncompressed image bytes per shard (MB = 1e6 bytes).
         rows_per_shard: chips per shard instead (overrides ``target_shard_mb``).
         compression_level: zstd level of the Parquet files (3 is fast; 19 is ~35% smaller).
@@ -477,7 +721,11 @@ def write_shards(
             than this fraction of the input scenes is bad.
         labels, label_names: optional callable giving an integer label per chip (``None``
             drops the chip, counted as ``unlabelled``) and the class names.
-        sensor: band table for names/wavelengths (auto-detected from the band names).
+        sensor: band table for names/wavelengths (``landsat7``, ``sentinel2-l2a`` ...). By
+            default identified from evidence only: product/scene ids in the file names
+            (``LE07_...``, ``S2A_MSIL2A_...``), metadata tags, or band names only one family
+            of sensors spells; ambiguous names (``B1..B7``) are an error asking for it.
+        qa_masks: apply the scenes' cloud/QA mask files (fmask, SCL, QA_PIXEL) to validity.
         overwrite: replace a finished dataset in ``output_dir``.
         dataset_name: title of the dataset card. license: its ``license:`` tag (SPDX id or
             ``other``). card_notes: markdown appended to the card (source, licence, citation).
@@ -510,12 +758,17 @@ def write_shards(
     if labels is not None and not label_names:
         raise ValueError("labels needs label_names (the class names, index = label)")
 
+    if bands is not None and isinstance(bands, str):
+        raise ValueError(f"bands must be a list of names; got the string {bands!r}")
+    sensor = resolve_sensor(sensor) if sensor else None
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     files = _expand_inputs(inputs) if inputs else []
-    scenes = _group_scenes(files, band_files)
+    scenes = _group_scenes(files, band_files, filename_pattern)
     if not scenes:
         raise FileNotFoundError(f"no input rasters found in {inputs!r}")
+    _check_unnamed_singles(scenes, band_names)
+    scene_sensors = _identify_scene_sensors(scenes, sensor, band_names)
+    output_dir.mkdir(parents=True, exist_ok=True)
     _prepare_output(output_dir, overwrite)
     staging = output_dir / _STAGING
     policy = _ErrorPolicy(on_error, max_error_fraction, len(scenes))
@@ -525,12 +778,17 @@ def write_shards(
                         rows_per_shard, compression_level)
         for s in split_names
     }  # fmt: skip
-    band_names: list[str] | None = None
+    dataset_bands: list[str] | None = None
     out_dtype: np.dtype | None = None
     stats: dict[str, _Stats] = {}
     sources: list[str] = []
     bytes_read = 0
     target_res = None
+    target_gsd_m = None
+    sensors: Counter[str] = Counter()
+    dataset_sensor: str | None = None
+    invalid_counts: Counter[str] = Counter()
+    offset_scenes = 0
 
     for scene in scenes:
         srcs = []
@@ -538,22 +796,38 @@ def write_shards(
             paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
             for path in paths:
                 srcs.append(_open(path))
-            scene_sensor = sensor
-            if scene_sensor is None and scene.multiband is None:
-                scene_sensor = detect_sensor(list(scene.band_files))
-            selected = _resolve_band_names(scene, srcs, bands, scene_sensor)
+            scene_sensor = scene_sensors.get(scene.source)
+            selected = _resolve_band_names(scene, srcs, bands, scene_sensor, band_names)
             names = [n for n, _, _ in selected]
-            if band_names is None:
-                band_names = names
-                sensor = sensor or scene_sensor
-            elif names != band_names:
-                reason = "band_count_mismatch" if len(names) != len(band_names) else (
+            if dataset_bands is None:
+                dataset_bands = names
+                dataset_sensor = scene_sensor
+            elif names != dataset_bands:
+                reason = "band_count_mismatch" if len(names) != len(dataset_bands) else (
                     "band_name_mismatch")  # fmt: skip
                 raise BadInputError(
                     reason,
-                    f"scene {scene.source} has bands {names}; the dataset has {band_names} "
+                    f"scene {scene.source} has bands {names}; the dataset has {dataset_bands} "
                     "(pass bands=[...] to select a common subset)",
                 )
+            if scene_sensor != dataset_sensor:
+                mine = band_wavelengths(names, scene_sensor) if scene_sensor else None
+                theirs = band_wavelengths(names, dataset_sensor) if dataset_sensor else None
+                tables = [SENSORS[s] for s in (scene_sensor, dataset_sensor) if s]
+                widths = [max(b.bandwidth_um or 0 for t in tables for b in t if b.name == n)
+                          for n in names]  # fmt: skip
+                if (
+                    mine is None
+                    or theirs is None
+                    or any(abs(a - b) > w / 2 for a, b, w in zip(mine, theirs, widths))
+                ):
+                    raise BadInputError(
+                        "sensor_mismatch",
+                        f"scene {scene.source} is {scene_sensor or 'of unknown sensor'}, the "
+                        f"dataset {dataset_sensor or 'of unknown sensor'}: bands {names} have "
+                        f"other wavelengths ({mine} vs {theirs} um); write them separately",
+                    )
+            sensors[scene_sensor or "unknown"] += 1
             crs, transform, width, height, res = _target_grid([s for _, s, _ in selected],
                                                               resolution)  # fmt: skip
             if target_res is None:
@@ -572,9 +846,28 @@ def write_shards(
                 raise BadInputError(
                     "dtype_mismatch", f"scene {scene.source} is {scene_dtype}, dataset {out_dtype}"
                 )
-            nodatas = [
-                nodata if nodata is not None else s.nodatavals[i - 1] for _, s, i in selected
-            ]
+            fills = sensor_fill_values(scene_sensor)
+            nodatas = []
+            for _, s, i in selected:
+                values = {float(v) for v in (s.nodatavals[i - 1], nodata, *fills)
+                          if v is not None and not np.isnan(v)}  # fmt: skip
+                nodatas.append(sorted(values))
+            offsets = None
+            if scene_sensor and scene_sensor.startswith("sentinel2"):
+                offsets = _s2_offset(scene)
+            if offsets:
+                order = [b.name for b in SENSORS["sentinel2-l1c"]]
+                band_offsets = np.array(
+                    [offsets.get(order.index(n), -1000.0) for n in names], dtype=np.float64
+                )
+                offset_scenes += 1
+            qa_srcs = []
+            if qa_masks:
+                for kind, path in sorted(scene.masks.items()):
+                    if kind == "fmask" and scene_sensor and scene_sensor.startswith("hls"):
+                        kind = "hls_fmask"
+                    qa_srcs.append((kind, _open(path)))
+                    srcs.append(qa_srcs[-1][1])
             if width < chip_size or height < chip_size:
                 raise BadInputError(
                     "too_small",
@@ -592,6 +885,15 @@ def write_shards(
                 )
                 for _, s, _ in selected
             ]
+            qa_vrts = [
+                (kind, WarpedVRT(q, crs=crs, transform=transform, width=width, height=height,
+                                 resampling=Resampling.nearest))
+                for kind, q in qa_srcs
+            ]  # fmt: skip
+            bottom = transform.f - height * res
+            gsd_m = _gsd_metres(crs, res, transform.f, bottom)
+            if target_gsd_m is None:
+                target_gsd_m = gsd_m
             crs_text = crs.to_string() if crs.to_epsg() is None else f"EPSG:{crs.to_epsg()}"
             n_cols = (width - chip_size) // stride + 1
             n_rows = (height - chip_size) // stride + 1
@@ -607,27 +909,40 @@ def write_shards(
                         except Exception as err:
                             raise BadInputError(
                                 "unreadable_band",
-                                f"band {band_names[b]} of scene {scene.source} failed to "
+                                f"band {dataset_bands[b]} of scene {scene.source} failed to "
                                 f"read at rows {y0}..{y0 + chip_size}: {err}",
                             ) from err
                     bytes_read += strip.nbytes
-                    invalid = np.zeros((chip_size, width), dtype=bool)
                     band_invalid = np.zeros(strip.shape, dtype=bool)
+                    non_finite = np.zeros(strip.shape, dtype=bool)
                     if np.issubdtype(out_dtype, np.floating):
-                        band_invalid |= np.isnan(strip)
-                    for b, nd in enumerate(nodatas):
-                        if nd is not None and not np.isnan(nd):
+                        non_finite = ~np.isfinite(strip)
+                        band_invalid |= non_finite
+                    for b, values in enumerate(nodatas):
+                        for nd in values:
                             band_invalid[b] |= strip[b] == nd
+                    qa_invalid_px = np.zeros((chip_size, width), dtype=bool)
+                    for kind, qvrt in qa_vrts:
+                        qa_invalid_px |= qa_invalid(kind, qvrt.read(1, window=window))
+                    band_invalid |= qa_invalid_px[None]
                     invalid = band_invalid.any(axis=0)
+                    if offsets:
+                        # Baseline >= 04.00 scenes onto the pre-2022 scale (DN + offset, >= 0):
+                        # one dataset, one scale. Invalid pixels keep their raw value.
+                        shifted = np.maximum(strip + band_offsets[:, None, None], 0)
+                        strip = np.where(band_invalid, strip, shifted).astype(out_dtype)
                     for c in range(n_cols):
                         x0 = c * stride
                         chip = np.ascontiguousarray(strip[:, :, x0 : x0 + chip_size])
                         chip_id = f"{scene.scene_id}_r{y0:05d}_c{x0:05d}"
                         frac = float(invalid[:, x0 : x0 + chip_size].mean())
                         if frac > max_nodata_fraction:
-                            has_nan = np.issubdtype(out_dtype, np.floating) and bool(
-                                np.isnan(chip).any())  # fmt: skip
-                            reason = "nan" if has_nan else "nodata"
+                            has_nan = bool(non_finite[:, :, x0 : x0 + chip_size].any())
+                            cloudy = bool(qa_invalid_px[:, x0 : x0 + chip_size].any())
+                            reason = "nan" if has_nan else ("qa_mask" if cloudy and not bool(
+                                invalid[:, x0 : x0 + chip_size][
+                                    ~qa_invalid_px[:, x0 : x0 + chip_size]].any()
+                            ) else "nodata")  # fmt: skip
                             policy.record(
                                 BadInputError(reason, f"{frac:.1%} of pixels are nodata/NaN "
                                               f"(max_nodata_fraction={max_nodata_fraction})"),
@@ -653,27 +968,37 @@ def write_shards(
                                     f"{len(label_names) - 1}"
                                 )
                         split_name = _split_of(split, c, n_cols)
-                        stats.setdefault(split_name, _Stats(len(band_names))).update(
+                        chip_invalid = invalid[:, x0 : x0 + chip_size]
+                        invalid_counts["pixels"] += chip_invalid.size
+                        invalid_counts["invalid_pixels"] += int(chip_invalid.sum())
+                        invalid_counts["non_finite_values"] += int(
+                            non_finite[:, :, x0 : x0 + chip_size].sum())  # fmt: skip
+                        invalid_counts["qa_masked_pixels"] += int(
+                            qa_invalid_px[:, x0 : x0 + chip_size].sum())  # fmt: skip
+                        stats.setdefault(split_name, _Stats(len(dataset_bands))).update(
                             chip, ~band_invalid[:, :, x0 : x0 + chip_size]
                         )
                         buffers[split_name].add({
                             "image": chip.tobytes(),
                             "shape": list(chip.shape),
                             "dtype": out_dtype.name,
-                            "band_names": band_names,
+                            "band_names": dataset_bands,
                             "crs": crs_text,
                             "transform": list(tuple(chip_transform)[:6]),
                             "bounds": [left, bottom, right, top],
                             "source": scene.source,
                             "datetime": scene.datetime,
-                            "gsd_m": float(res),
+                            "gsd_m": gsd_m,
                             "chip_id": chip_id,
                             "label": None if label is None else int(label),
+                            "valid_mask": np.packbits(~chip_invalid).tobytes(),
                         })  # fmt: skip
                         scene_chips += 1
             finally:
                 for vrt in vrts:
                     vrt.close()
+                for _, qvrt in qa_vrts:
+                    qvrt.close()
             sources.append(scene.source)
             logger.info("scene %s: %d chips", scene.source, scene_chips)
         except BadInputError as err:
@@ -684,7 +1009,7 @@ def write_shards(
 
     for buffer in buffers.values():
         buffer.flush()
-    if band_names is None:
+    if dataset_bands is None:
         raise TooManyErrorsError(
             f"no usable scene among {len(scenes)} inputs; skipped: {policy.summary()}"
         )
@@ -717,21 +1042,26 @@ def write_shards(
     # Normalisation statistics come from the training split (or the first non-empty split).
     stats_split = "train" if "train" in stats_by_split else next(iter(stats_by_split))
     info = GeoDatasetInfo(
-        band_names=list(band_names),
+        band_names=list(dataset_bands),
         dtype=out_dtype.name,
         chip_size=chip_size,
         num_samples=num_samples,
         mean=stats_by_split[stats_split]["mean"],
         std=stats_by_split[stats_split]["std"],
-        wavelengths_um=band_wavelengths(band_names, sensor) if sensor else None,
-        gsd_m=band_gsd(band_names, sensor) if sensor else None,
-        sensor=sensor,
+        wavelengths_um=band_wavelengths(dataset_bands, dataset_sensor) if dataset_sensor else None,
+        gsd_m=band_gsd(dataset_bands, dataset_sensor) if dataset_sensor else None,
+        sensor="+".join(sorted(sensors)) if dataset_sensor and len(sensors) > 1 else dataset_sensor,
         sources=sources,
         skipped=policy.summary(),
         label_names=list(label_names) if label_names else None,
         shards=shards,
         stats_by_split=stats_by_split,
-        extra={"stats_split": stats_split, "stride": stride, "target_gsd_m": target_res,
+        extra={"stats_split": stats_split, "stride": stride, "target_gsd_m": target_gsd_m,
+               "target_resolution_crs_units": target_res, "sensors": dict(sensors),
+               "validity": {**dict(invalid_counts), "nodata_given": nodata,
+                            "sensor_fill_values": list(sensor_fill_values(dataset_sensor)),
+                            "qa_masks": qa_masks},
+               "radiometric_offset_scenes": offset_scenes,
                "resampling": resampling, "max_nodata_fraction": max_nodata_fraction},
     )  # fmt: skip
     card = render_dataset_card(info, name=dataset_name or output_dir.name,
@@ -747,7 +1077,7 @@ def write_shards(
         num_samples=num_samples,
         num_shards={s: len(v) for s, v in shards.items()},
         skipped=policy.summary(),
-        band_names=list(band_names),
+        band_names=list(dataset_bands),
         mean=info.mean,
         std=info.std,
         bytes_read=bytes_read,
