@@ -385,3 +385,49 @@ def test_save_load_round_trip_for_each_option(tmp_path, name):
     classifier = AutoModelForImageClassification.from_pretrained(tmp_path, num_labels=3)
     assert isinstance(classifier, GeoViTMAEForImageClassification)
     assert classifier(**inputs, labels=torch.tensor([0, 2])).logits.shape == (2, 3)
+
+
+# ---------------------------------------------------------------- image processor
+
+
+def test_processor_feeds_one_wavelength_model_sentinel2_landsat_and_rgb():
+    from geofm_hf import GeoViTMAEImageProcessor
+
+    config = wavelength_config(reference_gsd_m=10.0)
+    model = GeoViTMAEModel(config).eval()
+    processor = GeoViTMAEImageProcessor.from_model_config(config)
+    assert processor.band_names is None and processor.return_gsd
+    s2 = processor(torch.rand(13, 64, 64), band_names=[b.name for b in S2])
+    assert torch.allclose(s2["wavelengths"], S2_WAVELENGTHS)
+    assert s2["gsd"].tolist() == [10.0]  # the finest Sentinel-2 band
+    landsat_bands = ["B2", "B3", "B4", "B5", "B6", "B7"]
+    landsat = processor(
+        torch.rand(6, 128, 128), band_names=landsat_bands, sensor="landsat8-oli", do_resize=True
+    )
+    assert torch.allclose(landsat["wavelengths"], torch.tensor(LANDSAT6))
+    assert landsat["gsd"].tolist() == [60.0]  # 30 m pixels, 128 px shrunk to 64
+    rgb = processor(torch.rand(3, 64, 64), wavelengths_um=[0.665, 0.56, 0.49], gsd=0.5)
+    assert rgb["wavelengths"].tolist() == pytest.approx([0.665, 0.56, 0.49])
+    for inputs in (s2, landsat, rgb):
+        out = model(**inputs)
+        assert out.pooler_output.shape == (1, 192)
+    with pytest.raises(ValueError, match="pass gsd="):
+        processor(torch.rand(2, 64, 64), band_names=["x", "y"])
+
+
+def test_processor_wavelengths_for_a_conv_model_match_its_bands():
+    from geofm_hf import GeoViTMAEImageProcessor
+
+    bands = ["B02", "B03", "B04"]
+    config = GeoViTMAEConfig.from_preset(
+        "tiny", band_names=bands, wavelengths_um=[0.49, 0.56, 0.665], image_mean=[0.0] * 3,
+        image_std=[1.0] * 3,
+    )  # fmt: skip
+    processor = GeoViTMAEImageProcessor.from_model_config(config)
+    inputs = processor(torch.rand(3, 64, 64), band_names=["B04", "B03", "B02"])
+    assert inputs["wavelengths"].tolist() == pytest.approx([0.49, 0.56, 0.665])
+    assert "gsd" not in inputs
+    model = GeoViTMAEModel(config).eval()
+    assert torch.equal(
+        model(**inputs).last_hidden_state, model(inputs["pixel_values"]).last_hidden_state
+    )
