@@ -313,4 +313,53 @@ class GeoViTMAEConfig(PreTrainedConfig):
         return cls(**fields)
 
 
-__all__ = ["PAPER_PARAMETER_COUNTS", "PRESETS", "GeoViTMAEConfig"]
+def input_output_costs(config: Any) -> dict[str, int]:
+    """Parameters and per-sample forward FLOPs of the parts the model options change, from the
+    config's fields alone (a :class:`GeoViTMAEConfig`, any object with its fields, or a dict), so
+    the planner counts any option without building a model.
+
+    Returns ``encoder_input`` (patch embedding, wavelength hypernetwork, time/location encoders),
+    ``decoder_output`` (the MAE output head or its per-band generators), ``pixels_per_token``
+    (``tubelet_size * patch_size**2``), ``tokens`` (per sample, all frames) and
+    ``hypernetwork_flops`` (forward FLOPs of generating the kernels for ``num_channels`` bands,
+    once per batch; 0 for conv).
+    """
+
+    def get(key: str, default: Any) -> Any:
+        value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+        return default if value is None else value
+
+    channels = get("num_channels", None)
+    if channels is None:
+        bands = get("band_names", None)
+        channels = len(bands) if bands else 3
+    width, dec_width = get("hidden_size", 768), get("decoder_hidden_size", 512)
+    patch, tubelet = get("patch_size", 16), get("tubelet_size", 1)
+    frames, side = get("num_frames", 1), get("image_size", 224)
+    pixels = tubelet * patch**2
+    if get("patch_embedding", "conv") == "wavelength":
+        embed = get("wavelength_embed_dim", 128)
+        mlp = 2 * (embed * embed + embed)
+        encoder_gen = embed * pixels * width + pixels * width + embed * width + width
+        decoder_gen = embed * pixels * dec_width + pixels * dec_width + embed * pixels + pixels
+        encoder_input, decoder_output = mlp + encoder_gen, decoder_gen
+        hyper = channels * 2 * (2 * embed * embed + embed * (pixels * width + width))
+        hyper += channels * 2 * embed * (pixels * dec_width + pixels)
+    else:
+        encoder_input = channels * pixels * width + width
+        decoder_output = dec_width * pixels * channels + pixels * channels
+        hyper = 0
+    metadata = 4 * 8 + 1  # 8 sin/cos harmonics of 2 values -> a width-wide linear layer
+    for flag in ("temporal_encoding", "location_encoding"):
+        if get(flag, False):
+            encoder_input += metadata * width
+    return {
+        "encoder_input": encoder_input,
+        "decoder_output": decoder_output,
+        "pixels_per_token": pixels,
+        "tokens": (frames // tubelet) * (side // patch) ** 2,
+        "hypernetwork_flops": hyper,
+    }
+
+
+__all__ = ["PAPER_PARAMETER_COUNTS", "PRESETS", "GeoViTMAEConfig", "input_output_costs"]

@@ -24,7 +24,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .configuration_geofm import GeoViTMAEConfig
+from .configuration_geofm import GeoViTMAEConfig, input_output_costs
 
 
 @dataclass
@@ -1275,7 +1275,8 @@ def flops_per_image(
     channels = num_channels or config.num_channels
     length = config.num_patches
     kept = int(length * (1 - config.mask_ratio))
-    pixels = config.tubelet_size * config.patch_size**2  # per token and band
+    costs = input_output_costs({**config.to_dict(), "num_channels": channels})
+    pixels = costs["pixels_per_token"]  # per token and band
 
     def stack(tokens: int, width: int, mlp: int, layers: int) -> float:
         per_layer = 2 * tokens * (4 * width * width + 2 * width * mlp) + 4 * tokens * tokens * width
@@ -1291,13 +1292,7 @@ def flops_per_image(
         config.decoder_num_hidden_layers,
     )
     pred = 2 * (length + 1) * config.decoder_hidden_size * pixels * channels
-    hyper = 0
-    if config.patch_embedding == "wavelength":
-        width = config.wavelength_embed_dim
-        per_band = 2 * (2 * width * width)  # the wavelength MLP
-        per_band += 2 * width * (pixels * config.hidden_size + config.hidden_size)  # encoder
-        per_band += 2 * width * (pixels * config.decoder_hidden_size + pixels)  # decoder
-        hyper = channels * per_band
+    hyper = costs["hypernetwork_flops"]
     forward = patch + enc + dec_embed + dec + pred + hyper
     return 3 * forward if training else forward
 

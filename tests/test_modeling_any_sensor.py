@@ -431,3 +431,18 @@ def test_processor_wavelengths_for_a_conv_model_match_its_bands():
     assert torch.equal(
         model(**inputs).last_hidden_state, model(inputs["pixel_values"]).last_hidden_state
     )
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_planner_counts_each_option_like_the_built_model(name):
+    from geofm_hf import planner
+
+    config = GeoViTMAEConfig.from_preset("tiny", **OPTIONS[name])
+    with torch.device("meta"):
+        model = GeoViTMAEForPreTraining(config)
+    assert planner.count_parameters(config, part="total") == count_parameters(model)
+    assert planner.count_parameters(config) == count_parameters(model, encoder_only=True)
+    # the planner's FLOPs see the option too: more tokens (time series) or the hypernetwork
+    base = GeoViTMAEConfig.from_preset("tiny", num_channels=config.num_channels)
+    shape, base_shape = planner._resolve_shape(config), planner._resolve_shape(base)
+    assert planner._flops_per_image(shape, False) > planner._flops_per_image(base_shape, False)
