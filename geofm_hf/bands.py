@@ -360,6 +360,12 @@ def identify_sensor(band_names, evidence=()) -> str | None:
     names = [str(n).strip() for n in band_names]
     if not names:
         return None
+    lowered = {n.lower() for n in names}
+    # Colour names say nothing about a sensor: they are generic RGB(N), not PlanetScope.
+    if lowered <= {"red", "green", "blue"}:
+        return "rgb"
+    if lowered <= {"red", "green", "blue", "nir"}:
+        return "rgbn"
     candidates = []
     for key, bands in SENSORS.items():
         spelled = {b.name.upper(): b for b in bands}

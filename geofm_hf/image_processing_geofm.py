@@ -56,12 +56,19 @@ def _pil_to_chw(image: Any) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))  # (H, W, 3) -> (3, H, W)
 
 
-def _as_float_tensor(array: Any) -> torch.Tensor:
+def _as_float_tensor(array: Any, what: str = "image") -> torch.Tensor:
     if isinstance(array, torch.Tensor):
+        if array.is_complex():
+            raise ValueError(f"Expected a real-valued {what}, found a {array.dtype} tensor.")
         return array.detach().to(torch.float32)
+    if array is None or isinstance(array, (str, bytes)) or hasattr(array, "__fspath__"):
+        hint = " (a path: read the raster first, e.g. with rasterio)" if array is not None else ""
+        raise ValueError(
+            f"Expected a numeric array for the {what}, found {type(array).__name__}{hint}."
+        )
     array = np.asarray(array)
     if array.dtype.kind not in "biuf":
-        raise ValueError(f"Expected a numeric image array, found dtype {array.dtype}.")
+        raise ValueError(f"Expected a numeric {what} array, found dtype {array.dtype}.")
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
@@ -264,7 +271,19 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             images = converted
         if isinstance(images, Mapping):
             names = list(images)
-            arrays = [_as_float_tensor(images[n]) for n in names]
+            if not names:
+                raise ValueError(
+                    "Got an empty {band_name: array} mapping: expected one (H, W) or (B, H, W) "
+                    "array per band."
+                )
+            arrays = [_as_float_tensor(images[n], f"band {n!r}") for n in names]
+            for n, a in zip(names, arrays):
+                if a.ndim not in (2, 3) or np.ndim(images[n]) == 0:
+                    found = "a scalar" if np.ndim(images[n]) == 0 else f"shape {tuple(a.shape)}"
+                    raise ValueError(
+                        f"Band {n!r} of a {{band_name: array}} input must be (H, W) or (B, H, W): "
+                        f"found {found}."
+                    )
             shapes = {tuple(a.shape) for a in arrays}
             if len(shapes) != 1:
                 raise ValueError(
@@ -279,6 +298,14 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
                 raise ValueError(
                     "A list of images must hold (C, H, W) arrays: found shapes "
                     f"{[tuple(t.shape) for t in tensors]}."
+                )
+            for t in tensors:
+                self._check_not_empty(t.unsqueeze(0))
+            if len({t.shape[0] for t in tensors}) != 1:
+                raise ValueError(
+                    "The images of one list must have the same bands: found band counts "
+                    f"{[t.shape[0] for t in tensors]}. Process images of different sensors "
+                    "separately."
                 )
             if len({tuple(t.shape) for t in tensors}) != 1:
                 # Resize each image on its own before stacking when a size is set.
@@ -299,6 +326,15 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
                     f"{tuple(stacked.shape)}."
                 )
         return stacked, (list(band_names) if band_names is not None else None)
+
+    @staticmethod
+    def _check_not_empty(pixels: torch.Tensor) -> None:
+        batch, channels, height, width = pixels.shape
+        if batch == 0 or channels == 0 or height == 0 or width == 0:
+            raise ValueError(
+                "Expected at least one image with at least one band and one pixel: found shape "
+                f"(B, C, H, W) = {tuple(pixels.shape)}."
+            )
 
     def _order_bands(
         self,
@@ -427,6 +463,7 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         pixels, names = self._stack_bands(
             images, band_names, channels_last=input_data_format == "channels_last"
         )
+        self._check_not_empty(pixels)
         height, width = pixels.shape[-2:]
         if (
             self.size is not None

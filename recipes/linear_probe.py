@@ -247,4 +247,6 @@ def main(argv: list[str] | None = None) -> dict | str:
 
 
 if __name__ == "__main__":
-    main()
+    from geofm_hf.training.arguments import run_recipe
+
+    sys.exit(run_recipe(main))

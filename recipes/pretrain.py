@@ -3,9 +3,10 @@
     accelerate launch --config_file accelerate_configs/cpu.yaml recipes/pretrain.py \
         --config recipes/configs/demo.yaml [--max_steps 50 ...]
 
-Reads top to bottom: arguments -> Accelerator -> data -> model -> optimiser -> loop -> export.
-Exactly resumable (``--resume_from_checkpoint auto``): model, optimiser, data position and the
-masking noise are all functions of saved state or of (seed, step, rank).
+``main()`` is the table of contents: arguments -> model config (the same path for ``--dry_run``)
+-> Accelerator and run folder -> model -> data -> optimiser -> resume -> train -> export. Exactly
+resumable (``--resume_from_checkpoint auto``): model, optimiser, data position and the masking
+noise are all functions of saved state or of (seed, step, rank).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,16 +29,15 @@ from accelerate.utils import (
     set_seed,
 )
 from tqdm.auto import tqdm
-from transformers import AutoModelForPreTraining
+from transformers import AutoConfig, AutoModelForPreTraining
 
 import geofm_hf
 from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining, GeoViTMAEImageProcessor
 from geofm_hf.bands import rgb_band_indices
 from geofm_hf.data import make_pretrain_dataloader, read_dataset_info, sample_dataset_path
 from geofm_hf.modeling_geofm import count_parameters, flops_per_image
-from geofm_hf.training import cpu_fsdp
 from geofm_hf.training.arguments import as_flat_dict, parse_arguments
-from geofm_hf.training.checkpointing import CheckpointManager, maybe_inject_fault, resolve_resume
+from geofm_hf.training.checkpointing import CheckpointManager, resolve_resume
 from geofm_hf.training.optim import (
     learning_rate_at,
     parameter_groups,
@@ -52,20 +53,76 @@ from geofm_hf.training.reporting import (
 )
 
 
-class _StopSignal:
-    """SIGTERM / SIGUSR1 (Slurm's warning before the time limit) -> checkpoint and exit."""
+def main(argv: list[str] | None = None) -> int:
+    model_args, data_args, args = parse_arguments(argv)
+    data = read_data_contract(data_args)
+    config = build_model_config(model_args, data_args, data.info)
+    if args.dry_run:
+        return dry_run(config, args)
 
-    def __init__(self) -> None:
-        self.received: int | None = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
+    run = start_run(model_args, data_args, args)
+    model = build_model(config, model_args, args.seed)
+    processor = (
+        GeoViTMAEImageProcessor.from_model_config(config) if config.image_mean is not None else None
+    )
+    loader = build_dataloader(run, data, data_args, config)
+    model, optimizer = build_optimizer(run, model)
+    start_step = resume(run, loader)
+    describe_run(run, model, config, start_step)
 
-    def _handle(self, signum, frame) -> None:
-        self.received = signum
+    outcome = train(run, model, optimizer, loader, config, processor, start_step)
+    if outcome.stopped_by_signal:
+        run.accelerator.end_training()
+        return 0
+    export(run, model, processor, data, outcome, loader)
+    run.accelerator.end_training()
+    return 0
 
 
-def build_config(model_args, data_info, crop: int | None) -> GeoViTMAEConfig:
-    """From scratch: the preset's shape, the dataset's band contract and statistics."""
+# ---------------------------------------------------------------------------------- config
+
+
+@dataclass
+class DataContract:
+    """Where the images come from and what they are (bands, chip size, statistics)."""
+
+    name_or_path: str
+    info: object | None  # geofm_hf.data.DatasetInfo; None for synthetic data
+
+
+def read_data_contract(data_args) -> DataContract:
+    dataset = data_args.dataset_name_or_path or sample_dataset_path()
+    info = (
+        None
+        if data_args.synthetic_data
+        else read_dataset_info(dataset, revision=data_args.dataset_revision)
+    )
+    return DataContract(str(dataset), info)
+
+
+def build_model_config(model_args, data_args, data_info) -> GeoViTMAEConfig:
+    """The one place a run's model config is decided, for the run and for ``--dry_run`` alike.
+
+    Continuing: the checkpoint's config (its bands must be the dataset's). From scratch: the
+    preset's shape with the dataset's band contract and statistics.
+    """
+    if model_args.model_name_or_path:
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path, revision=model_args.model_revision
+        )
+        if not isinstance(config, GeoViTMAEConfig):
+            raise ValueError(
+                f"{model_args.model_name_or_path} holds a {type(config).__name__}; continuing "
+                "pretraining needs a GeoViTMAEForPreTraining checkpoint."
+            )
+        if data_info is not None:
+            check_band_contract(config, data_info)
+        for name in ("mask_ratio", "norm_pix_loss"):
+            if getattr(model_args, name) is not None:
+                setattr(config, name, getattr(model_args, name))
+        config._attn_implementation = model_args.attn_implementation
+        return config
+
     overrides = {"attn_implementation": model_args.attn_implementation}
     if data_info is not None:
         overrides.update(
@@ -76,12 +133,15 @@ def build_config(model_args, data_info, crop: int | None) -> GeoViTMAEConfig:
             image_mean=data_info.mean,
             image_std=data_info.std,
         )
+    else:
+        overrides["num_channels"] = data_args.synthetic_channels
     for name in ("mask_ratio", "norm_pix_loss"):
         if getattr(model_args, name) is not None:
             overrides[name] = getattr(model_args, name)
     preset = geofm_hf.PRESETS.get(model_args.preset, {})
     patch = preset.get("patch_size", 16)
     size = model_args.image_size or preset.get("image_size", 224)
+    crop = data_info.chip_size if data_info is not None else None
     if crop is not None and size > crop:
         # The paper's 224 px does not fit a 64 px chip: train on the largest patch-aligned crop.
         size = (crop // patch) * patch
@@ -108,6 +168,156 @@ def check_band_contract(config, data_info) -> None:
         f"({'; '.join(detail)}). Rewrite the shards with --bands in the model's order, or start "
         "from scratch."
     )
+
+
+def dry_run(config: GeoViTMAEConfig, args) -> int:
+    """Build the model on the meta device and print the memory/throughput plan; no training."""
+    from geofm_hf.planner import plan_from_accelerate_config
+
+    with torch.device("meta"):
+        model = GeoViTMAEForPreTraining(config)
+    path = (
+        args.accelerate_config
+        or os.environ.get("GEOFM_ACCELERATE_CONFIG")
+        or "accelerate_configs/frontier_fsdp.yaml"
+    )
+    strategy, plan = plan_from_accelerate_config(
+        config, path, num_nodes=args.dry_run_nodes, local_batch=args.per_device_train_batch_size
+    )
+    print(
+        f"dry run: {config.preset} on meta: {count_parameters(model) / 1e9:.3f}B parameters "
+        f"(encoder {count_parameters(model, encoder_only=True) / 1e9:.3f}B), "
+        f"{config.num_channels} bands at {config.image_size} px, "
+        f"{flops_per_image(config) / 1e12:.3f} TFLOPs per image (fwd+bwd)\n"
+        f"accelerate config {path} -> strategy {strategy}, {args.dry_run_nodes} node(s)"
+    )
+    print(plan.format_table())
+    estimate = plan.strategies[strategy]
+    print(
+        f"chosen strategy {strategy}: {estimate.memory_gb_per_gcd:.1f} GB per GCD "
+        f"({'fits' if estimate.fits else 'does NOT fit'}), about {estimate.images_per_s:,.0f} "
+        "images/s predicted"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------- run setup
+
+
+@dataclass
+class Run:
+    """What every stage shares: the arguments, the Accelerator and the run folder."""
+
+    model_args: object
+    data_args: object
+    args: object
+    accelerator: Accelerator
+    output_dir: Path
+    checkpoints: CheckpointManager
+    resume_path: Path | None
+    bf16: bool
+    rank: int = 0
+    world: int = 1
+    global_batch: int = 0
+    peak_lr: float = 0.0
+    stop: _StopSignal | None = None
+    metrics: MetricsLog | None = None
+    pusher: object | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def log(self):
+        return self.accelerator.print
+
+
+class _StopSignal:
+    """SIGTERM / SIGUSR1 (Slurm's warning before the time limit) -> checkpoint and exit."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+
+def build_accelerator(args) -> tuple[Accelerator, bool]:
+    """The Accelerator as the launch config asks (DDP, FSDP2, HSDP) and the precision chosen."""
+    use_cuda = torch.cuda.is_available()
+    hardware_bf16 = torch.cuda.is_bf16_supported() if use_cuda else cpu_has_fast_bf16()
+    bf16 = args.bf16 == "true" or (args.bf16 == "auto" and hardware_bf16)
+    kwargs = {
+        # Without a GPU, `cpu=True` makes the launched processes form a gloo group (MULTI_CPU);
+        # otherwise accelerate treats each of them as a lone, non-distributed process.
+        "cpu": not use_cuda,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "mixed_precision": "bf16" if bf16 else "no",
+        "project_dir": str(args.output_dir),
+        "log_with": None if args.report_to == "none" else args.report_to,
+    }
+    if use_cuda and bf16:
+        # Replicated (DDP) runs all-reduce gradients in bf16, as the paper's FSDP runs did;
+        # FSDP configs ignore this handler and reduce per their own mixed-precision policy.
+        kwargs["kwargs_handlers"] = [
+            DistributedDataParallelKwargs(comm_hook=DDPCommunicationHookType.BF16)
+        ]
+    return Accelerator(**kwargs), bf16
+
+
+def start_run(model_args, data_args, args) -> Run:
+    """Accelerator, output folder (left-over partial checkpoint writes removed), resume point."""
+    accelerator, bf16 = build_accelerator(args)
+    output_dir = Path(args.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    checkpoints = CheckpointManager(accelerator, output_dir, args.save_total_limit)
+    removed = checkpoints.clean_partial()
+    if removed:
+        accelerator.print(f"removed unfinished checkpoint writes from a previous run: {removed}")
+    world = accelerator.num_processes
+    return Run(
+        model_args=model_args,
+        data_args=data_args,
+        args=args,
+        accelerator=accelerator,
+        output_dir=output_dir,
+        checkpoints=checkpoints,
+        resume_path=resolve_resume(output_dir, args.resume_from_checkpoint),
+        bf16=bf16,
+        rank=accelerator.process_index,
+        world=world,
+        global_batch=args.per_device_train_batch_size * world * args.gradient_accumulation_steps,
+    )
+
+
+# ---------------------------------------------------------------------------------- model
+
+
+def build_model(config: GeoViTMAEConfig, model_args, seed: int) -> GeoViTMAEForPreTraining:
+    """The model to train: the continued checkpoint's weights, or a fresh init from ``seed``."""
+    set_seed(seed)  # identical initial weights on every rank and every rerun
+    if model_args.model_name_or_path:
+        model = AutoModelForPreTraining.from_pretrained(
+            model_args.model_name_or_path,
+            config=config,
+            revision=model_args.model_revision,
+            attn_implementation=model_args.attn_implementation,
+        )
+        if not isinstance(model, GeoViTMAEForPreTraining):
+            raise ValueError(
+                f"{model_args.model_name_or_path} holds a {type(model).__name__}; continuing "
+                "pretraining needs a GeoViTMAEForPreTraining checkpoint."
+            )
+    else:
+        model = GeoViTMAEForPreTraining(config)
+    if model_args.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    return model
+
+
+# ---------------------------------------------------------------------------------- data
 
 
 def mask_noise(seed: int, step: int, micro: int, rank: int, shape: tuple[int, int]) -> torch.Tensor:
@@ -139,182 +349,126 @@ class SyntheticLoader:
         self.consumed = state["consumed"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    model_args, data_args, args = parse_arguments(argv)
-    output_dir = Path(args.output_dir)
-
-    # ------------------------------------------------------------------ accelerator
-    use_cuda = torch.cuda.is_available()
-    hardware_bf16 = torch.cuda.is_bf16_supported() if use_cuda else cpu_has_fast_bf16()
-    bf16 = args.bf16 == "true" or (args.bf16 == "auto" and hardware_bf16)
-    accelerator_kwargs = {
-        # Without a GPU, `cpu=True` makes the launched processes form a gloo group (MULTI_CPU);
-        # otherwise accelerate treats each of them as a lone, non-distributed process.
-        "cpu": not use_cuda,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "mixed_precision": "bf16" if bf16 else "no",
-        "project_dir": str(output_dir),
-        "log_with": None if args.report_to == "none" else args.report_to,
-    }
-    if use_cuda and bf16:
-        # Replicated (DDP) runs all-reduce gradients in bf16, as the paper's FSDP runs did;
-        # FSDP configs ignore this handler and reduce per their own mixed-precision policy.
-        accelerator_kwargs["kwargs_handlers"] = [
-            DistributedDataParallelKwargs(comm_hook=DDPCommunicationHookType.BF16)
-        ]
-    if cpu_fsdp.requested():
-        # Test-only: real FSDP2 sharding on CPU (see geofm_hf/training/cpu_fsdp.py). gloo has
-        # no bf16 reduce-scatter, so these runs are fp32.
-        accelerator_kwargs["fsdp_plugin"] = cpu_fsdp.fsdp2_plugin_for_cpu()
-        accelerator_kwargs["mixed_precision"] = "no"
-        bf16 = False
-    if args.dry_run:
-        return dry_run(model_args, data_args, args)
-    accelerator = Accelerator(**accelerator_kwargs)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    is_fsdp = accelerator.distributed_type.value == "FSDP"
-    log = accelerator.print
-
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    checkpoints = CheckpointManager(accelerator, output_dir, args.save_total_limit)
-    removed = checkpoints.clean_partial()
-    if removed:
-        log(f"removed unfinished checkpoint writes from a previous run: {removed}")
-    resume_path = resolve_resume(output_dir, args.resume_from_checkpoint)
-
-    # ------------------------------------------------------------------ data contract
-    dataset = data_args.dataset_name_or_path or sample_dataset_path()
-    data_info = (
-        None
-        if data_args.synthetic_data
-        else read_dataset_info(dataset, revision=data_args.dataset_revision)
-    )
-
-    # ------------------------------------------------------------------ model
-    set_seed(args.seed)  # identical initial weights on every rank and every rerun
-    if model_args.model_name_or_path:
-        model = AutoModelForPreTraining.from_pretrained(
-            model_args.model_name_or_path,
-            revision=model_args.model_revision,
-            attn_implementation=model_args.attn_implementation,
-        )
-        if not isinstance(model, GeoViTMAEForPreTraining):
-            raise ValueError(
-                f"{model_args.model_name_or_path} holds a {type(model).__name__}; continuing "
-                "pretraining needs a GeoViTMAEForPreTraining checkpoint."
-            )
-        if data_info is not None:
-            check_band_contract(model.config, data_info)
-        for name in ("mask_ratio", "norm_pix_loss"):
-            if getattr(model_args, name) is not None:
-                setattr(model.config, name, getattr(model_args, name))
-    else:
-        crop = data_info.chip_size if data_info is not None else None
-        config = build_config(model_args, data_info, crop)
-        if data_info is None:
-            config = GeoViTMAEConfig.from_preset(
-                model_args.preset,
-                num_channels=data_args.synthetic_channels,
-                image_size=model_args.image_size or config.image_size,
-                attn_implementation=model_args.attn_implementation,
-            )
-        model = GeoViTMAEForPreTraining(config)
-    config = model.config
-    if model_args.gradient_checkpointing:
-        model.activation_checkpointing_enable()
-    processor = (
-        GeoViTMAEImageProcessor.from_model_config(config) if config.image_mean is not None else None
-    )
-
-    # ------------------------------------------------------------------ data
-    batch = args.per_device_train_batch_size
-    global_batch = batch * world * args.gradient_accumulation_steps
+def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEConfig):
+    """This rank's stream of normalised, cropped batches (or synthetic ones)."""
+    batch = run.args.per_device_train_batch_size
     if data_args.synthetic_data:
-        loader = SyntheticLoader(batch, config.num_channels, config.image_size, args.seed, rank)
-    else:
-        # Normalise with the statistics stored in the weights' config: for a continued run they
-        # are the ones the model learnt with, not the new dataset's.
-        loader = make_pretrain_dataloader(
-            dataset,
-            split=data_args.train_split,
-            batch_size=batch,
-            seed=args.seed,
-            rank=rank,
-            world_size=world,
-            num_workers=data_args.dataloader_num_workers,
-            crop_size=config.image_size,
-            mean=config.image_mean,
-            std=config.image_std,
-            revision=data_args.dataset_revision,
-            on_error=data_args.on_error,
-            max_error_fraction=data_args.max_error_fraction,
+        return SyntheticLoader(
+            batch, config.num_channels, config.image_size, run.args.seed, run.rank
         )
+    # Normalise with the statistics stored in the weights' config: for a continued run they
+    # are the ones the model learnt with, not the new dataset's.
+    return make_pretrain_dataloader(
+        data.name_or_path,
+        split=data_args.train_split,
+        batch_size=batch,
+        seed=run.args.seed,
+        rank=run.rank,
+        world_size=run.world,
+        num_workers=data_args.dataloader_num_workers,
+        crop_size=config.image_size,
+        mean=config.image_mean,
+        std=config.image_std,
+        revision=data_args.dataset_revision,
+        on_error=data_args.on_error,
+        max_error_fraction=data_args.max_error_fraction,
+        return_masks=True,  # nodata / fill / cloud pixels are kept out of the MAE loss
+    )
 
-    # ------------------------------------------------------------------ optimiser
-    peak_lr = args.learning_rate or scaled_learning_rate(args.base_learning_rate, global_batch)
+
+# ---------------------------------------------------------------------------------- optimiser
+
+
+def build_optimizer(run: Run, model):
+    """AdamW (MAE's groups) at the peak lr; model and optimiser prepared by accelerate."""
+    args = run.args
+    run.peak_lr = args.learning_rate or scaled_learning_rate(
+        args.base_learning_rate, run.global_batch
+    )
     optimizer = torch.optim.AdamW(
         parameter_groups(model, args.weight_decay),
-        lr=peak_lr,
+        lr=run.peak_lr,
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if is_fsdp:
+    model, optimizer = run.accelerator.prepare(model, optimizer)
+    if run.accelerator.distributed_type.value == "FSDP":
         shard = model.vit.encoder.layers[0].mlp.fc1.weight
-        log(f"FSDP2: block weights sharded {tuple(shard.to_local().shape)} of {tuple(shard.shape)}")
+        run.log(
+            f"FSDP2: block weights sharded {tuple(shard.to_local().shape)} of {tuple(shard.shape)}"
+        )
+    return model, optimizer
 
-    # ------------------------------------------------------------------ resume
-    start_step = 0
-    if resume_path is not None:
-        trainer_state, data_state = checkpoints.load(resume_path)
-        loader.load_state_dict(data_state)
-        start_step = trainer_state["step"]
-        log(f"resumed from {resume_path} at step {start_step}")
 
-    n_params = count_parameters(accelerator.unwrap_model(model))
-    flops_img = flops_per_image(config)
-    peak_flops, peak_how = device_peak_flops(accelerator.device, bf16)
-    log(
-        f"world size {world} | per-device batch {batch} | grad accumulation "
-        f"{args.gradient_accumulation_steps} | global batch {global_batch}\n"
-        f"peak lr {peak_lr:.3e} (base {args.base_learning_rate:g} x {global_batch}/256"
+# ---------------------------------------------------------------------------------- resume
+
+
+def resume(run: Run, loader) -> int:
+    """Restore model, optimiser and data position from the resume checkpoint; the start step."""
+    if run.resume_path is None:
+        return 0
+    trainer_state, data_state = run.checkpoints.load(run.resume_path)
+    loader.load_state_dict(data_state)
+    run.log(f"resumed from {run.resume_path} at step {trainer_state['step']}")
+    return trainer_state["step"]
+
+
+def describe_run(run: Run, model, config, start_step: int) -> None:
+    """Print the run's shape, and open the trackers, metrics log, Hub pusher and signals."""
+    args, accelerator = run.args, run.accelerator
+    unwrapped = accelerator.unwrap_model(model)
+    peak_flops, peak_how = device_peak_flops(accelerator.device, run.bf16)
+    run.extra.update(peak_flops=peak_flops, flops_img=flops_per_image(config))
+    run.log(
+        f"world size {run.world} | per-device batch {args.per_device_train_batch_size} | grad "
+        f"accumulation {args.gradient_accumulation_steps} | global batch {run.global_batch}\n"
+        f"peak lr {run.peak_lr:.3e} (base {args.base_learning_rate:g} x {run.global_batch}/256"
         f"{', overridden' if args.learning_rate else ''}) | warm-up {args.warmup_steps} | "
         f"steps {args.max_steps}\n"
-        f"model {config.preset or 'custom'} {n_params / 1e6:.1f}M params "
-        f"(encoder {count_parameters(accelerator.unwrap_model(model), encoder_only=True) / 1e6:.1f}M) | "
+        f"model {config.preset or 'custom'} {count_parameters(unwrapped) / 1e6:.1f}M params "
+        f"(encoder {count_parameters(unwrapped, encoder_only=True) / 1e6:.1f}M) | "
         f"{config.num_channels} bands {config.band_names} | {config.image_size}px / patch "
         f"{config.patch_size} | mask {config.mask_ratio}\n"
-        f"{flops_img / 1e9:.2f} GFLOPs per image (fwd+bwd) | precision "
-        f"{'bf16 autocast' if bf16 else 'fp32'} | {accelerator.distributed_type.value} | "
+        f"{run.extra['flops_img'] / 1e9:.2f} GFLOPs per image (fwd+bwd) | precision "
+        f"{'bf16 autocast' if run.bf16 else 'fp32'} | {accelerator.distributed_type.value} | "
         f"MFU peak {peak_flops / 1e12:.3f} TFLOP/s per process ({peak_how})"
     )
-
     if accelerator.is_main_process and args.report_to != "none":
+        flat = as_flat_dict(run.model_args, run.data_args, args)
         accelerator.init_trackers(
-            "pretrain",
-            config={
-                k: v for k, v in as_flat_dict(model_args, data_args, args).items() if v is not None
-            },
+            "pretrain", config={k: v for k, v in flat.items() if v is not None}
         )
-    metrics = (
-        MetricsLog(output_dir / "metrics.jsonl", start_step if resume_path else None)
-        if accelerator.is_main_process
-        else None
-    )
-    pusher = None
+    if accelerator.is_main_process:
+        run.metrics = MetricsLog(
+            run.output_dir / "metrics.jsonl", start_step if run.resume_path else None
+        )
     if args.push_to_hub and accelerator.is_main_process:
         from geofm_hf.hub import HubPusher
 
-        pusher = HubPusher(
+        run.pusher = HubPusher(
             args.hub_model_id,
             private=args.hub_private_repo,
             retry_backoff_s=args.hub_retry_backoff_s,
         )
-    stop = _StopSignal()
+    run.stop = _StopSignal()
 
-    # ------------------------------------------------------------------ loop
+
+# ---------------------------------------------------------------------------------- train
+
+
+@dataclass
+class Outcome:
+    step: int
+    wall_s: float
+    images: int
+    last_loss: float
+    stopped_by_signal: bool = False
+
+
+def train(run: Run, model, optimizer, loader, config, processor, start_step: int) -> Outcome:
+    """The loop: lr schedule, micro-batches, the NaN/signal vote, logging, checkpoints."""
+    args, accelerator = run.args, run.accelerator
+    flops_img, peak_flops = run.extra["flops_img"], run.extra["peak_flops"]
     model.train()
     data_iter = iter(loader)
     step = start_step
@@ -327,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     while step < args.max_steps:
         lr = learning_rate_at(
             step,
-            peak=peak_lr,
+            peak=run.peak_lr,
             warmup_steps=args.warmup_steps,
             max_steps=args.max_steps,
             min_lr=args.min_learning_rate,
@@ -335,15 +489,27 @@ def main(argv: list[str] | None = None) -> int:
         set_learning_rate(optimizer, lr)
         step_loss, bad = 0.0, False
         for micro in range(args.gradient_accumulation_steps):
-            pixels = next(data_iter).to(accelerator.device, non_blocking=True)
-            noise = mask_noise(args.seed, step, micro, rank, (pixels.shape[0], config.num_patches))
+            pixels = next(data_iter)
+            pixel_mask = None
+            if isinstance(pixels, dict):  # the real stream: pixels + validity mask
+                pixels, pixel_mask = pixels["pixel_values"], pixels["pixel_mask"]
+                # An all-valid batch takes the unmasked loss (checked on the CPU: no sync).
+                pixel_mask = None if bool(pixel_mask.all()) else pixel_mask.to(accelerator.device)
+            pixels = pixels.to(accelerator.device, non_blocking=True)
+            noise = mask_noise(
+                args.seed, step, micro, run.rank, (pixels.shape[0], config.num_patches)
+            )
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    loss = model(pixel_values=pixels, noise=noise.to(accelerator.device)).loss
+                    loss = model(
+                        pixel_values=pixels,
+                        pixel_mask=pixel_mask,
+                        noise=noise.to(accelerator.device),
+                    ).loss
                 # One small all-reduce: every rank must agree to skip or stop, or the next
                 # collective would hang. It doubles as the preemption-signal vote.
                 flags = torch.tensor(
-                    [float(not torch.isfinite(loss)), float(stop.received is not None)],
+                    [float(not torch.isfinite(loss)), float(run.stop.received is not None)],
                     device=accelerator.device,
                 )
                 flags = accelerator.reduce(flags, reduction="sum")
@@ -353,8 +519,8 @@ def main(argv: list[str] | None = None) -> int:
                         raise FloatingPointError(
                             f"Loss is {loss.item()} at step {step} (micro-batch {micro}) on at "
                             f"least one rank; stopping without writing a checkpoint. The last "
-                            f"good checkpoint is in {output_dir}. Lower the learning rate or use "
-                            "--nan_policy skip."
+                            f"good checkpoint is in {run.output_dir}. Lower the learning rate or "
+                            "use --nan_policy skip."
                         )
                     loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0  # contributes no gradient
                 accelerator.backward(loss)
@@ -370,17 +536,19 @@ def main(argv: list[str] | None = None) -> int:
         step += 1
         last_loss = step_loss
         window_loss += step_loss
-        window_images += global_batch
-        trained_images += global_batch
+        window_images += run.global_batch
+        trained_images += run.global_batch
         progress.update(1)
 
         if step % args.logging_steps == 0 or step == args.max_steps:
             elapsed = time.perf_counter() - window_start
             images_per_s = window_images / elapsed
-            mfu = images_per_s * flops_img / (peak_flops * world) if peak_flops else float("nan")
+            mfu = (
+                images_per_s * flops_img / (peak_flops * run.world) if peak_flops else float("nan")
+            )
             record = {
                 "step": step,
-                "loss": window_loss / max(1, window_images // global_batch),
+                "loss": window_loss / max(1, window_images // run.global_batch),
                 "lr": lr,
                 "grad_norm": float(grad_norm),
                 "images_per_s": images_per_s,
@@ -393,59 +561,26 @@ def main(argv: list[str] | None = None) -> int:
                 ips=f"{images_per_s:.1f}",
                 mfu=f"{mfu:.1%}",
             )
-            if metrics is not None:
-                metrics.write(record)
+            if run.metrics is not None:
+                run.metrics.write(record)
             if args.report_to != "none":
                 accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
             window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
 
-        maybe_inject_fault("after_step", step)
         stopping = flags[1] > 0
         if step % args.save_steps == 0 or stopping or step == args.max_steps:
-            save_checkpoint(
-                accelerator,
-                model,
-                checkpoints,
-                loader,
-                step,
-                args,
-                world,
-                pusher,
-                config,
-                processor=processor,
-            )
+            save_checkpoint(run, model, loader, step, config, processor)
         if stopping:
-            log(
-                f"signal {stop.received or 'on another rank'}: checkpoint written at step {step}, exiting"
+            run.log(
+                f"signal {run.stop.received or 'on another rank'}: checkpoint written at step "
+                f"{step}, exiting"
             )
-            accelerator.end_training()
-            return 0
+            return Outcome(step, 0.0, trained_images, last_loss, stopped_by_signal=True)
     progress.close()
-    wall = time.perf_counter() - train_start
+    return Outcome(step, time.perf_counter() - train_start, trained_images, last_loss)
 
-    # ------------------------------------------------------------------ export
-    export(
-        accelerator,
-        model,
-        processor,
-        output_dir,
-        args=args,
-        model_args=model_args,
-        data_args=data_args,
-        dataset=dataset,
-        global_batch=global_batch,
-        step=step,
-        wall=wall,
-        images=trained_images,
-        last_loss=last_loss,
-        peak_flops=peak_flops,
-        flops_img=flops_img,
-        metrics=metrics,
-        pusher=pusher,
-        loader=loader,
-    )
-    accelerator.end_training()
-    return 0
+
+# ---------------------------------------------------------------------------------- checkpoints
 
 
 def _parameters_finite(accelerator, model) -> bool:
@@ -458,10 +593,9 @@ def _parameters_finite(accelerator, model) -> bool:
     return accelerator.reduce(bad, reduction="sum").item() == 0
 
 
-def save_checkpoint(
-    accelerator, model, checkpoints, loader, step, args, world, pusher, config, processor=None
-):
+def save_checkpoint(run: Run, model, loader, step: int, config, processor=None) -> None:
     """Collective. Refuses to write weights holding NaN/inf."""
+    args, accelerator = run.args, run.accelerator
     if not _parameters_finite(accelerator, model):
         raise FloatingPointError(
             f"Parameters hold NaN/inf at step {step}: not writing a checkpoint. The previous "
@@ -469,33 +603,38 @@ def save_checkpoint(
         )
     trainer_state = {
         "step": step,
-        "world_size": world,
+        "world_size": run.world,
         "seed": args.seed,
         "max_steps": args.max_steps,
-        "global_batch": args.per_device_train_batch_size * world * args.gradient_accumulation_steps,
+        "global_batch": run.global_batch,
         "geofm_hf_version": geofm_hf.__version__,
     }
-    path = checkpoints.save(step, trainer_state, loader.state_dict())
+    path = run.checkpoints.save(step, trainer_state, loader.state_dict())
     if args.push_to_hub:
         # Hub revisions hold loadable weights (safetensors + code), not optimiser shards.
         state_dict = accelerator.get_state_dict(model)
-        if pusher is not None:
+        if run.pusher is not None:
             export_dir = path / "hub_export"
             accelerator.unwrap_model(model).save_pretrained(export_dir, state_dict=state_dict)
             if processor is not None:
                 # Without it AutoImageProcessor (and so the probe / fine-tune recipes) cannot
                 # load a checkpoint revision.
                 processor.save_pretrained(export_dir)
-            pusher.push_checkpoint(export_dir, step)
+            run.pusher.push_checkpoint(export_dir, step)
         accelerator.wait_for_everyone()
 
 
-def export(accelerator, model, processor, output_dir, *, args, model_args, data_args, dataset,
-           global_batch, step, wall, images, last_loss, peak_flops, flops_img, metrics, pusher,
-           loader) -> None:  # fmt: skip
+# ---------------------------------------------------------------------------------- export
+
+
+def export(run: Run, model, processor, data: DataContract, outcome: Outcome, loader) -> None:
     """Consolidated safetensors weights, processor, figures, run record and card -> final/."""
     from geofm_hf.model_card import RunRecord, write_model_card
 
+    args, accelerator, output_dir = run.args, run.accelerator, run.output_dir
+    model_args, data_args = run.model_args, run.data_args
+    step, wall, last_loss = outcome.step, outcome.wall_s, outcome.last_loss
+    flops_img, peak_flops = run.extra["flops_img"], run.extra["peak_flops"]
     state_dict = accelerator.get_state_dict(model)  # collective: gathers FSDP shards
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
@@ -507,7 +646,7 @@ def export(accelerator, model, processor, output_dir, *, args, model_args, data_
     unwrapped.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     if processor is not None:
         processor.save_pretrained(tmp)
-    records = metrics.read() if metrics is not None else []
+    records = run.metrics.read() if run.metrics is not None else []
     plot_loss_curve(records, tmp / "loss_curve.png")
     recon = None
     reloaded = GeoViTMAEForPreTraining.from_pretrained(tmp)
@@ -517,7 +656,7 @@ def export(accelerator, model, processor, output_dir, *, args, model_args, data_
         and not data_args.synthetic_data
     ):
         sample = make_pretrain_dataloader(
-            dataset,
+            data.name_or_path,
             split=data_args.train_split,
             batch_size=3,
             seed=args.seed + 1,
@@ -533,12 +672,9 @@ def export(accelerator, model, processor, output_dir, *, args, model_args, data_
             rgb = None  # no red/green/blue bands: a grey composite of the first band
         plot_reconstructions(reloaded, next(iter(sample)), tmp / "reconstruction.png", rgb)
         recon = "reconstruction.png"
-    ips = images / wall if wall > 0 else None
-    info = (
-        read_dataset_info(dataset, revision=data_args.dataset_revision)
-        if not data_args.synthetic_data
-        else None
-    )
+    ips = outcome.images / wall if wall > 0 else None
+    info = data.info
+    dataset = data.name_or_path
     record = RunRecord.from_model(
         reloaded,
         processor,
@@ -563,7 +699,7 @@ def export(accelerator, model, processor, output_dir, *, args, model_args, data_
         },
         hardware=_hardware(accelerator),
         world_size=accelerator.num_processes,
-        global_batch=global_batch,
+        global_batch=run.global_batch,
         steps=step,
         wall_time_s=round(wall, 1),
         images_per_s=round(ips, 2) if ips else None,
@@ -592,9 +728,9 @@ def export(accelerator, model, processor, output_dir, *, args, model_args, data_
     accelerator.print(
         f"exported {final} (loss {last_loss:.4f}); images/s: {ips or 0:.2f}, MFU: {record.mfu}"
     )
-    if pusher is not None:
-        pusher.push_final(final, step=step)
-        accelerator.print(f"hub: {pusher.close()}")
+    if run.pusher is not None:
+        run.pusher.push_final(final, step=step)
+        accelerator.print(f"hub: {run.pusher.close()}")
     accelerator.wait_for_everyone()
 
 
@@ -605,41 +741,6 @@ def _hardware(accelerator) -> str:
     else:
         name = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads/process)"
     return f"{accelerator.num_processes}x {name} on {socket.gethostname() if accelerator.num_processes > 1 else 'one host'}"
-
-
-def dry_run(model_args, data_args, args) -> int:
-    """Build the model on the meta device and print the memory/throughput plan; no training."""
-    from geofm_hf.planner import plan_from_accelerate_config
-
-    config = GeoViTMAEConfig.from_preset(
-        model_args.preset,
-        num_channels=data_args.synthetic_channels if data_args.synthetic_data else 3,
-        **({"image_size": model_args.image_size} if model_args.image_size else {}),
-    )
-    with torch.device("meta"):
-        model = GeoViTMAEForPreTraining(config)
-    path = (
-        args.accelerate_config
-        or os.environ.get("GEOFM_ACCELERATE_CONFIG")
-        or "accelerate_configs/frontier_fsdp.yaml"
-    )
-    strategy, plan = plan_from_accelerate_config(
-        config, path, num_nodes=args.dry_run_nodes, local_batch=args.per_device_train_batch_size
-    )
-    print(
-        f"dry run: {config.preset} on meta: {count_parameters(model) / 1e9:.3f}B parameters "
-        f"(encoder {count_parameters(model, encoder_only=True) / 1e9:.3f}B), "
-        f"{flops_per_image(config) / 1e12:.3f} TFLOPs per image (fwd+bwd)\n"
-        f"accelerate config {path} -> strategy {strategy}, {args.dry_run_nodes} node(s)"
-    )
-    print(plan.format_table())
-    estimate = plan.strategies[strategy]
-    print(
-        f"chosen strategy {strategy}: {estimate.memory_gb_per_gcd:.1f} GB per GCD "
-        f"({'fits' if estimate.fits else 'does NOT fit'}), about {estimate.images_per_s:,.0f} "
-        "images/s predicted"
-    )
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,15 +1,13 @@
 """FSDP2 really sharding on CPU (2 processes over gloo), and the recipe running on it."""
 
-from pretrain_utils import ROOT, launch, pretrain
+from pretrain_utils import CPU_FSDP_CONFIG, ROOT, launch, pretrain
 from transformers import AutoModelForPreTraining
 
 import geofm_hf
 
-FSDP_ENV = {"GEOFM_CPU_FSDP": "1"}
-
 
 def test_fsdp2_shards_saves_loads_and_gathers_on_cpu(tmp_path):
-    result = launch(ROOT / "tests" / "workers" / "fsdp_check.py", tmp_path / "state", env=FSDP_ENV)
+    result = launch(ROOT / "tests" / "workers" / "fsdp_check.py", tmp_path / "state")
     assert "FSDP_CHECK_OK world=2" in result.stdout, result.stdout[-2000:] + result.stderr[-4000:]
     # accelerate wrote a sharded (distributed checkpoint) model state, not one full file
     shards = list((tmp_path / "state").glob("pytorch_model_fsdp_0/*.distcp"))
@@ -26,7 +24,9 @@ def test_recipe_under_fsdp2_on_cpu_exports_full_weights(tmp_path):
         "2",
         "--plot_reconstructions",
         "false",
-        env=FSDP_ENV,
+        "--bf16",
+        "false",
+        config=CPU_FSDP_CONFIG,
     )
     log = result.stdout + result.stderr
     assert "FSDP2: block weights sharded (384, 192) of (768, 192)" in log
@@ -42,6 +42,8 @@ def test_recipe_under_fsdp2_on_cpu_exports_full_weights(tmp_path):
         "2",
         "--plot_reconstructions",
         "false",
-        env=FSDP_ENV,
+        "--bf16",
+        "false",
+        config=CPU_FSDP_CONFIG,
     )
     assert "at step 4" in result.stdout + result.stderr

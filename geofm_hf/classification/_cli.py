@@ -26,17 +26,22 @@ def parse_recipe_args(dataclass_types, argv: list[str] | None = None):
     import yaml
     from transformers import HfArgumentParser
 
+    from ..training.arguments import ArgumentError, check_argument_values, coerce_config_values
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(dataclass_types)
     base: list[str] = []
     if argv and argv[0].endswith((".yaml", ".yml")):
         path = Path(argv.pop(0))
-        config = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(config, dict):
-            raise ValueError(f"{path}: expected a mapping of argument names, found {config!r}.")
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; run with --help for the options.")
-        base = _to_cli(config)
-    return parser.parse_args_into_dataclasses(args=base + argv, look_for_args_file=False)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except OSError as err:
+            raise ArgumentError(f"{path}: cannot read it: {err.strerror}.") from err
+        except yaml.YAMLError as err:
+            raise ArgumentError(f"{path} is not valid YAML: {err}") from err
+        classes = dataclass_types if isinstance(dataclass_types, (list, tuple)) else [
+            dataclass_types]  # fmt: skip
+        base = _to_cli(coerce_config_values(path, raw, classes, keys_word="keys"))
+    parsed = parser.parse_args_into_dataclasses(args=base + argv, look_for_args_file=False)
+    check_argument_values(*parsed)
+    return parsed

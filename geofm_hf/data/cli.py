@@ -48,6 +48,32 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
+def _number(kind, *, low=None, high=None, low_open=False, name=""):
+    """argparse type: a number of ``kind`` within [low, high] (``low_open``: > low)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, found {text!r}") from None
+        if value != value or (low is not None and (value <= low if low_open else value < low)) or (
+            high is not None and value > high
+        ):  # fmt: skip
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+            hi = "" if high is None else f"<= {high}"
+            raise argparse.ArgumentTypeError(
+                f"expected a value {' and '.join(x for x in (lo, hi) if x)}, found {text}"
+            )
+        return value
+
+    parse.__name__ = name or kind.__name__
+    return parse
+
+
+_POSITIVE_INT = _number(int, low=0, low_open=True, name="positive int")
+_FRACTION = _number(float, low=0.0, high=1.0, name="fraction in [0, 1]")
+
+
 def push_dataset_to_hub(folder: str, repo_id: str, *, private: bool = False,
                         revision: str | None = None, token: str | None = None) -> str:  # fmt: skip
     """Upload a shard folder as a dataset repo (``upload_folder``); returns the commit URL.
@@ -80,8 +106,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="*", help="raster files, folders or quoted globs")
     p.add_argument("-o", "--output-dir", required=True)
-    p.add_argument("--chip-size", type=int, default=64)
-    p.add_argument("--stride", type=int, default=None, help="default: chip size")
+    p.add_argument("--chip-size", type=_POSITIVE_INT, default=64)
+    p.add_argument("--stride", type=_POSITIVE_INT, default=None, help="default: chip size")
     p.add_argument(
         "--bands",
         type=_names,
@@ -113,13 +139,18 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not apply <scene>_fmask/_SCL/_QA_PIXEL cloud masks to validity",
     )
-    p.add_argument("--resolution", type=float, default=None, help="target GSD (default finest)")
+    p.add_argument(
+        "--resolution",
+        type=_number(float, low=0.0, low_open=True),
+        default=None,
+        help="target GSD (default finest)",
+    )
     p.add_argument("--resampling", default="nearest")
     p.add_argument("--nodata", type=float, default=None)
-    p.add_argument("--max-nodata-fraction", type=float, default=0.0)
-    p.add_argument("--target-shard-mb", type=float, default=128.0)
-    p.add_argument("--rows-per-shard", type=int, default=None)
-    p.add_argument("--compression-level", type=int, default=3)
+    p.add_argument("--max-nodata-fraction", type=_FRACTION, default=0.0)
+    p.add_argument("--target-shard-mb", type=_number(float, low=0.0, low_open=True), default=128.0)
+    p.add_argument("--rows-per-shard", type=_POSITIVE_INT, default=None)
+    p.add_argument("--compression-level", type=_number(int, low=1, high=22), default=3)
     p.add_argument(
         "--split",
         type=_parse_split,
@@ -127,7 +158,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="NAME, or spatial blocks NAME=FRACTION,... e.g. train=0.8,validation=0.2",
     )
     p.add_argument("--on-error", choices=["skip", "raise"], default="raise")
-    p.add_argument("--max-error-fraction", type=float, default=0.05)
+    p.add_argument("--max-error-fraction", type=_FRACTION, default=0.05)
     p.add_argument(
         "--sensor",
         default=None,
@@ -142,6 +173,19 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default=None, help="branch to push to")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def _report(err: BaseException, text: str | None = None) -> None:
+    print(f"geofm-make-shards: error: {text or err}", file=sys.stderr)
+    notes = getattr(err, "__notes__", ())
+    for note in notes:
+        print(f"geofm-make-shards: {note}", file=sys.stderr)
+    if notes:
+        return
+    print(
+        "geofm-make-shards: nothing was written; the output folder is as it was before the run",
+        file=sys.stderr,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     except (BadInputError, TooManyErrorsError, FileNotFoundError, FileExistsError,
             ValueError, argparse.ArgumentTypeError, re.error) as err:  # fmt: skip
-        print(f"geofm-make-shards: error: {err}", file=sys.stderr)
+        _report(err)
+        return 2
+    except OSError as err:  # e.g. a read-only or full output folder
+        what = "cannot write" if isinstance(err, PermissionError) else "I/O error in"
+        _report(err, f"{what} {args.output_dir}: {err.strerror or err}")
         return 2
     print(json.dumps({
         "output_dir": summary.output_dir, "num_samples": summary.num_samples,

@@ -19,6 +19,7 @@ import pyarrow as pa
 __all__ = [
     "DATASET_INFO_FILE",
     "FORMAT_VERSION",
+    "SHARD_FOOTER_METADATA",
     "SHARD_SCHEMA",
     "VALID_MASK_FIELD",
     "BadInputError",
@@ -52,6 +53,8 @@ LABEL_FIELD = pa.field("label", pa.int64())
 # Per-chip validity: np.packbits of the (H, W) bool mask, 1 = valid pixel (every band has a
 # value, not nodata/fill, not NaN/inf, not flagged by a cloud/QA mask). Absent in older shards.
 VALID_MASK_FIELD = pa.field("valid_mask", pa.binary())
+# Key-value metadata in every shard's footer: its pages carry CRC32 checksums.
+SHARD_FOOTER_METADATA = {b"geofm.page_checksums": b"crc32"}
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 

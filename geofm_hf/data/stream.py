@@ -47,11 +47,16 @@ def load_geo_dataset(name_or_path: str | os.PathLike, split: str = "train",
     (``ds.with_format("arrow").iter(batch_size=n)``) with :func:`geofm_hf.data.decode_batch`.
     """
     import datasets
+    import pyarrow.dataset as pds
 
+    # Verify each page's CRC32 (written by geofm-make-shards): a flipped byte is an error,
+    # not altered pixels. Pages written without a checksum are read as before.
+    scan = pds.ParquetFragmentScanOptions(page_checksum_verification=True)
     try:
         return datasets.load_dataset(
-            str(name_or_path), split=split, revision=revision, streaming=True
-        )
+            str(name_or_path), split=split, revision=revision, streaming=True,
+            fragment_scan_options=scan,
+        )  # fmt: skip
     except ValueError as err:
         if "Unknown split" in str(err) or "split" in str(err).lower():
             raise ValueError(f"{name_or_path}: cannot stream split {split!r}: {err}") from err
@@ -314,6 +319,29 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
             self._tables.popitem(last=False)
         return table
 
+    def mark_bad_shards(self, problems: list[dict[str, Any]]) -> None:
+        """Skip shards found bad before reading (``{"shard": i, "problem": ...}`` from the
+        start-up check), counted like shards found bad while reading."""
+        for p in problems:
+            self._bad_shards.add(int(p["shard"]))
+            logger.warning("skipping shard %s (%s): %s", p["shard"], p.get("file"), p["problem"])
+        self.stats["bad_shards"] = sorted(self._bad_shards)
+        self.stats["rows_lost_to_bad_shards"] = sum(self.counts[s] for s in self._bad_shards)
+        if len(self._bad_shards) > self.max_error_fraction * len(self.counts):
+            raise TooManyErrorsError(
+                f"{len(self._bad_shards)} of {len(self.counts)} shards of {self.name_or_path}:"
+                f"{self.split} are bad ({problems[0]['file']}: {problems[0]['problem']}; ...); "
+                f"max_error_fraction={self.max_error_fraction}"
+            )
+
+    def _no_batch_error(self, epoch: int) -> TooManyErrorsError:
+        return TooManyErrorsError(
+            f"no batch can be produced from {self.name_or_path}:{self.split}: shards "
+            f"{sorted(self._bad_shards)} of {len(self.counts)} are unreadable and this reader's "
+            f"epochs up to {epoch} yielded nothing (max_error_fraction={self.max_error_fraction} "
+            "let the run go on). Fix or rewrite the shards."
+        )
+
     # -- batches ---------------------------------------------------------------------------
     def _shard_array(self, shard: int):
         """(N, C, H, W) view of a cached shard's images (zero-copy when rows are uniform)."""
@@ -458,9 +486,11 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         per_epoch = self.layout.batches_per_epoch
         epoch, batch_in_epoch = divmod(skip, per_epoch)
         self.stats.update(self.describe())
+        empty_epochs = 0
         while True:
             shards, rows = self.layout.reader_positions(epoch, reader)
             self.stats["epoch"] = epoch
+            whole_epoch, produced = batch_in_epoch == 0, 0
             for b in range(batch_in_epoch, per_epoch):
                 sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
                 batch = self._make_batch(epoch, shards[sl], rows[sl])
@@ -468,8 +498,16 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
                     self.stats["batches_lost_to_bad_shards"] = (
                         self.stats.get("batches_lost_to_bad_shards", 0) + 1
                     )
+                    if len(self._bad_shards) == len(self.counts):
+                        raise self._no_batch_error(epoch)
                     continue
+                produced += 1
                 yield batch
+            # All shards bad is caught above; with a few good ones left, one reader may draw
+            # none of them for an epoch by chance, but not ten epochs running.
+            empty_epochs = empty_epochs + 1 if whole_epoch and not produced else 0
+            if empty_epochs >= 10:
+                raise self._no_batch_error(epoch)
             batch_in_epoch = 0
             epoch += 1
 
@@ -527,6 +565,7 @@ class PretrainLoader:
             iterator = iter(loader)
         for batch in iterator:
             self._consumed += 1
+            self.stats.update(self.stream.stats)  # bad shards met in this process, live
             self.stats["batches_consumed"] = self._consumed
             yield batch
 
@@ -583,6 +622,7 @@ def make_pretrain_dataloader(
     return_chip_ids: bool = False,
     pin_memory: bool = False,
     return_masks: bool = False,
+    check_shards: bool = True,
 ) -> PretrainLoader:
     """Build the MAE pretraining loader for a Hub repo id or local folder.
 
@@ -594,6 +634,9 @@ def make_pretrain_dataloader(
     ``(B, crop, crop)`` bool, True where the pixel is valid (stored ``valid_mask``: nodata,
     fill, cloud/QA; and NaN/inf), augmented with the pixels; pass it to the model so the
     loss ignores invalid pixels. Invalid pixels are 0 (the band mean) in ``pixel_values``.
+    ``check_shards`` reads every shard's footer first (split across ranks; collective when
+    ``world_size`` > 1): a bad shard is an error at once, or skipped and counted under
+    ``on_error="skip"``.
     """
     stream = GeoPretrainStream(
         name_or_path, split=split, batch_size=batch_size, seed=seed, rank=rank,
@@ -602,4 +645,32 @@ def make_pretrain_dataloader(
         max_error_fraction=max_error_fraction, return_chip_ids=return_chip_ids,
         return_masks=return_masks,
     )  # fmt: skip
-    return PretrainLoader(stream, num_workers=num_workers, pin_memory=pin_memory)
+    if check_shards and stream.info is not None:
+        from .verify import check_shard_footers_on_all_ranks
+
+        problems = check_shard_footers_on_all_ranks(
+            name_or_path, stream.info, split, revision=revision, rank=rank, world_size=world_size
+        )
+        missing = [p for p in problems if p["problem"] == "is missing"]
+        if missing:  # shards are addressed by position in the folder: a gap shifts them all
+            raise BadInputError(
+                "missing_shard",
+                f"{len(missing)} shard file(s) of {name_or_path}:{split} listed in "
+                f"geofm_dataset.json are missing ({', '.join(p['file'] for p in missing[:5])}); "
+                "a missing file cannot be skipped. Restore it or rewrite the dataset.",
+            )
+        if problems and on_error == "raise":
+            listed = "; ".join(
+                f"shard {p['shard']} ({p['file']}) {p['problem']}" for p in problems[:5]
+            )
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise BadInputError(
+                "bad_shard",
+                f"{len(problems)} of {len(stream.counts)} shards of {name_or_path}:{split} are "
+                f"bad: {listed}{more}. Rewrite them, or pass on_error='skip' to train on the rest.",
+            )
+        if problems:
+            stream.mark_bad_shards(problems)
+    loader = PretrainLoader(stream, num_workers=num_workers, pin_memory=pin_memory)
+    loader.stats.update(stream.stats)
+    return loader

@@ -11,8 +11,10 @@ succeeded; ``geofm_dataset.json`` is written last, so its presence marks a compl
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import hashlib
+import json
 import logging
 import os
 import re
@@ -44,6 +46,7 @@ from ..bands import (
 from .format import (
     DATASET_INFO_FILE,
     LABEL_FIELD,
+    SHARD_FOOTER_METADATA,
     SHARD_SCHEMA,
     VALID_MASK_FIELD,
     BadInputError,
@@ -475,6 +478,13 @@ def _available_bands(scene: _Scene, src_list, band_names, sensor):
         else:
             names = [f"B{i}" for i in range(1, src.count + 1)]
         available = {n: (src, i + 1) for i, n in enumerate(names)}
+    if sensor is not None and not named:
+        raise BadInputError(
+            "unnamed_bands",
+            f"{scene.multiband} has {len(available)} bands without names (no band descriptions); "
+            f"the {sensor} table cannot be applied by position. Name them in file order with "
+            "band_names=[...] (--band-names B3,B4,B5)",
+        )
     if sensor is None or not named:
         order = list(available) if scene.multiband else sorted(available)
         return order, available, named
@@ -500,7 +510,7 @@ def _resolve_band_names(scene: _Scene, src_list, bands, sensor, band_names=None)
 
     ``bands`` only selects and reorders by name (or alias): the pixels follow the names.
     """
-    order, available, _ = _available_bands(scene, src_list, band_names, sensor)
+    order, available, named = _available_bands(scene, src_list, band_names, sensor)
     if bands is None:
         return [(n, *available[n]) for n in order]
     wanted = []
@@ -512,10 +522,21 @@ def _resolve_band_names(scene: _Scene, src_list, bands, sensor, band_names=None)
             except ValueError:
                 key = name
         if key not in available:
+            unnamed = scene.multiband is not None and not named
             raise BadInputError(
                 "band_name_mismatch",
                 f"scene {scene.source} has no band {name!r}; it has {list(available)}"
-                + ("" if sensor else " (no sensor identified: aliases like 'red' need one)"),
+                + (
+                    " (placeholders: the file names no bands; bands= only selects, name them "
+                    "with band_names=[...] / --band-names)"
+                    if unnamed
+                    else ""
+                )
+                + (
+                    ""
+                    if sensor or unnamed
+                    else " (no sensor identified: aliases like 'red' need one)"
+                ),
             )
         wanted.append((key, *available[key]))
     if len({w[0] for w in wanted}) != len(wanted):
@@ -523,10 +544,14 @@ def _resolve_band_names(scene: _Scene, src_list, bands, sensor, band_names=None)
     return wanted
 
 
-def _identify_scene_sensors(scenes: list[_Scene], sensor, band_names) -> dict[str, str | None]:
-    """Sensor of every scene, from ``sensor`` or evidence; raises before anything is written."""
-    if sensor is not None:
-        return {s.source: sensor for s in scenes}
+def _identify_scene_sensors(
+    scenes: list[_Scene], sensor, band_names, bands, on_error: str
+) -> dict[str, str | None]:
+    """Sensor of every scene (``sensor`` or evidence) and a check of the band selection.
+
+    Runs before the output folder is touched, so an ambiguous sensor, or (under
+    ``on_error="raise"``) a band selection a scene cannot satisfy, writes nothing.
+    """
     out: dict[str, str | None] = {}
     for scene in scenes:
         paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
@@ -534,14 +559,20 @@ def _identify_scene_sensors(scenes: list[_Scene], sensor, band_names) -> dict[st
         try:
             for path in paths:
                 srcs.append(_open(path))
-            _, available, named = _available_bands(scene, srcs, band_names, None)
-            names = list(available) if named else []
-            try:
-                out[scene.source] = identify_sensor(names, _scene_evidence(scene, []))
-            except AmbiguousSensorError:
-                out[scene.source] = identify_sensor(names, _scene_evidence(scene, srcs))
+            if sensor is not None:
+                out[scene.source] = sensor
+            else:
+                _, available, named = _available_bands(scene, srcs, band_names, None)
+                names = list(available) if named else []
+                try:
+                    out[scene.source] = identify_sensor(names, _scene_evidence(scene, []))
+                except AmbiguousSensorError:
+                    out[scene.source] = identify_sensor(names, _scene_evidence(scene, srcs))
+            _resolve_band_names(scene, srcs, bands, out[scene.source], band_names)
         except BadInputError:
-            out[scene.source] = None  # unreadable: the main loop reports it
+            out.setdefault(scene.source, None)
+            if on_error == "raise":
+                raise
         finally:
             for src in srcs:
                 src.close()
@@ -557,16 +588,37 @@ def _target_grid(band_srcs, resolution):
                 "crs_mismatch", f"{src.name} is in {src.crs}, other bands of the scene in {crs}"
             )
         if src.crs is None or src.transform.is_identity:
+            gcps, _ = src.gcps
+            if gcps:
+                raise BadInputError(
+                    "gcp_only",
+                    f"{src.name} is georeferenced by {len(gcps)} ground control points, not a "
+                    "geotransform; warp it to a north-up grid first (gdalwarp -t_srs EPSG:...)",
+                )
             raise BadInputError("no_georeference", f"{src.name} has no CRS/geotransform")
+        if not src.transform.is_rectilinear:
+            # Warping a rotated grid north-up fills the corners; those fill pixels would be
+            # stored (and counted in the statistics) as real data.
+            t = src.transform
+            raise BadInputError(
+                "rotated_geotransform",
+                f"{src.name} has a rotated or skewed geotransform (rotation terms b={t.b:g}, "
+                f"d={t.d:g}); warp it to a north-up grid first (gdalwarp -t_srs EPSG:... "
+                "-dstnodata ...) so the fill is marked nodata",
+            )
     res = (
         float(resolution)
         if resolution
         else min(min(abs(s.res[0]), abs(s.res[1])) for s in band_srcs)
     )
-    left = max(s.bounds.left for s in band_srcs)
-    right = min(s.bounds.right for s in band_srcs)
-    bottom = max(s.bounds.bottom for s in band_srcs)
-    top = min(s.bounds.top for s in band_srcs)
+    # min/max: a south-up (positive y step) or east-to-west grid has bottom > top in .bounds;
+    # the WarpedVRT below brings it north-up.
+    boxes = [(min(b.left, b.right), min(b.bottom, b.top), max(b.left, b.right),
+              max(b.bottom, b.top)) for b in (s.bounds for s in band_srcs)]  # fmt: skip
+    left = max(b[0] for b in boxes)
+    right = min(b[2] for b in boxes)
+    bottom = max(b[1] for b in boxes)
+    top = min(b[3] for b in boxes)
     width = int(np.floor((right - left) / res + 1e-6))
     height = int(np.floor((top - bottom) / res + 1e-6))
     if width <= 0 or height <= 0:
@@ -603,44 +655,135 @@ class _ShardBuffer:
         table = pa.Table.from_pydict(columns, schema=self.schema)
         name = f"{self.split}-{len(self.files):05d}.parquet"
         _write_parquet_atomic(table, self.staging / name, self.compression_level)
-        self.files.append({"staged": name, "num_rows": table.num_rows})
+        staged = self.staging / name
+        self.files.append({"staged": name, "num_rows": table.num_rows,
+                           "bytes": staged.stat().st_size, "sha256": _sha256(staged)})  # fmt: skip
         self.rows, self.nbytes = [], 0
 
 
 def _write_parquet_atomic(table: pa.Table, path: Path, compression_level: int = 3) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    # Row groups of ~64 chips keep streaming reads granular without bloating the footer.
+    # Row groups of ~64 chips keep streaming reads granular without bloating the footer. A CRC
+    # per page lets every reader detect a flipped byte (zstd alone misses most); the footer
+    # says so, for the start-up check.
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), **SHARD_FOOTER_METADATA}
+    )
     pq.write_table(table, tmp, compression="zstd", compression_level=compression_level,
-                   row_group_size=64)  # fmt: skip
+                   row_group_size=64, write_page_checksum=True)  # fmt: skip
     os.replace(tmp, path)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _our_shards(output_dir: Path) -> list[Path]:
+    data = output_dir / "data"
+    return sorted(p for p in data.glob("*.parquet") if _SHARD_NAME.match(p.name)) if (
+        data.is_dir()) else []  # fmt: skip
+
+
 def _prepare_output(output_dir: Path, overwrite: bool) -> None:
+    """Refuse what must not be replaced; delete nothing of a finished dataset (an overwrite
+    replaces it in :func:`_publish`, once the new one is complete)."""
     info = output_dir / DATASET_INFO_FILE
     staging = output_dir / _STAGING
-    ours = [p for p in (output_dir / "data").glob("*.parquet") if _SHARD_NAME.match(p.name)] if (
-        output_dir / "data").is_dir() else []  # fmt: skip
+    readme = output_dir / "README.md"
     if info.exists() and not overwrite:
         raise FileExistsError(
             f"{output_dir} already holds a dataset ({DATASET_INFO_FILE}); pass overwrite=True "
             "(--overwrite) to replace it or choose another output folder"
         )
-    if ours and not info.exists() and not staging.exists():
+    if _our_shards(output_dir) and not info.exists() and not staging.exists():
         raise FileExistsError(
             f"{output_dir}/data holds parquet files not written by an unfinished geofm run; "
             "refusing to delete them. Choose an empty output folder."
         )
+    if readme.exists():
+        recorded = None
+        if info.exists():
+            try:
+                recorded = json.loads(info.read_text()).get("readme_sha256", "legacy")
+            except (OSError, ValueError):
+                recorded = None
+        # Datasets written before the card's hash was recorded ("legacy") had our card.
+        if recorded != "legacy" and (recorded is None or _sha256(readme) != recorded):
+            why = ("was edited after geofm-make-shards wrote it" if info.exists()
+                   else "was not written by geofm-make-shards")  # fmt: skip
+            raise FileExistsError(
+                f"{readme} {why}; the dataset card would replace it. Move it elsewhere (or "
+                "delete it) and run again, or choose another output folder"
+            )
     if staging.exists():
-        logger.warning("%s holds an unfinished run; starting it again from scratch", output_dir)
-    # A crashed run (staging folder, no geofm_dataset.json) or overwrite: start clean so a
-    # re-run never duplicates chips.
+        logger.warning(
+            "%s was left by an unfinished run (killed before it could clean up); removing it",
+            staging,
+        )
+        shutil.rmtree(staging)
+    for leftover in (output_dir / "README.md.tmp", output_dir / f"{DATASET_INFO_FILE}.tmp"):
+        leftover.unlink(missing_ok=True)
+    staging.mkdir(parents=True)
+
+
+def _publish(output_dir: Path, staging: Path, moves: list[tuple[Path, str]], card: str,
+             info: GeoDatasetInfo) -> None:  # fmt: skip
+    """Replace the previous dataset (if any) by the complete new one: a few renames."""
+    previous = staging / "previous"
+    previous.mkdir()
+    old_info = output_dir / DATASET_INFO_FILE
+    if old_info.exists():  # first: from here on the folder is never taken for a finished dataset
+        os.replace(old_info, previous / DATASET_INFO_FILE)
+    for path in _our_shards(output_dir):
+        os.replace(path, previous / path.name)
+    (output_dir / "data").mkdir(exist_ok=True)
+    for src, final in moves:
+        os.replace(src, output_dir / final)
+    tmp = output_dir / "README.md.tmp"
+    tmp.write_text(card, encoding="utf-8")
+    os.replace(tmp, output_dir / "README.md")
+    info.save(output_dir / DATASET_INFO_FILE)  # last: its presence marks a finished dataset
     shutil.rmtree(staging, ignore_errors=True)
-    for path in ours:
-        path.unlink()
-    for extra in (info, output_dir / "README.md"):
-        if overwrite and extra.exists():
-            extra.unlink()
-    staging.mkdir(parents=True, exist_ok=True)
+
+
+def _clean_up_on_failure(write):
+    """A failed run removes its staging folder (and the output folder it created), so it leaves
+    the output folder as it found it; the previous dataset is replaced only on success."""
+
+    @functools.wraps(write)
+    def wrapper(inputs, output_dir, **kwargs):
+        out = Path(output_dir)
+        existed = out.exists()
+        try:
+            return write(inputs, output_dir, **kwargs)
+        except BaseException as err:
+            staging = out / _STAGING
+            previous = staging / "previous"
+            if previous.is_dir() and any(previous.iterdir()):
+                # Failed while swapping datasets: the old one's files are there; keep them.
+                err.add_note(
+                    f"the run failed while replacing the previous dataset, whose files are now "
+                    f"in {previous}; move them back to {out} (geofm_dataset.json to the top, "
+                    "*.parquet to data/) or run again"
+                )
+                raise
+            try:
+                if staging.exists():
+                    shutil.rmtree(staging)
+                if not existed and out.is_dir() and not any(out.iterdir()):
+                    out.rmdir()
+            except OSError as cleanup_err:
+                err.add_note(
+                    f"{staging} (partial output of this failed run) could not be removed: "
+                    f"{cleanup_err}; delete it by hand"
+                )
+            raise
+
+    return wrapper
 
 
 def _split_of(split, col_index: int, n_cols: int) -> str:
@@ -657,6 +800,7 @@ def _split_of(split, col_index: int, n_cols: int) -> str:
     return items[-1][0]
 
 
+@_clean_up_on_failure
 def write_shards(
     inputs: str | os.PathLike | Iterable[str | os.PathLike],
     output_dir: str | os.PathLike,
@@ -742,7 +886,7 @@ def write_shards(
     from .card import render_dataset_card
 
     start = time.perf_counter()
-    stride = stride or chip_size
+    stride = chip_size if stride is None else stride
     if chip_size <= 0 or stride <= 0:
         raise ValueError(f"chip_size and stride must be positive; got {chip_size}, {stride}")
     if not 0.0 <= max_nodata_fraction <= 1.0:
@@ -767,7 +911,7 @@ def write_shards(
     if not scenes:
         raise FileNotFoundError(f"no input rasters found in {inputs!r}")
     _check_unnamed_singles(scenes, band_names)
-    scene_sensors = _identify_scene_sensors(scenes, sensor, band_names)
+    scene_sensors = _identify_scene_sensors(scenes, sensor, band_names, bands, on_error)
     output_dir.mkdir(parents=True, exist_ok=True)
     _prepare_output(output_dir, overwrite)
     staging = output_dir / _STAGING
@@ -840,6 +984,12 @@ def write_shards(
                 )
             dtypes = [np.dtype(s.dtypes[i - 1]) for _, s, i in selected]
             scene_dtype = np.result_type(*dtypes)
+            if scene_dtype.kind == "c":
+                raise BadInputError(
+                    "complex_dtype",
+                    f"scene {scene.source} is {scene_dtype} (complex, e.g. SAR SLC); chips hold "
+                    "real values. Convert it first (amplitude, intensity or real/imaginary bands)",
+                )
             if out_dtype is None:
                 out_dtype = scene_dtype
             elif scene_dtype != out_dtype:
@@ -1019,17 +1169,26 @@ def write_shards(
             f"every chip was dropped (skipped: {policy.summary()}); check nodata, "
             "max_nodata_fraction and chip_size"
         )
+    empty = [s for s, n in num_samples.items() if n == 0]
+    if empty:
+        logger.warning(
+            "split(s) %s received no chips (%s): splits are blocks of chip columns, west to "
+            "east, within each scene, and no scene was wide enough to reach them (one chip "
+            "column feeds only the first split). Use wider scenes, a smaller chip size or "
+            "stride, or one split name.", empty, num_samples,
+        )  # fmt: skip
 
-    # Finalise: staged shards -> data/<split>-i-of-n.parquet, then the card, then the json.
-    (output_dir / "data").mkdir(exist_ok=True)
+    # Finalise: staged shards get their final names (moved by _publish), hashes recorded.
     shards: dict[str, list[dict[str, Any]]] = {}
+    moves: list[tuple[Path, str]] = []
     for split_name, buffer in buffers.items():
         n = len(buffer.files)
         shards[split_name] = []
         for i, entry in enumerate(buffer.files):
             final = f"data/{split_name}-{i:05d}-of-{n:05d}.parquet"
-            os.replace(staging / entry["staged"], output_dir / final)
-            shards[split_name].append({"file": final, "num_rows": entry["num_rows"]})
+            moves.append((staging / entry["staged"], final))
+            shards[split_name].append({"file": final, "num_rows": entry["num_rows"],
+                                       "bytes": entry["bytes"], "sha256": entry["sha256"]})  # fmt: skip
     stats_by_split = {}
     for split_name in split_names:
         if split_name in stats:
@@ -1067,11 +1226,8 @@ def write_shards(
     card = render_dataset_card(info, name=dataset_name or output_dir.name,
                                skipped_items=policy.items, license=license,
                                notes=card_notes)  # fmt: skip
-    tmp = output_dir / "README.md.tmp"
-    tmp.write_text(card)
-    os.replace(tmp, output_dir / "README.md")
-    info.save(output_dir / DATASET_INFO_FILE)  # last: its presence marks a finished dataset
-    shutil.rmtree(staging, ignore_errors=True)
+    info.extra["readme_sha256"] = hashlib.sha256(card.encode()).hexdigest()
+    _publish(output_dir, staging, moves, card, info)
     summary = WriteSummary(
         output_dir=str(output_dir),
         num_samples=num_samples,

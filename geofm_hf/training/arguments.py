@@ -3,11 +3,155 @@ YAML file plus command-line overrides. Names follow ``TrainingArguments`` where 
 
 from __future__ import annotations
 
+import math
 import sys
-from dataclasses import asdict, dataclass, field
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser
+
+
+class ArgumentError(ValueError):
+    """A recipe argument (command line or YAML config) that cannot be used; names it."""
+
+
+# Range of each numeric argument, shared by the pretraining and classification recipes (same
+# TrainingArguments names). 0 is never a silent "use the default": it is checked like any value.
+_RANGES = {
+    "max_steps": ("> 0", lambda v: v > 0),
+    "per_device_train_batch_size": ("> 0", lambda v: v > 0),
+    "per_device_eval_batch_size": ("> 0", lambda v: v > 0),
+    "gradient_accumulation_steps": ("> 0", lambda v: v > 0),
+    "learning_rate": ("> 0 (or unset for the scaled default)", lambda v: v > 0),
+    "base_learning_rate": ("> 0", lambda v: v > 0),
+    "min_learning_rate": (">= 0", lambda v: v >= 0),
+    "weight_decay": (">= 0", lambda v: v >= 0),
+    "adam_beta1": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "adam_beta2": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "adam_epsilon": ("> 0", lambda v: v > 0),
+    "max_grad_norm": ("> 0", lambda v: v > 0),
+    "warmup_steps": (">= 0", lambda v: v >= 0),
+    "logging_steps": ("> 0", lambda v: v > 0),
+    "save_steps": ("> 0", lambda v: v > 0),
+    "save_total_limit": (">= 1 (or unset to keep every checkpoint)", lambda v: v >= 1),
+    "hub_retry_backoff_s": (">= 0", lambda v: v >= 0),
+    "dry_run_nodes": ("> 0", lambda v: v > 0),
+    "image_size": ("> 0 (or unset for the preset's)", lambda v: v > 0),
+    "mask_ratio": ("in (0, 1)", lambda v: 0 < v < 1),
+    "dataloader_num_workers": (">= 0", lambda v: v >= 0),
+    "synthetic_channels": ("> 0", lambda v: v > 0),
+    "max_error_fraction": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "num_train_epochs": ("> 0", lambda v: v > 0),
+    "warmup_epochs": (">= 0", lambda v: v >= 0),
+    "layer_decay": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "mixup_alpha": (">= 0", lambda v: v >= 0),
+    "cutmix_alpha": (">= 0", lambda v: v >= 0),
+    "label_smoothing": ("in [0, 1)", lambda v: 0 <= v < 1),
+}
+_CHOICES = {
+    "on_error": ("raise", "skip"),
+    "nan_policy": ("stop", "skip"),
+    "bf16": ("auto", "true", "false"),
+    "feature": ("cls", "mean"),
+    "mixed_precision": ("no", "bf16", "fp16"),
+}
+
+
+def check_argument_values(*parsed) -> None:
+    """Raise :class:`ArgumentError` naming the first argument outside its range or choices."""
+    for obj in parsed:
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if value is None:
+                continue
+            if f.name in _RANGES and isinstance(value, (int, float)):
+                expected, ok = _RANGES[f.name]
+                if (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
+                    raise ArgumentError(f"--{f.name} must be {expected}: found {value}.")
+            if f.name in _CHOICES and value not in _CHOICES[f.name]:
+                raise ArgumentError(
+                    f"--{f.name} must be one of {', '.join(_CHOICES[f.name])}: found {value!r}."
+                )
+
+
+def _field_types(cls) -> dict[str, tuple[type, ...]]:
+    """Field name -> the plain types it accepts (``None`` as ``type(None)``)."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        out[name] = tuple(typing.get_origin(a) or a for a in args)
+    return out
+
+
+def coerce_config_values(path, values, classes, *, keys_word: str = "arguments") -> dict:
+    """Check a YAML config against the argument dataclasses: a mapping of known names whose
+    values have the argument's type. YAML spellings with one obvious meaning are converted
+    (``bf16: false`` -> ``"false"``, ``learning_rate: 1e-4``, which YAML reads as a string)."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ArgumentError(
+            f"{path}: expected a mapping of argument names to values (name: value lines), "
+            f"found {type(values).__name__} {str(values)[:80]!r}."
+        )
+    accepted = {}
+    for cls in classes:
+        accepted.update(_field_types(cls))
+    unknown = sorted(str(k) for k in set(values) - set(accepted))
+    if unknown:
+        raise ArgumentError(
+            f"{path}: unknown {keys_word} {unknown}; run with --help for the options."
+        )
+    out = {}
+    for key, value in values.items():
+        kinds = accepted[key]
+        if value is None and type(None) in kinds:
+            out[key] = value
+        elif bool in kinds:
+            if not isinstance(value, bool):
+                raise ArgumentError(
+                    f"{path}: {key} must be true or false: found {value!r} "
+                    f"({type(value).__name__})."
+                )
+            out[key] = value
+        elif int in kinds and isinstance(value, int) and not isinstance(value, bool):
+            out[key] = value
+        elif (
+            float in kinds and not isinstance(value, bool) and isinstance(value, (int, float, str))
+        ):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise ArgumentError(
+                    f"{path}: {key} must be a number: found {value!r} (str)."
+                ) from None
+        elif str in kinds and isinstance(value, bool):
+            out[key] = "true" if value else "false"  # the command line's spelling
+        elif (str in kinds and isinstance(value, str)) or (
+            list in kinds and isinstance(value, list)
+        ):
+            out[key] = value
+        else:
+            words = {int: "an integer", float: "a number", str: "a string", list: "a list"}
+            names = " or ".join(words.get(k, k.__name__) for k in kinds if k is not type(None))
+            raise ArgumentError(
+                f"{path}: {key} must be {names}: found {value!r} ({type(value).__name__})."
+            )
+    return out
+
+
+def run_recipe(main) -> int:
+    """Run a recipe's ``main`` for the command line and return the exit code: an
+    :class:`ArgumentError` prints one line and gives 2, as argparse does for its own checks."""
+    try:
+        result = main()
+    except ArgumentError as err:
+        print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
 
 
 @dataclass
@@ -116,24 +260,26 @@ def parse_arguments(
     parser.add_argument("--config", default=None, help="YAML file of arguments")
     if "--config" in argv:
         i = argv.index("--config")
-        with open(argv[i + 1]) as handle:
-            values = yaml.safe_load(handle) or {}
-        known = {f for cls in ARGUMENT_CLASSES for f in cls.__dataclass_fields__}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{argv[i + 1]}: unknown arguments {unknown}.")
-        parser.set_defaults(**values)
+        if i + 1 >= len(argv):
+            raise ArgumentError("--config needs a YAML file: found none.")
+        path = argv[i + 1]
+        try:
+            with open(path) as handle:
+                raw = yaml.safe_load(handle)
+        except OSError as err:
+            raise ArgumentError(f"--config {path}: cannot read it: {err.strerror}.") from err
+        except yaml.YAMLError as err:
+            raise ArgumentError(f"--config {path} is not valid YAML: {err}") from err
+        parser.set_defaults(**coerce_config_values(path, raw, ARGUMENT_CLASSES))
     outputs = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     # outputs: the three dataclasses, a namespace holding --config, the unparsed strings.
     model_args, data_args, train_args = outputs[:3]
     if outputs[-1]:
-        raise ValueError(f"Unknown command-line arguments: {outputs[-1]}")
-    if train_args.nan_policy not in ("stop", "skip"):
-        raise ValueError(f"nan_policy must be 'stop' or 'skip': found {train_args.nan_policy!r}.")
-    if train_args.bf16 not in ("auto", "true", "false"):
-        raise ValueError(f"bf16 must be auto, true or false: found {train_args.bf16!r}.")
+        raise ArgumentError(f"Unknown command-line arguments: {outputs[-1]}")
+    train_args.bf16 = train_args.bf16.lower()
+    check_argument_values(model_args, data_args, train_args)
     if train_args.push_to_hub and not train_args.hub_model_id:
-        raise ValueError("push_to_hub needs hub_model_id (ORG/NAME): found none.")
+        raise ArgumentError("push_to_hub needs hub_model_id (ORG/NAME): found none.")
     return model_args, data_args, train_args
 
 

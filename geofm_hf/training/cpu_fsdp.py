@@ -8,35 +8,44 @@ shared state's type to MULTI_GPU *after* the gloo process group exists and *befo
 sharded state, and gathers full weights. FSDP1 crashes on CPU full-state gathers, so this is
 FSDP2 only. It is for tests: on GPUs and on Frontier, the accelerate config turns FSDP on.
 
-Enabled by ``GEOFM_CPU_FSDP=1`` in the environment of the launched processes.
+The recipes know nothing of it. A test launches a script through this module, with an FSDP
+accelerate config (``distributed_type: FSDP``, ``fsdp_version: 2``), as a launcher would::
+
+    accelerate launch --config_file tests/configs/cpu_fsdp.yaml \
+        -m geofm_hf.training.cpu_fsdp recipes/pretrain.py --config ...
+
+The launched script's ``Accelerator()`` then reads the FSDP plugin (and any HSDP parallelism
+config) from the environment ``accelerate launch`` set, exactly as on GPUs.
 """
 
 from __future__ import annotations
 
-import os
-
-ENV_FLAG = "GEOFM_CPU_FSDP"
-
-
-def requested() -> bool:
-    return os.environ.get(ENV_FLAG, "0") == "1"
+import runpy
+import sys
 
 
-def fsdp2_plugin_for_cpu(wrap_class: str = "GeoViTMAELayer", reshard_after_forward: bool = True):
-    """Prepare accelerate's shared state for FSDP2 on CPU and return the plugin to pass on."""
+def enable() -> None:
+    """Make accelerate's shared state take the FSDP path on this CPU-only machine."""
     import torch
     from accelerate import PartialState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    from accelerate.utils import DistributedType
 
     if torch.cuda.is_available():
-        raise RuntimeError(f"{ENV_FLAG}=1 is for CPU-only test machines; this one has a GPU.")
+        raise RuntimeError("geofm_hf.training.cpu_fsdp is for CPU-only test machines.")
     state = PartialState(cpu=True)
     if state.num_processes < 2:
         raise RuntimeError(
-            f"{ENV_FLAG}=1 needs at least 2 launched processes to shard; found "
-            f"{state.num_processes}. Launch with accelerate_configs/cpu.yaml."
+            f"FSDP on CPU needs at least 2 launched processes to shard; found "
+            f"{state.num_processes}."
         )
     state.distributed_type = DistributedType.MULTI_GPU
+
+
+def fsdp2_plugin_for_cpu(wrap_class: str = "GeoViTMAELayer", reshard_after_forward: bool = True):
+    """:func:`enable`, and an FSDP2 plugin for scripts that build their Accelerator by hand."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    enable()
     return FullyShardedDataParallelPlugin(
         fsdp_version=2,
         auto_wrap_policy="transformer_based_wrap",
@@ -44,3 +53,16 @@ def fsdp2_plugin_for_cpu(wrap_class: str = "GeoViTMAELayer", reshard_after_forwa
         state_dict_type="SHARDED_STATE_DICT",
         reshard_after_forward=reshard_after_forward,
     )
+
+
+def _launch(argv: list[str]) -> None:
+    """``python -m geofm_hf.training.cpu_fsdp SCRIPT ARGS``: enable, then run SCRIPT as main."""
+    if not argv:
+        raise SystemExit("usage: python -m geofm_hf.training.cpu_fsdp SCRIPT [ARGS...]")
+    enable()
+    sys.argv = list(argv)
+    runpy.run_path(argv[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+    _launch(sys.argv[1:])

@@ -1,4 +1,4 @@
-"""Launched by tests/test_pretrain_fsdp.py under `accelerate launch` with GEOFM_CPU_FSDP=1.
+"""Launched by tests/test_pretrain_fsdp.py under `accelerate launch` (cpu.yaml); builds its FSDP2 Accelerator by hand.
 
 Asserts that FSDP2 really shards the model on CPU, that sharded state saves and loads exactly,
 and that the gathered full state equals the unsharded weights.

@@ -1,0 +1,130 @@
+"""Start-up check of a dataset's shards: one small read (the Parquet footer) per shard.
+
+A truncated or replaced shard is then found before the first step, not when the stream first
+reaches it (hours into a run). Each shard's size, row count and schema are compared with
+``geofm_dataset.json``; flipped bytes inside pages are caught later, when the page is read, by
+the CRC32 page checksums the writer stores (the footer says so) and the reader verifies.
+Across ranks the shards are split, so the whole check costs one footer read per shard in total,
+not per rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from .format import SHARD_FOOTER_METADATA, SHARD_SCHEMA, GeoDatasetInfo
+
+__all__ = ["check_shard_footers", "check_shard_footers_on_all_ranks"]
+
+
+def _opener(name_or_path: str, revision: str | None):
+    local = Path(name_or_path)
+    if local.is_dir():
+        return lambda rel: open(local / rel, "rb")
+    from urllib.parse import quote
+
+    from huggingface_hub import HfFileSystem
+
+    fs = HfFileSystem()
+    base = f"datasets/{name_or_path}" + (f"@{quote(revision, safe='')}" if revision else "")
+    # Small blocks: the footer is the last few KiB; a default block would fetch megabytes.
+    return lambda rel: fs.open(f"{base}/{rel}", "rb", block_size=64 * 1024)
+
+
+def _check_one(handle, entry: dict[str, Any], full: bool = False) -> str | None:
+    size = handle.seek(0, os.SEEK_END)
+    handle.seek(0)
+    expected_bytes = entry.get("bytes")
+    wrong_size = None
+    if expected_bytes is not None and size != expected_bytes:
+        wrong_size = f"has {size} bytes, {expected_bytes} were written (truncated or replaced)"
+    try:
+        meta = pq.ParquetFile(handle).metadata
+    except Exception as err:  # pyarrow raises assorted errors on a damaged footer
+        return wrong_size or f"its Parquet footer cannot be read ({type(err).__name__}: {err})"
+    if meta.num_rows != entry["num_rows"]:
+        return f"holds {meta.num_rows} rows, geofm_dataset.json lists {entry['num_rows']}"
+    schema = meta.schema.to_arrow_schema()
+    for field in SHARD_SCHEMA:
+        if field.name not in schema.names:
+            return f"lacks the column {field.name!r}"
+        if not schema.field(field.name).type.equals(field.type):
+            return (
+                f"column {field.name!r} is {schema.field(field.name).type}, expected {field.type}"
+            )
+    if wrong_size:
+        return wrong_size
+    if "sha256" in entry:  # written with page checksums: the footer must say so
+        key = next(iter(SHARD_FOOTER_METADATA))
+        if (meta.metadata or {}).get(key) != SHARD_FOOTER_METADATA[key]:
+            return "its footer lacks the page-checksum flag the writer sets (replaced file?)"
+    if full and "sha256" in entry:
+        handle.seek(0)
+        digest = hashlib.sha256()
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+        if digest.hexdigest() != entry["sha256"]:
+            return "does not match the SHA-256 in geofm_dataset.json (corrupted or replaced)"
+    return None
+
+
+def check_shard_footers(
+    name_or_path: str | os.PathLike,
+    info: GeoDatasetInfo,
+    split: str,
+    *,
+    revision: str | None = None,
+    indices: range | list[int] | None = None,
+    full: bool = False,
+) -> list[dict[str, Any]]:
+    """Problems found in the footers of ``split``'s shards (``indices``: a subset), each
+    ``{"shard": i, "file": ..., "problem": ...}``; empty when all are sound. ``full`` also
+    reads every byte and compares the SHA-256 recorded in ``geofm_dataset.json`` (e.g. after
+    copying a dataset). Datasets whose ``geofm_dataset.json`` lists no shards are not checked."""
+    entries = info.shards.get(split) or []
+    if not entries:
+        return []
+    open_shard = _opener(str(name_or_path), revision)
+    problems = []
+    for i in range(len(entries)) if indices is None else indices:
+        entry = entries[i]
+        try:
+            with open_shard(entry["file"]) as handle:
+                problem = _check_one(handle, entry, full)
+        except FileNotFoundError:
+            problem = "is missing"
+        except OSError as err:
+            problem = f"cannot be read ({err})"
+        if problem is not None:
+            problems.append({"shard": i, "file": entry["file"], "problem": problem})
+    return problems
+
+
+def check_shard_footers_on_all_ranks(
+    name_or_path: str | os.PathLike,
+    info: GeoDatasetInfo,
+    split: str,
+    *,
+    revision: str | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[dict[str, Any]]:
+    """Collective when ``world_size`` > 1 and a ``torch.distributed`` group is up: rank r
+    checks shards r, r + world_size, ...; every rank gets every problem."""
+    import torch.distributed as dist
+
+    if world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+        # No process group to share the work with: this process checks every shard.
+        return check_shard_footers(name_or_path, info, split, revision=revision)
+    n = len(info.shards.get(split) or [])
+    mine = check_shard_footers(name_or_path, info, split, revision=revision,
+                               indices=range(rank, n, world_size))  # fmt: skip
+
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, mine)
+    return sorted((p for part in gathered for p in part), key=lambda p: p["shard"])
