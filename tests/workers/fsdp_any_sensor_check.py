@@ -1,4 +1,4 @@
-"""Launched by tests/test_fsdp_any_sensor.py under `accelerate launch` with GEOFM_CPU_FSDP=1.
+"""Launched by tests/test_fsdp_any_sensor.py under `accelerate launch` (cpu.yaml); builds its FSDP2 Accelerator by hand.
 
 FSDP2 on a wavelength + time-series + time/location model: blocks really sharded, the gathered
 state equals the unsharded weights, and a step where each rank sees another sensor (another band
