@@ -35,6 +35,7 @@ import geofm_hf
 from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining, GeoViTMAEImageProcessor
 from geofm_hf.bands import rgb_band_indices
 from geofm_hf.data import make_pretrain_dataloader, read_dataset_info, sample_dataset_path
+from geofm_hf.data.mixing import MixedPretrainLoader
 from geofm_hf.modeling_geofm import count_parameters, flops_per_image
 from geofm_hf.training.arguments import as_flat_dict, parse_arguments
 from geofm_hf.training.checkpointing import CheckpointManager, resolve_resume
@@ -56,7 +57,7 @@ from geofm_hf.training.reporting import (
 def main(argv: list[str] | None = None) -> int:
     model_args, data_args, args = parse_arguments(argv)
     data = read_data_contract(data_args)
-    config = build_model_config(model_args, data_args, data.info)
+    config = build_model_config(model_args, data_args, data.info, data.datasets)
     if args.dry_run:
         return dry_run(config, args)
 
@@ -88,19 +89,31 @@ class DataContract:
 
     name_or_path: str
     info: object | None  # geofm_hf.data.DatasetInfo; None for synthetic data
+    # Every dataset of a mixed-sensor run, (name_or_path, info); the first is the one above.
+    datasets: list[tuple[str, object]] = field(default_factory=list)
+    weights: dict[str, float] | None = None
 
 
 def read_data_contract(data_args) -> DataContract:
-    dataset = data_args.dataset_name_or_path or sample_dataset_path()
-    info = (
-        None
-        if data_args.synthetic_data
-        else read_dataset_info(dataset, revision=data_args.dataset_revision)
-    )
-    return DataContract(str(dataset), info)
+    names = [n.strip() for n in (data_args.dataset_name_or_path or "").split(",") if n.strip()] or [
+        str(sample_dataset_path())
+    ]
+    if data_args.synthetic_data:
+        return DataContract(names[0], None)
+    datasets = [(n, read_dataset_info(n, revision=data_args.dataset_revision)) for n in names]
+    weights = None
+    if data_args.dataset_weights:
+        values = [float(w) for w in data_args.dataset_weights.split(",")]
+        if len(values) != len(names):
+            raise ValueError(
+                f"--dataset_weights needs one weight per dataset: expected {len(names)} for "
+                f"{names}, found {len(values)}: {values}."
+            )
+        weights = dict(zip(names, values))
+    return DataContract(names[0], datasets[0][1], datasets, weights)
 
 
-def build_model_config(model_args, data_args, data_info) -> GeoViTMAEConfig:
+def build_model_config(model_args, data_args, data_info, datasets=()) -> GeoViTMAEConfig:
     """The one place a run's model config is decided, for the run and for ``--dry_run`` alike.
 
     Continuing: the checkpoint's config (its bands must be the dataset's). From scratch: the
@@ -115,7 +128,8 @@ def build_model_config(model_args, data_args, data_info) -> GeoViTMAEConfig:
                 f"{model_args.model_name_or_path} holds a {type(config).__name__}; continuing "
                 "pretraining needs a GeoViTMAEForPreTraining checkpoint."
             )
-        if data_info is not None:
+        # A wavelength model takes any bands; a conv model only the ones it learnt.
+        if data_info is not None and config.patch_embedding == "conv":
             check_band_contract(config, data_info)
         for name in ("mask_ratio", "norm_pix_loss"):
             if getattr(model_args, name) is not None:
@@ -123,8 +137,21 @@ def build_model_config(model_args, data_args, data_info) -> GeoViTMAEConfig:
         config._attn_implementation = model_args.attn_implementation
         return config
 
-    overrides = {"attn_implementation": model_args.attn_implementation}
-    if data_info is not None:
+    overrides = {
+        "attn_implementation": model_args.attn_implementation,
+        "patch_embedding": model_args.patch_embedding,
+        "wavelength_embed_dim": model_args.wavelength_embed_dim,
+    }
+    if len(datasets) > 1:
+        if model_args.patch_embedding != "wavelength":
+            raise ValueError(
+                f"{len(datasets)} datasets were given ({[n for n, _ in datasets]}): mixing "
+                "sensors needs --patch_embedding wavelength (conv kernels are tied to one band "
+                "set)."
+            )
+        # No single band contract: each dataset brings its bands, wavelengths and statistics.
+        overrides["num_channels"] = len(data_info.band_names)
+    elif data_info is not None:
         overrides.update(
             num_channels=len(data_info.band_names),
             band_names=data_info.band_names,
@@ -141,7 +168,7 @@ def build_model_config(model_args, data_args, data_info) -> GeoViTMAEConfig:
     preset = geofm_hf.PRESETS.get(model_args.preset, {})
     patch = preset.get("patch_size", 16)
     size = model_args.image_size or preset.get("image_size", 224)
-    crop = data_info.chip_size if data_info is not None else None
+    crop = min(info.chip_size for _, info in datasets) if datasets else None
     if crop is not None and size > crop:
         # The paper's 224 px does not fit a 64 px chip: train on the largest patch-aligned crop.
         size = (crop // patch) * patch
@@ -356,6 +383,8 @@ def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEC
         return SyntheticLoader(
             batch, config.num_channels, config.image_size, run.args.seed, run.rank
         )
+    if config.patch_embedding == "wavelength":
+        return _mixed_loader(run, data, data_args, config)
     # Normalise with the statistics stored in the weights' config: for a continued run they
     # are the ones the model learnt with, not the new dataset's.
     return make_pretrain_dataloader(
@@ -374,6 +403,29 @@ def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEC
         max_error_fraction=data_args.max_error_fraction,
         return_masks=True,  # nodata / fill / cloud pixels are kept out of the MAE loss
     )
+
+
+def _mixed_loader(run: Run, data: DataContract, data_args, config) -> MixedPretrainLoader:
+    """A wavelength model's stream: each dataset normalised with its own statistics, one
+    dataset (one band set, with its wavelengths) per batch."""
+    loaders, wavelengths = {}, {}
+    for name, info in data.datasets:
+        loaders[name] = make_pretrain_dataloader(
+            name,
+            split=data_args.train_split,
+            batch_size=run.args.per_device_train_batch_size,
+            seed=run.args.seed,
+            rank=run.rank,
+            world_size=run.world,
+            num_workers=data_args.dataloader_num_workers,
+            crop_size=config.image_size,
+            revision=data_args.dataset_revision,
+            on_error=data_args.on_error,
+            max_error_fraction=data_args.max_error_fraction,
+            return_masks=True,
+        )
+        wavelengths[name] = info.wavelengths_um
+    return MixedPretrainLoader(loaders, wavelengths, data.weights, seed=run.args.seed)
 
 
 # ---------------------------------------------------------------------------------- optimiser
@@ -490,8 +542,9 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
         step_loss, bad = 0.0, False
         for micro in range(args.gradient_accumulation_steps):
             pixels = next(data_iter)
-            pixel_mask = None
+            pixel_mask = wavelengths = None
             if isinstance(pixels, dict):  # the real stream: pixels + validity mask
+                wavelengths = pixels.get("wavelengths")  # a mixed-sensor stream's band set
                 pixels, pixel_mask = pixels["pixel_values"], pixels["pixel_mask"]
                 # An all-valid batch takes the unmasked loss (checked on the CPU: no sync).
                 pixel_mask = None if bool(pixel_mask.all()) else pixel_mask.to(accelerator.device)
@@ -504,6 +557,7 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
                     loss = model(
                         pixel_values=pixels,
                         pixel_mask=pixel_mask,
+                        wavelengths=wavelengths,
                         noise=noise.to(accelerator.device),
                     ).loss
                 # One small all-reduce: every rank must agree to skip or stop, or the next
@@ -654,6 +708,8 @@ def export(run: Run, model, processor, data: DataContract, outcome: Outcome, loa
         args.plot_reconstructions
         and count_parameters(reloaded) < 2e9
         and not data_args.synthetic_data
+        # A wavelength model needs each dataset's wavelengths; the plot takes one band set.
+        and reloaded.config.patch_embedding == "conv"
     ):
         sample = make_pretrain_dataloader(
             data.name_or_path,
@@ -674,18 +730,18 @@ def export(run: Run, model, processor, data: DataContract, outcome: Outcome, loa
         recon = "reconstruction.png"
     ips = outcome.images / wall if wall > 0 else None
     info = data.info
-    dataset = data.name_or_path
     record = RunRecord.from_model(
         reloaded,
         processor,
         sensor=getattr(info, "sensor", None),
         datasets=[
             {
-                "repo_id_or_path": dataset
-                if not os.path.isdir(dataset)
-                else os.path.basename(os.path.normpath(dataset)),
+                "repo_id_or_path": name
+                if not os.path.isdir(name)
+                else os.path.basename(os.path.normpath(name)),
                 "revision": data_args.dataset_revision,
             }
+            for name, _ in data.datasets
         ]
         if info
         else [],

@@ -73,6 +73,15 @@ class MixedPretrainLoader:
         self.seed = int(seed)
         self._step = 0
 
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Each loader's accounting, and the mixture's weights and position."""
+        return {
+            "datasets": {n: self.loaders[n].stats for n in self.names},
+            "weights": dict(zip(self.names, self.weights.tolist())),
+            "batches_consumed": self._step,
+        }
+
     def dataset_at(self, step: int) -> str:
         """The dataset batch ``step`` comes from (the same on every rank)."""
         rng = np.random.default_rng([self.seed, int(step)])

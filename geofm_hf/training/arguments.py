@@ -176,6 +176,16 @@ class ModelArguments:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute block activations in backward."}
     )
+    patch_embedding: str = field(
+        default="conv",
+        metadata={
+            "help": "conv (kernels tied to the dataset's bands) or wavelength (any sensor; "
+            "needed for several datasets)."
+        },
+    )
+    wavelength_embed_dim: int = field(
+        default=128, metadata={"help": "Width of the wavelength hypernetwork's band embedding."}
+    )
 
 
 @dataclass
@@ -183,8 +193,14 @@ class DataArguments:
     dataset_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "Hub dataset repo id or local folder of shards; default: bundled sample."
+            "help": "Hub dataset repo id or local folder of shards; several, comma-separated, "
+            "are mixed one band set per batch (needs --patch_embedding wavelength); default: "
+            "bundled sample."
         },
+    )
+    dataset_weights: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated sampling weight per dataset; default: dataset sizes."},
     )
     dataset_revision: str | None = field(default=None, metadata={"help": "Dataset revision."})
     train_split: str = field(default="train")
