@@ -63,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
 
     run = start_run(model_args, data_args, args)
     model = build_model(config, model_args, args.seed)
+    # A wavelength model's processor takes any bands and returns their wavelengths.
     processor = (
-        GeoViTMAEImageProcessor.from_model_config(config) if config.image_mean is not None else None
+        GeoViTMAEImageProcessor.from_model_config(config)
+        if config.image_mean is not None or config.patch_embedding == "wavelength"
+        else None
     )
     loader = build_dataloader(run, data, data_args, config)
     model, optimizer = build_optimizer(run, model)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from pretrain_utils import ROOT, launch, logged_step, metrics, pretrain, pretrain_killed_when
 from safetensors.torch import load_file
-from transformers import AutoModel
+from transformers import AutoImageProcessor, AutoModel
 
 from geofm_hf import GeoViTMAEModel
 from geofm_hf.data import sample_dataset_path, write_shards
@@ -46,6 +46,10 @@ def uninterrupted(tmp_path_factory, landsat):
 
 def test_one_checkpoint_for_sentinel2_landsat_and_rgbn(uninterrupted):
     model = AutoModel.from_pretrained(uninterrupted / "final").eval()
+    processor = AutoImageProcessor.from_pretrained(uninterrupted / "final")
+    inputs = processor(torch.rand(3, 32, 32), band_names=["B3", "B4", "B5"], sensor="landsat7")
+    assert inputs["wavelengths"].tolist() == pytest.approx([0.66, 0.835, 1.65])
+    assert torch.isfinite(model(**inputs).pooler_output).all()
     assert isinstance(model, GeoViTMAEModel) and model.config.patch_embedding == "wavelength"
     for wavelengths in ([0.443, 0.49, 0.56, 0.665], [0.66, 0.835, 1.65], RGBN):
         out = model(torch.randn(1, len(wavelengths), 32, 32), wavelengths=wavelengths)
