@@ -221,6 +221,18 @@ def test_6_probe_matches_landsat_bands_to_sentinel2_by_wavelength():
     assert channels == [1, 0] and names == ["B08", "B04"] and used == ["B04", "B08"]
 
 
+def test_6_processor_matches_another_sensor_by_wavelength():
+    proc = GeoViTMAEImageProcessor(band_names=["B04", "B08"], image_mean=[0.0, 0.0],
+                                   image_std=[1.0, 1.0], wavelengths_um=[0.665, 0.842])  # fmt: skip
+    scene = np.stack([_band(LT5, b) for b in ("b3", "b4", "b5")])[:, :8, :8].astype(np.float32)
+    with pytest.raises(ValueError, match="Missing bands"):  # B4 is not B04 by number
+        proc(scene, band_names=["B3", "B4", "B5"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = proc(scene, band_names=["B3", "B4", "B5"], wavelengths_um=[0.66, 0.83, 1.65])
+    np.testing.assert_array_equal(out.pixel_values[0].numpy(), scene[:2])  # red, NIR
+
+
 def test_6_recipes_take_dataset_bands():
     from transformers import HfArgumentParser
 
@@ -377,3 +389,17 @@ def test_8_sensor_tables_cover_the_sensors_users_bring(tmp_path, capsys):
     assert out["sensor"] == "landsat5-tm" and out["wavelengths_um"] == [0.66, 0.83, 1.65]
     assert cli_main([str(inp), "-o", str(tmp_path / "p"), "--sensor", "landsat10"]) == 2
     assert "unknown sensor 'landsat10'" in capsys.readouterr().err
+
+
+def test_7_qa_mask_conventions():
+    from geofm_hf.bands import qa_invalid
+
+    scl = np.arange(12)
+    assert np.flatnonzero(qa_invalid("scl", scl)).tolist() == [0, 1, 3, 8, 9, 10]
+    # Landsat Collection 2 QA_PIXEL: 21824 clear land, 21952 water, 22280 cloud (bit 3),
+    # 23888 cloud shadow (bit 4), 1 fill (bit 0).
+    qa = np.array([21824, 21952, 22280, 23888, 1])
+    assert qa_invalid("qa_pixel", qa).tolist() == [False, False, True, True, True]
+    assert qa_invalid("fmask", np.array([0, 1, 2, 3, 4, 255])).tolist() == [
+        False, False, True, False, True, True,
+    ]  # fmt: skip
