@@ -147,6 +147,31 @@ class GeoViTMAEConfig(PreTrainedConfig):
         gsd_m (`list[float]`, *optional*): native ground sample distance of each band, metres.
         image_mean (`list[float]`, *optional*): per-band mean the weights were trained with.
         image_std (`list[float]`, *optional*): per-band std the weights were trained with.
+        patch_embedding (`str`, defaults to `"conv"`): how pixels become tokens. `"conv"`: one
+            learnt kernel per band of ``band_names`` (the weights are tied to that band set, as in
+            ViTMAE). `"wavelength"`: a small hypernetwork maps each band's centre wavelength (and
+            bandwidth, where given) to that band's patch kernel and bias, and the token is the sum
+            over the bands present, so any number and order of bands works; ``forward`` then
+            needs ``wavelengths``. The MAE decoder predicts the input's bands the same way.
+        wavelength_embed_dim (`int`, defaults to 128): width of the per-band wavelength embedding
+            of the `"wavelength"` hypernetwork.
+        num_frames (`int`, defaults to 1): frames per sample. Above 1, ``pixel_values`` is a
+            time series ``(B, T, C, H, W)`` (the transformers video layout) and tokens are
+            space-time tubelets.
+        tubelet_size (`int`, defaults to 1): frames per tubelet; must divide ``num_frames``.
+        reference_gsd_m (`float`, *optional*): ground sample distance (metres per pixel) of the
+            pretraining images. When set, a ``gsd`` input scales the position embedding by
+            ``gsd / reference_gsd_m`` (Scale-MAE), so a patch at another resolution is placed at
+            its true ground distance.
+        temporal_encoding (`bool`, defaults to `False`): accept ``temporal_coords``
+            ``(B, T, 2)`` (year, day of year), encoded sin/cos -> learnt projection, added to the
+            tokens of each frame.
+        location_encoding (`bool`, defaults to `False`): accept ``location_coords`` ``(B, 2)``
+            (latitude, longitude in degrees), encoded sin/cos -> learnt projection, added to
+            every token.
+        metadata_dropout (`float`, defaults to 0.0): in training, probability of dropping the
+            time and the location encoding of a sample (each independently), so either may be
+            absent at inference.
         preset (`str`, *optional*): name of the preset the config was built from (informative).
     """
 
@@ -180,6 +205,14 @@ class GeoViTMAEConfig(PreTrainedConfig):
         gsd_m: list[float] | None = None,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
+        patch_embedding: str = "conv",
+        wavelength_embed_dim: int = 128,
+        num_frames: int = 1,
+        tubelet_size: int = 1,
+        reference_gsd_m: float | None = None,
+        temporal_encoding: bool = False,
+        location_encoding: bool = False,
+        metadata_dropout: float = 0.0,
         preset: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -213,6 +246,14 @@ class GeoViTMAEConfig(PreTrainedConfig):
         self.gsd_m = list(gsd_m) if gsd_m is not None else None
         self.image_mean = list(image_mean) if image_mean is not None else None
         self.image_std = list(image_std) if image_std is not None else None
+        self.patch_embedding = patch_embedding
+        self.wavelength_embed_dim = wavelength_embed_dim
+        self.num_frames = num_frames
+        self.tubelet_size = tubelet_size
+        self.reference_gsd_m = float(reference_gsd_m) if reference_gsd_m is not None else None
+        self.temporal_encoding = temporal_encoding
+        self.location_encoding = location_encoding
+        self.metadata_dropout = metadata_dropout
         self.preset = preset
         super().__init__(**kwargs)
         self._validate()
@@ -247,11 +288,29 @@ class GeoViTMAEConfig(PreTrainedConfig):
             raise ValueError(f"band_names must be unique: found {self.band_names}.")
         if self.image_std is not None and any(float(s) <= 0 for s in self.image_std):
             raise ValueError(f"image_std must be positive for every band: found {self.image_std}.")
+        if self.patch_embedding not in ("conv", "wavelength"):
+            raise ValueError(
+                f"patch_embedding must be 'conv' or 'wavelength': found {self.patch_embedding!r}."
+            )
+        if self.wavelength_embed_dim < 4 or self.wavelength_embed_dim % 4:
+            raise ValueError(
+                "wavelength_embed_dim must be a positive multiple of 4: found "
+                f"{self.wavelength_embed_dim}."
+            )
+        if self.num_frames < 1 or self.tubelet_size < 1 or self.num_frames % self.tubelet_size:
+            raise ValueError(
+                f"num_frames must be a positive multiple of tubelet_size ({self.tubelet_size}): "
+                f"found num_frames={self.num_frames}."
+            )
+        if self.reference_gsd_m is not None and not self.reference_gsd_m > 0:
+            raise ValueError(f"reference_gsd_m must be positive: found {self.reference_gsd_m}.")
+        if not 0.0 <= self.metadata_dropout <= 1.0:
+            raise ValueError(f"metadata_dropout must be in [0, 1]: found {self.metadata_dropout}.")
 
     @property
     def num_patches(self) -> int:
-        """Patches per image at ``image_size``."""
-        return (self.image_size // self.patch_size) ** 2
+        """Tokens per sample at ``image_size``: patches per frame times tubelets per series."""
+        return (self.num_frames // self.tubelet_size) * (self.image_size // self.patch_size) ** 2
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> GeoViTMAEConfig:
@@ -267,4 +326,53 @@ class GeoViTMAEConfig(PreTrainedConfig):
         return cls(**fields)
 
 
-__all__ = ["PAPER_PARAMETER_COUNTS", "PRESETS", "GeoViTMAEConfig"]
+def input_output_costs(config: Any) -> dict[str, int]:
+    """Parameters and per-sample forward FLOPs of the parts the model options change, from the
+    config's fields alone (a :class:`GeoViTMAEConfig`, any object with its fields, or a dict), so
+    the planner counts any option without building a model.
+
+    Returns ``encoder_input`` (patch embedding, wavelength hypernetwork, time/location encoders),
+    ``decoder_output`` (the MAE output head or its per-band generators), ``pixels_per_token``
+    (``tubelet_size * patch_size**2``), ``tokens`` (per sample, all frames) and
+    ``hypernetwork_flops`` (forward FLOPs of generating the kernels for ``num_channels`` bands,
+    once per batch; 0 for conv).
+    """
+
+    def get(key: str, default: Any) -> Any:
+        value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+        return default if value is None else value
+
+    channels = get("num_channels", None)
+    if channels is None:
+        bands = get("band_names", None)
+        channels = len(bands) if bands else 3
+    width, dec_width = get("hidden_size", 768), get("decoder_hidden_size", 512)
+    patch, tubelet = get("patch_size", 16), get("tubelet_size", 1)
+    frames, side = get("num_frames", 1), get("image_size", 224)
+    pixels = tubelet * patch**2
+    if get("patch_embedding", "conv") == "wavelength":
+        embed = get("wavelength_embed_dim", 128)
+        mlp = 2 * (embed * embed + embed)
+        encoder_gen = embed * pixels * width + pixels * width + embed * width + width
+        decoder_gen = embed * pixels * dec_width + pixels * dec_width + embed * pixels + pixels
+        encoder_input, decoder_output = mlp + encoder_gen, decoder_gen
+        hyper = channels * 2 * (2 * embed * embed + embed * (pixels * width + width))
+        hyper += channels * 2 * embed * (pixels * dec_width + pixels)
+    else:
+        encoder_input = channels * pixels * width + width
+        decoder_output = dec_width * pixels * channels + pixels * channels
+        hyper = 0
+    metadata = 4 * 8 + 1  # 8 sin/cos harmonics of 2 values -> a width-wide linear layer
+    for flag in ("temporal_encoding", "location_encoding"):
+        if get(flag, False):
+            encoder_input += metadata * width
+    return {
+        "encoder_input": encoder_input,
+        "decoder_output": decoder_output,
+        "pixels_per_token": pixels,
+        "tokens": (frames // tubelet) * (side // patch) ** 2,
+        "hypernetwork_flops": hyper,
+    }
+
+
+__all__ = ["PAPER_PARAMETER_COUNTS", "PRESETS", "GeoViTMAEConfig", "input_output_costs"]

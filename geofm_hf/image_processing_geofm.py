@@ -72,6 +72,27 @@ def _as_float_tensor(array: Any, what: str = "image") -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
+def _table_lookup(names: Sequence[str], sensor: str | None):
+    """Wavelengths (um) and the finest GSD (m) of ``names`` from geofm_hf's sensor tables.
+
+    ``(None, None)`` where the package is absent (remote code) or the sensor is unknown; the
+    caller then needs ``wavelengths_um=`` / ``gsd=``.
+    """
+    try:
+        from geofm_hf import bands as tables
+    except ImportError:
+        return None, None
+    try:
+        wavelengths = tables.band_wavelengths(list(names), sensor)
+        gsds = tables.band_gsd(list(names), sensor)
+    except ValueError:
+        if sensor is not None:
+            raise
+        return None, None
+    known = [g for g in (gsds or []) if g]
+    return wavelengths, (min(known) if known else None)
+
+
 class GeoViTMAEImageProcessor(BaseImageProcessor):
     r"""Prepares multispectral rasters for a :class:`GeoViTMAEModel`.
 
@@ -95,6 +116,10 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             never shrunk or cropped to one chip silently.
         wavelengths_um (`list[float]`, *optional*): centre wavelength of each model band; inputs
             that give theirs (``wavelengths_um=`` at call time) are matched by wavelength.
+            The processed ``wavelengths`` are returned for the model (wavelength models need
+            them; conv models check them against their bands).
+        return_gsd (`bool`, defaults to `False`): return ``gsd`` (metres per output pixel), for
+            models with ``reference_gsd_m``; from ``gsd=`` at call time or the sensor's table.
     """
 
     model_input_names = ["pixel_values"]
@@ -112,9 +137,11 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         nodata_policy: str = "fill_mean",
         do_resize: bool = False,
         wavelengths_um: list[float] | None = None,
+        return_gsd: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.return_gsd = return_gsd
         self.do_resize = do_resize
         self.wavelengths_um = [float(w) for w in wavelengths_um] if wavelengths_um else None
         self.band_names = list(band_names) if band_names is not None else None
@@ -167,7 +194,13 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             "size": config.image_size,
             "do_normalize": config.image_mean is not None,
             "wavelengths_um": getattr(config, "wavelengths_um", None),
+            "return_gsd": getattr(config, "reference_gsd_m", None) is not None,
         }
+        if getattr(config, "patch_embedding", "conv") == "wavelength":
+            # A wavelength model takes any bands in any order: nothing to select or reorder, and
+            # its pretraining statistics belong to its pretraining sensors, not to the input's.
+            fields.update(band_names=None, wavelengths_um=None, image_mean=None, image_std=None)
+            fields["do_normalize"] = False
         fields.update(kwargs)
         return cls(**fields)
 
@@ -387,6 +420,8 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         input_data_format: str | None = None,
         wavelengths_um: Sequence[float] | None = None,
         do_resize: bool | None = None,
+        sensor: str | None = None,
+        gsd: float | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Turn ``images`` into model inputs.
@@ -405,11 +440,17 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             wavelengths_um: the input bands' centre wavelengths (another sensor's data): bands
                 are then matched to the model's by nearest wavelength, never by number.
             do_resize: override the processor's ``do_resize`` for this call.
+            sensor: the input's sensor (a ``geofm_hf.bands.SENSORS`` key), to look up the
+                wavelengths and GSD of ``band_names`` when ``wavelengths_um`` is not given.
+            gsd: the input's ground sample distance (metres per pixel); returned as ``gsd``,
+                scaled by any resize.
 
         Returns:
             ``BatchFeature`` with ``pixel_values`` ``(B, C, H, W)`` float32 and ``pixel_mask``
             ``(B, H, W)`` (1 = valid; 0 where any band was nodata, NaN or +-inf, filled with the
-            band mean). ``model(**inputs)`` passes the mask on.
+            band mean). ``model(**inputs)`` passes the mask on. With known wavelengths also
+            ``wavelengths`` ``(C,)`` (um, in the output band order), and ``gsd`` ``(B,)`` when
+            ``gsd`` is given or ``return_gsd`` is set.
         """
         if kwargs:
             raise ValueError(f"Unexpected arguments {sorted(kwargs)}.")
@@ -438,6 +479,11 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
                 f"(chip_size={self.size})), or ask for it with do_resize=True (resize) or "
                 "crop_size=... (centre crop)."
             )
+        if wavelengths_um is None and self.band_names is None and names is not None:
+            wavelengths_um, table_gsd = _table_lookup(names, sensor)
+        else:
+            table_gsd = _table_lookup(names, sensor)[1] if names is not None else None
+        source_side = min(height, width)
         pixels = self._order_bands(pixels, names, wavelengths_um)
 
         invalid = ~torch.isfinite(pixels)
@@ -479,6 +525,25 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         data["pixel_values"] = pixels.contiguous()
         # A resized pixel is valid only when every source pixel under it was.
         data["pixel_mask"] = (mask[:, 0] <= 0).contiguous()
+        # The bands the model receives: the processor's own (in its order) once it reordered the
+        # input to them, else the input's (a wavelength model takes them as they come).
+        out_wavelengths = self.wavelengths_um if self.band_names is not None else wavelengths_um
+        if out_wavelengths is not None:
+            data["wavelengths"] = torch.tensor(out_wavelengths, dtype=torch.float32)
+        if gsd is None and self.return_gsd:
+            gsd = table_gsd
+            if gsd is None:
+                raise ValueError(
+                    "This model scales positions by ground sample distance: pass gsd=<metres per "
+                    f"pixel> (or sensor=...) for the input bands {names}."
+                )
+        if gsd is not None:
+            if not float(gsd) > 0:
+                raise ValueError(f"gsd must be positive metres per pixel: found {gsd}.")
+            # Resizing a side of S px to N px makes each output pixel S/N input pixels wide.
+            resized = self.size is not None and source_side != self.size
+            scale = source_side / self.size if resized else 1.0
+            data["gsd"] = torch.full((pixels.shape[0],), float(gsd) * scale)
         if return_tensors == "np":
             data = {k: v.numpy() for k, v in data.items()}
         elif return_tensors not in ("pt", None):

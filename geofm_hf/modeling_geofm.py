@@ -3,8 +3,9 @@
 This file is copied next to the weights by ``save_pretrained`` (remote code), so it must only
 import ``torch``, ``transformers``, the standard library and ``.configuration_geofm``.
 
-Shapes: B batch, C bands, H/W pixels, p patch side, L = (H/p)(W/p) patches, K kept patches,
-D encoder width, Dd decoder width, Hn heads, Dh head dim.
+Shapes: B batch, C bands, T frames, t tubelet frames, H/W pixels, p patch side,
+L = (T/t)(H/p)(W/p) tokens (T = t = 1 for single images), K kept tokens, D encoder width,
+Dd decoder width, E wavelength embedding width, Hn heads, Dh head dim.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from transformers.modeling_outputs import ImageClassifierOutput, SemanticSegment
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .configuration_geofm import GeoViTMAEConfig
+from .configuration_geofm import GeoViTMAEConfig, input_output_costs
 
 
 @dataclass
@@ -40,6 +41,9 @@ class GeoViTMAEModelOutput(ModelOutput):
         mask: ``(B, L)`` 1 where a patch was masked, 0 where kept; ``None`` without masking.
         ids_restore: ``(B, L)`` inverse of the masking permutation; ``None`` without masking.
         hidden_states: input of every block plus the final output, when requested.
+        band_embedding: ``(C, E)`` or ``(B, C, E)`` wavelength embedding of the input bands
+            (``patch_embedding="wavelength"`` only); the MAE decoder turns it into per-band
+            output weights.
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -47,6 +51,7 @@ class GeoViTMAEModelOutput(ModelOutput):
     mask: torch.Tensor | None = None
     ids_restore: torch.LongTensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    band_embedding: torch.Tensor | None = None
 
 
 @dataclass
@@ -251,46 +256,297 @@ class GeoViTMAEStack(nn.Module):
         return hidden_states, all_states
 
 
+def _sincos_features(values: torch.Tensor, dim: int, max_period: float) -> torch.Tensor:
+    """``(...)`` scalars -> ``(...,  dim)`` float32 ``[sin | cos]`` at geometric frequencies."""
+    half = dim // 2
+    exponent = torch.arange(half, dtype=torch.float32, device=values.device) / half
+    angles = values.float().unsqueeze(-1) / max_period**exponent  # (..., dim/2)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def _harmonics(radians: torch.Tensor, count: int) -> torch.Tensor:
+    """``(...)`` angles -> ``(..., 2 * count)``: sin/cos of 1..count times the angle (periodic)."""
+    k = torch.arange(1, count + 1, dtype=torch.float32, device=radians.device)
+    angles = radians.float().unsqueeze(-1) * k
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def _gsd_position_table(
+    grid_h: int, grid_w: int, dim: int, scale: torch.Tensor, ref_grid: int | None
+) -> torch.Tensor:
+    """Sin-cos positions at ground distance: ``scale`` ``(B,)`` -> ``(B, 1 + L, dim)`` float32.
+
+    The same layout as :func:`sincos_2d_position_embedding`, with patch ``i`` placed at
+    ``i * scale`` reference patches (Scale-MAE: ``scale = gsd / reference_gsd``).
+    """
+    scale_h = ref_grid / grid_h if ref_grid else 1.0
+    scale_w = ref_grid / grid_w if ref_grid else 1.0
+    device = scale.device
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32, device=device) / (dim // 4))
+    pos_h = torch.arange(grid_h, dtype=torch.float32, device=device) * scale_h
+    pos_w = torch.arange(grid_w, dtype=torch.float32, device=device) * scale_w
+    hh, ww = torch.meshgrid(pos_h, pos_w, indexing="ij")  # (grid_h, grid_w)
+    hh = hh.reshape(1, -1, 1) * scale.float().view(-1, 1, 1) * omega  # (B, L, dim/4)
+    ww = ww.reshape(1, -1, 1) * scale.float().view(-1, 1, 1) * omega  # (B, L, dim/4)
+    emb = torch.cat([ww.sin(), ww.cos(), hh.sin(), hh.cos()], dim=-1)  # (B, L, dim)
+    return torch.cat([emb.new_zeros(emb.shape[0], 1, dim), emb], dim=1)  # (B, 1 + L, dim)
+
+
+def _position_table(
+    cache: _PositionEmbeddingCache,
+    grid: tuple[int, int],
+    device: torch.device,
+    interpolate: bool,
+    gsd_scale: torch.Tensor | None,
+) -> torch.Tensor:
+    """``(1 or B, 1 + L, dim)`` spatial positions, scaled by GSD when ``gsd_scale`` is given."""
+    if gsd_scale is None:
+        return cache.get(*grid, device, interpolate)
+    ref = cache.ref_grid if interpolate and grid != (cache.ref_grid,) * 2 else None
+    return _gsd_position_table(*grid, cache.dim, gsd_scale.to(device), ref)
+
+
+def _add_space_time_positions(
+    tokens: torch.Tensor, spatial: torch.Tensor, frames: int, dim: int
+) -> torch.Tensor:
+    """``tokens`` ``(B, L, D)`` ordered (tubelet, row, col) plus spatial ``(1|B, 1 + hw, D)``
+    positions, and, for a time series, a 1D sin-cos position of the tubelet index."""
+    batch = tokens.shape[0]
+    spatial = spatial[:, 1:]  # (1|B, hw, D)
+    if frames == 1:
+        return tokens + spatial
+    grid = tokens.view(batch, frames, -1, dim)  # (B, T/t, hw, D)
+    index = torch.arange(frames, device=tokens.device)
+    temporal = _sincos_features(index, dim, 10000.0).to(tokens.dtype)  # (T/t, D)
+    grid = grid + spatial.unsqueeze(1) + temporal[None, :, None]
+    return grid.reshape(batch, -1, dim)
+
+
 class GeoViTMAEPatchEmbeddings(nn.Module):
-    """``(B, C, H, W)`` pixels -> ``(B, L, D)`` patch tokens."""
+    """``(B, C, H, W)`` pixels (or ``(B, T, C, H, W)`` with ``num_frames > 1``) -> ``(B, L, D)``
+    tokens, through one learnt kernel per band."""
 
     def __init__(self, config: GeoViTMAEConfig) -> None:
         super().__init__()
         self.num_channels = config.num_channels
         self.patch_size = config.patch_size
-        self.projection = nn.Conv2d(
-            config.num_channels,
-            config.hidden_size,
-            kernel_size=config.patch_size,
-            stride=config.patch_size,
-        )
+        self.tubelet_size = config.tubelet_size
+        self.video = config.num_frames > 1
+        if self.video:
+            kernel = (config.tubelet_size, config.patch_size, config.patch_size)
+            self.projection = nn.Conv3d(
+                config.num_channels, config.hidden_size, kernel_size=kernel, stride=kernel
+            )
+        else:
+            self.projection = nn.Conv2d(
+                config.num_channels,
+                config.hidden_size,
+                kernel_size=config.patch_size,
+                stride=config.patch_size,
+            )
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self.video:
+            pixel_values = pixel_values.transpose(1, 2)  # (B, C, T, H, W)
         return self.projection(pixel_values).flatten(2).transpose(1, 2)  # (B, L, D)
 
 
+class GeoViTMAEWavelengthEncoder(nn.Module):
+    """Each band's centre wavelength (and bandwidth) -> a band embedding ``(..., C, E)``.
+
+    Wavelengths and bandwidths (micrometres) are encoded sin/cos in nanometres, then a small MLP
+    learns the embedding. The encoder's patch kernels and the decoder's output weights are both
+    generated from it.
+    """
+
+    def __init__(self, config: GeoViTMAEConfig) -> None:
+        super().__init__()
+        width = config.wavelength_embed_dim
+        self.width = width
+        self.fc1 = nn.Linear(width, width)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(width, width)
+
+    def forward(
+        self, wavelengths: torch.Tensor, bandwidths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        half = self.width // 2
+        features = _sincos_features(wavelengths * 1000.0, half, 10000.0)  # (..., C, E/2)
+        if bandwidths is None:
+            # Unknown bandwidth: that half of the features is left at zero.
+            width_features = torch.zeros_like(features)
+        else:
+            width_features = _sincos_features(bandwidths * 1000.0, half, 10000.0)
+        features = torch.cat([features, width_features], dim=-1).to(self.fc1.weight.dtype)
+        return self.fc2(self.act(self.fc1(features)))  # (..., C, E)
+
+
+class GeoViTMAEWavelengthPatchEmbeddings(nn.Module):
+    """Wavelength-conditioned patch embedding: per-band kernels and biases from a hypernetwork.
+
+    The token of a patch is the sum over the bands present of each band's kernel applied to that
+    band, plus each band's bias: one convolution with the generated ``(D, C, [t,] p, p)`` kernel.
+    Permuting bands together with their wavelengths permutes the kernel's input channels the same
+    way, so the output is unchanged.
+    """
+
+    def __init__(self, config: GeoViTMAEConfig) -> None:
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.tubelet_size = config.tubelet_size
+        self.video = config.num_frames > 1
+        self.hidden_size = config.hidden_size
+        kernel = config.tubelet_size * config.patch_size**2
+        self.weight_generator = nn.Linear(config.wavelength_embed_dim, kernel * config.hidden_size)
+        self.bias_generator = nn.Linear(config.wavelength_embed_dim, config.hidden_size)
+
+    def kernels(self, band_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(..., C, E)`` -> kernel ``(..., D, C, [t,] p, p)`` and bias ``(..., D)``."""
+        p, t = self.patch_size, self.tubelet_size
+        *lead, channels, _ = band_embedding.shape
+        shape = (*lead, channels, self.hidden_size, t, p, p) if self.video else (
+            *lead, channels, self.hidden_size, p, p
+        )  # fmt: skip
+        # (..., C, D, [t,] p, p) -> (..., D, C, [t,] p, p): the conv weight layout.
+        channel_dim = -4 - int(self.video)
+        weight = self.weight_generator(band_embedding).view(shape)
+        weight = weight.transpose(channel_dim, channel_dim + 1)
+        bias = self.bias_generator(band_embedding).sum(dim=-2)  # (..., D)
+        return weight, bias
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        band_embedding: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        weight, bias = self.kernels(band_embedding)
+        weight, bias = weight.to(pixel_values.dtype), bias.to(pixel_values.dtype)
+        if self.video:
+            pixel_values = pixel_values.transpose(1, 2)  # (B, C, T, H, W)
+        conv = F.conv3d if self.video else F.conv2d
+        stride = (self.tubelet_size, self.patch_size, self.patch_size) if self.video else (
+            self.patch_size
+        )  # fmt: skip
+        if band_embedding.ndim == 2:  # one band set for the whole batch
+            out = conv(pixel_values, weight, bias, stride=stride)  # (B, D, [T/t,] h, w)
+            return out.flatten(2).transpose(1, 2)  # (B, L, D)
+        # One band set per sample: a grouped convolution, one group per sample.
+        batch = pixel_values.shape[0]
+        grouped = pixel_values.reshape(1, -1, *pixel_values.shape[2:])  # (1, B*C, ...)
+        out = conv(
+            grouped, weight.flatten(0, 1), bias.flatten(), stride=stride, groups=batch
+        )  # (1, B*D, ...)
+        return out.view(batch, self.hidden_size, -1).transpose(1, 2)  # (B, L, D)
+
+
+class GeoViTMAEMetadataEncoder(nn.Module):
+    """Time (year, day of year) or place (lat, lon) -> sin/cos features -> learnt ``(..., D)``."""
+
+    HARMONICS = 8
+
+    def __init__(self, config: GeoViTMAEConfig, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.projection = nn.Linear(4 * self.HARMONICS, config.hidden_size)
+
+    def forward(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(..., 2)`` -> encoding ``(..., D)`` and a validity mask ``(...)`` (no NaN)."""
+        valid = ~torch.isnan(coords).any(dim=-1)
+        coords = torch.nan_to_num(coords.float())
+        first, second = coords.unbind(-1)
+        if self.kind == "time":
+            # Years are not periodic: geometric sin/cos over centuries; the season is periodic.
+            features = torch.cat(
+                [
+                    _sincos_features(first, 2 * self.HARMONICS, 1000.0),
+                    _harmonics(second * (2 * torch.pi / 365.25), self.HARMONICS),
+                ],
+                dim=-1,
+            )
+        else:
+            features = torch.cat(
+                [
+                    _harmonics(torch.deg2rad(first), self.HARMONICS),
+                    _harmonics(torch.deg2rad(second), self.HARMONICS),
+                ],
+                dim=-1,
+            )
+        encoded = self.projection(features.to(self.projection.weight.dtype))
+        return encoded * valid.unsqueeze(-1).to(encoded.dtype), valid
+
+
 class GeoViTMAEEmbeddings(nn.Module):
-    """Patch tokens plus fixed sin-cos positions, and the cls token."""
+    """Patch (or tubelet) tokens plus fixed sin-cos positions, optional time and location
+    encodings, and the cls token."""
 
     def __init__(self, config: GeoViTMAEConfig) -> None:
         super().__init__()
         self.config = config
-        self.patch_embeddings = GeoViTMAEPatchEmbeddings(config)
+        if config.patch_embedding == "wavelength":
+            # Outside the patch embeddings: accelerate's FSDP2 wraps the input embeddings as their
+            # own unit, and the decoder needs this embedding too.
+            self.wavelength_encoder = GeoViTMAEWavelengthEncoder(config)
+            self.patch_embeddings = GeoViTMAEWavelengthPatchEmbeddings(config)
+        else:
+            self.wavelength_encoder = None
+            self.patch_embeddings = GeoViTMAEPatchEmbeddings(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.temporal_embedding = (
+            GeoViTMAEMetadataEncoder(config, "time") if config.temporal_encoding else None
+        )
+        self.location_embedding = (
+            GeoViTMAEMetadataEncoder(config, "place") if config.location_encoding else None
+        )
         self.positions = _PositionEmbeddingCache(
             config.hidden_size, config.image_size // config.patch_size
         )
 
+    def _keep(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        """Per-sample keep mask ``(B,)`` for metadata dropout in training, else ``None``."""
+        rate = self.config.metadata_dropout
+        if not self.training or rate <= 0:
+            return None
+        return torch.rand(batch, device=device) >= rate
+
     def forward(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        band_embedding: torch.Tensor | None = None,
+        gsd_scale: torch.Tensor | None = None,
+        temporal_coords: torch.Tensor | None = None,
+        location_coords: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns patch tokens ``(B, L, D)`` and the cls token ``(1, 1, D)``, positions added."""
-        grid_h = pixel_values.shape[2] // self.config.patch_size
-        grid_w = pixel_values.shape[3] // self.config.patch_size
-        table = self.positions.get(grid_h, grid_w, pixel_values.device, interpolate_pos_encoding)
-        table = table.to(self.cls_token.dtype)  # (1, 1 + L, D)
-        tokens = self.patch_embeddings(pixel_values) + table[:, 1:]  # (B, L, D)
-        return tokens, self.cls_token + table[:, :1]
+        """Returns tokens ``(B, L, D)`` and the cls token ``(1, 1, D)``, positions added."""
+        config = self.config
+        grid = (
+            pixel_values.shape[-2] // config.patch_size,
+            pixel_values.shape[-1] // config.patch_size,
+        )
+        frames = config.num_frames // config.tubelet_size
+        table = _position_table(
+            self.positions, grid, pixel_values.device, interpolate_pos_encoding, gsd_scale
+        ).to(self.cls_token.dtype)  # (1|B, 1 + hw, D)
+        tokens = self.patch_embeddings(pixel_values, band_embedding=band_embedding)  # (B, L, D)
+        tokens = _add_space_time_positions(tokens, table, frames, config.hidden_size)
+        batch, _, width = tokens.shape
+        if temporal_coords is not None:
+            encoded, _ = self.temporal_embedding(temporal_coords.to(tokens.device))  # (B, T, D)
+            # One encoding per tubelet: the mean over its frames.
+            encoded = encoded.view(batch, frames, config.tubelet_size, width).mean(dim=2)
+            keep = self._keep(batch, tokens.device)
+            if keep is not None:
+                encoded = encoded * keep.view(-1, 1, 1).to(encoded.dtype)
+            tokens = tokens.view(batch, frames, -1, width) + encoded.unsqueeze(2).to(tokens.dtype)
+            tokens = tokens.view(batch, -1, width)
+        if location_coords is not None:
+            encoded, _ = self.location_embedding(location_coords.to(tokens.device))  # (B, D)
+            keep = self._keep(batch, tokens.device)
+            if keep is not None:
+                encoded = encoded * keep.view(-1, 1).to(encoded.dtype)
+            tokens = tokens + encoded.unsqueeze(1).to(tokens.dtype)
+        return tokens, self.cls_token + table[:1, :1]
 
 
 def random_masking(
@@ -377,7 +633,7 @@ class GeoViTMAEPreTrainedModel(PreTrainedModel):
             init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.Conv2d):
+        elif isinstance(module, (nn.Conv2d, nn.Conv3d)):
             init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -390,19 +646,121 @@ class GeoViTMAEPreTrainedModel(PreTrainedModel):
             init.normal_(module.mask_token, std=std)
 
 
-def _check_pixel_values(config: GeoViTMAEConfig, pixel_values: torch.Tensor, interpolate: bool):
-    if pixel_values.ndim != 4:
+@dataclass
+class _Inputs:
+    """Validated optional inputs, shared by the encoder and the decoder of one forward."""
+
+    wavelengths: torch.Tensor | None = None  # (C,) or (B, C) um, wavelength models only
+    bandwidths: torch.Tensor | None = None  # same shape as wavelengths
+    gsd_scale: torch.Tensor | None = None  # (B,) gsd / reference_gsd_m
+    temporal_coords: torch.Tensor | None = None  # (B, T, 2)
+    location_coords: torch.Tensor | None = None  # (B, 2)
+
+
+def _as_tensor(value, device: torch.device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=torch.float32)
+    return torch.as_tensor(value, dtype=torch.float32, device=device)
+
+
+def _check_wavelengths(
+    config: GeoViTMAEConfig, name: str, value, batch: int, channels: int, device: torch.device
+) -> torch.Tensor:
+    value = _as_tensor(value, device)
+    if value.shape not in ((channels,), (batch, channels)):
         raise ValueError(
-            f"pixel_values must be (batch, channels, height, width): found shape "
-            f"{tuple(pixel_values.shape)}."
+            f"{name} must have shape (C,) = ({channels},) or (B, C) = ({batch}, {channels}), one "
+            f"value per input band in micrometres: found shape {tuple(value.shape)}."
         )
-    channels, height, width = pixel_values.shape[1:]
-    if channels != config.num_channels:
-        bands = f" ({', '.join(config.band_names)})" if config.band_names else ""
+    if not torch.isfinite(value).all() or (value <= 0).any():
         raise ValueError(
-            f"Expected {config.num_channels} input bands{bands}, found {channels}. Use "
-            "GeoViTMAEImageProcessor to select and order bands by name."
+            f"{name} must be positive and finite (micrometres): found {value.tolist()}."
         )
+    if name == "wavelengths" and (value > 100).any():
+        raise ValueError(
+            f"wavelengths are in micrometres (0.4-15 for optical and thermal bands): found "
+            f"{value.tolist()}, which look like nanometres; divide by 1000."
+        )
+    return value
+
+
+def _check_inputs(
+    config: GeoViTMAEConfig,
+    pixel_values: torch.Tensor,
+    interpolate: bool,
+    wavelengths=None,
+    bandwidths=None,
+    gsd=None,
+    temporal_coords=None,
+    location_coords=None,
+) -> _Inputs:
+    """Validates every input against the config and says what to do when one is wrong."""
+    frames = config.num_frames
+    layout = "(batch, frames, channels, height, width)" if frames > 1 else (
+        "(batch, channels, height, width)"
+    )  # fmt: skip
+    if pixel_values.ndim != (5 if frames > 1 else 4):
+        hint = (
+            f" This model takes time series of num_frames={frames} frames."
+            if frames > 1
+            else " Time series need a model with config.num_frames > 1."
+            if pixel_values.ndim == 5
+            else ""
+        )
+        raise ValueError(
+            f"pixel_values must be {layout}: found shape {tuple(pixel_values.shape)}.{hint}"
+        )
+    if frames > 1 and pixel_values.shape[1] != frames:
+        raise ValueError(
+            f"Expected {frames} frames (config.num_frames), found {pixel_values.shape[1]} in "
+            f"pixel_values of shape {tuple(pixel_values.shape)}."
+        )
+    batch = pixel_values.shape[0]
+    channels, height, width = pixel_values.shape[-3:]
+    device = pixel_values.device
+    out = _Inputs()
+    if config.patch_embedding == "wavelength":
+        if wavelengths is None:
+            raise ValueError(
+                "This model embeds each band by its wavelength: pass wavelengths=[...] (one "
+                f"centre wavelength per input band, micrometres; shape (C,) or (B, C)) for the "
+                f"{channels} input bands. GeoViTMAEImageProcessor returns them from band names."
+            )
+        out.wavelengths = _check_wavelengths(
+            config, "wavelengths", wavelengths, batch, channels, device
+        )
+        if bandwidths is not None:
+            out.bandwidths = _check_wavelengths(
+                config, "bandwidths", bandwidths, batch, channels, device
+            ).expand_as(out.wavelengths)
+        # One band set for the batch (the usual case) embeds once; the per-sample path is a
+        # grouped convolution.
+        if out.wavelengths.ndim == 2 and bool((out.wavelengths == out.wavelengths[:1]).all()):
+            same_widths = out.bandwidths is None or bool(
+                (out.bandwidths == out.bandwidths[:1]).all()
+            )
+            if same_widths:
+                out.wavelengths = out.wavelengths[0]
+                out.bandwidths = None if out.bandwidths is None else out.bandwidths[0]
+    else:
+        if channels != config.num_channels:
+            bands = f" ({', '.join(config.band_names)})" if config.band_names else ""
+            raise ValueError(
+                f"Expected {config.num_channels} input bands{bands}, found {channels}. Use "
+                "GeoViTMAEImageProcessor to select and order bands by name."
+            )
+        if wavelengths is not None and config.wavelengths_um is not None:
+            # A conv model is tied to its band order: wavelengths that disagree with it mean the
+            # bands are not the ones the kernels were learnt for.
+            given = _check_wavelengths(config, "wavelengths", wavelengths, batch, channels, device)
+            expected = torch.tensor(config.wavelengths_um, dtype=torch.float32, device=device)
+            if not torch.allclose(given, expected.expand_as(given), atol=1e-3):
+                raise ValueError(
+                    f"The input's wavelengths {given.tolist()} are not the bands this model was "
+                    f"trained on ({config.wavelengths_um} um, {config.band_names}). Reorder the "
+                    "bands with GeoViTMAEImageProcessor, or use a patch_embedding='wavelength' "
+                    "model for other sensors."
+                )
     patch = config.patch_size
     if height % patch or width % patch:
         raise ValueError(
@@ -413,16 +771,57 @@ def _check_pixel_values(config: GeoViTMAEConfig, pixel_values: torch.Tensor, int
             f"Expected {config.image_size}x{config.image_size} images, found {height}x{width}; "
             "pass interpolate_pos_encoding=True to run at another size."
         )
+    if gsd is not None:
+        if config.reference_gsd_m is None:
+            raise ValueError(
+                "gsd was given but config.reference_gsd_m (the pretraining GSD) is not set, so "
+                "positions cannot be scaled: set reference_gsd_m in the config or drop gsd."
+            )
+        gsd = _as_tensor(gsd, device)
+        if gsd.ndim > 1 or gsd.numel() not in (1, batch):
+            raise ValueError(
+                f"gsd must be a number or have shape (B,) = ({batch},) (metres per pixel): found "
+                f"shape {tuple(gsd.shape)}."
+            )
+        if not torch.isfinite(gsd).all() or (gsd <= 0).any():
+            raise ValueError(f"gsd must be positive metres per pixel: found {gsd.tolist()}.")
+        out.gsd_scale = (gsd / config.reference_gsd_m).reshape(-1).expand(batch)
+    for name, value, enabled, shape in (
+        ("temporal_coords", temporal_coords, config.temporal_encoding, (batch, frames, 2)),
+        ("location_coords", location_coords, config.location_encoding, (batch, 2)),
+    ):
+        if value is None:
+            continue
+        flag = "temporal_encoding" if name == "temporal_coords" else "location_encoding"
+        if not enabled:
+            raise ValueError(
+                f"{name} was given but this model was built without config.{flag}=True, so it "
+                f"has no weights to encode it: drop {name} or use a model trained with it."
+            )
+        value = _as_tensor(value, device)
+        if tuple(value.shape) != shape:
+            what = "(year, day of year) per frame" if name == "temporal_coords" else "(lat, lon)"
+            raise ValueError(f"{name} must have shape {shape}, {what}: found {tuple(value.shape)}.")
+        if name == "location_coords":
+            finite = value[~torch.isnan(value).any(dim=-1)]
+            if (finite[:, 0].abs() > 90).any() or (finite[:, 1].abs() > 360).any():
+                raise ValueError(
+                    "location_coords must be (latitude, longitude) in degrees: found "
+                    f"{value.tolist()}. Reproject from the raster CRS to EPSG:4326 first."
+                )
+        setattr(out, name, value)
+    return out
 
 
 def _apply_pixel_mask(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
-    batch, _, height, width = pixel_values.shape
-    if tuple(pixel_mask.shape) != (batch, height, width):
+    """Zeroes invalid pixels: ``pixel_mask`` ``(B, [T,] H, W)``, 1 = valid, for all bands."""
+    expected = (*pixel_values.shape[:-3], *pixel_values.shape[-2:])  # (B, [T,] H, W)
+    if tuple(pixel_mask.shape) != expected:
         raise ValueError(
-            f"pixel_mask must be (B, H, W) = {(batch, height, width)} for pixel_values of shape "
+            f"pixel_mask must be (B, [T,] H, W) = {expected} for pixel_values of shape "
             f"{tuple(pixel_values.shape)}: found {tuple(pixel_mask.shape)}."
         )
-    valid = pixel_mask.to(device=pixel_values.device, dtype=torch.bool)[:, None]
+    valid = pixel_mask.to(device=pixel_values.device, dtype=torch.bool).unsqueeze(-3)
     return torch.where(valid, pixel_values, torch.zeros((), dtype=pixel_values.dtype,
                                                         device=pixel_values.device))  # fmt: skip
 
@@ -449,9 +848,20 @@ class GeoViTMAEModel(GeoViTMAEPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embeddings
 
+    def band_embedding(self, inputs: _Inputs) -> torch.Tensor | None:
+        """``(C, E)`` or ``(B, C, E)`` wavelength embedding of the input bands (wavelength models)."""
+        if inputs.wavelengths is None or self.config.patch_embedding != "wavelength":
+            return None
+        return self.embeddings.wavelength_encoder(inputs.wavelengths, inputs.bandwidths)
+
     def forward(
         self,
         pixel_values: torch.Tensor,
+        wavelengths: torch.Tensor | None = None,
+        bandwidths: torch.Tensor | None = None,
+        gsd: torch.Tensor | float | None = None,
+        temporal_coords: torch.Tensor | None = None,
+        location_coords: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         mask_ratio: float | None = None,
         interpolate_pos_encoding: bool = False,
@@ -459,16 +869,40 @@ class GeoViTMAEModel(GeoViTMAEPreTrainedModel):
         return_dict: bool | None = None,
         pixel_mask: torch.Tensor | None = None,
     ) -> GeoViTMAEModelOutput | tuple:
-        """Encodes ``pixel_values`` ``(B, C, H, W)``, optionally masking ``mask_ratio`` of the
-        patches (``noise`` ``(B, L)`` fixes which). ``pixel_mask`` ``(B, H, W)`` (1 = valid, as
-        the image processor and the pretraining stream return it) sets invalid pixels to 0, the
-        normalised band mean, so fill values and NaN never enter the network."""
-        _check_pixel_values(self.config, pixel_values, interpolate_pos_encoding)
+        """Encodes ``pixel_values`` ``(B, C, H, W)`` (``(B, T, C, H, W)`` for a time-series
+        model), optionally masking ``mask_ratio`` of the tokens (``noise`` ``(B, L)`` fixes which).
+
+        ``wavelengths`` ``(C,)`` or ``(B, C)`` (micrometres; required by wavelength models) and
+        ``bandwidths`` name the input bands; ``gsd`` (metres per pixel, a number or ``(B,)``)
+        scales positions; ``temporal_coords`` ``(B, T, 2)`` (year, day of year) and
+        ``location_coords`` ``(B, 2)`` (lat, lon degrees) are optional metadata. ``pixel_mask``
+        ``(B, [T,] H, W)`` (1 = valid, as the image processor and the pretraining stream return
+        it) sets invalid pixels to 0, the normalised band mean, so fill values and NaN never enter
+        the network.
+        """
+        inputs = _check_inputs(
+            self.config,
+            pixel_values,
+            interpolate_pos_encoding,
+            wavelengths,
+            bandwidths,
+            gsd,
+            temporal_coords,
+            location_coords,
+        )
         if pixel_mask is not None:
             pixel_values = _apply_pixel_mask(pixel_values, pixel_mask)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        tokens, cls_token = self.embeddings(pixel_values, interpolate_pos_encoding)  # (B, L, D)
+        band_embedding = self.band_embedding(inputs)
+        tokens, cls_token = self.embeddings(
+            pixel_values,
+            interpolate_pos_encoding,
+            band_embedding=band_embedding,
+            gsd_scale=inputs.gsd_scale,
+            temporal_coords=inputs.temporal_coords,
+            location_coords=inputs.location_coords,
+        )  # (B, L, D)
         mask = ids_restore = None
         if mask_ratio:
             tokens, mask, ids_restore = random_masking(tokens, mask_ratio, noise)  # (B, K, D)
@@ -482,12 +916,13 @@ class GeoViTMAEModel(GeoViTMAEPreTrainedModel):
             mask=mask,
             ids_restore=ids_restore,
             hidden_states=all_states,
+            band_embedding=band_embedding,
         )
         return output if return_dict is not False else output.to_tuple()
 
 
 class GeoViTMAEDecoder(nn.Module):
-    """MAE decoder: kept tokens + mask tokens, unshuffled, -> per-patch pixel predictions."""
+    """MAE decoder: kept tokens + mask tokens, unshuffled, -> per-token pixel predictions."""
 
     def __init__(self, config: GeoViTMAEConfig) -> None:
         super().__init__()
@@ -502,12 +937,37 @@ class GeoViTMAEDecoder(nn.Module):
             config.decoder_intermediate_size,
         )
         self.decoder_norm = nn.LayerNorm(config.decoder_hidden_size, eps=config.layer_norm_eps)
-        self.decoder_pred = nn.Linear(
-            config.decoder_hidden_size, config.patch_size**2 * config.num_channels
-        )
+        pixels = config.tubelet_size * config.patch_size**2
+        self.pixels_per_token = pixels
+        if config.patch_embedding == "wavelength":
+            # Output weights per band from the encoder's wavelength embedding: the decoder
+            # reconstructs whichever bands came in.
+            self.decoder_pred = None
+            self.weight_generator = nn.Linear(
+                config.wavelength_embed_dim, pixels * config.decoder_hidden_size
+            )
+            self.bias_generator = nn.Linear(config.wavelength_embed_dim, pixels)
+        else:
+            self.decoder_pred = nn.Linear(config.decoder_hidden_size, pixels * config.num_channels)
         self.positions = _PositionEmbeddingCache(
             config.decoder_hidden_size, config.image_size // config.patch_size
         )
+
+    def predict(self, hidden: torch.Tensor, band_embedding: torch.Tensor | None) -> torch.Tensor:
+        """``(B, L, Dd)`` -> ``(B, L, t*p*p*C)``, bands last inside a token (``patchify``)."""
+        if self.decoder_pred is not None:
+            return self.decoder_pred(hidden)
+        batch, length, width = hidden.shape
+        q = self.pixels_per_token
+        lead = band_embedding.shape[:-1]  # (C,) or (B, C)
+        weight = self.weight_generator(band_embedding).view(*lead, q, width).to(hidden.dtype)
+        bias = self.bias_generator(band_embedding).to(hidden.dtype)  # (..., C, q)
+        if band_embedding.ndim == 2:
+            out = torch.einsum("bld,cqd->blqc", hidden, weight) + bias.T  # (B, L, q, C)
+        else:
+            out = torch.einsum("bld,bcqd->blqc", hidden, weight)
+            out = out + bias.transpose(1, 2).unsqueeze(1)  # (B, L, q, C)
+        return out.reshape(batch, length, -1)
 
     def forward(
         self,
@@ -515,8 +975,10 @@ class GeoViTMAEDecoder(nn.Module):
         ids_restore: torch.Tensor,
         grid: tuple[int, int],
         interpolate_pos_encoding: bool = False,
+        band_embedding: torch.Tensor | None = None,
+        gsd_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``latent`` ``(B, 1 + K, D)`` -> logits ``(B, L, p * p * C)``."""
+        """``latent`` ``(B, 1 + K, D)`` -> logits ``(B, L, t*p*p*C)``."""
         hidden = self.decoder_embed(latent)  # (B, 1 + K, Dd)
         batch, kept, width = hidden.shape
         length = ids_restore.shape[1]
@@ -524,16 +986,19 @@ class GeoViTMAEDecoder(nn.Module):
         patches = torch.cat([hidden[:, 1:], mask_tokens], dim=1)  # (B, L, Dd) shuffled order
         patches = torch.gather(
             patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, width)
-        )  # (B, L, Dd) patch order
-        hidden = torch.cat([hidden[:, :1], patches], dim=1)  # (B, 1 + L, Dd)
-        table = self.positions.get(*grid, hidden.device, interpolate_pos_encoding)
-        hidden = hidden + table.to(hidden.dtype)
+        )  # (B, L, Dd) token order
+        table = _position_table(
+            self.positions, grid, hidden.device, interpolate_pos_encoding, gsd_scale
+        ).to(hidden.dtype)  # (1|B, 1 + hw, Dd)
+        frames = self.config.num_frames // self.config.tubelet_size
+        patches = _add_space_time_positions(patches, table, frames, width)
+        hidden = torch.cat([hidden[:, :1], patches], dim=1)  # (B, 1 + L, Dd); cls position is 0
         hidden, _ = self.decoder_layers(hidden)
-        return self.decoder_pred(self.decoder_norm(hidden))[:, 1:]  # (B, L, p*p*C)
+        return self.predict(self.decoder_norm(hidden)[:, 1:], band_embedding)  # (B, L, t*p*p*C)
 
 
 class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
-    """Masked-autoencoder pretraining: encoder on the kept patches, decoder on all of them, loss on
+    """Masked-autoencoder pretraining: encoder on the kept tokens, decoder on all of them, loss on
     the masked ones."""
 
     def __init__(self, config: GeoViTMAEConfig) -> None:
@@ -546,9 +1011,16 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
         return self.vit.embeddings.patch_embeddings
 
     def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` -> ``(B, L, p * p * C)``, channels last inside a patch (MAE layout)."""
-        batch, channels, height, width = pixel_values.shape
+        """``(B, C, H, W)`` -> ``(B, L, p * p * C)``, channels last inside a patch (MAE layout);
+        ``(B, T, C, H, W)`` -> ``(B, L, t * p * p * C)`` with tokens ordered (tubelet, row, col)."""
         p = self.config.patch_size
+        if pixel_values.ndim == 5:
+            batch, frames, channels, height, width = pixel_values.shape
+            t = self.config.tubelet_size
+            x = pixel_values.reshape(batch, frames // t, t, channels, height // p, p, width // p, p)
+            x = x.permute(0, 1, 4, 6, 2, 5, 7, 3)  # (B, T/t, H/p, W/p, t, p, p, C)
+            return x.reshape(batch, -1, t * p * p * channels)
+        batch, channels, height, width = pixel_values.shape
         x = pixel_values.reshape(batch, channels, height // p, p, width // p, p)
         x = x.permute(0, 2, 4, 3, 5, 1)  # (B, H/p, W/p, p, p, C)
         return x.reshape(batch, (height // p) * (width // p), p * p * channels)
@@ -556,18 +1028,34 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
     def unpatchify(
         self, patches: torch.Tensor, image_size: tuple[int, int] | None = None
     ) -> torch.Tensor:
-        """``(B, L, p * p * C)`` -> ``(B, C, H, W)``; the inverse of :meth:`patchify`."""
-        height, width = image_size or (self.config.image_size, self.config.image_size)
-        p, channels = self.config.patch_size, self.config.num_channels
+        """``(B, L, t * p * p * C)`` -> ``(B, C, H, W)`` (``(B, T, C, H, W)`` for a time-series
+        model); the inverse of :meth:`patchify`."""
+        config = self.config
+        height, width = image_size or (config.image_size, config.image_size)
+        p, t = config.patch_size, config.tubelet_size
+        frames = config.num_frames
+        per_token = t * p * p
+        # A wavelength model reconstructs whichever bands came in: the count is in the shape.
+        channels = (
+            patches.shape[2] // per_token
+            if config.patch_embedding == "wavelength"
+            else config.num_channels
+        )
         grid_h, grid_w = height // p, width // p
-        if grid_h * grid_w != patches.shape[1] or patches.shape[2] != p * p * channels:
+        length = (frames // t) * grid_h * grid_w
+        if length != patches.shape[1] or patches.shape[2] != per_token * channels:
             raise ValueError(
-                f"Expected patches of shape (B, {grid_h * grid_w}, {p * p * channels}) for a "
+                f"Expected patches of shape (B, {length}, {per_token * channels}) for a "
                 f"{height}x{width} image, found {tuple(patches.shape)}."
             )
-        x = patches.reshape(patches.shape[0], grid_h, grid_w, p, p, channels)
+        batch = patches.shape[0]
+        if frames > 1:
+            x = patches.reshape(batch, frames // t, grid_h, grid_w, t, p, p, channels)
+            x = x.permute(0, 1, 4, 7, 2, 5, 3, 6)  # (B, T/t, t, C, H/p, p, W/p, p)
+            return x.reshape(batch, frames, channels, height, width)
+        x = patches.reshape(batch, grid_h, grid_w, p, p, channels)
         x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, H/p, p, W/p, p)
-        return x.reshape(patches.shape[0], channels, height, width)
+        return x.reshape(batch, channels, height, width)
 
     def forward_loss(
         self,
@@ -576,13 +1064,13 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
         mask: torch.Tensor,
         pixel_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean squared error per patch, averaged over the masked patches only.
+        """Mean squared error per token, averaged over the masked tokens only.
 
-        With ``pixel_mask`` ``(B, H, W)`` (1 = valid) only valid pixels count: the error is
+        With ``pixel_mask`` ``(B, [T,] H, W)`` (1 = valid) only valid pixels count: the error is
         averaged over the valid pixel values of the masked patches (``norm_pix_loss`` uses the
         valid pixels' mean/variance); a batch with no valid masked pixel gives a zero loss.
         """
-        target = self.patchify(pixel_values).to(logits.dtype)  # (B, L, p*p*C)
+        target = self.patchify(pixel_values).to(logits.dtype)  # (B, L, t*p*p*C)
         if pixel_mask is None:
             if self.config.norm_pix_loss:
                 mean = target.mean(dim=-1, keepdim=True)
@@ -590,9 +1078,8 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
                 target = (target - mean) / (var + 1.0e-6) ** 0.5
             per_patch = ((logits - target) ** 2).mean(dim=-1)  # (B, L)
             return (per_patch * mask).sum() / mask.sum()
-        channels = pixel_values.shape[1]
-        valid = pixel_mask.to(device=target.device, dtype=target.dtype)[:, None]
-        valid = self.patchify(valid.expand(-1, channels, -1, -1))  # (B, L, p*p*C)
+        valid = pixel_mask.to(device=target.device, dtype=target.dtype).unsqueeze(-3)
+        valid = self.patchify(valid.expand(pixel_values.shape))  # (B, L, t*p*p*C)
         # NaN/fill under invalid pixels must not reach the sums (NaN * 0 is NaN).
         target = torch.where(valid > 0, target, torch.zeros_like(target))
         if self.config.norm_pix_loss:
@@ -608,28 +1095,54 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor,
+        wavelengths: torch.Tensor | None = None,
+        bandwidths: torch.Tensor | None = None,
+        gsd: torch.Tensor | float | None = None,
+        temporal_coords: torch.Tensor | None = None,
+        location_coords: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         pixel_mask: torch.Tensor | None = None,
     ) -> GeoViTMAEForPreTrainingOutput | tuple:
-        """MAE step on ``pixel_values`` ``(B, C, H, W)``; ``noise`` ``(B, L)`` fixes the mask.
-        ``pixel_mask`` ``(B, H, W)`` (1 = valid) keeps invalid pixels out of the input and the
-        loss."""
+        """MAE step on ``pixel_values`` (see :meth:`GeoViTMAEModel.forward` for the other
+        inputs); ``noise`` ``(B, L)`` fixes the mask. ``pixel_mask`` ``(B, [T,] H, W)``
+        (1 = valid) keeps invalid pixels out of the input and the loss."""
+        inputs = _check_inputs(
+            self.config,
+            pixel_values,
+            interpolate_pos_encoding,
+            wavelengths,
+            bandwidths,
+            gsd,
+            temporal_coords,
+            location_coords,
+        )
         if pixel_mask is not None:
             pixel_values = _apply_pixel_mask(pixel_values, pixel_mask)
         encoded = self.vit(
             pixel_values,
+            wavelengths=wavelengths,
+            bandwidths=bandwidths,
+            gsd=gsd,
+            temporal_coords=temporal_coords,
+            location_coords=location_coords,
             noise=noise,
             mask_ratio=self.config.mask_ratio,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_hidden_states=output_hidden_states,
         )
         p = self.config.patch_size
-        grid = (pixel_values.shape[2] // p, pixel_values.shape[3] // p)
+        grid = (pixel_values.shape[-2] // p, pixel_values.shape[-1] // p)
         logits = self.decoder(
-            encoded.last_hidden_state, encoded.ids_restore, grid, interpolate_pos_encoding
+            encoded.last_hidden_state,
+            encoded.ids_restore,
+            grid,
+            interpolate_pos_encoding,
+            # One wavelength embedding feeds both the encoder's kernels and the decoder's outputs.
+            band_embedding=encoded.band_embedding,
+            gsd_scale=inputs.gsd_scale,
         )
         # The loss is taken in float32 even under autocast: MSE of near-equal numbers in bf16
         # loses most of its mantissa.
@@ -663,6 +1176,11 @@ class GeoViTMAEForImageClassification(GeoViTMAEPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
+        wavelengths: torch.Tensor | None = None,
+        bandwidths: torch.Tensor | None = None,
+        gsd: torch.Tensor | float | None = None,
+        temporal_coords: torch.Tensor | None = None,
+        location_coords: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -672,6 +1190,11 @@ class GeoViTMAEForImageClassification(GeoViTMAEPreTrainedModel):
         ``pixel_mask`` ``(B, H, W)`` (1 = valid) sets invalid pixels to the band mean."""
         encoded = self.vit(
             pixel_values,
+            wavelengths=wavelengths,
+            bandwidths=bandwidths,
+            gsd=gsd,
+            temporal_coords=temporal_coords,
+            location_coords=location_coords,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_hidden_states=output_hidden_states,
             pixel_mask=pixel_mask,
@@ -702,6 +1225,12 @@ def select_input_bands(
     loaded later from the saved model follows its narrowed config.
     """
     config = model.config
+    if config.patch_embedding != "conv" or config.num_frames > 1:
+        raise ValueError(
+            "select_input_bands narrows the per-band kernels of a single-image conv model: found "
+            f"patch_embedding={config.patch_embedding!r}, num_frames={config.num_frames}. A "
+            "wavelength model takes any subset of bands as is: pass their wavelengths."
+        )
     if not config.band_names:
         raise ValueError(
             "The model's config has no band_names, so bands cannot be selected by name: expected "
@@ -749,20 +1278,28 @@ def count_parameters(model: nn.Module, encoder_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def flops_per_image(config: GeoViTMAEConfig, training: bool = True) -> float:
-    """Matmul FLOPs of one MAE step per image (forward, x3 with backward), for MFU.
+def flops_per_image(
+    config: GeoViTMAEConfig, training: bool = True, num_channels: int | None = None
+) -> float:
+    """Matmul FLOPs of one MAE step per sample (forward, x3 with backward), for MFU.
 
     Counts the GEMMs and attention products that dominate; norms and elementwise ops are
-    omitted, as is customary for model-FLOPs utilisation.
+    omitted, as is customary for model-FLOPs utilisation. A time series counts all its
+    tubelets. For a wavelength model ``num_channels`` is the input's band count (default
+    ``config.num_channels``), and the hypernetwork that generates the kernels is counted once per
+    sample (an upper bound: it runs once per batch).
     """
+    channels = num_channels or config.num_channels
     length = config.num_patches
     kept = int(length * (1 - config.mask_ratio))
+    costs = input_output_costs({**config.to_dict(), "num_channels": channels})
+    pixels = costs["pixels_per_token"]  # per token and band
 
     def stack(tokens: int, width: int, mlp: int, layers: int) -> float:
         per_layer = 2 * tokens * (4 * width * width + 2 * width * mlp) + 4 * tokens * tokens * width
         return layers * per_layer
 
-    patch = 2 * length * config.num_channels * config.patch_size**2 * config.hidden_size
+    patch = 2 * length * channels * pixels * config.hidden_size
     enc = stack(kept + 1, config.hidden_size, config.intermediate_size, config.num_hidden_layers)
     dec_embed = 2 * (kept + 1) * config.hidden_size * config.decoder_hidden_size
     dec = stack(
@@ -771,10 +1308,9 @@ def flops_per_image(config: GeoViTMAEConfig, training: bool = True) -> float:
         config.decoder_intermediate_size,
         config.decoder_num_hidden_layers,
     )
-    pred = (
-        2 * (length + 1) * config.decoder_hidden_size * config.patch_size**2 * config.num_channels
-    )
-    forward = patch + enc + dec_embed + dec + pred
+    pred = 2 * (length + 1) * config.decoder_hidden_size * pixels * channels
+    hyper = costs["hypernetwork_flops"]
+    forward = patch + enc + dec_embed + dec + pred + hyper
     return 3 * forward if training else forward
 
 

@@ -37,6 +37,7 @@ from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining, GeoViTMAEImagePro
 from geofm_hf.bands import rgb_band_indices
 from geofm_hf.data import make_pretrain_dataloader, read_dataset_info, sample_dataset_path
 from geofm_hf.data.device_transforms import batch_to_device, resolve_device_transforms
+from geofm_hf.data.mixing import MixedPretrainLoader
 from geofm_hf.modeling_geofm import count_parameters, flops_per_image
 from geofm_hf.training.arguments import (
     ArgumentError,
@@ -66,7 +67,7 @@ from geofm_hf.training.reporting import (
 def main(argv: list[str] | None = None) -> int:
     model_args, data_args, args = parse_arguments(argv)
     data = read_data_contract(data_args)
-    config = build_model_config(model_args, data_args, data.info)
+    config = build_model_config(model_args, data_args, data.info, data.datasets)
     if args.dry_run:
         return dry_run(config, args)
 
@@ -101,28 +102,40 @@ class DataContract:
 
     name_or_path: str
     info: object | None  # geofm_hf.data.DatasetInfo; None for synthetic data
+    # Every dataset of a mixed-sensor run, (name_or_path, info); the first is the one above.
+    datasets: list[tuple[str, object]] = field(default_factory=list)
+    weights: dict[str, float] | None = None
 
 
 def read_data_contract(data_args) -> DataContract:
-    dataset = data_args.dataset_name_or_path or sample_dataset_path()
-    info = (
-        None
-        if data_args.synthetic_data
-        else read_dataset_info(dataset, revision=data_args.dataset_revision)
-    )
-    if info is not None:
+    names = [n.strip() for n in (data_args.dataset_name_or_path or "").split(",") if n.strip()] or [
+        str(sample_dataset_path())
+    ]
+    if data_args.synthetic_data:
+        return DataContract(names[0], None)
+    datasets = [(n, read_dataset_info(n, revision=data_args.dataset_revision)) for n in names]
+    for name, info in datasets:
         bad = {k: v for k, v in (("mean", info.mean), ("std", info.std))
                if not all(math.isfinite(x) for x in v)}  # fmt: skip
         if bad:
             raise ValueError(
-                f"{dataset}: geofm_dataset.json holds non-finite normalisation statistics "
+                f"{name}: geofm_dataset.json holds non-finite normalisation statistics "
                 f"{bad}: every batch would be NaN. Rewrite the dataset (its statistics must "
                 "exclude NaN/inf pixels) or fix mean/std there."
             )
-    return DataContract(str(dataset), info)
+    weights = None
+    if data_args.dataset_weights:
+        values = [float(w) for w in data_args.dataset_weights.split(",")]
+        if len(values) != len(names):
+            raise ValueError(
+                f"--dataset_weights needs one weight per dataset: expected {len(names)} for "
+                f"{names}, found {len(values)}: {values}."
+            )
+        weights = dict(zip(names, values))
+    return DataContract(names[0], datasets[0][1], datasets, weights)
 
 
-def build_model_config(model_args, data_args, data_info) -> GeoViTMAEConfig:
+def build_model_config(model_args, data_args, data_info, datasets=()) -> GeoViTMAEConfig:
     """The one place a run's model config is decided, for the run and for ``--dry_run`` alike.
 
     Continuing: the checkpoint's config (its bands must be the dataset's). From scratch: the
@@ -137,7 +150,8 @@ def build_model_config(model_args, data_args, data_info) -> GeoViTMAEConfig:
                 f"{model_args.model_name_or_path} holds a {type(config).__name__}; continuing "
                 "pretraining needs a GeoViTMAEForPreTraining checkpoint."
             )
-        if data_info is not None:
+        # A wavelength model takes any bands; a conv model only the ones it learnt.
+        if data_info is not None and config.patch_embedding == "conv":
             check_band_contract(config, data_info)
         for name in ("mask_ratio", "norm_pix_loss"):
             if getattr(model_args, name) is not None:
@@ -154,8 +168,21 @@ def build_model_config(model_args, data_args, data_info) -> GeoViTMAEConfig:
         config._attn_implementation = model_args.attn_implementation
         return config
 
-    overrides = {"attn_implementation": model_args.attn_implementation}
-    if data_info is not None:
+    overrides = {
+        "attn_implementation": model_args.attn_implementation,
+        "patch_embedding": model_args.patch_embedding,
+        "wavelength_embed_dim": model_args.wavelength_embed_dim,
+    }
+    if len(datasets) > 1:
+        if model_args.patch_embedding != "wavelength":
+            raise ValueError(
+                f"{len(datasets)} datasets were given ({[n for n, _ in datasets]}): mixing "
+                "sensors needs --patch_embedding wavelength (conv kernels are tied to one band "
+                "set)."
+            )
+        # No single band contract: each dataset brings its bands, wavelengths and statistics.
+        overrides["num_channels"] = len(data_info.band_names)
+    elif data_info is not None:
         overrides.update(
             num_channels=len(data_info.band_names),
             band_names=data_info.band_names,
@@ -172,8 +199,11 @@ def build_model_config(model_args, data_args, data_info) -> GeoViTMAEConfig:
     preset = geofm_hf.PRESETS.get(model_args.preset, {})
     patch = preset.get("patch_size", 16)
     size = model_args.image_size or preset.get("image_size", 224)
-    chip = data_info.chip_size if data_info is not None else None
-    check_image_size(size, chip, patch, asked=model_args.image_size is not None,
+    chips = [info.chip_size for _, info in datasets if info is not None] or (
+        [data_info.chip_size] if data_info is not None else []
+    )
+    check_image_size(size, min(chips) if chips else None, patch,
+                     asked=model_args.image_size is not None,
                      source=f"the {model_args.preset} preset's")  # fmt: skip
     overrides["image_size"] = size
     return GeoViTMAEConfig.from_preset(model_args.preset, **overrides)
@@ -380,6 +410,9 @@ def build_processor(config: GeoViTMAEConfig, data: DataContract):
     """The exported image processor. Training crops ``image_size`` windows out of larger chips at
     the chips' own ground resolution, so inference crops the same way instead of resampling a
     chip down to ``image_size`` (which would show the model another ground resolution)."""
+    if config.patch_embedding == "wavelength":
+        # Takes any bands and returns their wavelengths; statistics belong to each sensor.
+        return GeoViTMAEImageProcessor.from_model_config(config)
     if config.image_mean is None:
         return None
     chip = getattr(data.info, "chip_size", None)
@@ -557,6 +590,8 @@ def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEC
         return SyntheticLoader(
             batch, config.num_channels, config.image_size, run.args.seed, run.rank
         )
+    if config.patch_embedding == "wavelength":
+        return _mixed_loader(run, data, data_args, config)
     # Normalise with the statistics stored in the weights' config: for a continued run they
     # are the ones the model learnt with, not the new dataset's.
     return make_pretrain_dataloader(
@@ -581,6 +616,29 @@ def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEC
         ),
         return_masks=True,  # nodata / fill / cloud pixels are kept out of the MAE loss
     )
+
+
+def _mixed_loader(run: Run, data: DataContract, data_args, config) -> MixedPretrainLoader:
+    """A wavelength model's stream: each dataset normalised with its own statistics, one
+    dataset (one band set, with its wavelengths) per batch."""
+    loaders, wavelengths = {}, {}
+    for name, info in data.datasets:
+        loaders[name] = make_pretrain_dataloader(
+            name,
+            split=data_args.train_split,
+            batch_size=run.args.per_device_train_batch_size,
+            seed=run.args.seed,
+            rank=run.rank,
+            world_size=run.world,
+            num_workers=data_args.dataloader_num_workers,
+            crop_size=config.image_size,
+            revision=data_args.dataset_revision,
+            on_error=data_args.on_error,
+            max_error_fraction=data_args.max_error_fraction,
+            return_masks=True,
+        )
+        wavelengths[name] = info.wavelengths_um
+    return MixedPretrainLoader(loaders, wavelengths, data.weights, seed=run.args.seed)
 
 
 # ---------------------------------------------------------------------------------- optimiser
@@ -729,8 +787,9 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
                 )
                 return Outcome(step, 0.0, trained_images, last_loss, stopped_by_signal=True,
                                exit_code=128 + stop.signum)  # fmt: skip
-            pixels, pixel_mask = batch, None
+            pixels, pixel_mask, wavelengths = batch, None, None
             if isinstance(batch, dict):  # the real stream: pixels + validity mask
+                wavelengths = batch.get("wavelengths")  # a mixed-sensor stream's band set
                 pixels, pixel_mask = batch["pixel_values"], batch["pixel_mask"]
                 # An all-valid batch takes the unmasked loss (checked on the CPU: no sync).
                 pixel_mask = None if bool(pixel_mask.all()) else pixel_mask.to(device)
@@ -743,7 +802,10 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     loss = model(
-                        pixel_values=pixels, pixel_mask=pixel_mask, noise=noise.to(device)
+                        pixel_values=pixels,
+                        pixel_mask=pixel_mask,
+                        wavelengths=wavelengths,
+                        noise=noise.to(device),
                     ).loss
                 window.add(
                     loss.detach().float(), pixels, step, micro, args.gradient_accumulation_steps
@@ -1016,7 +1078,12 @@ def export(
     # Collective: every rank gathers one tensor at a time; the main process writes.
     save_pretrained_streaming(model, tmp, write=accelerator.is_main_process)
     recon = None
-    if args.plot_reconstructions and not data_args.synthetic_data:
+    # A wavelength model needs each dataset's wavelengths; the plot takes one band set.
+    if (
+        args.plot_reconstructions
+        and not data_args.synthetic_data
+        and config.patch_embedding == "conv"
+    ):
         # Collective too: the trained (sharded) model itself, not a reloaded copy.
         recon = plot_export_reconstructions(run, model, config, data, tmp)
     if not accelerator.is_main_process:
@@ -1031,18 +1098,18 @@ def export(
     ips = outcome.images / wall if wall > 0 else None
     skipped = _skipped_counts(loader, outcome)
     info = data.info
-    dataset = data.name_or_path
     record = RunRecord.from_model(
         described,
         processor,
         sensor=getattr(info, "sensor", None),
         datasets=[
             {
-                "repo_id_or_path": dataset
-                if not os.path.isdir(dataset)
-                else os.path.basename(os.path.normpath(dataset)),
+                "repo_id_or_path": name
+                if not os.path.isdir(name)
+                else os.path.basename(os.path.normpath(name)),
                 "revision": data_args.dataset_revision,
             }
+            for name, _ in data.datasets
         ]
         if info
         else [],

@@ -93,3 +93,51 @@ def test_remote_code_load_without_the_package(tmp_path):
     assert not got["classes"][0].startswith("geofm_hf")
     assert got["classes"][1:] == ["GeoViTMAEModel", "GeoViTMAEImageProcessor"]
     assert got["processed"] == [0.0, -1.0, -1.0, -1.5]  # (1 - mean) / std
+
+
+def test_remote_code_load_for_each_model_option(tmp_path):
+    # One subprocess loads every option's export: wavelength patches, time series, and the
+    # wavelength + time series + time/location + GSD model.
+    from test_modeling_any_sensor import OPTIONS, option_inputs
+
+    expected = {}
+    for name, fields in OPTIONS.items():
+        config = GeoViTMAEConfig.from_preset("tiny", **{**fields, "metadata_dropout": 0.0})
+        torch.manual_seed(0)
+        model = GeoViTMAEForPreTraining(config).eval()
+        model.save_pretrained(tmp_path / name)
+        inputs = option_inputs(name)
+        torch.save(inputs, tmp_path / f"{name}.inputs.pt")
+        with torch.no_grad():
+            expected[name] = model.vit(**inputs).pooler_output.sum().item()
+
+    script = BLOCK_GEOFM + textwrap.dedent(
+        f"""
+        import json, torch
+        from transformers import AutoModel
+        root, out = {str(tmp_path)!r}, {{}}
+        for name in {sorted(OPTIONS)!r}:
+            encoder = AutoModel.from_pretrained(f"{{root}}/{{name}}", trust_remote_code=True).eval()
+            inputs = torch.load(f"{{root}}/{{name}}.inputs.pt", weights_only=True)
+            with torch.no_grad():
+                out[name] = [encoder(**inputs).pooler_output.sum().item(), type(encoder).__module__]
+        print(json.dumps(out))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    env["HF_HUB_OFFLINE"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert sorted(got) == sorted(OPTIONS)
+    for name, (pooled, module) in got.items():
+        assert abs(pooled - expected[name]) < 1e-4, name
+        assert not module.startswith("geofm_hf"), module

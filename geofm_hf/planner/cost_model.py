@@ -159,6 +159,13 @@ _CONFIG_DEFAULTS: dict[str, Any] = {
     "decoder_num_attention_heads": 16,
     "decoder_intermediate_size": 2048,
     "mask_ratio": 0.75,
+    # Model options (issue 11): their input/output costs come from input_output_costs.
+    "num_frames": 1,
+    "tubelet_size": 1,
+    "patch_embedding": "conv",
+    "wavelength_embed_dim": 128,
+    "temporal_encoding": False,
+    "location_encoding": False,
 }
 
 
@@ -179,10 +186,23 @@ class _Shape:
     decoder_intermediate_size: int
     mask_ratio: float
     name: str
+    num_frames: int = 1
+    tubelet_size: int = 1
+    patch_embedding: str = "conv"
+    wavelength_embed_dim: int = 128
+    temporal_encoding: bool = False
+    location_encoding: bool = False
 
     @property
     def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        """Tokens per sample: patches per frame times tubelets."""
+        return (self.num_frames // self.tubelet_size) * (self.image_size // self.patch_size) ** 2
+
+    @property
+    def io_costs(self) -> dict[str, int]:
+        from geofm_hf.configuration_geofm import input_output_costs
+
+        return input_output_costs(self.__dict__)
 
     @property
     def kept_tokens(self) -> int:
@@ -238,7 +258,6 @@ def _block_params(width: int, mlp: int, heads: int, qkv_bias: bool, qk_norm: boo
 
 def _count(shape: _Shape) -> dict[str, int]:
     d, dd = shape.hidden_size, shape.decoder_hidden_size
-    pixels = shape.patch_size**2 * shape.num_channels
     enc_block = _block_params(
         d, shape.intermediate_size, shape.num_attention_heads, shape.qkv_bias, shape.qk_norm
     )
@@ -249,10 +268,10 @@ def _count(shape: _Shape) -> dict[str, int]:
         shape.qkv_bias,
         shape.qk_norm,
     )
-    encoder = (pixels * d + d) + d + shape.num_hidden_layers * enc_block + 2 * d
-    decoder = (
-        (d * dd + dd) + dd + shape.decoder_num_hidden_layers * dec_block + 2 * dd + dd * pixels
-    ) + pixels
+    io = shape.io_costs
+    encoder = io["encoder_input"] + d + shape.num_hidden_layers * enc_block + 2 * d
+    decoder = (d * dd + dd) + dd + shape.decoder_num_hidden_layers * dec_block + 2 * dd
+    decoder += io["decoder_output"]
     return {
         "encoder": encoder,
         "decoder": decoder,
@@ -391,8 +410,10 @@ def _flops_per_image(shape: _Shape, checkpointing: bool) -> float:
     counts = _count(shape)
     s_enc, s_dec = shape.kept_tokens, shape.num_patches + 1
     d, dd = shape.hidden_size, shape.decoder_hidden_size
-    pixels = shape.patch_size**2 * shape.num_channels
-    fwd = 2 * counts["encoder_block"] * s_enc * shape.num_hidden_layers
+    io = shape.io_costs
+    pixels = io["pixels_per_token"] * shape.num_channels
+    fwd = io["hypernetwork_flops"]
+    fwd += 2 * counts["encoder_block"] * s_enc * shape.num_hidden_layers
     fwd += 4 * s_enc * s_enc * d * shape.num_hidden_layers  # scores and weighted sum
     fwd += 2 * counts["decoder_block"] * s_dec * shape.decoder_num_hidden_layers
     fwd += 4 * s_dec * s_dec * dd * shape.decoder_num_hidden_layers
@@ -458,7 +479,7 @@ def _activation_bytes(shape: _Shape, batch: int, nbytes: int, checkpointing: boo
             total += layers * block
     if checkpointing:
         total += largest_block
-    pixels = batch * shape.num_channels * shape.image_size**2
+    pixels = batch * shape.num_frames * shape.num_channels * shape.image_size**2
     return total + 4 * pixels * 4  # input, target, normalised target, prediction in fp32
 
 

@@ -63,6 +63,7 @@ _CHOICES = {
     "bf16": ("auto", "true", "false"),
     "mixed_precision": ("no", "bf16", "fp16"),
     "gradient_reduce_dtype": ("float32", "bfloat16"),
+    "patch_embedding": ("conv", "wavelength"),
 }
 
 
@@ -202,7 +203,9 @@ class ModelArguments:
     )
     image_size: int | None = field(
         default=None,
-        metadata={"help": "Training crop size; default: the preset's, capped to the chip size."},
+        metadata={
+            "help": "Training crop size; default: the preset's (a size larger than the chips is refused)."
+        },
     )
     mask_ratio: float | None = field(default=None, metadata={"help": "Override the config's."})
     norm_pix_loss: bool | None = field(default=None, metadata={"help": "Override the config's."})
@@ -214,6 +217,16 @@ class ModelArguments:
         default=False,
         metadata={"help": "torch.compile every transformer block (geofm_hf.training.compile)."},
     )
+    patch_embedding: str = field(
+        default="conv",
+        metadata={
+            "help": "conv (kernels tied to the dataset's bands) or wavelength (any sensor; "
+            "needed for several datasets)."
+        },
+    )
+    wavelength_embed_dim: int = field(
+        default=128, metadata={"help": "Width of the wavelength hypernetwork's band embedding."}
+    )
 
 
 @dataclass
@@ -221,8 +234,14 @@ class DataArguments:
     dataset_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "Hub dataset repo id or local folder of shards; default: bundled sample."
+            "help": "Hub dataset repo id or local folder of shards; several, comma-separated, "
+            "are mixed one band set per batch (needs --patch_embedding wavelength); default: "
+            "bundled sample."
         },
+    )
+    dataset_weights: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated sampling weight per dataset; default: dataset sizes."},
     )
     dataset_revision: str | None = field(default=None, metadata={"help": "Dataset revision."})
     train_split: str = field(default="train")
