@@ -27,6 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import (
     DDPCommunicationHookType,
     DistributedDataParallelKwargs,
+    gather_object,
     set_seed,
 )
 from tqdm.auto import tqdm
@@ -1086,6 +1087,8 @@ def export(
     ):
         # Collective too: the trained (sharded) model itself, not a reloaded copy.
         recon = plot_export_reconstructions(run, model, config, data, tmp)
+    # Collective: each rank met its own bad shards; the record counts them all.
+    skipped = _skipped_counts(loader, outcome, accelerator)
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return
@@ -1096,7 +1099,6 @@ def export(
     with torch.device("meta"):
         described = GeoViTMAEForPreTraining(config)  # parameter counts for the record, no memory
     ips = outcome.images / wall if wall > 0 else None
-    skipped = _skipped_counts(loader, outcome)
     info = data.info
     record = RunRecord.from_model(
         described,
@@ -1196,13 +1198,27 @@ def plot_export_reconstructions(run: Run, model, config, data: DataContract, fol
     return "reconstruction.png"
 
 
-def _skipped_counts(loader, outcome: Outcome) -> dict:
-    """What the run did not train on, for summary.json, the run record and the card."""
+def _skipped_counts(loader, outcome: Outcome, accelerator) -> dict:
+    """What the run did not train on, over all ranks (and their data workers), for
+    summary.json, the run record and the card. Collective when several processes run."""
     stats = getattr(loader, "stats", {})
-    return {
+    mine = {
         "bad_shards": list(stats.get("bad_shards", [])),
         "rows_lost_to_bad_shards": int(stats.get("rows_lost_to_bad_shards", 0)),
         "batches_lost_to_bad_shards": int(stats.get("batches_lost_to_bad_shards", 0)),
+    }
+    ranks = gather_object([mine]) if accelerator.num_processes > 1 else [mine]
+    bad = sorted({s for r in ranks for s in r["bad_shards"]})
+    counts = getattr(getattr(loader, "stream", None), "counts", None)
+    rows = (
+        sum(counts[s] for s in bad)
+        if counts is not None
+        else max(r["rows_lost_to_bad_shards"] for r in ranks)
+    )
+    return {
+        "bad_shards": bad,
+        "rows_lost_to_bad_shards": int(rows),
+        "batches_lost_to_bad_shards": sum(r["batches_lost_to_bad_shards"] for r in ranks),
         "steps_skipped_non_finite": outcome.skipped_steps,
     }
 

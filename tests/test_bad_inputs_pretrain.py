@@ -85,6 +85,25 @@ def test_skipped_shard_is_counted_in_summary_run_record_and_card(tmp_path):
         out / "final" / "README.md").read_text()  # fmt: skip
 
 
+def test_shard_found_bad_mid_run_by_a_data_worker_of_any_rank_is_counted(tmp_path):
+    # A flipped byte inside a data page passes the start-up footer check; the page checksum
+    # catches it when the shard is read, in a DataLoader worker of whichever rank reads it.
+    ds = _sample_copy(tmp_path)
+    shard = ds / "data" / "train-00002-of-00004.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    # 14 steps of 8 cover an epoch of every reader (2 ranks x 1 worker): shard 2 is read.
+    pretrain(out, "--dataset_name_or_path", ds, "--max_steps", "14", "--on_error", "skip",
+             "--max_error_fraction", "0.3", "--dataloader_num_workers", "1", *FAST)  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped"]["bad_shards"] == [2]
+    assert summary["skipped"]["batches_lost_to_bad_shards"] >= 1
+    rows = json.loads((ds / "geofm_dataset.json").read_text())["shards"]["train"][2]["num_rows"]
+    assert summary["skipped"]["rows_lost_to_bad_shards"] == rows
+
+
 def test_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path):
     out = tmp_path / "out"
     pretrain(out, "--max_steps", "4", "--save_steps", "2", *FAST)

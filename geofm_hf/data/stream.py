@@ -345,6 +345,9 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         self._meta: dict[int, Any] = {}
         self._groups: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self._bad_shards: set[int] = set()
+        # Set by PretrainLoader when DataLoader workers read: their counts reach the main
+        # process through this shared array (one flag per shard, then the batches lost).
+        self._shared_counts = None
         local = dataset_location(name_or_path) == "local"
         # One commit for the metadata and every shard, on every rank.
         self._commit = None if local else _hub_commit(self.name_or_path, revision)
@@ -502,6 +505,8 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         self._bad_shards.add(shard)
         self.stats["bad_shards"] = sorted(self._bad_shards)
         self.stats["rows_lost_to_bad_shards"] = sum(self.counts[s] for s in self._bad_shards)
+        if self._shared_counts is not None:
+            self._shared_counts[shard] = 1
         logger.warning("skipping %s", message)
         if len(self._bad_shards) > self.max_error_fraction * len(self.counts):
             raise TooManyErrorsError(
@@ -712,6 +717,9 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
                     self.stats["batches_lost_to_bad_shards"] = (
                         self.stats.get("batches_lost_to_bad_shards", 0) + 1
                     )
+                    if self._shared_counts is not None:
+                        with self._shared_counts.get_lock():
+                            self._shared_counts[-1] += 1
                     if len(self._bad_shards) == len(self.counts):
                         raise self._no_batch_error(epoch)
                     continue
@@ -752,6 +760,9 @@ class PretrainLoader:
         self.prefetch_factor = prefetch_factor if num_workers > 0 else None
         self._consumed = 0
         self.stats = stream.describe()
+        if num_workers > 0:
+            # Workers hold their own copies of the stream: what they skip is counted here.
+            stream._shared_counts = torch.multiprocessing.Array("q", len(stream.counts) + 1)
         dropped = self.stats["dropped_per_epoch"]
         if any(dropped.values()):
             logger.info(
@@ -780,8 +791,20 @@ class PretrainLoader:
         for batch in iterator:
             self._consumed += 1
             self.stats.update(self.stream.stats)  # bad shards met in this process, live
+            if self.stream._shared_counts is not None:
+                self._merge_worker_counts()
             self.stats["batches_consumed"] = self._consumed
             yield batch
+
+    def _merge_worker_counts(self) -> None:
+        shared, counts = self.stream._shared_counts, self.stream.counts
+        found = [i for i in range(len(counts)) if shared[i]]
+        bad = sorted(set(self.stats.get("bad_shards", [])) | set(found))
+        self.stats["bad_shards"] = bad
+        self.stats["rows_lost_to_bad_shards"] = sum(counts[i] for i in bad)
+        self.stats["batches_lost_to_bad_shards"] = self.stream.stats.get(
+            "batches_lost_to_bad_shards", 0
+        ) + int(shared[-1])
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able position of the stream (batches consumed + what fixes the order)."""
