@@ -34,24 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from geofm_hf import planner  # noqa: E402
+from geofm_hf.bands import get_sensor_bands  # noqa: E402
 from geofm_hf.data import make_pretrain_dataloader, read_dataset_info, write_shards  # noqa: E402
 from geofm_hf.data.device_transforms import apply_device_transforms  # noqa: E402
 
-S2_BANDS = [
-    "B01",
-    "B02",
-    "B03",
-    "B04",
-    "B05",
-    "B06",
-    "B07",
-    "B08",
-    "B8A",
-    "B09",
-    "B10",
-    "B11",
-    "B12",
-]
+# The band table, not a copy: the benchmark feeds what the writer names.
+S2_BANDS = [b.name for b in get_sensor_bands("sentinel2-l1c")]
 
 
 def make_dataset(folder: Path, chips: int, chip: int = 256) -> Path:

@@ -338,6 +338,7 @@ def run(args: ProbeArguments) -> dict:
 def table_main(argv: list[str]) -> str:
     """``table RUN_DIR_OR_RESULTS_JSON... [--output FILE]``: the comparison table (Markdown)."""
     from geofm_hf.classification import load_results, results_table
+    from geofm_hf.classification.results import atomic_write_text
 
     parser = argparse.ArgumentParser(prog="linear_probe.py table")
     parser.add_argument("results", nargs="+", help="results.json files or run folders")
@@ -356,11 +357,7 @@ def table_main(argv: list[str]) -> str:
         baseline = same[0] if same else load_results(where)
     text = results_table(records, baseline=baseline)
     if ns.output:
-        out = Path(ns.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out)
+        atomic_write_text(ns.output, text)
     print(text, end="")
     return text
 

@@ -17,6 +17,7 @@ model-index.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -87,6 +88,7 @@ def run(args: SegmentArguments) -> dict:
     import geofm_hf  # noqa: F401 - registers the Auto classes
     from geofm_hf import GeoViTMAEConfig, GeoViTMAEForSemanticSegmentation
     from geofm_hf.classification import param_groups_layer_decay, restrict_to_bands
+    from geofm_hf.classification.results import atomic_write_text
     from geofm_hf.model_card import RunRecord
     from geofm_hf.segmentation import (
         load_segmentation_split,
@@ -239,11 +241,9 @@ def run(args: SegmentArguments) -> dict:
             "seconds": round(time.perf_counter() - start, 2),
             "args": asdict(args),
         }
-        import json
-
-        tmp = output_dir / "results.json.tmp"
-        tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-        tmp.replace(output_dir / "results.json")
+        atomic_write_text(
+            output_dir / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n"
+        )
         record = RunRecord.from_model(
             unwrapped, processor, base_model=args.model_name_or_path,
             base_model_revision=args.revision, global_batch=global_batch, steps=step,

@@ -24,7 +24,9 @@ _METRICS = (("top1", "accuracy", "Top-1 accuracy"), ("top5", "top_5_accuracy", "
 _REQUIRED = ("top1", "top5", "macro_f1", "num_train", "num_test", "model_name_or_path", "dataset")
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``path`` via a temporary file and a rename: readers never see half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -86,7 +88,7 @@ def write_results(output_dir: str | os.PathLike, results: dict[str, Any]) -> Pat
     if missing:
         raise ValueError(f"results lack {missing}; expected at least {list(_REQUIRED)}")
     path = Path(output_dir) / RESULTS_NAME
-    _atomic_write(path, json.dumps(results, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True) + "\n")
     return path
 
 
