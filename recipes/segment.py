@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from geofm_hf.classification.arguments import ClassificationArguments
+from geofm_hf.training.arguments import check_output_dir_writable
 from geofm_hf.training.optim import learning_rate_at
 
 
@@ -98,6 +99,7 @@ def run(args: SegmentArguments) -> dict:
     )
     from geofm_hf.segmentation.visualize import rgb_composite
 
+    check_output_dir_writable(args.output_dir)  # a clear error (exit 2) before any work
     start = time.perf_counter()
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed)
@@ -272,4 +274,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from geofm_hf.training.arguments import run_recipe
+
+    sys.exit(run_recipe(main))

@@ -138,6 +138,8 @@ RECIPE_COMMANDS = {
     "finetune.py": ([*REQUIRED, "--per_device_eval_batch_size", "0"],
                     "--per_device_eval_batch_size must be > 0: found 0"),
     "pretrain.py": (["--max_steps", "0"], "--max_steps must be > 0: found 0"),
+    "segment.py": ([*REQUIRED, "--per_device_eval_batch_size", "0"],
+                   "--per_device_eval_batch_size must be > 0: found 0"),
 }  # fmt: skip
 
 
@@ -153,7 +155,7 @@ def test_recipe_command_line_exits_2(script, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("module", ["linear_probe", "finetune"])
+@pytest.mark.parametrize("module", ["linear_probe", "finetune", "segment"])
 def test_unwritable_output_dir_is_an_argument_error(module, tmp_path, monkeypatch):
     import importlib
     import os
