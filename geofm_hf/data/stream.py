@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import struct
 from collections import OrderedDict
 from typing import Any
 
@@ -43,6 +42,7 @@ from .format import (
     decode_batch,
     decode_valid_masks,
     read_dataset_info,
+    read_parquet_footer,
 )
 
 __all__ = ["GeoPretrainStream", "PretrainLoader", "load_geo_dataset", "make_pretrain_dataloader"]
@@ -97,29 +97,6 @@ def _hub_commit(repo_id: str, revision: str | None) -> str:
 def _file_size(fh) -> int:
     size = getattr(fh, "size", None)
     return int(size) if size is not None else os.fstat(fh.fileno()).st_size
-
-
-def _read_parquet_footer(fh, size: int, count):
-    """A Parquet file's metadata, read exactly: its last 8 bytes (footer length and magic), then
-    the footer. pyarrow alone reads a speculative 64 KiB tail per open: more than a small shard
-    and, at scale, than the footer of most shards."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if size < 12:
-        raise BadInputError("bad_shard", f"{size} bytes is too short for a Parquet file")
-    fh.seek(size - 8)
-    tail = fh.read(8)
-    count(len(tail))
-    if tail[-4:] != b"PAR1":
-        raise BadInputError("bad_shard", "not a Parquet file (no PAR1 magic at its end)")
-    length = struct.unpack("<i", tail[:4])[0]
-    if not 0 < length <= size - 12:
-        raise BadInputError("bad_shard", f"footer length {length} does not fit a {size}-byte file")
-    fh.seek(size - 8 - length)
-    footer = fh.read(length)
-    count(len(footer))
-    return pq.read_metadata(pa.BufferReader(b"PAR1" + footer + tail))
 
 
 class _CountingFile:
@@ -420,7 +397,7 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         """(Parquet metadata, first row of each row group + total) of one shard, read once."""
         if shard not in self._meta:
             with self._open(shard) as fh:
-                meta = _read_parquet_footer(fh, _file_size(fh), self._count_read)
+                meta = read_parquet_footer(fh, _file_size(fh), self._count_read)
             starts = np.zeros(meta.num_row_groups + 1, dtype=np.int64)
             for g in range(meta.num_row_groups):
                 starts[g + 1] = starts[g] + meta.row_group(g).num_rows

@@ -15,9 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from .format import SHARD_FOOTER_METADATA, SHARD_SCHEMA, GeoDatasetInfo
+from .format import SHARD_FOOTER_METADATA, SHARD_SCHEMA, GeoDatasetInfo, read_parquet_footer
 
 __all__ = ["check_shard_footers", "check_shard_footers_on_all_ranks"]
 
@@ -35,8 +33,8 @@ def _opener(name_or_path: str, revision: str | None):
     commit = HfApi().dataset_info(str(name_or_path), revision=revision).sha
     fs = HfFileSystem()
     base = f"datasets/{name_or_path}@{quote(commit, safe='')}"
-    # Small blocks: the footer is the last few KiB; a default block would fetch megabytes.
-    return lambda rel: fs.open(f"{base}/{rel}", "rb", block_size=64 * 1024)
+    # No read-ahead: the footer is read exactly (its length, then itself), as the stream does.
+    return lambda rel: fs.open(f"{base}/{rel}", "rb", cache_type="none")
 
 
 def _check_one(handle, entry: dict[str, Any], full: bool = False) -> str | None:
@@ -47,7 +45,9 @@ def _check_one(handle, entry: dict[str, Any], full: bool = False) -> str | None:
     if expected_bytes is not None and size != expected_bytes:
         wrong_size = f"has {size} bytes, {expected_bytes} were written (truncated or replaced)"
     try:
-        meta = pq.ParquetFile(handle).metadata
+        # The stream's exact footer read: pyarrow's own opens fetch a speculative 64 KiB tail,
+        # the whole of a small shard over HTTP.
+        meta = read_parquet_footer(handle, size, lambda nbytes: None)
     except Exception as err:  # pyarrow raises assorted errors on a damaged footer
         return wrong_size or f"its Parquet footer cannot be read ({type(err).__name__}: {err})"
     if meta.num_rows != entry["num_rows"]:
