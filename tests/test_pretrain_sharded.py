@@ -1,6 +1,7 @@
 """Item 2 of issue 16: a from-scratch model is built on ``meta``, sharded, and materialised per
 shard; its initial full weights are the same at 1 and 2 processes; exports stream 0644 files."""
 
+import re
 import stat
 import subprocess
 import sys
@@ -13,7 +14,9 @@ WORKER = ROOT / "tests" / "workers" / "initial_weights.py"
 
 
 def _lines(text):
-    return [line for line in text.splitlines() if line.startswith("INITIAL_WEIGHTS")]
+    # Two ranks share one stdout: a line may follow another rank's unterminated progress output
+    # (a tqdm "\r" bar), so the record is found anywhere in a line, not only at its start.
+    return re.findall(r"INITIAL_WEIGHTS [^\r\n]*", text)
 
 
 def _fields(line):
