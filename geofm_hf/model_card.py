@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from typing import Any
 import jinja2
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ._atomic import atomic_write_text
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
 RUN_RECORD_NAME = "run_record.json"
@@ -137,7 +138,7 @@ class RunRecord:
         """Write JSON atomically (temp file in the same folder, then rename)."""
         self._check()
         path = Path(path)
-        _atomic_write(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         return path
 
     @classmethod
@@ -264,7 +265,7 @@ def write_model_card(export_dir: str | os.PathLike, record: RunRecord | dict | N
         record = RunRecord.load(path)
     card = render_model_card(record, export_dir)
     out = export_dir / "README.md"
-    _atomic_write(out, str(card))
+    atomic_write_text(out, str(card))
     return out
 
 
@@ -485,23 +486,6 @@ def _context(r: RunRecord) -> dict[str, str]:
         "limitations": "\n".join(f"- {line}" for line in limitations),
         "bibtex": BIBTEX,
     }
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        # mkstemp makes the file 0600; give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 __all__ = [

@@ -337,8 +337,8 @@ def run(args: ProbeArguments) -> dict:
 
 def table_main(argv: list[str]) -> str:
     """``table RUN_DIR_OR_RESULTS_JSON... [--output FILE]``: the comparison table (Markdown)."""
+    from geofm_hf._atomic import atomic_write_text
     from geofm_hf.classification import load_results, results_table
-    from geofm_hf.classification.results import atomic_write_text
 
     parser = argparse.ArgumentParser(prog="linear_probe.py table")
     parser.add_argument("results", nargs="+", help="results.json files or run folders")

@@ -88,8 +88,8 @@ def run(args: SegmentArguments) -> dict:
 
     import geofm_hf  # noqa: F401 - registers the Auto classes
     from geofm_hf import GeoViTMAEConfig, GeoViTMAEForSemanticSegmentation
+    from geofm_hf._atomic import atomic_write_text
     from geofm_hf.classification import param_groups_layer_decay, restrict_to_bands
-    from geofm_hf.classification.results import atomic_write_text
     from geofm_hf.model_card import RunRecord
     from geofm_hf.segmentation import (
         load_segmentation_split,

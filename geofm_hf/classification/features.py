@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._atomic import atomic_path
+
 __all__ = [
     "FEATURE_CHOICES",
     "check_feature",
@@ -108,8 +110,6 @@ def load_or_extract_features(
     if path.is_file():
         return load_file(path)["features"], True
     features = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".safetensors.tmp")
-    save_file({"features": features.contiguous()}, tmp, metadata={"key": key})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({"features": features.contiguous()}, tmp, metadata={"key": key})
     return features, False

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._atomic import atomic_write_text
+
 __all__ = [
     "RESULTS_NAME",
     "eval_results",
@@ -22,15 +24,6 @@ RESULTS_NAME = "results.json"
 _METRICS = (("top1", "accuracy", "Top-1 accuracy"), ("top5", "top_5_accuracy", "Top-5 accuracy"),
             ("macro_f1", "f1", "Macro F1"))  # fmt: skip
 _REQUIRED = ("top1", "top5", "macro_f1", "num_train", "num_test", "model_name_or_path", "dataset")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``path`` via a temporary file and a rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def results_record(

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .._atomic import atomic_write_text
+
 __all__ = [
     "DATASET_INFO_FILE",
     "FORMAT_VERSION",
@@ -134,11 +136,7 @@ class GeoDatasetInfo:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temp name, then rename)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as fh:
-            json.dump(self.to_dict(), fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def dataset_location(name_or_path: str | os.PathLike) -> str:

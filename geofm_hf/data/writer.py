@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from affine import Affine
 
+from .._atomic import atomic_path, atomic_write_text
 from ..bands import (
     SENSORS,
     AmbiguousSensorError,
@@ -666,16 +667,15 @@ class _ShardBuffer:
 
 
 def _write_parquet_atomic(table: pa.Table, path: Path, compression_level: int = 3) -> None:
-    tmp = path.with_name(path.name + ".tmp")
     # Row groups of ~64 chips keep streaming reads granular without bloating the footer. A CRC
     # per page lets every reader detect a flipped byte (zstd alone misses most); the footer
     # says so, for the start-up check.
     table = table.replace_schema_metadata(
         {**(table.schema.metadata or {}), **SHARD_FOOTER_METADATA}
     )
-    pq.write_table(table, tmp, compression="zstd", compression_level=compression_level,
-                   row_group_size=64, write_page_checksum=True)  # fmt: skip
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", compression_level=compression_level,
+                       row_group_size=64, write_page_checksum=True)  # fmt: skip
 
 
 def _sha256(path: Path) -> str:
@@ -729,8 +729,9 @@ def _prepare_output(output_dir: Path, overwrite: bool) -> None:
             staging,
         )
         shutil.rmtree(staging)
-    for leftover in (output_dir / "README.md.tmp", output_dir / f"{DATASET_INFO_FILE}.tmp"):
-        leftover.unlink(missing_ok=True)
+    for name in ("README.md", DATASET_INFO_FILE):  # temporary files of a killed run
+        for leftover in output_dir.glob(f"{name}*.tmp"):
+            leftover.unlink()
     staging.mkdir(parents=True)
 
 
@@ -747,9 +748,7 @@ def _publish(output_dir: Path, staging: Path, moves: list[tuple[Path, str]], car
     (output_dir / "data").mkdir(exist_ok=True)
     for src, final in moves:
         os.replace(src, output_dir / final)
-    tmp = output_dir / "README.md.tmp"
-    tmp.write_text(card, encoding="utf-8")
-    os.replace(tmp, output_dir / "README.md")
+    atomic_write_text(output_dir / "README.md", card)
     info.save(output_dir / DATASET_INFO_FILE)  # last: its presence marks a finished dataset
     shutil.rmtree(staging, ignore_errors=True)
 

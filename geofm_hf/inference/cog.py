@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from affine import Affine
 
+from .._atomic import atomic_path
 from .scenes import window_origins
 
 __all__ = ["assemble_cogs", "pca_components", "save_rgb_png", "write_cog"]
@@ -63,19 +64,14 @@ def write_cog(src_path: Path, dst: Path) -> None:
     with rasterio.open(src_path) as src:
         big = max(src.width, src.height)
         floating = np.dtype(src.dtypes[0]).kind == "f"
-    tmp = dst.with_name(dst.name + ".tmp.tif")
     # Small rasters get small blocks so they still carry overviews (what COG readers page).
     block = 512 if big >= 4096 else (256 if big >= 1024 else 128)
-    try:
+    with atomic_path(dst) as tmp:
         # Class maps (integers) get nearest-neighbour overviews: an averaged class is no class.
         rio_copy(src_path, tmp, driver="COG", compress="DEFLATE",
                  predictor="3" if floating else "2", blocksize=block,
                  overview_resampling="average" if floating else "nearest",
                  bigtiff="IF_SAFER")  # fmt: skip
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _stage(path: Path, width: int, height: int, count: int, crs, transform: Affine):
@@ -225,7 +221,5 @@ def save_rgb_png(rgb: np.ndarray, path: str | os.PathLike, max_side: int = 2048)
             lo, hi = np.percentile(ch[ok], [2, 98])
             out[c] = np.clip((np.nan_to_num(ch, nan=lo) - lo) / max(hi - lo, 1e-12), 0, 1)
             out[c][~ok] = 0
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    plt.imsave(tmp, out.transpose(1, 2, 0), format="png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        plt.imsave(tmp, out.transpose(1, 2, 0), format="png")

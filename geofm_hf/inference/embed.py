@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import torch
 from affine import Affine
 
+from .._atomic import atomic_path
 from ..data.format import BadInputError
 from .geoparquet import BBOX_TYPE, bbox_polygons_wkb, geo_metadata
 from .scenes import LoadedModel, iter_windows, load_model, open_grid, open_scenes
@@ -125,12 +126,6 @@ def _part_schema(dim: int) -> pa.Schema:
         ("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()),
         ("ymax", pa.float64()), ("embedding", pa.list_(pa.float32(), dim)),
     ])  # fmt: skip
-
-
-def _write_atomic(table: pa.Table, path: Path, **kwargs) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, **kwargs)
-    os.replace(tmp, path)
 
 
 def _window_sources(inputs, band_files) -> tuple[str, list[Any]]:
@@ -304,8 +299,8 @@ def embed(
             arrays = [pa.array(c, type=t) for c, t in zip(cols[:-1], schema.types[:-1])]
             flat = np.stack(cols[-1]).astype(np.float32).reshape(-1)
             arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), part_dim))
-            _write_atomic(pa.Table.from_arrays(arrays, schema=schema),
-                          staging / f"s{scene_idx:05d}-{part:06d}.parquet")  # fmt: skip
+            with atomic_path(staging / f"s{scene_idx:05d}-{part:06d}.parquet") as tmp:
+                pq.write_table(pa.Table.from_arrays(arrays, schema=schema), tmp)
             part += 1
             rows.clear()
 
@@ -493,9 +488,7 @@ def _assemble_parquet(staging: Path, output: Path, crs, dim: int, g: int, loaded
     schema = schema.with_metadata(
         {"geo": geo_metadata(crs, bbox), "geofm_embed": json.dumps(meta).encode()}
     )
-    tmp = output.with_name(output.name + ".tmp")
-    writer = None
-    try:
+    with atomic_path(output) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for part in parts:
             t = pq.read_table(part)
             n = t.num_rows
@@ -544,17 +537,7 @@ def _assemble_parquet(staging: Path, output: Path, crs, dim: int, g: int, loaded
                 ],
                 schema=schema,
             )
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, schema, compression="zstd")
             writer.write_table(table, row_group_size=8192)
-        writer.close()
-        writer = None
-        os.replace(tmp, output)
-    finally:
-        if writer is not None:
-            writer.close()
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ---------------------------------------------------------------------------------------- CLI

@@ -54,6 +54,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._atomic import atomic_write_text
+
 __all__ = [
     "CALIBRATION",
     "CONFIG_FOR_STRATEGY",
@@ -938,7 +940,4 @@ def write_accelerate_config(
         f"# {strategy} on {num_nodes} node(s) x {gcds_per_node} GCDs, written by geofm-plan "
         "--write-config.\n# See accelerate_configs/frontier_*.yaml for what each key does.\n"
     )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(header + yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, header + yaml.safe_dump(cfg, sort_keys=False))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_path
+
 __all__ = ["class_colors", "rgb_composite", "save_prediction_png"]
 
 
@@ -70,9 +72,9 @@ def save_prediction_png(panels: list[tuple[str, np.ndarray]], label_names: list[
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return path

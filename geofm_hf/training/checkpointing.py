@@ -27,6 +27,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .._atomic import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -136,12 +138,7 @@ def resolve_resume(output_dir: str | os.PathLike, resume: str | None) -> Path | 
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True), fsync=True)
 
 
 def _fsync_dir(path: Path) -> None:
