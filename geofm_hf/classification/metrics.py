@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_path
+
 __all__ = ["classification_metrics", "confusion_matrix", "save_confusion_matrix_png"]
 
 
@@ -14,7 +16,9 @@ def classification_metrics(scores, references, num_classes: int) -> dict[str, fl
     """``top1``, ``top5`` (``top5_k``: the k used, capped at ``num_classes``) and ``macro_f1``.
 
     ``scores`` ``(N, num_classes)`` logits or probabilities; ``references`` ``(N,)`` class indices.
-    Computed with the metric modules in :mod:`geofm_hf.metrics` (loaded by path, offline).
+    Computed with the metric modules in :mod:`geofm_hf.metrics` (loaded by path, offline), which
+    call scikit-learn: ``macro_f1`` averages all ``num_classes`` classes, so a class absent from
+    both the predictions and the references scores 0 (scikit-learn warns about it).
     """
     from ..metrics import load_metric
 
@@ -28,7 +32,7 @@ def classification_metrics(scores, references, num_classes: int) -> dict[str, fl
     top1 = load_metric("accuracy").compute(predictions=predictions, references=references)
     top5 = load_metric("top_k_accuracy").compute(predictions=scores, references=references, k=5)
     f1 = load_metric("f1").compute(
-        predictions=predictions, references=references, num_classes=num_classes
+        predictions=predictions, references=references, labels=list(range(num_classes))
     )
     return {
         "top1": top1["accuracy"],
@@ -75,9 +79,9 @@ def save_confusion_matrix_png(
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7, color=color)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return path

@@ -1,11 +1,12 @@
-"""Top-1 accuracy: the fraction of predictions equal to the reference label."""
+"""Top-1 accuracy: the fraction of predictions equal to the reference label (scikit-learn)."""
 
 import datasets
 import evaluate
-import numpy as np
+from sklearn.metrics import accuracy_score
 
 _DESCRIPTION = (
-    "Top-1 accuracy = (number of predictions equal to the reference) / (number of samples)."
+    "Top-1 accuracy = (number of predictions equal to the reference) / (number of samples), "
+    "from scikit-learn's accuracy_score."
 )
 _KWARGS = """
 Args:
@@ -30,7 +31,6 @@ class Accuracy(evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
-        predictions, references = np.asarray(predictions), np.asarray(references)
-        if predictions.size == 0:
+        if len(predictions) == 0:
             raise ValueError("accuracy of zero samples is undefined: found no predictions.")
-        return {"accuracy": float((predictions == references).mean())}
+        return {"accuracy": float(accuracy_score(references, predictions))}

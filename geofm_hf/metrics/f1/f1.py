@@ -1,28 +1,33 @@
-"""F1 score for multi-class predictions, macro-averaged by default."""
+"""F1 score for multi-class predictions, macro-averaged by default: scikit-learn's ``f1_score``."""
 
 import datasets
 import evaluate
-import numpy as np
+from sklearn.metrics import f1_score
 
 _DESCRIPTION = (
-    "F1 = 2 * precision * recall / (precision + recall) per class. 'macro' averages it over the "
-    "classes (each class weighs the same, whatever its size); a class with no prediction and no "
-    "reference is left out; a class with zero precision and recall scores 0."
+    "F1 = 2 * precision * recall / (precision + recall) per class, from scikit-learn's f1_score. "
+    "'macro' averages it over the classes (each class weighs the same, whatever its size), "
+    "'weighted' by their reference counts, 'micro' pools every sample. The classes are `labels`, "
+    "else those seen in predictions or references; a listed class absent from both scores "
+    "`zero_division` (0 by default, as scikit-learn: it counts in the macro mean; NaN leaves it "
+    "out)."
 )
 _KWARGS = """
 Args:
     predictions (`list[int]`): predicted class index per sample.
     references (`list[int]`): true class index per sample.
-    num_classes (`int`, *optional*): classes 0..num_classes-1 to average over (defaults to those
-        seen in predictions or references).
-    average (`str`, defaults to "macro"): "macro", "micro" or "none" (per-class list).
+    labels (`list[int]`, *optional*): the classes to score (e.g. `range(num_classes)`).
+    average (`str` or `None`, defaults to "macro"): "macro", "weighted", "micro", or `None` for
+        the per-class list.
+    zero_division (`"warn"`, `0.0`, `1.0` or `nan`, defaults to "warn"): the score of a class
+        without predictions or references ("warn": 0 and a warning).
 Returns:
     f1 (`float` or `list[float]`).
 """
 
 
 class F1(evaluate.Metric):
-    """Multi-class F1 (macro, micro or per class) computed with numpy."""
+    """Multi-class F1 (macro, weighted, micro or per class) computed by scikit-learn."""
 
     def _info(self):
         return evaluate.MetricInfo(
@@ -32,27 +37,14 @@ class F1(evaluate.Metric):
             features=datasets.Features(
                 {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
             ),
+            reference_urls=[
+                "https://scikit-learn.org/stable/modules/generated/sklearn.metrics.f1_score.html"
+            ],
         )
 
-    def _compute(self, predictions, references, num_classes=None, average="macro"):
-        pred, ref = np.asarray(predictions), np.asarray(references)
-        if pred.size == 0:
+    def _compute(self, predictions, references, labels=None, average="macro", zero_division="warn"):
+        if len(predictions) == 0:
             raise ValueError("F1 of zero samples is undefined: found no predictions.")
-        if average not in ("macro", "micro", "none"):
-            raise ValueError(f"average must be 'macro', 'micro' or 'none': found {average!r}.")
-        if average == "micro":  # single-label multi-class: micro F1 equals accuracy
-            return {"f1": float((pred == ref).mean())}
-        classes = np.arange(num_classes) if num_classes else np.union1d(pred, ref)
-        per_class = []
-        for c in classes:
-            tp = np.sum((pred == c) & (ref == c))
-            fp = np.sum((pred == c) & (ref != c))
-            fn = np.sum((pred != c) & (ref == c))
-            if tp + fp + fn == 0:
-                per_class.append(np.nan)  # absent from both: says nothing about this class
-                continue
-            per_class.append(2 * tp / (2 * tp + fp + fn))
-        values = np.asarray(per_class, dtype=np.float64)
-        if average == "none":
-            return {"f1": [None if np.isnan(v) else float(v) for v in values]}
-        return {"f1": float(np.nanmean(values))}
+        score = f1_score(references, predictions, labels=labels, average=average,
+                         zero_division=zero_division)  # fmt: skip
+        return {"f1": score.tolist() if average is None else float(score)}

@@ -6,8 +6,9 @@ import numpy as np
 
 _DESCRIPTION = (
     "IoU of class k = |pred == k and ref == k| / |pred == k or ref == k| over every labelled "
-    "pixel (reference != ignore_index); mean_iou averages the classes present in either the "
-    "predictions or the references. Also reports pixel accuracy and per-class accuracy."
+    "pixel (reference != ignore_index): scikit-learn's jaccard_score. A class absent from both "
+    "has IoU NaN and mean_iou leaves it out (the convention of evaluate's mean_iou and "
+    "mmsegmentation). Also reports pixel accuracy and per-class accuracy."
 )
 _KWARGS = """
 Args:
