@@ -152,6 +152,33 @@ def test_every_epoch_readers_are_disjoint_covering_balanced_and_open_few_shards(
             assert total - len(seen) < readers
 
 
+def test_why_not_split_dataset_by_node(tmp_path):
+    """The module docstring's reasons, on the installed ``datasets``: its node split reads every
+    shard on every node, or hands out whole shards in unequal counts, or refuses few shards."""
+    import datasets
+    from datasets.distributed import split_dataset_by_node
+
+    files = []
+    for k in range(3):
+        files.append(str(tmp_path / f"s{k}.parquet"))
+        pq.write_table(pa.table({"shard": [k] * 4}), files[-1])
+    stream = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
+    assert stream.num_shards == 3
+
+    def shards_seen(world, rank, strategy="auto"):
+        node = split_dataset_by_node(stream, rank=rank, world_size=world, strategy=strategy)
+        return [row["shard"] for row in node]
+
+    assert all(set(shards_seen(2, r)) == {0, 1, 2} for r in range(2))  # I/O x world_size
+    assert [len(shards_seen(2, r, "shards")) for r in range(2)] == [8, 4]  # out of step
+    with pytest.raises(ValueError, match="num_shards=3"):
+        split_dataset_by_node(stream, rank=0, world_size=4, strategy="shards")
+    # ours on the same counts: equal stretches, each reader opening at most 2 of the 3 shards
+    layout = _Layout([4, 4, 4], 0, 2, 0, 1, drop_last=True)
+    assert [len(layout.reader_positions(0, g)[0]) for g in range(2)] == [6, 6]
+    assert all(len(layout.reader_pieces(0, g)) <= 2 for g in range(2))
+
+
 def test_dropped_samples_change_every_epoch():
     layout = _Layout([7] * 10 + [3], 0, 4, 1, 1, drop_last=True)  # 73 = 4 x 18 + 1
     unseen = []

@@ -34,3 +34,15 @@ def test_paths_named_in_the_readme_exist():
         )
     ):
         assert (ROOT / path).exists(), path
+
+
+def test_code_map_names_every_module_and_folder_of_the_package():
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"^## Code map\n+```\n(.*?)```", text, re.S | re.M).group(1)
+    lines = block.split("geofm_hf/\n", 1)[1].split("\nrecipes/", 1)[0]
+    # names in the first column (descriptions start at column 29)
+    named = {n for line in lines.splitlines() for n in re.findall(r"[\w.]+/?", line[:29])}
+    package = ROOT / "geofm_hf"
+    entries = {p.name + "/" if p.is_dir() else p.name for p in package.iterdir()
+               if p.name != "__pycache__" and (p.is_dir() or p.suffix == ".py")}  # fmt: skip
+    assert entries == named, (sorted(entries - named), sorted(named - entries))

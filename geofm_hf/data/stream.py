@@ -10,16 +10,20 @@ augments and drops samples as pure functions of (seed, epoch, sample index), so 
 restored from ``state_dict()`` yields exactly the batches an uninterrupted run would have yielded.
 
 Why the split is ours rather than ``datasets.distributed.split_dataset_by_node`` or torchdata's
-``StatefulDataLoader``: ``split_dataset_by_node``'s default (``"auto"``) uses whole shards only
-when the shard count is a multiple of ``world_size`` and otherwise has every node read every
-shard and keep one example in ``world_size`` (I/O multiplied by the rank count, the defect this
-layout removes); its ``"shards"`` strategy hands out whole shards, so per-node counts differ by
-up to a shard and ranks fall out of step; neither splits a shard between two nodes.
-``StatefulDataLoader`` checkpoints iterator state that the dataset must itself make resumable
-(for a streamed ``IterableDataset``: shard index plus an offset, after a shuffle buffer that is
-not restored exactly). Here the position is one integer (batches consumed) and every batch is
-recomputed from (seed, epoch, reader), so resume is exact, independent of worker timing, and
-re-reads only the shard pieces it was in the middle of.
+``StatefulDataLoader`` (checked against ``datasets`` 5.2's source): for a streamed dataset,
+``split_dataset_by_node`` either gives each node whole shards (``"shards"``, and ``"auto"`` when the
+shard count is a multiple of ``world_size``), round-robin, so node counts differ by up to a shard
+(ranks fall out of step), and ``"shards"`` refuses fewer shards than nodes; or (``"auto"``
+otherwise, ``"examples"``) every node reads every shard and keeps one example in ``world_size``,
+which multiplies the I/O by the rank count. ``_Layout`` instead gives each (rank, worker) reader one
+contiguous stretch of the epoch's shuffled shard sequence, cut inside shards: every reader gets the
+same count every epoch, opens at most ``ceil(shards / readers) + 1`` shards (for shards as
+geofm-make-shards writes them) and reads only the Parquet row groups under its stretch.
+``StatefulDataLoader`` only saves what the dataset's own ``state_dict()`` holds (a streamed
+``IterableDataset``: shard and row offset, with its shuffle buffer not restored) or else replays and
+discards the samples already seen. Here the position is one integer (batches consumed) and every
+batch is a pure function of (seed, epoch, reader), so resume is exact, independent of worker timing,
+and re-reads only the shard pieces it was in the middle of.
 """
 
 from __future__ import annotations
