@@ -21,7 +21,7 @@ import re
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -803,6 +803,357 @@ def _split_of(split, col_index: int, n_cols: int) -> str:
     return items[-1][0]
 
 
+# ------------------------------------------------------------------------- scene discovery
+
+
+def _discover_scenes(inputs, band_files=None, filename_pattern=None, band_names=None,
+                     bands=None, sensor=None, on_error="raise"):  # fmt: skip
+    """Scene discovery: the input rasters grouped into scenes (band files, QA masks, date) and
+    the sensor of each, with the band selection checked. Reads headers only; writes nothing.
+    Returns ``(scenes, {scene.source: sensor or None})``."""
+    files = _expand_inputs(inputs) if inputs else []
+    scenes = _group_scenes(files, band_files, filename_pattern)
+    if not scenes:
+        raise FileNotFoundError(f"no input rasters found in {inputs!r}")
+    _check_unnamed_singles(scenes, band_names)
+    return scenes, _identify_scene_sensors(scenes, sensor, band_names, bands, on_error)
+
+
+# --------------------------------------------------------------------------- chip generator
+
+
+@dataclass
+class _ChipSpec:
+    """How chips are cut and kept (the matching :func:`write_shards` arguments)."""
+
+    chip_size: int
+    stride: int
+    max_nodata_fraction: float = 0.0
+    bands: Sequence[str] | None = None
+    band_names: Sequence[str] | None = None
+    resolution: float | None = None
+    resampling: str = "nearest"
+    nodata: float | None = None
+    qa_masks: bool = True
+    split: str | Mapping[str, float] = "train"
+    labels: Callable[[ChipMeta], int | None] | None = None
+    label_names: Sequence[str] | None = None
+    masks: Any = None  # a masks.MaskSource: per-pixel class labels
+
+
+@dataclass
+class _DatasetState:
+    """What the first scene fixes for the whole dataset (bands, sensor, grid step, dtype), which
+    every later scene must match, and the running tallies of the dataset info."""
+
+    bands: list[str] | None = None
+    sensor: str | None = None
+    res: float | None = None
+    gsd_m: float | None = None
+    dtype: np.dtype | None = None
+    sensors: Counter[str] = field(default_factory=Counter)
+    offset_scenes: int = 0
+    bytes_read: int = 0
+
+
+@dataclass
+class _Chip:
+    """One kept chip: its Parquet row, and what the statistics and validity counts need."""
+
+    split: str
+    row: dict[str, Any]
+    pixels: np.ndarray  # (bands, size, size)
+    band_valid: np.ndarray  # (bands, size, size) bool
+    counts: dict[str, int]
+
+
+def _scene_chips(scene: _Scene, scene_sensor: str | None, spec: _ChipSpec,
+                 state: _DatasetState, policy: _ErrorPolicy) -> Iterator[_Chip]:  # fmt: skip
+    """Chip generator: the kept chips of one scene, read strip by strip on the dataset's grid.
+
+    A scene unlike the dataset raises :class:`BadInputError` before its first chip; dropped
+    chips (nodata, unlabelled) are recorded in ``policy``. Opens and closes its own files.
+    """
+    from rasterio.enums import Resampling
+    from rasterio.transform import array_bounds
+    from rasterio.vrt import WarpedVRT
+    from rasterio.windows import Window
+
+    chip_size, stride = spec.chip_size, spec.stride
+    srcs = []
+    try:
+        paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
+        for path in paths:
+            srcs.append(_open(path))
+        selected = _resolve_band_names(scene, srcs, spec.bands, scene_sensor, spec.band_names)
+        names = [n for n, _, _ in selected]
+        if state.bands is None:
+            state.bands = names
+            state.sensor = scene_sensor
+        elif names != state.bands:
+            reason = "band_count_mismatch" if len(names) != len(state.bands) else (
+                "band_name_mismatch")  # fmt: skip
+            raise BadInputError(
+                reason,
+                f"scene {scene.source} has bands {names}; the dataset has {state.bands} "
+                "(pass bands=[...] to select a common subset)",
+            )
+        if scene_sensor != state.sensor:
+            mine = band_wavelengths(names, scene_sensor) if scene_sensor else None
+            theirs = band_wavelengths(names, state.sensor) if state.sensor else None
+            tables = [SENSORS[s] for s in (scene_sensor, state.sensor) if s]
+            widths = [max(b.bandwidth_um or 0 for t in tables for b in t if b.name == n)
+                      for n in names]  # fmt: skip
+            if (
+                mine is None
+                or theirs is None
+                or any(abs(a - b) > w / 2 for a, b, w in zip(mine, theirs, widths))
+            ):
+                raise BadInputError(
+                    "sensor_mismatch",
+                    f"scene {scene.source} is {scene_sensor or 'of unknown sensor'}, the "
+                    f"dataset {state.sensor or 'of unknown sensor'}: bands {names} have "
+                    f"other wavelengths ({mine} vs {theirs} um); write them separately",
+                )
+        state.sensors[scene_sensor or "unknown"] += 1
+        crs, transform, width, height, res = _target_grid([s for _, s, _ in selected],
+                                                          spec.resolution)  # fmt: skip
+        if state.res is None:
+            state.res = res
+        elif abs(res - state.res) > 1e-9:
+            raise BadInputError(
+                "resolution_mismatch",
+                f"scene {scene.source} has GSD {res}, the dataset {state.res}; "
+                "pass resolution= to resample every scene to one grid",
+            )
+        dtypes = [np.dtype(s.dtypes[i - 1]) for _, s, i in selected]
+        scene_dtype = np.result_type(*dtypes)
+        if scene_dtype.kind == "c":
+            raise BadInputError(
+                "complex_dtype",
+                f"scene {scene.source} is {scene_dtype} (complex, e.g. SAR SLC); chips hold "
+                "real values. Convert it first (amplitude, intensity or real/imaginary bands)",
+            )
+        if state.dtype is None:
+            state.dtype = scene_dtype
+        elif scene_dtype != state.dtype:
+            raise BadInputError(
+                "dtype_mismatch", f"scene {scene.source} is {scene_dtype}, dataset {state.dtype}"
+            )
+        out_dtype = state.dtype
+        fills = sensor_fill_values(scene_sensor)
+        nodatas = []
+        for _, s, i in selected:
+            values = {float(v) for v in (s.nodatavals[i - 1], spec.nodata, *fills)
+                      if v is not None and not np.isnan(v)}  # fmt: skip
+            nodatas.append(sorted(values))
+        offsets = None
+        if scene_sensor and scene_sensor.startswith("sentinel2"):
+            offsets = _s2_offset(scene)
+        if offsets:
+            order = [b.name for b in SENSORS["sentinel2-l1c"]]
+            band_offsets = np.array(
+                [offsets.get(order.index(n), -1000.0) for n in names], dtype=np.float64
+            )
+            state.offset_scenes += 1
+        qa_srcs = []
+        if spec.qa_masks:
+            for kind, path in sorted(scene.masks.items()):
+                if kind == "fmask" and scene_sensor and scene_sensor.startswith("hls"):
+                    kind = "hls_fmask"
+                qa_srcs.append((kind, _open(path)))
+                srcs.append(qa_srcs[-1][1])
+        if width < chip_size or height < chip_size:
+            raise BadInputError(
+                "too_small",
+                f"scene {scene.source} is {width}x{height} px at {res} m; chips need "
+                f"{chip_size}x{chip_size}",
+            )
+        vrts = [
+            WarpedVRT(s, crs=crs, transform=transform, width=width, height=height,
+                      resampling=Resampling[spec.resampling])
+            for _, s, _ in selected
+        ]  # fmt: skip
+        qa_vrts = [
+            (kind, WarpedVRT(q, crs=crs, transform=transform, width=width, height=height,
+                             resampling=Resampling.nearest))
+            for kind, q in qa_srcs
+        ]  # fmt: skip
+        bottom = transform.f - height * res
+        gsd_m = _gsd_metres(crs, res, transform.f, bottom)
+        if state.gsd_m is None:
+            state.gsd_m = gsd_m
+        crs_text = crs.to_string() if crs.to_epsg() is None else f"EPSG:{crs.to_epsg()}"
+        scene_mask = spec.masks.open_scene(crs, transform, width, height) if spec.masks else None
+        n_cols = (width - chip_size) // stride + 1
+        n_rows = (height - chip_size) // stride + 1
+        try:
+            for r in range(n_rows):
+                y0 = r * stride
+                window = Window(0, y0, width, chip_size)
+                strip = np.empty((len(vrts), chip_size, width), dtype=out_dtype)
+                for b, ((_, _, bidx), vrt) in enumerate(zip(selected, vrts)):
+                    try:
+                        strip[b] = vrt.read(bidx, window=window)
+                    except Exception as err:
+                        raise BadInputError(
+                            "unreadable_band",
+                            f"band {state.bands[b]} of scene {scene.source} failed to "
+                            f"read at rows {y0}..{y0 + chip_size}: {err}",
+                        ) from err
+                state.bytes_read += strip.nbytes
+                mask_strip = (scene_mask.read_strip(y0, chip_size)
+                              if scene_mask is not None else None)  # fmt: skip
+                band_invalid = np.zeros(strip.shape, dtype=bool)
+                non_finite = np.zeros(strip.shape, dtype=bool)
+                if np.issubdtype(out_dtype, np.floating):
+                    non_finite = ~np.isfinite(strip)
+                    band_invalid |= non_finite
+                for b, values in enumerate(nodatas):
+                    for nd in values:
+                        band_invalid[b] |= strip[b] == nd
+                qa_invalid_px = np.zeros((chip_size, width), dtype=bool)
+                for kind, qvrt in qa_vrts:
+                    qa_invalid_px |= qa_invalid(kind, qvrt.read(1, window=window))
+                band_invalid |= qa_invalid_px[None]
+                invalid = band_invalid.any(axis=0)
+                if offsets:
+                    # Baseline >= 04.00 scenes onto the pre-2022 scale (DN + offset, >= 0):
+                    # one dataset, one scale. Invalid pixels keep their raw value.
+                    shifted = np.maximum(strip + band_offsets[:, None, None], 0)
+                    strip = np.where(band_invalid, strip, shifted).astype(out_dtype)
+                for c in range(n_cols):
+                    x0 = c * stride
+                    cols = slice(x0, x0 + chip_size)
+                    chip = np.ascontiguousarray(strip[:, :, cols])
+                    chip_id = f"{scene.scene_id}_r{y0:05d}_c{x0:05d}"
+                    frac = float(invalid[:, cols].mean())
+                    if frac > spec.max_nodata_fraction:
+                        has_nan = bool(non_finite[:, :, cols].any())
+                        cloudy = bool(qa_invalid_px[:, cols].any())
+                        reason = "nan" if has_nan else ("qa_mask" if cloudy and not bool(
+                            invalid[:, cols][~qa_invalid_px[:, cols]].any()
+                        ) else "nodata")  # fmt: skip
+                        policy.record(
+                            BadInputError(reason, f"{frac:.1%} of pixels are nodata/NaN "
+                                          f"(max_nodata_fraction={spec.max_nodata_fraction})"),
+                            chip_id, is_error=False,
+                        )  # fmt: skip
+                        continue
+                    chip_transform = transform @ Affine.translation(x0, y0)
+                    left, bottom, right, top = array_bounds(chip_size, chip_size, chip_transform)
+                    label = None
+                    if spec.labels is not None:
+                        label = spec.labels(ChipMeta(chip_id, scene.source, crs_text,
+                                                     (left, bottom, right, top),
+                                                     tuple(chip_transform)[:6], y0, x0))  # fmt: skip
+                        if label is None:
+                            policy.record(BadInputError("unlabelled", "no label"), chip_id,
+                                          is_error=False)  # fmt: skip
+                            continue
+                        if not 0 <= int(label) < len(spec.label_names):
+                            raise ValueError(
+                                f"labels() returned {label} for {chip_id}; expected 0.."
+                                f"{len(spec.label_names) - 1}"
+                            )
+                    chip_invalid = invalid[:, cols]
+                    extra_cols = {} if mask_strip is None else {
+                        "mask": np.ascontiguousarray(mask_strip[:, cols]).tobytes()}  # fmt: skip
+                    yield _Chip(
+                        split=_split_of(spec.split, c, n_cols),
+                        row={
+                            **extra_cols,
+                            "image": chip.tobytes(),
+                            "shape": list(chip.shape),
+                            "dtype": out_dtype.name,
+                            "band_names": state.bands,
+                            "crs": crs_text,
+                            "transform": list(tuple(chip_transform)[:6]),
+                            "bounds": [left, bottom, right, top],
+                            "source": scene.source,
+                            "datetime": scene.datetime,
+                            "gsd_m": gsd_m,
+                            "chip_id": chip_id,
+                            "label": None if label is None else int(label),
+                            "valid_mask": np.packbits(~chip_invalid).tobytes(),
+                        },
+                        pixels=chip,
+                        band_valid=~band_invalid[:, :, cols],
+                        counts={
+                            "pixels": chip_invalid.size,
+                            "invalid_pixels": int(chip_invalid.sum()),
+                            "non_finite_values": int(non_finite[:, :, cols].sum()),
+                            "qa_masked_pixels": int(qa_invalid_px[:, cols].sum()),
+                        },
+                    )
+        finally:
+            for vrt in vrts:
+                vrt.close()
+            for _, qvrt in qa_vrts:
+                qvrt.close()
+            if scene_mask is not None:
+                scene_mask.close()
+    finally:
+        for src in srcs:
+            src.close()
+
+
+# ------------------------------------------------------------------------------- shard sink
+
+
+class _ShardSink:
+    """Shard sink: kept chips -> Parquet shards per split in the staging folder, with the
+    per-split band statistics and the validity counts of the dataset info."""
+
+    def __init__(self, split_names: Sequence[str], staging: Path, *, target_bytes: int,
+                 rows_per_shard: int | None = None, compression_level: int = 3,
+                 labelled: bool = False, masked: bool = False):  # fmt: skip
+        self.staging = staging
+        self.buffers = {
+            s: _ShardBuffer(s, staging, target_bytes, labelled, rows_per_shard,
+                            compression_level, masked)
+            for s in split_names
+        }  # fmt: skip
+        self.stats: dict[str, _Stats] = {}
+        self.validity: Counter[str] = Counter()
+
+    def add(self, chip: _Chip) -> None:
+        self.validity.update(chip.counts)
+        self.stats.setdefault(chip.split, _Stats(len(chip.pixels))).update(
+            chip.pixels, chip.band_valid
+        )
+        self.buffers[chip.split].add(chip.row)
+
+    def close(self) -> dict[str, int]:
+        """Write what is buffered; returns the chip count of each split."""
+        for buffer in self.buffers.values():
+            buffer.flush()
+        return {s: sum(f["num_rows"] for f in b.files) for s, b in self.buffers.items()}
+
+    def shards(self) -> tuple[dict[str, list[dict[str, Any]]], list[tuple[Path, str]]]:
+        """The dataset info's shard entries (final names, hashes) and the renames to them."""
+        shards: dict[str, list[dict[str, Any]]] = {}
+        moves: list[tuple[Path, str]] = []
+        for split_name, buffer in self.buffers.items():
+            n = len(buffer.files)
+            shards[split_name] = []
+            for i, entry in enumerate(buffer.files):
+                final = f"data/{split_name}-{i:05d}-of-{n:05d}.parquet"
+                moves.append((self.staging / entry["staged"], final))
+                shards[split_name].append({"file": final, "num_rows": entry["num_rows"],
+                                           "bytes": entry["bytes"], "sha256": entry["sha256"]})  # fmt: skip
+        return shards, moves
+
+    def stats_by_split(self) -> dict[str, dict[str, list[float]]]:
+        out = {}
+        for split_name in self.buffers:
+            if split_name in self.stats:
+                mean, std = self.stats[split_name].result()
+                out[split_name] = {"mean": mean, "std": std,
+                                   "valid_pixels": self.stats[split_name].count.tolist()}  # fmt: skip
+        return out
+
+
 @_clean_up_on_failure
 def write_shards(
     inputs: str | os.PathLike | Iterable[str | os.PathLike],
@@ -892,9 +1243,6 @@ def write_shards(
         ``data/<split>-NNNNN-of-MMMMM.parquet``.
     """
     from rasterio.enums import Resampling
-    from rasterio.transform import array_bounds
-    from rasterio.vrt import WarpedVRT
-    from rasterio.windows import Window
 
     from .card import render_dataset_card
 
@@ -908,10 +1256,8 @@ def write_shards(
         total = sum(split.values())
         if not split or abs(total - 1.0) > 1e-6 or min(split.values()) <= 0:
             raise ValueError(f"split fractions must be positive and sum to 1; got {dict(split)}")
-    try:
-        resampling_enum = Resampling[resampling]
-    except KeyError:
-        raise ValueError(f"unknown resampling {resampling!r}") from None
+    if resampling not in Resampling.__members__:
+        raise ValueError(f"unknown resampling {resampling!r}")
     if labels is not None and not label_names:
         raise ValueError("labels needs label_names (the class names, index = label)")
     if sensor is not None:
@@ -928,275 +1274,40 @@ def write_shards(
         raise ValueError(f"bands must be a list of names; got the string {bands!r}")
     sensor = resolve_sensor(sensor) if sensor else None
     output_dir = Path(output_dir)
-    files = _expand_inputs(inputs) if inputs else []
-    scenes = _group_scenes(files, band_files, filename_pattern)
-    if not scenes:
-        raise FileNotFoundError(f"no input rasters found in {inputs!r}")
-    _check_unnamed_singles(scenes, band_names)
-    scene_sensors = _identify_scene_sensors(scenes, sensor, band_names, bands, on_error)
+    scenes, scene_sensors = _discover_scenes(inputs, band_files, filename_pattern, band_names,
+                                             bands, sensor, on_error)  # fmt: skip
     output_dir.mkdir(parents=True, exist_ok=True)
     _prepare_output(output_dir, overwrite)
     staging = output_dir / _STAGING
     policy = _ErrorPolicy(on_error, max_error_fraction, len(scenes))
     split_names = [split] if isinstance(split, str) else list(split)
-    buffers = {
-        s: _ShardBuffer(s, staging, int(target_shard_mb * 1e6), labels is not None,
-                        rows_per_shard, compression_level, masks is not None)
-        for s in split_names
-    }  # fmt: skip
-    dataset_bands: list[str] | None = None
-    out_dtype: np.dtype | None = None
-    stats: dict[str, _Stats] = {}
+    sink = _ShardSink(split_names, staging, target_bytes=int(target_shard_mb * 1e6),
+                      rows_per_shard=rows_per_shard, compression_level=compression_level,
+                      labelled=labels is not None, masked=masks is not None)  # fmt: skip
+    spec = _ChipSpec(chip_size, stride, max_nodata_fraction, bands, band_names, resolution,
+                     resampling, nodata, qa_masks, split, labels, label_names, masks)  # fmt: skip
+    state = _DatasetState()
     sources: list[str] = []
-    bytes_read = 0
-    target_res = None
-    target_gsd_m = None
-    sensors: Counter[str] = Counter()
-    dataset_sensor: str | None = None
-    invalid_counts: Counter[str] = Counter()
-    offset_scenes = 0
-
     for scene in scenes:
-        srcs = []
         try:
-            paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
-            for path in paths:
-                srcs.append(_open(path))
-            scene_sensor = scene_sensors.get(scene.source)
-            selected = _resolve_band_names(scene, srcs, bands, scene_sensor, band_names)
-            names = [n for n, _, _ in selected]
-            if dataset_bands is None:
-                dataset_bands = names
-                dataset_sensor = scene_sensor
-            elif names != dataset_bands:
-                reason = "band_count_mismatch" if len(names) != len(dataset_bands) else (
-                    "band_name_mismatch")  # fmt: skip
-                raise BadInputError(
-                    reason,
-                    f"scene {scene.source} has bands {names}; the dataset has {dataset_bands} "
-                    "(pass bands=[...] to select a common subset)",
-                )
-            if scene_sensor != dataset_sensor:
-                mine = band_wavelengths(names, scene_sensor) if scene_sensor else None
-                theirs = band_wavelengths(names, dataset_sensor) if dataset_sensor else None
-                tables = [SENSORS[s] for s in (scene_sensor, dataset_sensor) if s]
-                widths = [max(b.bandwidth_um or 0 for t in tables for b in t if b.name == n)
-                          for n in names]  # fmt: skip
-                if (
-                    mine is None
-                    or theirs is None
-                    or any(abs(a - b) > w / 2 for a, b, w in zip(mine, theirs, widths))
-                ):
-                    raise BadInputError(
-                        "sensor_mismatch",
-                        f"scene {scene.source} is {scene_sensor or 'of unknown sensor'}, the "
-                        f"dataset {dataset_sensor or 'of unknown sensor'}: bands {names} have "
-                        f"other wavelengths ({mine} vs {theirs} um); write them separately",
-                    )
-            sensors[scene_sensor or "unknown"] += 1
-            crs, transform, width, height, res = _target_grid([s for _, s, _ in selected],
-                                                              resolution)  # fmt: skip
-            if target_res is None:
-                target_res = res
-            elif abs(res - target_res) > 1e-9:
-                raise BadInputError(
-                    "resolution_mismatch",
-                    f"scene {scene.source} has GSD {res}, the dataset {target_res}; "
-                    "pass resolution= to resample every scene to one grid",
-                )
-            dtypes = [np.dtype(s.dtypes[i - 1]) for _, s, i in selected]
-            scene_dtype = np.result_type(*dtypes)
-            if scene_dtype.kind == "c":
-                raise BadInputError(
-                    "complex_dtype",
-                    f"scene {scene.source} is {scene_dtype} (complex, e.g. SAR SLC); chips hold "
-                    "real values. Convert it first (amplitude, intensity or real/imaginary bands)",
-                )
-            if out_dtype is None:
-                out_dtype = scene_dtype
-            elif scene_dtype != out_dtype:
-                raise BadInputError(
-                    "dtype_mismatch", f"scene {scene.source} is {scene_dtype}, dataset {out_dtype}"
-                )
-            fills = sensor_fill_values(scene_sensor)
-            nodatas = []
-            for _, s, i in selected:
-                values = {float(v) for v in (s.nodatavals[i - 1], nodata, *fills)
-                          if v is not None and not np.isnan(v)}  # fmt: skip
-                nodatas.append(sorted(values))
-            offsets = None
-            if scene_sensor and scene_sensor.startswith("sentinel2"):
-                offsets = _s2_offset(scene)
-            if offsets:
-                order = [b.name for b in SENSORS["sentinel2-l1c"]]
-                band_offsets = np.array(
-                    [offsets.get(order.index(n), -1000.0) for n in names], dtype=np.float64
-                )
-                offset_scenes += 1
-            qa_srcs = []
-            if qa_masks:
-                for kind, path in sorted(scene.masks.items()):
-                    if kind == "fmask" and scene_sensor and scene_sensor.startswith("hls"):
-                        kind = "hls_fmask"
-                    qa_srcs.append((kind, _open(path)))
-                    srcs.append(qa_srcs[-1][1])
-            if width < chip_size or height < chip_size:
-                raise BadInputError(
-                    "too_small",
-                    f"scene {scene.source} is {width}x{height} px at {res} m; chips need "
-                    f"{chip_size}x{chip_size}",
-                )
-            vrts = [
-                WarpedVRT(
-                    s,
-                    crs=crs,
-                    transform=transform,
-                    width=width,
-                    height=height,
-                    resampling=resampling_enum,
-                )
-                for _, s, _ in selected
-            ]
-            qa_vrts = [
-                (kind, WarpedVRT(q, crs=crs, transform=transform, width=width, height=height,
-                                 resampling=Resampling.nearest))
-                for kind, q in qa_srcs
-            ]  # fmt: skip
-            bottom = transform.f - height * res
-            gsd_m = _gsd_metres(crs, res, transform.f, bottom)
-            if target_gsd_m is None:
-                target_gsd_m = gsd_m
-            crs_text = crs.to_string() if crs.to_epsg() is None else f"EPSG:{crs.to_epsg()}"
-            scene_mask = masks.open_scene(crs, transform, width, height) if masks else None
-            n_cols = (width - chip_size) // stride + 1
-            n_rows = (height - chip_size) // stride + 1
-            scene_chips = 0
-            try:
-                for r in range(n_rows):
-                    y0 = r * stride
-                    window = Window(0, y0, width, chip_size)
-                    strip = np.empty((len(vrts), chip_size, width), dtype=out_dtype)
-                    for b, ((_, _, bidx), vrt) in enumerate(zip(selected, vrts)):
-                        try:
-                            strip[b] = vrt.read(bidx, window=window)
-                        except Exception as err:
-                            raise BadInputError(
-                                "unreadable_band",
-                                f"band {dataset_bands[b]} of scene {scene.source} failed to "
-                                f"read at rows {y0}..{y0 + chip_size}: {err}",
-                            ) from err
-                    bytes_read += strip.nbytes
-                    mask_strip = (scene_mask.read_strip(y0, chip_size)
-                                  if scene_mask is not None else None)  # fmt: skip
-                    band_invalid = np.zeros(strip.shape, dtype=bool)
-                    non_finite = np.zeros(strip.shape, dtype=bool)
-                    if np.issubdtype(out_dtype, np.floating):
-                        non_finite = ~np.isfinite(strip)
-                        band_invalid |= non_finite
-                    for b, values in enumerate(nodatas):
-                        for nd in values:
-                            band_invalid[b] |= strip[b] == nd
-                    qa_invalid_px = np.zeros((chip_size, width), dtype=bool)
-                    for kind, qvrt in qa_vrts:
-                        qa_invalid_px |= qa_invalid(kind, qvrt.read(1, window=window))
-                    band_invalid |= qa_invalid_px[None]
-                    invalid = band_invalid.any(axis=0)
-                    if offsets:
-                        # Baseline >= 04.00 scenes onto the pre-2022 scale (DN + offset, >= 0):
-                        # one dataset, one scale. Invalid pixels keep their raw value.
-                        shifted = np.maximum(strip + band_offsets[:, None, None], 0)
-                        strip = np.where(band_invalid, strip, shifted).astype(out_dtype)
-                    for c in range(n_cols):
-                        x0 = c * stride
-                        chip = np.ascontiguousarray(strip[:, :, x0 : x0 + chip_size])
-                        chip_id = f"{scene.scene_id}_r{y0:05d}_c{x0:05d}"
-                        frac = float(invalid[:, x0 : x0 + chip_size].mean())
-                        if frac > max_nodata_fraction:
-                            has_nan = bool(non_finite[:, :, x0 : x0 + chip_size].any())
-                            cloudy = bool(qa_invalid_px[:, x0 : x0 + chip_size].any())
-                            reason = "nan" if has_nan else ("qa_mask" if cloudy and not bool(
-                                invalid[:, x0 : x0 + chip_size][
-                                    ~qa_invalid_px[:, x0 : x0 + chip_size]].any()
-                            ) else "nodata")  # fmt: skip
-                            policy.record(
-                                BadInputError(reason, f"{frac:.1%} of pixels are nodata/NaN "
-                                              f"(max_nodata_fraction={max_nodata_fraction})"),
-                                chip_id, is_error=False,
-                            )  # fmt: skip
-                            continue
-                        chip_transform = transform @ Affine.translation(x0, y0)
-                        left, bottom, right, top = array_bounds(
-                            chip_size, chip_size, chip_transform
-                        )
-                        label = None
-                        if labels is not None:
-                            label = labels(ChipMeta(chip_id, scene.source, crs_text,
-                                                    (left, bottom, right, top),
-                                                    tuple(chip_transform)[:6], y0, x0))  # fmt: skip
-                            if label is None:
-                                policy.record(BadInputError("unlabelled", "no label"), chip_id,
-                                              is_error=False)  # fmt: skip
-                                continue
-                            if not 0 <= int(label) < len(label_names):
-                                raise ValueError(
-                                    f"labels() returned {label} for {chip_id}; expected 0.."
-                                    f"{len(label_names) - 1}"
-                                )
-                        row_mask = None
-                        if mask_strip is not None:
-                            row_mask = np.ascontiguousarray(
-                                mask_strip[:, x0 : x0 + chip_size]).tobytes()  # fmt: skip
-                        split_name = _split_of(split, c, n_cols)
-                        chip_invalid = invalid[:, x0 : x0 + chip_size]
-                        invalid_counts["pixels"] += chip_invalid.size
-                        invalid_counts["invalid_pixels"] += int(chip_invalid.sum())
-                        invalid_counts["non_finite_values"] += int(
-                            non_finite[:, :, x0 : x0 + chip_size].sum())  # fmt: skip
-                        invalid_counts["qa_masked_pixels"] += int(
-                            qa_invalid_px[:, x0 : x0 + chip_size].sum())  # fmt: skip
-                        stats.setdefault(split_name, _Stats(len(dataset_bands))).update(
-                            chip, ~band_invalid[:, :, x0 : x0 + chip_size]
-                        )
-                        extra_cols = {} if row_mask is None else {"mask": row_mask}
-                        buffers[split_name].add({
-                            **extra_cols,
-                            "image": chip.tobytes(),
-                            "shape": list(chip.shape),
-                            "dtype": out_dtype.name,
-                            "band_names": dataset_bands,
-                            "crs": crs_text,
-                            "transform": list(tuple(chip_transform)[:6]),
-                            "bounds": [left, bottom, right, top],
-                            "source": scene.source,
-                            "datetime": scene.datetime,
-                            "gsd_m": gsd_m,
-                            "chip_id": chip_id,
-                            "label": None if label is None else int(label),
-                            "valid_mask": np.packbits(~chip_invalid).tobytes(),
-                        })  # fmt: skip
-                        scene_chips += 1
-            finally:
-                for vrt in vrts:
-                    vrt.close()
-                for _, qvrt in qa_vrts:
-                    qvrt.close()
-                if scene_mask is not None:
-                    scene_mask.close()
+            with contextlib.closing(
+                _scene_chips(scene, scene_sensors.get(scene.source), spec, state, policy)
+            ) as chips:
+                scene_chips = 0
+                for chip in chips:
+                    sink.add(chip)
+                    scene_chips += 1
             sources.append(scene.source)
             logger.info("scene %s: %d chips", scene.source, scene_chips)
         except BadInputError as err:
             policy.record(err, scene.source)
-        finally:
-            for src in srcs:
-                src.close()
 
-    for buffer in buffers.values():
-        buffer.flush()
+    num_samples = sink.close()
+    dataset_bands, dataset_sensor, sensors = state.bands, state.sensor, state.sensors
     if dataset_bands is None:
         raise TooManyErrorsError(
             f"no usable scene among {len(scenes)} inputs; skipped: {policy.summary()}"
         )
-    num_samples = {s: sum(f["num_rows"] for f in b.files) for s, b in buffers.items()}
     if not any(num_samples.values()):
         raise ValueError(
             f"every chip was dropped (skipped: {policy.summary()}); check nodata, "
@@ -1212,30 +1323,13 @@ def write_shards(
         )  # fmt: skip
 
     # Finalise: staged shards get their final names (moved by _publish), hashes recorded.
-    shards: dict[str, list[dict[str, Any]]] = {}
-    moves: list[tuple[Path, str]] = []
-    for split_name, buffer in buffers.items():
-        n = len(buffer.files)
-        shards[split_name] = []
-        for i, entry in enumerate(buffer.files):
-            final = f"data/{split_name}-{i:05d}-of-{n:05d}.parquet"
-            moves.append((staging / entry["staged"], final))
-            shards[split_name].append({"file": final, "num_rows": entry["num_rows"],
-                                       "bytes": entry["bytes"], "sha256": entry["sha256"]})  # fmt: skip
-    stats_by_split = {}
-    for split_name in split_names:
-        if split_name in stats:
-            mean, std = stats[split_name].result()
-            stats_by_split[split_name] = {
-                "mean": mean,
-                "std": std,
-                "valid_pixels": stats[split_name].count.tolist(),
-            }
+    shards, moves = sink.shards()
+    stats_by_split = sink.stats_by_split()
     # Normalisation statistics come from the training split (or the first non-empty split).
     stats_split = "train" if "train" in stats_by_split else next(iter(stats_by_split))
     info = GeoDatasetInfo(
         band_names=list(dataset_bands),
-        dtype=out_dtype.name,
+        dtype=state.dtype.name,
         chip_size=chip_size,
         num_samples=num_samples,
         mean=stats_by_split[stats_split]["mean"],
@@ -1248,12 +1342,12 @@ def write_shards(
         label_names=list(label_names) if label_names else None,
         shards=shards,
         stats_by_split=stats_by_split,
-        extra={"stats_split": stats_split, "stride": stride, "target_gsd_m": target_gsd_m,
-               "target_resolution_crs_units": target_res, "sensors": dict(sensors),
-               "validity": {**dict(invalid_counts), "nodata_given": nodata,
+        extra={"stats_split": stats_split, "stride": stride, "target_gsd_m": state.gsd_m,
+               "target_resolution_crs_units": state.res, "sensors": dict(sensors),
+               "validity": {**dict(sink.validity), "nodata_given": nodata,
                             "sensor_fill_values": list(sensor_fill_values(dataset_sensor)),
                             "qa_masks": qa_masks},
-               "radiometric_offset_scenes": offset_scenes,
+               "radiometric_offset_scenes": state.offset_scenes,
                "resampling": resampling, "max_nodata_fraction": max_nodata_fraction,
                **({"mask_label_names": masks.names(), "mask_ignore_index": 255}
                   if masks is not None else {})},
@@ -1271,7 +1365,7 @@ def write_shards(
         band_names=list(dataset_bands),
         mean=info.mean,
         std=info.std,
-        bytes_read=bytes_read,
+        bytes_read=state.bytes_read,
         seconds=time.perf_counter() - start,
         skipped_items=policy.items,
     )
