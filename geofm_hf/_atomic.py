@@ -1,34 +1,28 @@
-"""Atomic file writes: readers see the old file or the whole new one, never part of one.
-
-Every writer in the package goes through :func:`atomic_path`: the new content goes to a
-temporary name in the destination's folder (a rename is atomic only within one file system),
-which replaces the destination only once the writer returned; a writer that raises leaves the
-destination as it was and no temporary file behind.
-"""
+"""Atomic file writes, for every writer of the package: readers see the old file or the whole
+new one, never part of one, and a writer that fails leaves neither a temporary file nor a change."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_path"]
 
 
-@contextmanager
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` for the caller to write; on a normal exit it is
-    renamed to ``path``, on an exception it is removed and the exception goes on.
+    """Yield a temporary path beside ``path`` (same folder: a rename is atomic only within one
+    file system) for the caller to write; on a normal exit it replaces ``path``, on an exception
+    it is removed and the exception goes on.
 
-    The temporary name is ``<name>.<random>.tmp`` (unique, so two processes writing the same
-    destination do not write into one file; ``*.tmp`` finds leftovers of a killed process), so
-    writers that pick a format from the file name must be told the format. The result gets the
-    permissions of a plain ``open()`` (0644 under the usual umask) even where the writer made
-    its file 0600 (``safetensors`` writes through a private temporary file; issue 16).
-    ``fsync`` flushes the file and then the folder to disk, for files that must survive a power
-    loss (checkpoints).
+    The name, ``<name>.<random>.tmp``, is unique (two processes writing one destination do not
+    share a file; ``*.tmp`` finds what a killed process left), so writers that take the format
+    from the file name must be told it. The result gets the mode of a plain ``open()`` (0644
+    under the usual umask) even where the writer made it 0600 (``safetensors`` does; issue 16).
+    ``fsync`` flushes the file, then the folder, to disk (checkpoints).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,10 +33,10 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
             raise FileNotFoundError(f"the writer for {path} returned without writing {tmp}")
         os.chmod(tmp, 0o666 & ~_umask())
         if fsync:
-            _fsync(tmp, os.O_RDONLY)
+            fsync_path(tmp)
         os.replace(tmp, path)
         if fsync:
-            _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            fsync_path(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -61,22 +55,17 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False
 
 
 def _umask() -> int:
-    """The process umask, read without setting it (``os.umask`` can only swap it, which races
-    with other threads creating files)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
+    # Read, not swapped: os.umask can only set it, racing with other threads creating files.
+    with contextlib.suppress(OSError, StopIteration), open("/proc/self/status") as status:
+        return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-def _fsync(path: Path, flags: int) -> None:
-    fd = os.open(path, flags)
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file or a folder (its entries: a rename) to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

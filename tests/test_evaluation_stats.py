@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import f1_score
 
 from geofm_hf.classification import classification_metrics
 from geofm_hf.classification.knn import knn_scores
@@ -50,8 +54,15 @@ def test_macro_f1_batch_matches_the_shipped_metric_module():
     scores = np.eye(6)[preds]
     expected = classification_metrics(scores, refs, 6)["macro_f1"]
     assert macro_f1_batch(preds, refs, 6)[0] == pytest.approx(expected, abs=1e-12)
-    # A class absent from predictions and references is left out, as in the module.
-    assert macro_f1_batch(np.array([0, 1]), np.array([0, 1]), 4)[0] == 1.0
+    # A class absent from predictions and references scores 0, as in the module (scikit-learn).
+    assert macro_f1_batch(np.array([0, 1]), np.array([0, 1]), 4)[0] == 0.5
+    rng = np.random.default_rng(0)
+    rows_p, rows_r = rng.integers(0, 4, (20, 15)), rng.integers(0, 3, (20, 15))  # 3: never a ref
+    rows_p[rows_p == 2] = 1  # 2: never predicted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        want = [f1_score(r, p, labels=range(6), average="macro") for p, r in zip(rows_p, rows_r)]
+    np.testing.assert_allclose(macro_f1_batch(rows_p, rows_r, 6), want, atol=1e-12)
 
 
 def test_seed_summary_mean_std_and_interval_of_the_seed_mean():

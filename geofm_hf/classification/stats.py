@@ -32,8 +32,9 @@ def top1_batch(predictions: np.ndarray, references: np.ndarray) -> np.ndarray:
 
 
 def macro_f1_batch(predictions: np.ndarray, references: np.ndarray, num_classes: int) -> np.ndarray:
-    """Macro-F1 of each row, as the shipped ``f1`` metric: per class ``2tp / (2tp + fp + fn)``,
-    averaged over the classes that occur in the row's predictions or references."""
+    """Macro-F1 of each row, as the shipped ``f1`` metric (scikit-learn's ``f1_score`` with
+    ``labels=range(num_classes)``): per class ``2tp / (2tp + fp + fn)``, 0 for a class in neither
+    the row's predictions nor its references, averaged over all ``num_classes`` classes."""
     predictions = np.atleast_2d(predictions)
     references = np.atleast_2d(references)
     rows = np.arange(predictions.shape[0])[:, None]
@@ -45,9 +46,8 @@ def macro_f1_batch(predictions: np.ndarray, references: np.ndarray, num_classes:
     fp = matrix.sum(axis=1) - tp
     fn = matrix.sum(axis=2) - tp
     denominator = 2 * tp + fp + fn
-    present = denominator > 0
-    f1 = np.divide(2 * tp, denominator, out=np.zeros(tp.shape, dtype=float), where=present)
-    return (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+    f1 = np.divide(2 * tp, denominator, out=np.zeros(tp.shape, dtype=float), where=denominator > 0)
+    return f1.mean(axis=1)
 
 
 def _metric(name: str, num_classes: int):

@@ -628,44 +628,6 @@ def _target_grid(band_srcs, resolution):
     return crs, Affine(res, 0.0, left, 0.0, -res, top), width, height, res
 
 
-class _ShardBuffer:
-    def __init__(self, split, staging: Path, target_bytes: int, labelled: bool,
-                 rows_per_shard: int | None, compression_level: int,
-                 masked: bool = False):  # fmt: skip
-        self.split = split
-        self.rows_per_shard = rows_per_shard
-        self.compression_level = compression_level
-        self.staging = staging
-        self.target_bytes = target_bytes
-        self.rows: list[dict[str, Any]] = []
-        self.nbytes = 0
-        self.files: list[dict[str, Any]] = []
-        schema = SHARD_SCHEMA.append(LABEL_FIELD) if labelled else SHARD_SCHEMA
-        self.schema = schema.append(VALID_MASK_FIELD)
-        if masked:
-            self.schema = self.schema.append(MASK_FIELD)
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        self.nbytes += len(row["image"])
-        full = (len(self.rows) >= self.rows_per_shard) if self.rows_per_shard else (
-            self.nbytes >= self.target_bytes)  # fmt: skip
-        if full:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.rows:
-            return
-        columns = {name: [r[name] for r in self.rows] for name in self.schema.names}
-        table = pa.Table.from_pydict(columns, schema=self.schema)
-        name = f"{self.split}-{len(self.files):05d}.parquet"
-        _write_parquet_atomic(table, self.staging / name, self.compression_level)
-        staged = self.staging / name
-        self.files.append({"staged": name, "num_rows": table.num_rows,
-                           "bytes": staged.stat().st_size, "sha256": _sha256(staged)})  # fmt: skip
-        self.rows, self.nbytes = [], 0
-
-
 def _write_parquet_atomic(table: pa.Table, path: Path, compression_level: int = 3) -> None:
     # Row groups of ~64 chips keep streaming reads granular without bloating the footer. A CRC
     # per page lets every reader detect a flipped byte (zstd alone misses most); the footer
@@ -1102,18 +1064,21 @@ def _scene_chips(scene: _Scene, scene_sensor: str | None, spec: _ChipSpec,
 
 
 class _ShardSink:
-    """Shard sink: kept chips -> Parquet shards per split in the staging folder, with the
-    per-split band statistics and the validity counts of the dataset info."""
+    """Shard sink: kept chips -> Parquet shards per split in the staging folder (a shard is full
+    at ``rows_per_shard`` chips, else at ``target_bytes`` image bytes), with the per-split band
+    statistics and the validity counts of the dataset info."""
 
     def __init__(self, split_names: Sequence[str], staging: Path, *, target_bytes: int,
                  rows_per_shard: int | None = None, compression_level: int = 3,
                  labelled: bool = False, masked: bool = False):  # fmt: skip
-        self.staging = staging
-        self.buffers = {
-            s: _ShardBuffer(s, staging, target_bytes, labelled, rows_per_shard,
-                            compression_level, masked)
-            for s in split_names
-        }  # fmt: skip
+        self.staging, self.target_bytes = staging, target_bytes
+        self.rows_per_shard, self.compression_level = rows_per_shard, compression_level
+        schema = SHARD_SCHEMA.append(LABEL_FIELD) if labelled else SHARD_SCHEMA
+        schema = schema.append(VALID_MASK_FIELD)
+        self.schema = schema.append(MASK_FIELD) if masked else schema
+        self.rows: dict[str, list[dict[str, Any]]] = {s: [] for s in split_names}
+        self.nbytes = dict.fromkeys(split_names, 0)
+        self.files: dict[str, list[dict[str, Any]]] = {s: [] for s in split_names}  # staged
         self.stats: dict[str, _Stats] = {}
         self.validity: Counter[str] = Counter()
 
@@ -1122,23 +1087,39 @@ class _ShardSink:
         self.stats.setdefault(chip.split, _Stats(len(chip.pixels))).update(
             chip.pixels, chip.band_valid
         )
-        self.buffers[chip.split].add(chip.row)
+        rows = self.rows[chip.split]
+        rows.append(chip.row)
+        self.nbytes[chip.split] += len(chip.row["image"])
+        if (len(rows) >= self.rows_per_shard if self.rows_per_shard
+                else self.nbytes[chip.split] >= self.target_bytes):  # fmt: skip
+            self._flush(chip.split)
+
+    def _flush(self, split: str) -> None:
+        rows = self.rows[split]
+        if not rows:
+            return
+        table = pa.Table.from_pydict({n: [r[n] for r in rows] for n in self.schema.names},
+                                     schema=self.schema)  # fmt: skip
+        staged = self.staging / f"{split}-{len(self.files[split]):05d}.parquet"
+        _write_parquet_atomic(table, staged, self.compression_level)
+        self.files[split].append({"staged": staged.name, "num_rows": table.num_rows,
+                                  "bytes": staged.stat().st_size, "sha256": _sha256(staged)})  # fmt: skip
+        self.rows[split], self.nbytes[split] = [], 0
 
     def close(self) -> dict[str, int]:
         """Write what is buffered; returns the chip count of each split."""
-        for buffer in self.buffers.values():
-            buffer.flush()
-        return {s: sum(f["num_rows"] for f in b.files) for s, b in self.buffers.items()}
+        for split in self.rows:
+            self._flush(split)
+        return {s: sum(f["num_rows"] for f in files) for s, files in self.files.items()}
 
     def shards(self) -> tuple[dict[str, list[dict[str, Any]]], list[tuple[Path, str]]]:
         """The dataset info's shard entries (final names, hashes) and the renames to them."""
         shards: dict[str, list[dict[str, Any]]] = {}
         moves: list[tuple[Path, str]] = []
-        for split_name, buffer in self.buffers.items():
-            n = len(buffer.files)
+        for split_name, files in self.files.items():
             shards[split_name] = []
-            for i, entry in enumerate(buffer.files):
-                final = f"data/{split_name}-{i:05d}-of-{n:05d}.parquet"
+            for i, entry in enumerate(files):
+                final = f"data/{split_name}-{i:05d}-of-{len(files):05d}.parquet"
                 moves.append((self.staging / entry["staged"], final))
                 shards[split_name].append({"file": final, "num_rows": entry["num_rows"],
                                            "bytes": entry["bytes"], "sha256": entry["sha256"]})  # fmt: skip
@@ -1146,7 +1127,7 @@ class _ShardSink:
 
     def stats_by_split(self) -> dict[str, dict[str, list[float]]]:
         out = {}
-        for split_name in self.buffers:
+        for split_name in self.rows:
             if split_name in self.stats:
                 mean, std = self.stats[split_name].result()
                 out[split_name] = {"mean": mean, "std": std,

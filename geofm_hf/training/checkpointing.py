@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .._atomic import atomic_write_text
+from .._atomic import atomic_write_text, fsync_path
 
 logger = logging.getLogger(__name__)
 
@@ -141,14 +141,6 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True), fsync=True)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class CheckpointManager:
     """Saves ``accelerator.save_state`` checkpoints atomically and keeps the newest ``limit``."""
 
@@ -188,7 +180,7 @@ class CheckpointManager:
             if final.exists():  # a re-save of the same step (e.g. signal right after a save)
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _fsync_dir(self.output_dir)
+            fsync_path(self.output_dir)
             self._rotate()
         acc.wait_for_everyone()
         return final

@@ -9,9 +9,9 @@ killed (the test SIGKILLs it, as a node failure would). The start-up footer chec
 
 import argparse
 import json
-import os
 import time
 
+from geofm_hf._atomic import atomic_write_text
 from geofm_hf.data import make_pretrain_dataloader
 
 
@@ -41,9 +41,7 @@ def main() -> None:
         record["ids"].append(ids)
         record["state"] = loader.state_dict()
         record["bytes_read"] = loader.stream.stats.get("bytes_read", 0)
-        with open(args.out + ".tmp", "w") as fh:
-            json.dump(record, fh)
-        os.replace(args.out + ".tmp", args.out)
+        atomic_write_text(args.out, json.dumps(record))
         if args.hang_after is not None and len(record["ids"]) >= args.hang_after:
             while True:
                 time.sleep(1)
