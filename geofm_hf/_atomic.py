@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,20 +19,21 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
     file system) for the caller to write; on a normal exit it replaces ``path``, on an exception
     it is removed and the exception goes on.
 
-    The name, ``<name>.<random>.tmp``, is unique (two processes writing one destination do not
-    share a file; ``*.tmp`` finds what a killed process left), so writers that take the format
-    from the file name must be told it. The result gets the mode of a plain ``open()`` (0644
-    under the usual umask) even where the writer made it 0600 (``safetensors`` does; issue 16).
-    ``fsync`` flushes the file, then the folder, to disk (checkpoints).
+    The file, ``<name>.<random>.tmp``, is created empty here, unique (two processes writing one
+    destination do not share a file; ``*.tmp`` finds what a killed process left), so writers
+    that take the format from the file name must be told it. The result keeps the mode of a
+    plain ``open()`` (0644 under the usual umask) even where the writer replaced the file by a
+    0600 one (``safetensors`` does; issue 16). ``fsync`` flushes the file, then the folder, to
+    disk (checkpoints).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
+    mode = stat.S_IMODE(tmp.stat().st_mode)
     try:
         yield tmp
-        if not tmp.exists():
-            raise FileNotFoundError(f"the writer for {path} returned without writing {tmp}")
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, mode)
         if fsync:
             fsync_path(tmp)
         os.replace(tmp, path)
@@ -52,15 +54,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Fa
 def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
     """Write ``text`` as UTF-8 to ``path`` atomically (see :func:`atomic_path`)."""
     return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
-
-
-def _umask() -> int:
-    # Read, not swapped: os.umask can only set it, racing with other threads creating files.
-    with contextlib.suppress(OSError, StopIteration), open("/proc/self/status") as status:
-        return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def fsync_path(path: str | os.PathLike) -> None:

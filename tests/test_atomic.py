@@ -50,14 +50,6 @@ def test_success_replaces_and_returns_path(tmp_path):
     assert [p.name for p in dst.parent.iterdir()] == ["b.txt"]
 
 
-def test_writer_that_writes_nothing_is_an_error(tmp_path):
-    dst = tmp_path / "x.bin"
-    dst.write_bytes(b"old")
-    with pytest.raises(FileNotFoundError, match="without writing"), atomic_path(dst):
-        pass
-    assert dst.read_bytes() == b"old"
-
-
 def test_temp_is_beside_destination_unique_and_found_by_star_tmp(tmp_path):
     with atomic_path(tmp_path / "f.parquet") as a, atomic_path(tmp_path / "f.parquet") as b:
         assert a != b and a.parent == b.parent == tmp_path
