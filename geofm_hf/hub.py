@@ -1,15 +1,22 @@
 """Pushing checkpoints and exports to the Hugging Face Hub, in the background, without losing any.
 
-* :class:`HubPusher` queues pushes and uploads them from one worker thread, so training never
-  waits for the network. Periodic checkpoints go to a branch (``checkpoints``) and each resulting
-  commit is tagged ``step-NNNNNN``; the final export goes to ``main`` (tag ``final``). Transient
-  failures (connection refused, timeouts, HTTP 408/429/5xx) are retried with exponential backoff,
-  in order; a push that still fails keeps its staged folder on disk and is reported in
-  :meth:`HubPusher.summary` with the command that pushes it by hand.
-* History is never rewritten: no file or folder deletions, no force pushes, no branch or tag is
-  deleted or moved. Pushing a tag name that already exists on a *different* commit fails with
-  :class:`TagExistsError` (the new commit stays on its branch, untagged); on the *same* commit it
-  is a no-op, so re-running a push is safe.
+* :class:`HubPusher` queues pushes on ``HfApi.run_as_future``, whose single worker thread runs them
+  one at a time in the order queued, so training never waits for the network. Periodic
+  checkpoints go to a branch (``checkpoints``, made with ``create_branch``) as one
+  ``create_commit`` each, tagged ``step-NNNNNN`` with ``create_tag``; the final export goes to
+  ``main`` (tag ``final``).
+* What huggingface_hub lacks is kept here: its own retries (``http_backoff``) cover only the upload
+  requests, five times within ~25 s, while the repo, branch, commit and tag calls are not retried.
+  So a whole push is retried on transient failures (connection refused, timeouts, HTTP
+  408/425/429/5xx) with our backoff, for as long as a cluster's Hub outage may last; the pushes
+  behind it wait their turn. A push that still fails keeps its staged folder and is listed in
+  :meth:`HubPusher.close`'s summary with the ``geofm-push`` command that uploads it by hand.
+* Not ``upload_folder``: with ``hf_xet`` installed it commits a folder in several batches, so an
+  interrupted push would leave half a checkpoint as the branch head; one ``create_commit`` is
+  all or nothing. Not ``CommitScheduler``: it commits a folder on a timer, untagged.
+* History is never rewritten: no deletions, no force pushes, no branch or tag deleted or moved.
+  A tag that exists on a *different* commit fails with :class:`TagExistsError` (the new commit
+  stays on its branch, untagged); on the *same* commit it is a no-op, so re-running a push is safe.
 * ``geofm-push`` (:func:`main`) pushes an existing export folder, for clusters whose compute
   nodes have no outbound network (Frontier).
 * :func:`resolve_model_source` maps a Hub id + revision or a local path to a local folder; it
@@ -22,16 +29,15 @@ never printed or logged and is scrubbed from every error message this module emi
 from __future__ import annotations
 
 import argparse
-import collections
+import concurrent.futures
 import json
 import logging
 import os
 import shutil
 import sys
 import threading
-import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,35 +72,35 @@ def checkpoint_tag(step: int) -> str:
 
 
 @dataclass
-class _Job:
-    kind: str  # "checkpoint" | "final"
-    source: str
-    folder: Path  # what is uploaded (a staged snapshot of source, or source itself)
-    staged: bool
-    branch: str
-    tags: list[str]
-    commit_message: str
-    step: int | None
-    attempts: int = 0
-    commit_sha: str | None = None
-    tags_done: list[str] = field(default_factory=list)
-    error: str | None = None
-    status: str = "pending"
-    next_try: float = 0.0
+class _Push:
+    """One queued push; every field but the last three is its summary record."""
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "step": self.step,
-            "source": self.source,
-            "folder": str(self.folder),
-            "revision": self.branch,
-            "tags": list(self.tags),
-            "tags_created": list(self.tags_done),
-            "commit_sha": self.commit_sha,
-            "attempts": self.attempts,
-            "error": self.error,
-        }
+    kind: str  # "checkpoint" | "final"
+    step: int | None
+    source: str
+    folder: str  # what is uploaded: a staged snapshot of source, or source itself
+    revision: str
+    tags: list[str]
+    tags_created: list[str] = field(default_factory=list)
+    commit_sha: str | None = None
+    attempts: int = 0
+    error: str | None = None
+    message: str = ""
+    staged: bool = False
+    status: str = "pending"  # -> "pushed" | "failed"
+
+    def record(self) -> dict[str, Any]:
+        record = asdict(self)
+        for key in ("message", "staged", "status"):
+            del record[key]
+        return record
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or hard links not allowed
+        shutil.copy2(src, dst)
 
 
 class HubPusher:
@@ -155,44 +161,31 @@ class HubPusher:
                 "no Hugging Face token: set HF_TOKEN or run `hf auth login` (the token needs "
                 f"write access to {repo_id})"
             )
-        self.repo_id = repo_id
-        self.repo_type = repo_type
-        self.private = private
+        self.repo_id, self.repo_type, self.private = repo_id, repo_type, private
         self.checkpoint_branch = checkpoint_branch
-        self.max_retries = max_retries
-        self.retry_backoff_s = retry_backoff_s
+        self.max_retries, self.retry_backoff_s = max_retries, retry_backoff_s
         self.max_backoff_s = max_backoff_s
         self.snapshot = snapshot
         self.staging_dir = Path(staging_dir) if staging_dir is not None else None
         self.log = log or logger
         self._token = token
         self._api = HfApi(endpoint=endpoint, token=token)
-        self._queue: collections.deque[_Job] = collections.deque()
-        self._done: list[_Job] = []
-        self._cond = threading.Condition()
-        self._closing = False
+        self._pushes: list[tuple[_Push, concurrent.futures.Future]] = []
+        self._closed = False
         self._abort = threading.Event()
-        self._repo_ready = False
-        self._branches_ready: set[str] = set()
-        self._thread = threading.Thread(target=self._run, name="geofm-hub-pusher", daemon=True)
-        self._thread.start()
 
     def __repr__(self) -> str:  # no token in reprs
-        return f"HubPusher(repo_id={self.repo_id!r}, pending={len(self._queue)})"
+        pending = sum(not future.done() for _, future in self._pushes)
+        return f"HubPusher(repo_id={self.repo_id!r}, pending={pending})"
 
     # ------------------------------------------------------------------ public API
     def push_checkpoint(
         self, folder: str | os.PathLike, step: int, commit_message: str | None = None
     ):
         """Queue ``folder`` for the checkpoint branch, tagged ``step-{step:06d}``; returns at once."""
-        tag = checkpoint_tag(step)
+        message = commit_message or f"Checkpoint at step {step}"
         self._enqueue(
-            "checkpoint",
-            folder,
-            branch=self.checkpoint_branch,
-            tags=[tag],
-            message=commit_message or f"Checkpoint at step {step}",
-            step=step,
+            "checkpoint", folder, self.checkpoint_branch, [checkpoint_tag(step)], message, step
         )
 
     def push_final(
@@ -208,90 +201,78 @@ class HubPusher:
 
         Queued after any checkpoint already queued, so ``main`` is updated last.
         """
-        msg = commit_message or (
+        message = commit_message or (
             f"Final export (step {step})" if step is not None else "Final export"
         )
-        self._enqueue(
-            "final", folder, branch=branch, tags=[tag] if tag else [], message=msg, step=step
-        )
+        self._enqueue("final", folder, branch, [tag] if tag else [], message, step)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every queued push is pushed or failed; False if ``timeout`` expired first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._queue:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining if remaining is not None else 1.0)
-        return True
+        futures = [future for _, future in self._pushes]
+        return not concurrent.futures.wait(futures, timeout).not_done
 
     def close(self, timeout: float | None = None) -> dict[str, Any]:
-        """Drain (up to ``timeout`` seconds), stop the worker and return :meth:`summary`.
+        """Drain (up to ``timeout`` seconds), stop and return :meth:`summary`.
 
         Pushes still pending after ``timeout`` keep their staged folders and are listed in the
         summary and the log with the ``geofm-push`` command that uploads them later.
         """
-        drained = self.wait(timeout)
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        if not drained:
-            self._abort.set()
-        self._thread.join(timeout=None if drained else 60)
+        self._closed = True
+        if not self.wait(timeout):
+            self._abort.set()  # the push in progress stops at its next retry
+            for _, future in self._pushes:
+                future.cancel()
+            concurrent.futures.wait([future for _, future in self._pushes], 60)
         summary = self.summary()
-        for job in summary["pending"] + summary["failed"]:
+        for push in summary["pending"] + summary["failed"]:
             self.log.warning(
                 "hub push not done (%s step=%s): staged at %s; push it later with: "
                 "geofm-push %s %s --branch %s%s",
-                job["kind"],
-                job["step"],
-                job["folder"],
-                job["folder"],
+                push["kind"],
+                push["step"],
+                push["folder"],
+                push["folder"],
                 self.repo_id,
-                job["revision"],
-                "".join(f" --revision-tag {t}" for t in job["tags"]),
+                push["revision"],
+                "".join(f" --revision-tag {t}" for t in push["tags"]),
             )
         self.log.info(
             "hub push summary for %s: %d pushed, %d failed, %d retried, %d pending",
             self.repo_id,
-            len(summary["pushed"]),
-            len(summary["failed"]),
-            len(summary["retried"]),
-            len(summary["pending"]),
+            *(len(summary[k]) for k in ("pushed", "failed", "retried", "pending")),
         )
         return summary
 
     def summary(self) -> dict[str, Any]:
         """``{"pushed", "failed", "retried", "pending"}``: lists of push records (revision, tags,
         commit sha, attempts, error). ``retried`` lists every push that needed more than one try."""
-        with self._cond:
-            done = list(self._done)
-            pending = list(self._queue)
+        pushes = [push for push, _ in self._pushes]
         return {
             "repo_id": self.repo_id,
-            "pushed": [j.as_dict() for j in done if j.status == "pushed"],
-            "failed": [j.as_dict() for j in done if j.status == "failed"],
-            "retried": [j.as_dict() for j in done + pending if j.attempts > 1],
-            "pending": [j.as_dict() for j in pending],
+            **{s: [p.record() for p in pushes if p.status == s] for s in ("pushed", "failed")},
+            "retried": [p.record() for p in pushes if p.attempts > 1],
+            "pending": [p.record() for p in pushes if p.status == "pending"],
         }
 
     # ------------------------------------------------------------------ internals
-    def _enqueue(self, kind, folder, *, branch, tags, message, step):
+    def _enqueue(self, kind, folder, branch, tags, message, step):
         src = Path(folder)
         if not src.is_dir():
             raise FileNotFoundError(f"cannot push {src}: not a directory")
         if not any(p.is_file() for p in src.rglob("*")):
             raise ValueError(f"cannot push {src}: the folder has no files")
-        with self._cond:
-            if self._closing:
-                raise RuntimeError("HubPusher is closed; create a new one")
-        staged = self.snapshot != "none"
-        target = self._stage(src, kind, step) if staged else src
-        job = _Job(kind, str(src), target, staged, branch, tags, message, step)
-        with self._cond:
-            self._queue.append(job)
-            self._cond.notify_all()
+        if self._closed:
+            raise RuntimeError("HubPusher is closed; create a new one")
+        target = src
+        if self.snapshot != "none":
+            root = self.staging_dir or src.resolve().parent / ".hub_staging"
+            name = f"{kind}-{step:06d}" if step is not None else kind
+            target = root / f"{name}-{uuid.uuid4().hex[:8]}"
+            copy = shutil.copy2 if self.snapshot == "copy" else _link_or_copy
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns(".git"), copy_function=copy)
+        push = _Push(kind, step, str(src), str(target), branch, tags, message=message)
+        push.staged = self.snapshot != "none"
+        self._pushes.append((push, self._api.run_as_future(self._push, push)))
         self.log.info(
             "queued hub push of %s (%s) -> %s@%s %s",
             src,
@@ -301,146 +282,90 @@ class HubPusher:
             " ".join(tags),
         )
 
-    def _stage(self, src: Path, kind: str, step: int | None) -> Path:
-        root = self.staging_dir or src.resolve().parent / ".hub_staging"
-        name = f"{kind}-{step:06d}" if step is not None else kind
-        dst = root / f"{name}-{uuid.uuid4().hex[:8]}"
-        for path in sorted(src.rglob("*")):
-            if not path.is_file() or ".git" in path.relative_to(src).parts:
-                continue
-            out = dst / path.relative_to(src)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            if self.snapshot == "hardlink":
-                try:
-                    os.link(path, out)
-                    continue
-                except OSError:  # other filesystem, or links not allowed: copy instead
-                    pass
-            shutil.copy2(path, out)
-        return dst
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._token, "<token>") if self._token else text
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue or self._abort.is_set():
-                    return
-                job = self._queue[0]
-            delay = job.next_try - time.monotonic()
-            if delay > 0 and self._abort.wait(delay):
-                return
-            job.attempts += 1
+    def _push(self, push: _Push) -> None:
+        """Runs on the worker thread; retries transient failures, never raises."""
+        what = f"{self.repo_id}@{push.revision} {' '.join(push.tags)}"
+        while not self._abort.is_set():
+            push.attempts += 1
             try:
-                self._attempt(job)
+                self._attempt(push)
             except Exception as e:  # classified below; the worker must survive anything
-                msg = self._scrub(f"{type(e).__name__}: {e}")
+                push.error = f"{type(e).__name__}: {e}".replace(self._token, "<token>")
                 transient = _is_transient(e)
-                if transient and job.attempts <= self.max_retries:
-                    wait = min(self.max_backoff_s, self.retry_backoff_s * 2 ** (job.attempts - 1))
-                    job.next_try = time.monotonic() + wait
-                    job.error = msg
+                if transient and push.attempts <= self.max_retries:
+                    wait = min(self.max_backoff_s, self.retry_backoff_s * 2 ** (push.attempts - 1))
                     self.log.warning(
-                        "hub push %s@%s %s failed (attempt %d/%d), retrying in %.1fs: %s",
-                        self.repo_id,
-                        job.branch,
-                        " ".join(job.tags),
-                        job.attempts,
+                        "hub push %s failed (attempt %d/%d), retrying in %.1fs: %s",
+                        what,
+                        push.attempts,
                         self.max_retries + 1,
                         wait,
-                        msg,
+                        push.error,
                     )
+                    self._abort.wait(wait)
                     continue
-                job.status, job.error = "failed", msg
+                push.status = "failed"
                 self.log.error(
-                    "hub push %s@%s %s failed for good after %d attempt(s) (%s); "
-                    "the files stay in %s: %s",
-                    self.repo_id,
-                    job.branch,
-                    " ".join(job.tags),
-                    job.attempts,
+                    "hub push %s failed for good after %d attempt(s) (%s); the files stay in %s: %s",
+                    what,
+                    push.attempts,
                     "retries exhausted" if transient else "not retryable",
-                    job.folder,
-                    msg,
+                    push.folder,
+                    push.error,
                 )
-            else:
-                job.status, job.error = "pushed", None
-                if job.staged:
-                    shutil.rmtree(job.folder, ignore_errors=True)
-                self.log.info(
-                    "pushed %s -> %s@%s commit %s tags [%s] (attempt %d)",
-                    job.source,
-                    self.repo_id,
-                    job.branch,
-                    job.commit_sha,
-                    ", ".join(job.tags_done),
-                    job.attempts,
-                )
-            with self._cond:
-                self._queue.popleft()
-                self._done.append(job)
-                self._cond.notify_all()
-
-    def _attempt(self, job: _Job) -> None:
-        api = self._api
-        if not self._repo_ready:
-            api.create_repo(
-                self.repo_id, repo_type=self.repo_type, private=self.private, exist_ok=True
+                return
+            push.status, push.error = "pushed", None
+            if push.staged:
+                shutil.rmtree(push.folder, ignore_errors=True)
+            self.log.info(
+                "pushed %s -> %s commit %s (attempt %d)",
+                push.source,
+                what,
+                push.commit_sha,
+                push.attempts,
             )
-            self._repo_ready = True
-        if job.commit_sha is None:
-            if job.branch not in self._branches_ready:
-                if job.branch != "main":
-                    api.create_branch(
-                        self.repo_id, branch=job.branch, repo_type=self.repo_type, exist_ok=True
-                    )
-                self._branches_ready.add(job.branch)
-            # A cheap request that fails fast when the Hub is unreachable (the upload's own
-            # backoff would otherwise sleep ~20 s before giving the error back to us).
-            api.repo_info(self.repo_id, repo_type=self.repo_type, revision=job.branch)
+            return
+
+    def _attempt(self, push: _Push) -> None:
+        api, repo = self._api, dict(repo_id=self.repo_id, repo_type=self.repo_type)
+        if push.commit_sha is None:
+            # Cheap requests that also fail fast when the Hub is unreachable (the upload's own
+            # backoff would sleep ~25 s before giving the error back to us).
+            api.create_repo(**repo, private=self.private, exist_ok=True)
+            if push.revision != "main":
+                api.create_branch(**repo, branch=push.revision, exist_ok=True)
+            folder = Path(push.folder)
             operations = [
-                CommitOperationAdd(
-                    path_in_repo=p.relative_to(job.folder).as_posix(), path_or_fileobj=str(p)
-                )
-                for p in sorted(job.folder.rglob("*"))
+                CommitOperationAdd(p.relative_to(folder).as_posix(), str(p))
+                for p in sorted(folder.rglob("*"))
                 if p.is_file()
             ]
-            # One commit per push (not upload_folder's multi-commit pipeline), so the tag names
-            # exactly the uploaded state. Unchanged files are skipped; a re-sent identical push
-            # returns the branch head instead of a new commit, which makes retries idempotent.
+            # Unchanged files are skipped; a re-sent identical push returns the branch head
+            # instead of a new commit, which makes retries idempotent.
             info = api.create_commit(
-                self.repo_id,
-                operations=operations,
-                commit_message=job.commit_message,
-                repo_type=self.repo_type,
-                revision=job.branch,
+                **repo, operations=operations, commit_message=push.message, revision=push.revision
             )
-            job.commit_sha = info.oid
-        for tag in job.tags:
-            if tag in job.tags_done:
-                continue
-            self._tag(job, tag)
-            job.tags_done.append(tag)
+            push.commit_sha = info.oid
+        for tag in push.tags:
+            if tag not in push.tags_created:
+                self._tag(push, tag)
+                push.tags_created.append(tag)
 
-    def _tag(self, job: _Job, tag: str) -> None:
+    def _tag(self, push: _Push, tag: str) -> None:
+        repo = dict(repo_id=self.repo_id, repo_type=self.repo_type)
         try:
-            self._api.create_tag(
-                self.repo_id, tag=tag, revision=job.commit_sha, repo_type=self.repo_type
-            )
+            self._api.create_tag(**repo, tag=tag, revision=push.commit_sha)
         except HfHubHTTPError as e:
             if e.response is None or e.response.status_code != 409:
                 raise
-            refs = self._api.list_repo_refs(self.repo_id, repo_type=self.repo_type)
+            refs = self._api.list_repo_refs(**repo)
             target = next((t.target_commit for t in refs.tags if t.name == tag), None)
-            if target == job.commit_sha:
+            if target == push.commit_sha:
                 return  # created by an earlier attempt whose answer was lost
             raise TagExistsError(
                 f"tag {tag!r} already exists on {self.repo_id} at commit {target}; tags are never "
-                f"moved. The upload is commit {job.commit_sha} on branch {job.branch!r} (untagged). "
-                "Push again with another tag name."
+                f"moved. The upload is commit {push.commit_sha} on branch {push.revision!r} "
+                "(untagged). Push again with another tag name."
             ) from None
 
 
@@ -450,9 +375,7 @@ def _is_transient(e: BaseException) -> bool:
     if isinstance(e, HfHubHTTPError):
         status = e.response.status_code if e.response is not None else None
         return status is None or status in _TRANSIENT_STATUS
-    if isinstance(e, _httpx.TransportError):
-        return True
-    return isinstance(e, (ConnectionError, TimeoutError))
+    return isinstance(e, (_httpx.TransportError, ConnectionError, TimeoutError))
 
 
 # ---------------------------------------------------------------------- downloads
@@ -546,14 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"geofm-push: {e}", file=sys.stderr)
         return 2
     tags = args.revision_tag or []
-    pusher._enqueue(
-        "final",
-        folder,
-        branch=args.branch,
-        tags=tags,
-        message=args.commit_message or f"Upload {folder.name} with geofm-push",
-        step=None,
-    )
+    message = args.commit_message or f"Upload {folder.name} with geofm-push"
+    pusher._enqueue("final", folder, args.branch, tags, message, None)
     summary = pusher.close()
     print(json.dumps(summary, indent=2))
     return 0 if summary["pushed"] and not summary["failed"] and not summary["pending"] else 1
