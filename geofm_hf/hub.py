@@ -1,29 +1,30 @@
 """Pushing checkpoints and exports to the Hugging Face Hub, in the background, without losing any.
 
-* :class:`HubPusher` queues pushes on ``HfApi.run_as_future``, whose single worker thread runs them
-  one at a time in the order queued, so training never waits for the network. Periodic
-  checkpoints go to a branch (``checkpoints``, made with ``create_branch``) as one
-  ``create_commit`` each, tagged ``step-NNNNNN`` with ``create_tag``; the final export goes to
-  ``main`` (tag ``final``).
-* What huggingface_hub lacks is kept here: its own retries (``http_backoff``) cover only the upload
-  requests, five times within ~25 s, while the repo, branch, commit and tag calls are not retried.
-  So a whole push is retried on transient failures (connection refused, timeouts, HTTP
-  408/425/429/5xx) with our backoff, for as long as a cluster's Hub outage may last; the pushes
-  behind it wait their turn. A push that still fails keeps its staged folder and is listed in
-  :meth:`HubPusher.close`'s summary with the ``geofm-push`` command that uploads it by hand.
-* Not ``upload_folder``: with ``hf_xet`` installed it commits a folder in several batches, so an
-  interrupted push would leave half a checkpoint as the branch head; one ``create_commit`` is
-  all or nothing. Not ``CommitScheduler``: it commits a folder on a timer, untagged.
-* History is never rewritten: no deletions, no force pushes, no branch or tag deleted or moved.
-  A tag that exists on a *different* commit fails with :class:`TagExistsError` (the new commit
-  stays on its branch, untagged); on the *same* commit it is a no-op, so re-running a push is safe.
-* ``geofm-push`` (:func:`main`) pushes an existing export folder, for clusters whose compute
-  nodes have no outbound network (Frontier).
-* :func:`resolve_model_source` maps a Hub id + revision or a local path to a local folder; it
-  honours ``HF_HUB_OFFLINE=1`` (served from the cache).
+:class:`HubPusher` is built on huggingface_hub: ``HfApi.run_as_future`` queues the pushes on one
+worker thread that runs them in order, so training never waits for the network; each push is
+``create_repo``/``create_branch`` then one ``create_commit`` (all or nothing, unlike
+``upload_folder``, which commits in batches when ``hf_xet`` is installed), then ``create_tag``.
+Periodic checkpoints go to the ``checkpoints`` branch tagged ``step-NNNNNN``; the final export to
+``main`` tagged ``final``. (``CommitScheduler`` commits a folder on a timer, untagged: not used.)
+
+Kept here, because huggingface_hub lacks it:
+
+* Retries of a whole push. The library retries only the upload requests (5 times within ~25 s)
+  and not the repo, commit or tag calls; a cluster's Hub outage lasts longer. Transient failures
+  (connection errors, timeouts, HTTP 408/425/429/5xx) are retried with exponential backoff while
+  the pushes behind wait their turn; a push that still fails keeps its staged folder.
+* Snapshots: each checkpoint is hard-linked into a staging folder when queued, so checkpoint
+  rotation cannot delete a push still waiting for the Hub.
+* History is never rewritten: no deletions, no force pushes, no tag moved. A tag that exists on a
+  *different* commit fails with :class:`TagExistsError` (the upload stays on its branch,
+  untagged); on the *same* commit it is a no-op, so re-running a push is safe.
+* The summary (:meth:`HubPusher.close`): pushed, failed, retried and pending pushes, each left-over
+  one logged with the ``geofm-push`` command (:func:`main`) that uploads it by hand, e.g. from a
+  login node when compute nodes have no outbound network (Frontier).
 
 The token comes from ``HF_TOKEN`` or the login cache (``huggingface_hub.get_token()``); it is
 never printed or logged and is scrubbed from every error message this module emits.
+:func:`resolve_model_source` maps a Hub id + revision or a local path to a local folder.
 """
 
 from __future__ import annotations
@@ -73,8 +74,6 @@ def checkpoint_tag(step: int) -> str:
 
 @dataclass
 class _Push:
-    """One queued push; every field but the last three is its summary record."""
-
     kind: str  # "checkpoint" | "final"
     step: int | None
     source: str
@@ -85,15 +84,12 @@ class _Push:
     commit_sha: str | None = None
     attempts: int = 0
     error: str | None = None
-    message: str = ""
+    message: str = ""  # this and the next two are left out of the summary records
     staged: bool = False
     status: str = "pending"  # -> "pushed" | "failed"
 
     def record(self) -> dict[str, Any]:
-        record = asdict(self)
-        for key in ("message", "staged", "status"):
-            del record[key]
-        return record
+        return {k: v for k, v in asdict(self).items() if k not in ("message", "staged", "status")}
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -106,24 +102,19 @@ def _link_or_copy(src: str, dst: str) -> None:
 class HubPusher:
     """Background, retrying, history-preserving pushes of checkpoint folders to one Hub repo.
 
-    Create it on the main process only (the recipe guards this with
-    ``accelerator.is_main_process``; the constructor refuses when ``RANK`` names another rank).
+    Create it on the main process only (the constructor refuses when ``RANK`` names another rank).
 
     Args:
-        repo_id: ``ORG/NAME`` of the model repo (created if missing).
-        repo_type: Hub repo type, ``"model"`` by default.
-        private: create the repo private (ignored when it already exists).
+        repo_id: ``ORG/NAME`` of the model repo (created if missing; ``private`` if so asked).
         token: a token; by default ``HF_TOKEN`` or the login cache. Never logged.
         checkpoint_branch: branch that receives periodic checkpoints.
         max_retries: retries of transient failures per push before it is reported failed.
-        retry_backoff_s: first wait between retries; doubles up to ``max_backoff_s``.
-        max_backoff_s: longest wait between two retries.
+        retry_backoff_s, max_backoff_s: first wait between retries (doubling), and the longest.
         snapshot: ``"hardlink"`` (default: the folder's files are hard-linked into a staging dir
             at enqueue time, so checkpoint rotation deleting the folder loses nothing),
-            ``"copy"`` (full copy, for files rewritten in place) or ``"none"`` (upload the folder
-            as it is when the worker gets to it; do not touch it until pushed).
+            ``"copy"`` (for files rewritten in place) or ``"none"`` (upload the folder as it is
+            when its turn comes; do not touch it until pushed).
         staging_dir: where snapshots go; default ``<folder's parent>/.hub_staging``.
-        log: logger for progress lines.
         endpoint: Hub URL; default ``HF_ENDPOINT`` / huggingface.co.
     """
 
@@ -149,27 +140,26 @@ class HubPusher:
                 f"HubPusher must only be created on the main process; this is RANK={rank}. "
                 "Guard it with `if accelerator.is_main_process:`."
             )
-        if "/" not in repo_id or repo_id.count("/") != 1:
+        if repo_id.count("/") != 1:
             raise ValueError(f"repo_id must be 'ORG/NAME', found {repo_id!r}")
         if snapshot not in ("hardlink", "copy", "none"):
             raise ValueError(f"snapshot must be 'hardlink', 'copy' or 'none', found {snapshot!r}")
         if max_retries < 0 or retry_backoff_s < 0:
             raise ValueError("max_retries and retry_backoff_s must be >= 0")
-        token = token or get_token()
-        if not token:
+        self._token = token or get_token()
+        if not self._token:
             raise HubPushError(
                 "no Hugging Face token: set HF_TOKEN or run `hf auth login` (the token needs "
                 f"write access to {repo_id})"
             )
-        self.repo_id, self.repo_type, self.private = repo_id, repo_type, private
+        self.repo_id, self.private, self.snapshot = repo_id, private, snapshot
+        self._repo = {"repo_id": repo_id, "repo_type": repo_type}
         self.checkpoint_branch = checkpoint_branch
         self.max_retries, self.retry_backoff_s = max_retries, retry_backoff_s
         self.max_backoff_s = max_backoff_s
-        self.snapshot = snapshot
         self.staging_dir = Path(staging_dir) if staging_dir is not None else None
         self.log = log or logger
-        self._token = token
-        self._api = HfApi(endpoint=endpoint, token=token)
+        self._api = HfApi(endpoint=endpoint, token=self._token)
         self._pushes: list[tuple[_Push, concurrent.futures.Future]] = []
         self._closed = False
         self._abort = threading.Event()
@@ -178,15 +168,13 @@ class HubPusher:
         pending = sum(not future.done() for _, future in self._pushes)
         return f"HubPusher(repo_id={self.repo_id!r}, pending={pending})"
 
-    # ------------------------------------------------------------------ public API
     def push_checkpoint(
         self, folder: str | os.PathLike, step: int, commit_message: str | None = None
     ):
         """Queue ``folder`` for the checkpoint branch, tagged ``step-{step:06d}``; returns at once."""
+        tags = [checkpoint_tag(step)]
         message = commit_message or f"Checkpoint at step {step}"
-        self._enqueue(
-            "checkpoint", folder, self.checkpoint_branch, [checkpoint_tag(step)], message, step
-        )
+        self._enqueue("checkpoint", folder, self.checkpoint_branch, tags, message, step)
 
     def push_final(
         self,
@@ -197,19 +185,16 @@ class HubPusher:
         tag: str | None = FINAL_TAG,
         branch: str = "main",
     ):
-        """Queue the final export ``folder`` for ``branch`` (``main``), tagged ``tag``; returns at once.
+        """Queue the final export ``folder`` for ``branch``, tagged ``tag``; returns at once.
 
-        Queued after any checkpoint already queued, so ``main`` is updated last.
+        Queued after every checkpoint already queued, so ``main`` is updated last.
         """
-        message = commit_message or (
-            f"Final export (step {step})" if step is not None else "Final export"
-        )
+        message = commit_message or "Final export" + (f" (step {step})" if step is not None else "")
         self._enqueue("final", folder, branch, [tag] if tag else [], message, step)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every queued push is pushed or failed; False if ``timeout`` expired first."""
-        futures = [future for _, future in self._pushes]
-        return not concurrent.futures.wait(futures, timeout).not_done
+        return not concurrent.futures.wait([f for _, f in self._pushes], timeout).not_done
 
     def close(self, timeout: float | None = None) -> dict[str, Any]:
         """Drain (up to ``timeout`` seconds), stop and return :meth:`summary`.
@@ -219,28 +204,21 @@ class HubPusher:
         """
         self._closed = True
         if not self.wait(timeout):
-            self._abort.set()  # the push in progress stops at its next retry
+            self._abort.set()  # the push in progress stops at its next retry; the rest never start
             for _, future in self._pushes:
                 future.cancel()
-            concurrent.futures.wait([future for _, future in self._pushes], 60)
+            concurrent.futures.wait([f for _, f in self._pushes], 60)
         summary = self.summary()
-        for push in summary["pending"] + summary["failed"]:
+        for p in summary["pending"] + summary["failed"]:
             self.log.warning(
-                "hub push not done (%s step=%s): staged at %s; push it later with: "
-                "geofm-push %s %s --branch %s%s",
-                push["kind"],
-                push["step"],
-                push["folder"],
-                push["folder"],
-                self.repo_id,
-                push["revision"],
-                "".join(f" --revision-tag {t}" for t in push["tags"]),
+                f"hub push not done ({p['kind']} step={p['step']}): staged at {p['folder']}; "
+                f"push it later with: geofm-push {p['folder']} {self.repo_id} --branch "
+                f"{p['revision']}" + "".join(f" --revision-tag {t}" for t in p["tags"])
             )
-        self.log.info(
-            "hub push summary for %s: %d pushed, %d failed, %d retried, %d pending",
-            self.repo_id,
-            *(len(summary[k]) for k in ("pushed", "failed", "retried", "pending")),
+        counts = ", ".join(
+            f"{len(summary[k])} {k}" for k in ("pushed", "failed", "retried", "pending")
         )
+        self.log.info(f"hub push summary for {self.repo_id}: {counts}")
         return summary
 
     def summary(self) -> dict[str, Any]:
@@ -254,7 +232,6 @@ class HubPusher:
             "pending": [p.record() for p in pushes if p.status == "pending"],
         }
 
-    # ------------------------------------------------------------------ internals
     def _enqueue(self, kind, folder, branch, tags, message, step):
         src = Path(folder)
         if not src.is_dir():
@@ -263,27 +240,22 @@ class HubPusher:
             raise ValueError(f"cannot push {src}: the folder has no files")
         if self._closed:
             raise RuntimeError("HubPusher is closed; create a new one")
-        target = src
+        push = _Push(kind, step, str(src), str(src), branch, tags, message=message)
         if self.snapshot != "none":
             root = self.staging_dir or src.resolve().parent / ".hub_staging"
             name = f"{kind}-{step:06d}" if step is not None else kind
-            target = root / f"{name}-{uuid.uuid4().hex[:8]}"
+            push.folder, push.staged = str(root / f"{name}-{uuid.uuid4().hex[:8]}"), True
             copy = shutil.copy2 if self.snapshot == "copy" else _link_or_copy
-            shutil.copytree(src, target, ignore=shutil.ignore_patterns(".git"), copy_function=copy)
-        push = _Push(kind, step, str(src), str(target), branch, tags, message=message)
-        push.staged = self.snapshot != "none"
+            shutil.copytree(
+                src, push.folder, ignore=shutil.ignore_patterns(".git"), copy_function=copy
+            )
         self._pushes.append((push, self._api.run_as_future(self._push, push)))
         self.log.info(
-            "queued hub push of %s (%s) -> %s@%s %s",
-            src,
-            kind,
-            self.repo_id,
-            branch,
-            " ".join(tags),
+            f"queued hub push of {src} ({kind}) -> {self.repo_id}@{branch} {' '.join(tags)}"
         )
 
     def _push(self, push: _Push) -> None:
-        """Runs on the worker thread; retries transient failures, never raises."""
+        """Runs on the worker thread: retries transient failures; never raises."""
         what = f"{self.repo_id}@{push.revision} {' '.join(push.tags)}"
         while not self._abort.is_set():
             push.attempts += 1
@@ -295,90 +267,69 @@ class HubPusher:
                 if transient and push.attempts <= self.max_retries:
                     wait = min(self.max_backoff_s, self.retry_backoff_s * 2 ** (push.attempts - 1))
                     self.log.warning(
-                        "hub push %s failed (attempt %d/%d), retrying in %.1fs: %s",
-                        what,
-                        push.attempts,
-                        self.max_retries + 1,
-                        wait,
-                        push.error,
+                        f"hub push {what} failed (attempt {push.attempts}/{self.max_retries + 1}), "
+                        f"retrying in {wait:.1f}s: {push.error}"
                     )
                     self._abort.wait(wait)
                     continue
                 push.status = "failed"
                 self.log.error(
-                    "hub push %s failed for good after %d attempt(s) (%s); the files stay in %s: %s",
-                    what,
-                    push.attempts,
-                    "retries exhausted" if transient else "not retryable",
-                    push.folder,
-                    push.error,
+                    f"hub push {what} failed for good after {push.attempts} attempt(s) "
+                    f"({'retries exhausted' if transient else 'not retryable'}); the files stay "
+                    f"in {push.folder}: {push.error}"
                 )
                 return
             push.status, push.error = "pushed", None
             if push.staged:
                 shutil.rmtree(push.folder, ignore_errors=True)
-            self.log.info(
-                "pushed %s -> %s commit %s (attempt %d)",
-                push.source,
-                what,
-                push.commit_sha,
-                push.attempts,
-            )
+            self.log.info(f"pushed {push.source} -> {what} commit {push.commit_sha}")
             return
 
     def _attempt(self, push: _Push) -> None:
-        api, repo = self._api, dict(repo_id=self.repo_id, repo_type=self.repo_type)
+        api = self._api
         if push.commit_sha is None:
-            # Cheap requests that also fail fast when the Hub is unreachable (the upload's own
-            # backoff would sleep ~25 s before giving the error back to us).
-            api.create_repo(**repo, private=self.private, exist_ok=True)
+            # Cheap, unretried requests first: they fail fast when the Hub is unreachable, where
+            # the upload's own backoff would sleep ~25 s before giving the error back.
+            api.create_repo(**self._repo, private=self.private, exist_ok=True)
             if push.revision != "main":
-                api.create_branch(**repo, branch=push.revision, exist_ok=True)
-            folder = Path(push.folder)
+                api.create_branch(**self._repo, branch=push.revision, exist_ok=True)
+            files = sorted(p for p in Path(push.folder).rglob("*") if p.is_file())
             operations = [
-                CommitOperationAdd(p.relative_to(folder).as_posix(), str(p))
-                for p in sorted(folder.rglob("*"))
-                if p.is_file()
+                CommitOperationAdd(p.relative_to(push.folder).as_posix(), p) for p in files
             ]
             # Unchanged files are skipped; a re-sent identical push returns the branch head
             # instead of a new commit, which makes retries idempotent.
             info = api.create_commit(
-                **repo, operations=operations, commit_message=push.message, revision=push.revision
+                **self._repo,
+                operations=operations,
+                commit_message=push.message,
+                revision=push.revision,
             )
             push.commit_sha = info.oid
-        for tag in push.tags:
-            if tag not in push.tags_created:
-                self._tag(push, tag)
-                push.tags_created.append(tag)
-
-    def _tag(self, push: _Push, tag: str) -> None:
-        repo = dict(repo_id=self.repo_id, repo_type=self.repo_type)
-        try:
-            self._api.create_tag(**repo, tag=tag, revision=push.commit_sha)
-        except HfHubHTTPError as e:
-            if e.response is None or e.response.status_code != 409:
-                raise
-            refs = self._api.list_repo_refs(**repo)
-            target = next((t.target_commit for t in refs.tags if t.name == tag), None)
-            if target == push.commit_sha:
-                return  # created by an earlier attempt whose answer was lost
-            raise TagExistsError(
-                f"tag {tag!r} already exists on {self.repo_id} at commit {target}; tags are never "
-                f"moved. The upload is commit {push.commit_sha} on branch {push.revision!r} "
-                "(untagged). Push again with another tag name."
-            ) from None
+        for tag in (t for t in push.tags if t not in push.tags_created):
+            try:
+                api.create_tag(**self._repo, tag=tag, revision=push.commit_sha)
+            except HfHubHTTPError as e:
+                if e.response is None or e.response.status_code != 409:
+                    raise
+                refs = api.list_repo_refs(**self._repo)
+                target = next((t.target_commit for t in refs.tags if t.name == tag), None)
+                if target != push.commit_sha:  # same commit: an earlier attempt's lost answer
+                    raise TagExistsError(
+                        f"tag {tag!r} already exists on {self.repo_id} at commit {target}; tags "
+                        f"are never moved. The upload is commit {push.commit_sha} on branch "
+                        f"{push.revision!r} (untagged). Push again with another tag name."
+                    ) from None
+            push.tags_created.append(tag)
 
 
 def _is_transient(e: BaseException) -> bool:
-    if isinstance(e, HubPushError):
-        return False
     if isinstance(e, HfHubHTTPError):
         status = e.response.status_code if e.response is not None else None
         return status is None or status in _TRANSIENT_STATUS
     return isinstance(e, (_httpx.TransportError, ConnectionError, TimeoutError))
 
 
-# ---------------------------------------------------------------------- downloads
 def resolve_model_source(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
     """A local folder for a Hub repo id (at ``revision``) or a local path.
 
@@ -403,8 +354,8 @@ def resolve_model_source(name_or_path: str | os.PathLike, revision: str | None =
     return Path(snapshot_download(name, revision=revision))
 
 
-# ---------------------------------------------------------------------- CLI
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
+    """``geofm-push FOLDER ORG/NAME [--branch B] [--revision-tag T] [--private] [--commit-message M]``."""
     p = argparse.ArgumentParser(
         prog="geofm-push",
         description=(
@@ -417,60 +368,44 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("folder", help="export folder (config.json, model.safetensors, README.md ...)")
     p.add_argument("repo_id", help="target repo ORG/NAME (created if missing)")
     p.add_argument("--branch", default="main", help="branch to commit to (default: main)")
-    p.add_argument(
-        "--revision-tag",
-        action="append",
-        default=None,
-        help="tag for the new commit (repeatable); default: none",
-    )
+    p.add_argument("--revision-tag", action="append", default=[], help="tag (repeatable)")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--commit-message", default=None)
     p.add_argument("--max-retries", type=int, default=5)
     p.add_argument("--retry-backoff-s", type=float, default=2.0)
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``geofm-push FOLDER ORG/NAME [--branch B] [--revision-tag T] [--private] [--commit-message M]``."""
-    args = _parse_args(argv)
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     folder = Path(args.folder)
-    if not folder.is_dir():
-        print(f"geofm-push: {folder} is not a directory", file=sys.stderr)
-        return 2
-    if not (folder / "config.json").is_file():
-        print(
-            f"geofm-push: {folder} has no config.json; expected a `save_pretrained` export folder",
-            file=sys.stderr,
-        )
+    from geofm_hf.model_card import RUN_RECORD_NAME, write_model_card
+
+    problem = (
+        f"{folder} is not a directory"
+        if not folder.is_dir()
+        else f"{folder} has no config.json; expected a `save_pretrained` export folder"
+        if not (folder / "config.json").is_file()
+        else f"{folder} has neither README.md (model card) nor {RUN_RECORD_NAME} to render one "
+        "from; write the card first (geofm_hf.model_card.write_model_card)"
+        if not (folder / "README.md").is_file() and not (folder / RUN_RECORD_NAME).is_file()
+        else None
+    )
+    if problem:
+        print(f"geofm-push: {problem}", file=sys.stderr)
         return 2
     if not (folder / "README.md").is_file():
-        from geofm_hf.model_card import RUN_RECORD_NAME, write_model_card
-
-        if not (folder / RUN_RECORD_NAME).is_file():
-            print(
-                f"geofm-push: {folder} has neither README.md (model card) nor {RUN_RECORD_NAME} to "
-                "render one from; write the card first (geofm_hf.model_card.write_model_card)",
-                file=sys.stderr,
-            )
-            return 2
-        path = write_model_card(folder)
-        logger.info("rendered the model card %s from %s", path, RUN_RECORD_NAME)
-    try:
+        logger.info(f"rendered the model card {write_model_card(folder)} from {RUN_RECORD_NAME}")
+    try:  # the folder is uploaded as it is: nothing else writes to it meanwhile
         pusher = HubPusher(
             args.repo_id,
             private=args.private,
             max_retries=args.max_retries,
             retry_backoff_s=args.retry_backoff_s,
-            # The CLI uploads the folder as it is: nothing else writes to it meanwhile.
             snapshot="none",
         )
     except (HubPushError, ValueError, RuntimeError) as e:
         print(f"geofm-push: {e}", file=sys.stderr)
         return 2
-    tags = args.revision_tag or []
     message = args.commit_message or f"Upload {folder.name} with geofm-push"
-    pusher._enqueue("final", folder, args.branch, tags, message, None)
+    pusher._enqueue("final", folder, args.branch, args.revision_tag, message, None)
     summary = pusher.close()
     print(json.dumps(summary, indent=2))
     return 0 if summary["pushed"] and not summary["failed"] and not summary["pending"] else 1
