@@ -168,6 +168,11 @@ class HubPusher:
         pending = sum(not future.done() for _, future in self._pushes)
         return f"HubPusher(repo_id={self.repo_id!r}, pending={pending})"
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
     def push_checkpoint(
         self, folder: str | os.PathLike, step: int, commit_message: str | None = None
     ):
