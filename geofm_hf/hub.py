@@ -115,14 +115,14 @@ class HubPusher:
             ``"copy"`` (for files rewritten in place) or ``"none"`` (upload the folder as it is
             when its turn comes; do not touch it until pushed).
         staging_dir: where snapshots go; default ``<folder's parent>/.hub_staging``.
-        endpoint: Hub URL; default ``HF_ENDPOINT`` / huggingface.co.
+
+    The Hub is ``HF_ENDPOINT`` (huggingface.co by default), as for every huggingface_hub call.
     """
 
     def __init__(
         self,
         repo_id: str,
         *,
-        repo_type: str = "model",
         private: bool = False,
         token: str | None = None,
         checkpoint_branch: str = CHECKPOINT_BRANCH,
@@ -131,8 +131,6 @@ class HubPusher:
         max_backoff_s: float = 300.0,
         snapshot: str = "hardlink",
         staging_dir: str | os.PathLike | None = None,
-        log: logging.Logger | None = None,
-        endpoint: str | None = None,
     ):
         rank = os.environ.get("RANK")
         if rank not in (None, "", "0"):
@@ -153,25 +151,14 @@ class HubPusher:
                 f"write access to {repo_id})"
             )
         self.repo_id, self.private, self.snapshot = repo_id, private, snapshot
-        self._repo = {"repo_id": repo_id, "repo_type": repo_type}
         self.checkpoint_branch = checkpoint_branch
         self.max_retries, self.retry_backoff_s = max_retries, retry_backoff_s
         self.max_backoff_s = max_backoff_s
         self.staging_dir = Path(staging_dir) if staging_dir is not None else None
-        self.log = log or logger
-        self._api = HfApi(endpoint=endpoint, token=self._token)
+        self._api = HfApi(token=self._token)
         self._pushes: list[tuple[_Push, concurrent.futures.Future]] = []
-        self._closed = False
+        self.closed = False  # True once close() was called
         self._abort = threading.Event()
-
-    def __repr__(self) -> str:  # no token in reprs
-        pending = sum(not future.done() for _, future in self._pushes)
-        return f"HubPusher(repo_id={self.repo_id!r}, pending={pending})"
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._closed
 
     def push_checkpoint(
         self, folder: str | os.PathLike, step: int, commit_message: str | None = None
@@ -205,9 +192,11 @@ class HubPusher:
         """Drain (up to ``timeout`` seconds), stop and return :meth:`summary`.
 
         Pushes still pending after ``timeout`` keep their staged folders and are listed in the
-        summary and the log with the ``geofm-push`` command that uploads them later.
+        summary and the log with the ``geofm-push`` command that uploads them later. Close before
+        the program ends: huggingface_hub's worker thread is joined at exit, so pushes left queued
+        would run, retries included, before the interpreter can exit.
         """
-        self._closed = True
+        self.closed = True
         if not self.wait(timeout):
             self._abort.set()  # the push in progress stops at its next retry; the rest never start
             for _, future in self._pushes:
@@ -215,7 +204,7 @@ class HubPusher:
             concurrent.futures.wait([f for _, f in self._pushes], 60)
         summary = self.summary()
         for p in summary["pending"] + summary["failed"]:
-            self.log.warning(
+            logger.warning(
                 f"hub push not done ({p['kind']} step={p['step']}): staged at {p['folder']}; "
                 f"push it later with: geofm-push {p['folder']} {self.repo_id} --branch "
                 f"{p['revision']}" + "".join(f" --revision-tag {t}" for t in p["tags"])
@@ -223,7 +212,7 @@ class HubPusher:
         counts = ", ".join(
             f"{len(summary[k])} {k}" for k in ("pushed", "failed", "retried", "pending")
         )
-        self.log.info(f"hub push summary for {self.repo_id}: {counts}")
+        logger.info(f"hub push summary for {self.repo_id}: {counts}")
         return summary
 
     def summary(self) -> dict[str, Any]:
@@ -243,7 +232,7 @@ class HubPusher:
             raise FileNotFoundError(f"cannot push {src}: not a directory")
         if not any(p.is_file() for p in src.rglob("*")):
             raise ValueError(f"cannot push {src}: the folder has no files")
-        if self._closed:
+        if self.closed:
             raise RuntimeError("HubPusher is closed; create a new one")
         push = _Push(kind, step, str(src), str(src), branch, tags, message=message)
         if self.snapshot != "none":
@@ -255,7 +244,7 @@ class HubPusher:
                 src, push.folder, ignore=shutil.ignore_patterns(".git"), copy_function=copy
             )
         self._pushes.append((push, self._api.run_as_future(self._push, push)))
-        self.log.info(
+        logger.info(
             f"queued hub push of {src} ({kind}) -> {self.repo_id}@{branch} {' '.join(tags)}"
         )
 
@@ -271,14 +260,14 @@ class HubPusher:
                 transient = _is_transient(e)
                 if transient and push.attempts <= self.max_retries:
                     wait = min(self.max_backoff_s, self.retry_backoff_s * 2 ** (push.attempts - 1))
-                    self.log.warning(
+                    logger.warning(
                         f"hub push {what} failed (attempt {push.attempts}/{self.max_retries + 1}), "
                         f"retrying in {wait:.1f}s: {push.error}"
                     )
                     self._abort.wait(wait)
                     continue
                 push.status = "failed"
-                self.log.error(
+                logger.error(
                     f"hub push {what} failed for good after {push.attempts} attempt(s) "
                     f"({'retries exhausted' if transient else 'not retryable'}); the files stay "
                     f"in {push.folder}: {push.error}"
@@ -287,7 +276,7 @@ class HubPusher:
             push.status, push.error = "pushed", None
             if push.staged:
                 shutil.rmtree(push.folder, ignore_errors=True)
-            self.log.info(f"pushed {push.source} -> {what} commit {push.commit_sha}")
+            logger.info(f"pushed {push.source} -> {what} commit {push.commit_sha}")
             return
 
     def _attempt(self, push: _Push) -> None:
@@ -295,9 +284,9 @@ class HubPusher:
         if push.commit_sha is None:
             # Cheap, unretried requests first: they fail fast when the Hub is unreachable, where
             # the upload's own backoff would sleep ~25 s before giving the error back.
-            api.create_repo(**self._repo, private=self.private, exist_ok=True)
+            api.create_repo(self.repo_id, private=self.private, exist_ok=True)
             if push.revision != "main":
-                api.create_branch(**self._repo, branch=push.revision, exist_ok=True)
+                api.create_branch(self.repo_id, branch=push.revision, exist_ok=True)
             files = sorted(p for p in Path(push.folder).rglob("*") if p.is_file())
             operations = [
                 CommitOperationAdd(p.relative_to(push.folder).as_posix(), p) for p in files
@@ -305,7 +294,7 @@ class HubPusher:
             # Unchanged files are skipped; a re-sent identical push returns the branch head
             # instead of a new commit, which makes retries idempotent.
             info = api.create_commit(
-                **self._repo,
+                self.repo_id,
                 operations=operations,
                 commit_message=push.message,
                 revision=push.revision,
@@ -313,11 +302,11 @@ class HubPusher:
             push.commit_sha = info.oid
         for tag in (t for t in push.tags if t not in push.tags_created):
             try:
-                api.create_tag(**self._repo, tag=tag, revision=push.commit_sha)
+                api.create_tag(self.repo_id, tag=tag, revision=push.commit_sha)
             except HfHubHTTPError as e:
                 if e.response is None or e.response.status_code != 409:
                     raise
-                refs = api.list_repo_refs(**self._repo)
+                refs = api.list_repo_refs(self.repo_id)
                 target = next((t.target_commit for t in refs.tags if t.name == tag), None)
                 if target != push.commit_sha:  # same commit: an earlier attempt's lost answer
                     raise TagExistsError(
@@ -380,21 +369,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retry-backoff-s", type=float, default=2.0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    folder = Path(args.folder)
     from geofm_hf.model_card import RUN_RECORD_NAME, write_model_card
 
-    problem = (
-        f"{folder} is not a directory"
-        if not folder.is_dir()
-        else f"{folder} has no config.json; expected a `save_pretrained` export folder"
-        if not (folder / "config.json").is_file()
-        else f"{folder} has neither README.md (model card) nor {RUN_RECORD_NAME} to render one "
-        "from; write the card first (geofm_hf.model_card.write_model_card)"
-        if not (folder / "README.md").is_file() and not (folder / RUN_RECORD_NAME).is_file()
-        else None
-    )
+    folder = Path(args.folder)
+    problem = None
+    if not folder.is_dir():
+        problem = "is not a directory"
+    elif not (folder / "config.json").is_file():
+        problem = "has no config.json; expected a `save_pretrained` export folder"
+    elif not (folder / "README.md").is_file() and not (folder / RUN_RECORD_NAME).is_file():
+        problem = (
+            f"has neither README.md (model card) nor {RUN_RECORD_NAME} to render one from; "
+            "write the card first (geofm_hf.model_card.write_model_card)"
+        )
     if problem:
-        print(f"geofm-push: {problem}", file=sys.stderr)
+        print(f"geofm-push: {folder} {problem}", file=sys.stderr)
         return 2
     if not (folder / "README.md").is_file():
         logger.info(f"rendered the model card {write_model_card(folder)} from {RUN_RECORD_NAME}")
