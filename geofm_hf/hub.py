@@ -9,7 +9,7 @@ Periodic checkpoints go to the ``checkpoints`` branch tagged ``step-NNNNNN``; th
 
 Kept here, because huggingface_hub lacks it:
 
-* Retries of a whole push. The library retries only the upload requests (5 times within ~25 s)
+* Retries of a whole push. The library retries only the upload requests (5 retries, about 23 s)
   and not the repo, commit or tag calls; a cluster's Hub outage lasts longer. Transient failures
   (connection errors, timeouts, HTTP 408/425/429/5xx) are retried with exponential backoff while
   the pushes behind wait their turn; a push that still fails keeps its staged folder.
@@ -283,7 +283,7 @@ class HubPusher:
         api = self._api
         if push.commit_sha is None:
             # Cheap, unretried requests first: they fail fast when the Hub is unreachable, where
-            # the upload's own backoff would sleep ~25 s before giving the error back.
+            # the upload's own backoff would sleep ~23 s before giving the error back.
             api.create_repo(self.repo_id, private=self.private, exist_ok=True)
             if push.revision != "main":
                 api.create_branch(self.repo_id, branch=push.revision, exist_ok=True)
