@@ -1,37 +1,44 @@
 """Pushing checkpoints and exports to the Hugging Face Hub, in the background, without losing any.
 
-* :class:`HubPusher` queues pushes and uploads them from one worker thread, so training never
-  waits for the network. Periodic checkpoints go to a branch (``checkpoints``) and each resulting
-  commit is tagged ``step-NNNNNN``; the final export goes to ``main`` (tag ``final``). Transient
-  failures (connection refused, timeouts, HTTP 408/429/5xx) are retried with exponential backoff,
-  in order; a push that still fails keeps its staged folder on disk and is reported in
-  :meth:`HubPusher.summary` with the command that pushes it by hand.
-* History is never rewritten: no file or folder deletions, no force pushes, no branch or tag is
-  deleted or moved. Pushing a tag name that already exists on a *different* commit fails with
-  :class:`TagExistsError` (the new commit stays on its branch, untagged); on the *same* commit it
-  is a no-op, so re-running a push is safe.
-* ``geofm-push`` (:func:`main`) pushes an existing export folder, for clusters whose compute
-  nodes have no outbound network (Frontier).
-* :func:`resolve_model_source` maps a Hub id + revision or a local path to a local folder; it
-  honours ``HF_HUB_OFFLINE=1`` (served from the cache).
+:class:`HubPusher` is built on huggingface_hub: ``HfApi.run_as_future`` queues the pushes on one
+worker thread that runs them in order, so training never waits for the network; each push is
+``create_repo``/``create_branch`` then one ``create_commit`` (all or nothing, unlike
+``upload_folder``, which commits in batches when ``hf_xet`` is installed), then ``create_tag``.
+Periodic checkpoints go to the ``checkpoints`` branch tagged ``step-NNNNNN``; the final export to
+``main`` tagged ``final``. (``CommitScheduler`` commits a folder on a timer, untagged: not used.)
+
+Kept here, because huggingface_hub lacks it:
+
+* Retries of a whole push. The library retries only the upload requests (5 retries, about 23 s)
+  and not the repo, commit or tag calls; a cluster's Hub outage lasts longer. Transient failures
+  (connection errors, timeouts, HTTP 408/425/429/5xx) are retried with exponential backoff while
+  the pushes behind wait their turn; a push that still fails keeps its staged folder.
+* Snapshots: each checkpoint is hard-linked into a staging folder when queued, so checkpoint
+  rotation cannot delete a push still waiting for the Hub.
+* History is never rewritten: no deletions, no force pushes, no tag moved. A tag that exists on a
+  *different* commit fails with :class:`TagExistsError` (the upload stays on its branch,
+  untagged); on the *same* commit it is a no-op, so re-running a push is safe.
+* The summary (:meth:`HubPusher.close`): pushed, failed, retried and pending pushes, each left-over
+  one logged with the ``geofm-push`` command (:func:`main`) that uploads it by hand, e.g. from a
+  login node when compute nodes have no outbound network (Frontier).
 
 The token comes from ``HF_TOKEN`` or the login cache (``huggingface_hub.get_token()``); it is
 never printed or logged and is scrubbed from every error message this module emits.
+:func:`resolve_model_source` maps a Hub id + revision or a local path to a local folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
+import concurrent.futures
 import json
 import logging
 import os
 import shutil
 import sys
 import threading
-import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,66 +73,56 @@ def checkpoint_tag(step: int) -> str:
 
 
 @dataclass
-class _Job:
+class _Push:
     kind: str  # "checkpoint" | "final"
-    source: str
-    folder: Path  # what is uploaded (a staged snapshot of source, or source itself)
-    staged: bool
-    branch: str
-    tags: list[str]
-    commit_message: str
     step: int | None
-    attempts: int = 0
+    source: str
+    folder: str  # what is uploaded: a staged snapshot of source, or source itself
+    revision: str
+    tags: list[str]
+    tags_created: list[str] = field(default_factory=list)
     commit_sha: str | None = None
-    tags_done: list[str] = field(default_factory=list)
+    attempts: int = 0
     error: str | None = None
-    status: str = "pending"
-    next_try: float = 0.0
+    message: str = ""  # this and the next two are left out of the summary records
+    staged: bool = False
+    status: str = "pending"  # -> "pushed" | "failed"
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "step": self.step,
-            "source": self.source,
-            "folder": str(self.folder),
-            "revision": self.branch,
-            "tags": list(self.tags),
-            "tags_created": list(self.tags_done),
-            "commit_sha": self.commit_sha,
-            "attempts": self.attempts,
-            "error": self.error,
-        }
+    def record(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in ("message", "staged", "status")}
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or hard links not allowed
+        shutil.copy2(src, dst)
 
 
 class HubPusher:
     """Background, retrying, history-preserving pushes of checkpoint folders to one Hub repo.
 
-    Create it on the main process only (the recipe guards this with
-    ``accelerator.is_main_process``; the constructor refuses when ``RANK`` names another rank).
+    Create it on the main process only (the constructor refuses when ``RANK`` names another rank).
 
     Args:
-        repo_id: ``ORG/NAME`` of the model repo (created if missing).
-        repo_type: Hub repo type, ``"model"`` by default.
-        private: create the repo private (ignored when it already exists).
+        repo_id: ``ORG/NAME`` of the model repo (created if missing; ``private`` if so asked).
         token: a token; by default ``HF_TOKEN`` or the login cache. Never logged.
         checkpoint_branch: branch that receives periodic checkpoints.
         max_retries: retries of transient failures per push before it is reported failed.
-        retry_backoff_s: first wait between retries; doubles up to ``max_backoff_s``.
-        max_backoff_s: longest wait between two retries.
+        retry_backoff_s, max_backoff_s: first wait between retries (doubling), and the longest.
         snapshot: ``"hardlink"`` (default: the folder's files are hard-linked into a staging dir
             at enqueue time, so checkpoint rotation deleting the folder loses nothing),
-            ``"copy"`` (full copy, for files rewritten in place) or ``"none"`` (upload the folder
-            as it is when the worker gets to it; do not touch it until pushed).
+            ``"copy"`` (for files rewritten in place) or ``"none"`` (upload the folder as it is
+            when its turn comes; do not touch it until pushed).
         staging_dir: where snapshots go; default ``<folder's parent>/.hub_staging``.
-        log: logger for progress lines.
-        endpoint: Hub URL; default ``HF_ENDPOINT`` / huggingface.co.
+
+    The Hub is ``HF_ENDPOINT`` (huggingface.co by default), as for every huggingface_hub call.
     """
 
     def __init__(
         self,
         repo_id: str,
         *,
-        repo_type: str = "model",
         private: bool = False,
         token: str | None = None,
         checkpoint_branch: str = CHECKPOINT_BRANCH,
@@ -134,8 +131,6 @@ class HubPusher:
         max_backoff_s: float = 300.0,
         snapshot: str = "hardlink",
         staging_dir: str | os.PathLike | None = None,
-        log: logging.Logger | None = None,
-        endpoint: str | None = None,
     ):
         rank = os.environ.get("RANK")
         if rank not in (None, "", "0"):
@@ -143,57 +138,35 @@ class HubPusher:
                 f"HubPusher must only be created on the main process; this is RANK={rank}. "
                 "Guard it with `if accelerator.is_main_process:`."
             )
-        if "/" not in repo_id or repo_id.count("/") != 1:
+        if repo_id.count("/") != 1:
             raise ValueError(f"repo_id must be 'ORG/NAME', found {repo_id!r}")
         if snapshot not in ("hardlink", "copy", "none"):
             raise ValueError(f"snapshot must be 'hardlink', 'copy' or 'none', found {snapshot!r}")
         if max_retries < 0 or retry_backoff_s < 0:
             raise ValueError("max_retries and retry_backoff_s must be >= 0")
-        token = token or get_token()
-        if not token:
+        self._token = token or get_token()
+        if not self._token:
             raise HubPushError(
                 "no Hugging Face token: set HF_TOKEN or run `hf auth login` (the token needs "
                 f"write access to {repo_id})"
             )
-        self.repo_id = repo_id
-        self.repo_type = repo_type
-        self.private = private
+        self.repo_id, self.private, self.snapshot = repo_id, private, snapshot
         self.checkpoint_branch = checkpoint_branch
-        self.max_retries = max_retries
-        self.retry_backoff_s = retry_backoff_s
+        self.max_retries, self.retry_backoff_s = max_retries, retry_backoff_s
         self.max_backoff_s = max_backoff_s
-        self.snapshot = snapshot
         self.staging_dir = Path(staging_dir) if staging_dir is not None else None
-        self.log = log or logger
-        self._token = token
-        self._api = HfApi(endpoint=endpoint, token=token)
-        self._queue: collections.deque[_Job] = collections.deque()
-        self._done: list[_Job] = []
-        self._cond = threading.Condition()
-        self._closing = False
+        self._api = HfApi(token=self._token)
+        self._pushes: list[tuple[_Push, concurrent.futures.Future]] = []
+        self.closed = False  # True once close() was called
         self._abort = threading.Event()
-        self._repo_ready = False
-        self._branches_ready: set[str] = set()
-        self._thread = threading.Thread(target=self._run, name="geofm-hub-pusher", daemon=True)
-        self._thread.start()
 
-    def __repr__(self) -> str:  # no token in reprs
-        return f"HubPusher(repo_id={self.repo_id!r}, pending={len(self._queue)})"
-
-    # ------------------------------------------------------------------ public API
     def push_checkpoint(
         self, folder: str | os.PathLike, step: int, commit_message: str | None = None
     ):
         """Queue ``folder`` for the checkpoint branch, tagged ``step-{step:06d}``; returns at once."""
-        tag = checkpoint_tag(step)
-        self._enqueue(
-            "checkpoint",
-            folder,
-            branch=self.checkpoint_branch,
-            tags=[tag],
-            message=commit_message or f"Checkpoint at step {step}",
-            step=step,
-        )
+        tags = [checkpoint_tag(step)]
+        message = commit_message or f"Checkpoint at step {step}"
+        self._enqueue("checkpoint", folder, self.checkpoint_branch, tags, message, step)
 
     def push_final(
         self,
@@ -204,258 +177,153 @@ class HubPusher:
         tag: str | None = FINAL_TAG,
         branch: str = "main",
     ):
-        """Queue the final export ``folder`` for ``branch`` (``main``), tagged ``tag``; returns at once.
+        """Queue the final export ``folder`` for ``branch``, tagged ``tag``; returns at once.
 
-        Queued after any checkpoint already queued, so ``main`` is updated last.
+        Queued after every checkpoint already queued, so ``main`` is updated last.
         """
-        msg = commit_message or (
-            f"Final export (step {step})" if step is not None else "Final export"
-        )
-        self._enqueue(
-            "final", folder, branch=branch, tags=[tag] if tag else [], message=msg, step=step
-        )
+        message = commit_message or "Final export" + (f" (step {step})" if step is not None else "")
+        self._enqueue("final", folder, branch, [tag] if tag else [], message, step)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every queued push is pushed or failed; False if ``timeout`` expired first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._queue:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining if remaining is not None else 1.0)
-        return True
+        return not concurrent.futures.wait([f for _, f in self._pushes], timeout).not_done
 
     def close(self, timeout: float | None = None) -> dict[str, Any]:
-        """Drain (up to ``timeout`` seconds), stop the worker and return :meth:`summary`.
+        """Drain (up to ``timeout`` seconds), stop and return :meth:`summary`.
 
         Pushes still pending after ``timeout`` keep their staged folders and are listed in the
-        summary and the log with the ``geofm-push`` command that uploads them later.
+        summary and the log with the ``geofm-push`` command that uploads them later. Close before
+        the program ends: huggingface_hub's worker thread is joined at exit, so pushes left queued
+        would run, retries included, before the interpreter can exit.
         """
-        drained = self.wait(timeout)
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        if not drained:
-            self._abort.set()
-        self._thread.join(timeout=None if drained else 60)
+        self.closed = True
+        if not self.wait(timeout):
+            self._abort.set()  # the push in progress stops at its next retry; the rest never start
+            for _, future in self._pushes:
+                future.cancel()
+            concurrent.futures.wait([f for _, f in self._pushes], 60)
         summary = self.summary()
-        for job in summary["pending"] + summary["failed"]:
-            self.log.warning(
-                "hub push not done (%s step=%s): staged at %s; push it later with: "
-                "geofm-push %s %s --branch %s%s",
-                job["kind"],
-                job["step"],
-                job["folder"],
-                job["folder"],
-                self.repo_id,
-                job["revision"],
-                "".join(f" --revision-tag {t}" for t in job["tags"]),
+        for p in summary["pending"] + summary["failed"]:
+            logger.warning(
+                f"hub push not done ({p['kind']} step={p['step']}): staged at {p['folder']}; "
+                f"push it later with: geofm-push {p['folder']} {self.repo_id} --branch "
+                f"{p['revision']}" + "".join(f" --revision-tag {t}" for t in p["tags"])
             )
-        self.log.info(
-            "hub push summary for %s: %d pushed, %d failed, %d retried, %d pending",
-            self.repo_id,
-            len(summary["pushed"]),
-            len(summary["failed"]),
-            len(summary["retried"]),
-            len(summary["pending"]),
+        counts = ", ".join(
+            f"{len(summary[k])} {k}" for k in ("pushed", "failed", "retried", "pending")
         )
+        logger.info(f"hub push summary for {self.repo_id}: {counts}")
         return summary
 
     def summary(self) -> dict[str, Any]:
         """``{"pushed", "failed", "retried", "pending"}``: lists of push records (revision, tags,
         commit sha, attempts, error). ``retried`` lists every push that needed more than one try."""
-        with self._cond:
-            done = list(self._done)
-            pending = list(self._queue)
+        pushes = [push for push, _ in self._pushes]
         return {
             "repo_id": self.repo_id,
-            "pushed": [j.as_dict() for j in done if j.status == "pushed"],
-            "failed": [j.as_dict() for j in done if j.status == "failed"],
-            "retried": [j.as_dict() for j in done + pending if j.attempts > 1],
-            "pending": [j.as_dict() for j in pending],
+            **{s: [p.record() for p in pushes if p.status == s] for s in ("pushed", "failed")},
+            "retried": [p.record() for p in pushes if p.attempts > 1],
+            "pending": [p.record() for p in pushes if p.status == "pending"],
         }
 
-    # ------------------------------------------------------------------ internals
-    def _enqueue(self, kind, folder, *, branch, tags, message, step):
+    def _enqueue(self, kind, folder, branch, tags, message, step):
         src = Path(folder)
         if not src.is_dir():
             raise FileNotFoundError(f"cannot push {src}: not a directory")
         if not any(p.is_file() for p in src.rglob("*")):
             raise ValueError(f"cannot push {src}: the folder has no files")
-        with self._cond:
-            if self._closing:
-                raise RuntimeError("HubPusher is closed; create a new one")
-        staged = self.snapshot != "none"
-        target = self._stage(src, kind, step) if staged else src
-        job = _Job(kind, str(src), target, staged, branch, tags, message, step)
-        with self._cond:
-            self._queue.append(job)
-            self._cond.notify_all()
-        self.log.info(
-            "queued hub push of %s (%s) -> %s@%s %s",
-            src,
-            kind,
-            self.repo_id,
-            branch,
-            " ".join(tags),
+        if self.closed:
+            raise RuntimeError("HubPusher is closed; create a new one")
+        push = _Push(kind, step, str(src), str(src), branch, tags, message=message)
+        if self.snapshot != "none":
+            root = self.staging_dir or src.resolve().parent / ".hub_staging"
+            name = f"{kind}-{step:06d}" if step is not None else kind
+            push.folder, push.staged = str(root / f"{name}-{uuid.uuid4().hex[:8]}"), True
+            copy = shutil.copy2 if self.snapshot == "copy" else _link_or_copy
+            shutil.copytree(
+                src, push.folder, ignore=shutil.ignore_patterns(".git"), copy_function=copy
+            )
+        self._pushes.append((push, self._api.run_as_future(self._push, push)))
+        logger.info(
+            f"queued hub push of {src} ({kind}) -> {self.repo_id}@{branch} {' '.join(tags)}"
         )
 
-    def _stage(self, src: Path, kind: str, step: int | None) -> Path:
-        root = self.staging_dir or src.resolve().parent / ".hub_staging"
-        name = f"{kind}-{step:06d}" if step is not None else kind
-        dst = root / f"{name}-{uuid.uuid4().hex[:8]}"
-        for path in sorted(src.rglob("*")):
-            if not path.is_file() or ".git" in path.relative_to(src).parts:
-                continue
-            out = dst / path.relative_to(src)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            if self.snapshot == "hardlink":
-                try:
-                    os.link(path, out)
-                    continue
-                except OSError:  # other filesystem, or links not allowed: copy instead
-                    pass
-            shutil.copy2(path, out)
-        return dst
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._token, "<token>") if self._token else text
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue or self._abort.is_set():
-                    return
-                job = self._queue[0]
-            delay = job.next_try - time.monotonic()
-            if delay > 0 and self._abort.wait(delay):
-                return
-            job.attempts += 1
+    def _push(self, push: _Push) -> None:
+        """Runs on the worker thread: retries transient failures; never raises."""
+        what = f"{self.repo_id}@{push.revision} {' '.join(push.tags)}"
+        while not self._abort.is_set():
+            push.attempts += 1
             try:
-                self._attempt(job)
+                self._attempt(push)
             except Exception as e:  # classified below; the worker must survive anything
-                msg = self._scrub(f"{type(e).__name__}: {e}")
+                push.error = f"{type(e).__name__}: {e}".replace(self._token, "<token>")
                 transient = _is_transient(e)
-                if transient and job.attempts <= self.max_retries:
-                    wait = min(self.max_backoff_s, self.retry_backoff_s * 2 ** (job.attempts - 1))
-                    job.next_try = time.monotonic() + wait
-                    job.error = msg
-                    self.log.warning(
-                        "hub push %s@%s %s failed (attempt %d/%d), retrying in %.1fs: %s",
-                        self.repo_id,
-                        job.branch,
-                        " ".join(job.tags),
-                        job.attempts,
-                        self.max_retries + 1,
-                        wait,
-                        msg,
+                if transient and push.attempts <= self.max_retries:
+                    wait = min(self.max_backoff_s, self.retry_backoff_s * 2 ** (push.attempts - 1))
+                    logger.warning(
+                        f"hub push {what} failed (attempt {push.attempts}/{self.max_retries + 1}), "
+                        f"retrying in {wait:.1f}s: {push.error}"
                     )
+                    self._abort.wait(wait)
                     continue
-                job.status, job.error = "failed", msg
-                self.log.error(
-                    "hub push %s@%s %s failed for good after %d attempt(s) (%s); "
-                    "the files stay in %s: %s",
-                    self.repo_id,
-                    job.branch,
-                    " ".join(job.tags),
-                    job.attempts,
-                    "retries exhausted" if transient else "not retryable",
-                    job.folder,
-                    msg,
+                push.status = "failed"
+                logger.error(
+                    f"hub push {what} failed for good after {push.attempts} attempt(s) "
+                    f"({'retries exhausted' if transient else 'not retryable'}); the files stay "
+                    f"in {push.folder}: {push.error}"
                 )
-            else:
-                job.status, job.error = "pushed", None
-                if job.staged:
-                    shutil.rmtree(job.folder, ignore_errors=True)
-                self.log.info(
-                    "pushed %s -> %s@%s commit %s tags [%s] (attempt %d)",
-                    job.source,
-                    self.repo_id,
-                    job.branch,
-                    job.commit_sha,
-                    ", ".join(job.tags_done),
-                    job.attempts,
-                )
-            with self._cond:
-                self._queue.popleft()
-                self._done.append(job)
-                self._cond.notify_all()
+                return
+            push.status, push.error = "pushed", None
+            if push.staged:
+                shutil.rmtree(push.folder, ignore_errors=True)
+            logger.info(f"pushed {push.source} -> {what} commit {push.commit_sha}")
+            return
 
-    def _attempt(self, job: _Job) -> None:
+    def _attempt(self, push: _Push) -> None:
         api = self._api
-        if not self._repo_ready:
-            api.create_repo(
-                self.repo_id, repo_type=self.repo_type, private=self.private, exist_ok=True
-            )
-            self._repo_ready = True
-        if job.commit_sha is None:
-            if job.branch not in self._branches_ready:
-                if job.branch != "main":
-                    api.create_branch(
-                        self.repo_id, branch=job.branch, repo_type=self.repo_type, exist_ok=True
-                    )
-                self._branches_ready.add(job.branch)
-            # A cheap request that fails fast when the Hub is unreachable (the upload's own
-            # backoff would otherwise sleep ~20 s before giving the error back to us).
-            api.repo_info(self.repo_id, repo_type=self.repo_type, revision=job.branch)
+        if push.commit_sha is None:
+            # Cheap, unretried requests first: they fail fast when the Hub is unreachable, where
+            # the upload's own backoff would sleep ~23 s before giving the error back.
+            api.create_repo(self.repo_id, private=self.private, exist_ok=True)
+            if push.revision != "main":
+                api.create_branch(self.repo_id, branch=push.revision, exist_ok=True)
+            files = sorted(p for p in Path(push.folder).rglob("*") if p.is_file())
             operations = [
-                CommitOperationAdd(
-                    path_in_repo=p.relative_to(job.folder).as_posix(), path_or_fileobj=str(p)
-                )
-                for p in sorted(job.folder.rglob("*"))
-                if p.is_file()
+                CommitOperationAdd(p.relative_to(push.folder).as_posix(), p) for p in files
             ]
-            # One commit per push (not upload_folder's multi-commit pipeline), so the tag names
-            # exactly the uploaded state. Unchanged files are skipped; a re-sent identical push
-            # returns the branch head instead of a new commit, which makes retries idempotent.
+            # Unchanged files are skipped; a re-sent identical push returns the branch head
+            # instead of a new commit, which makes retries idempotent.
             info = api.create_commit(
                 self.repo_id,
                 operations=operations,
-                commit_message=job.commit_message,
-                repo_type=self.repo_type,
-                revision=job.branch,
+                commit_message=push.message,
+                revision=push.revision,
             )
-            job.commit_sha = info.oid
-        for tag in job.tags:
-            if tag in job.tags_done:
-                continue
-            self._tag(job, tag)
-            job.tags_done.append(tag)
-
-    def _tag(self, job: _Job, tag: str) -> None:
-        try:
-            self._api.create_tag(
-                self.repo_id, tag=tag, revision=job.commit_sha, repo_type=self.repo_type
-            )
-        except HfHubHTTPError as e:
-            if e.response is None or e.response.status_code != 409:
-                raise
-            refs = self._api.list_repo_refs(self.repo_id, repo_type=self.repo_type)
-            target = next((t.target_commit for t in refs.tags if t.name == tag), None)
-            if target == job.commit_sha:
-                return  # created by an earlier attempt whose answer was lost
-            raise TagExistsError(
-                f"tag {tag!r} already exists on {self.repo_id} at commit {target}; tags are never "
-                f"moved. The upload is commit {job.commit_sha} on branch {job.branch!r} (untagged). "
-                "Push again with another tag name."
-            ) from None
+            push.commit_sha = info.oid
+        for tag in (t for t in push.tags if t not in push.tags_created):
+            try:
+                api.create_tag(self.repo_id, tag=tag, revision=push.commit_sha)
+            except HfHubHTTPError as e:
+                if e.response is None or e.response.status_code != 409:
+                    raise
+                refs = api.list_repo_refs(self.repo_id)
+                target = next((t.target_commit for t in refs.tags if t.name == tag), None)
+                if target != push.commit_sha:  # same commit: an earlier attempt's lost answer
+                    raise TagExistsError(
+                        f"tag {tag!r} already exists on {self.repo_id} at commit {target}; tags "
+                        f"are never moved. The upload is commit {push.commit_sha} on branch "
+                        f"{push.revision!r} (untagged). Push again with another tag name."
+                    ) from None
+            push.tags_created.append(tag)
 
 
 def _is_transient(e: BaseException) -> bool:
-    if isinstance(e, HubPushError):
-        return False
     if isinstance(e, HfHubHTTPError):
         status = e.response.status_code if e.response is not None else None
         return status is None or status in _TRANSIENT_STATUS
-    if isinstance(e, _httpx.TransportError):
-        return True
-    return isinstance(e, (ConnectionError, TimeoutError))
+    return isinstance(e, (_httpx.TransportError, ConnectionError, TimeoutError))
 
 
-# ---------------------------------------------------------------------- downloads
 def resolve_model_source(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
     """A local folder for a Hub repo id (at ``revision``) or a local path.
 
@@ -480,8 +348,8 @@ def resolve_model_source(name_or_path: str | os.PathLike, revision: str | None =
     return Path(snapshot_download(name, revision=revision))
 
 
-# ---------------------------------------------------------------------- CLI
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
+    """``geofm-push FOLDER ORG/NAME [--branch B] [--revision-tag T] [--private] [--commit-message M]``."""
     p = argparse.ArgumentParser(
         prog="geofm-push",
         description=(
@@ -494,66 +362,44 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("folder", help="export folder (config.json, model.safetensors, README.md ...)")
     p.add_argument("repo_id", help="target repo ORG/NAME (created if missing)")
     p.add_argument("--branch", default="main", help="branch to commit to (default: main)")
-    p.add_argument(
-        "--revision-tag",
-        action="append",
-        default=None,
-        help="tag for the new commit (repeatable); default: none",
-    )
+    p.add_argument("--revision-tag", action="append", default=[], help="tag (repeatable)")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--commit-message", default=None)
     p.add_argument("--max-retries", type=int, default=5)
     p.add_argument("--retry-backoff-s", type=float, default=2.0)
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``geofm-push FOLDER ORG/NAME [--branch B] [--revision-tag T] [--private] [--commit-message M]``."""
-    args = _parse_args(argv)
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from geofm_hf.model_card import RUN_RECORD_NAME, write_model_card
+
     folder = Path(args.folder)
+    problem = None
     if not folder.is_dir():
-        print(f"geofm-push: {folder} is not a directory", file=sys.stderr)
-        return 2
-    if not (folder / "config.json").is_file():
-        print(
-            f"geofm-push: {folder} has no config.json; expected a `save_pretrained` export folder",
-            file=sys.stderr,
+        problem = "is not a directory"
+    elif not (folder / "config.json").is_file():
+        problem = "has no config.json; expected a `save_pretrained` export folder"
+    elif not (folder / "README.md").is_file() and not (folder / RUN_RECORD_NAME).is_file():
+        problem = (
+            f"has neither README.md (model card) nor {RUN_RECORD_NAME} to render one from; "
+            "write the card first (geofm_hf.model_card.write_model_card)"
         )
+    if problem:
+        print(f"geofm-push: {folder} {problem}", file=sys.stderr)
         return 2
     if not (folder / "README.md").is_file():
-        from geofm_hf.model_card import RUN_RECORD_NAME, write_model_card
-
-        if not (folder / RUN_RECORD_NAME).is_file():
-            print(
-                f"geofm-push: {folder} has neither README.md (model card) nor {RUN_RECORD_NAME} to "
-                "render one from; write the card first (geofm_hf.model_card.write_model_card)",
-                file=sys.stderr,
-            )
-            return 2
-        path = write_model_card(folder)
-        logger.info("rendered the model card %s from %s", path, RUN_RECORD_NAME)
-    try:
+        logger.info(f"rendered the model card {write_model_card(folder)} from {RUN_RECORD_NAME}")
+    try:  # the folder is uploaded as it is: nothing else writes to it meanwhile
         pusher = HubPusher(
             args.repo_id,
             private=args.private,
             max_retries=args.max_retries,
             retry_backoff_s=args.retry_backoff_s,
-            # The CLI uploads the folder as it is: nothing else writes to it meanwhile.
             snapshot="none",
         )
     except (HubPushError, ValueError, RuntimeError) as e:
         print(f"geofm-push: {e}", file=sys.stderr)
         return 2
-    tags = args.revision_tag or []
-    pusher._enqueue(
-        "final",
-        folder,
-        branch=args.branch,
-        tags=tags,
-        message=args.commit_message or f"Upload {folder.name} with geofm-push",
-        step=None,
-    )
+    message = args.commit_message or f"Upload {folder.name} with geofm-push"
+    pusher._enqueue("final", folder, args.branch, args.revision_tag, message, None)
     summary = pusher.close()
     print(json.dumps(summary, indent=2))
     return 0 if summary["pushed"] and not summary["failed"] and not summary["pending"] else 1

@@ -553,7 +553,9 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
     def _warn_if_far_from_statistics(
         self, pixels: torch.Tensor, invalid: torch.Tensor, names: list[str] | None
     ) -> None:
-        """Warn once when a band's mean is > 3 model standard deviations from the model's mean."""
+        """Warn once when a band's mean is > 3 model standard deviations from the model's mean
+        in a way natural variation does not explain: a factor of 5 or more, an 8-bit or 0-1
+        range, the Sentinel-2 +1000 offset in every band, or bands off in opposite directions."""
         if getattr(self, "_stats_warned", False):
             return
         valid = (~invalid).float()
@@ -567,22 +569,43 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         far = [int(i) for i in torch.nonzero(z.abs() > _FAR_Z).flatten()]
         if not far:
             return
+        peak = float(pixels.max())
+        ratios = [
+            float(means[i]) / float(model_mean[i]) if float(model_mean[i]) else 1.0
+            for i in range(len(z))
+        ]
+        offset = (means - model_mean - 1000.0).abs() < 2 * model_std
+        # One band far off one way while another is off the other way: what a swapped pair
+        # looks like (a bright or dark scene moves every band the same way).
+        opposite = bool(
+            ((z > _FAR_Z).any() and (z < -0.5).any()) or ((z < -_FAR_Z).any() and (z > 0.5).any())
+        )
+        scaled = [i for i in far if ratios[i] > 5 or 0 < ratios[i] < 0.2]
+        small_range = (peak <= 255.0 and bool((model_mean > 255.0).any())) or (
+            peak <= 1.5 and bool((model_mean > 1.5).any())
+        )
+        if not (scaled or opposite or small_range or bool(offset.all())):
+            # Every far band off the same way by less than a factor 5: a bright (cloud, snow)
+            # or dark (water, shadow) scene of the right kind, not a contract error.
+            return
         self._stats_warned = True
         bands = self.band_names or [f"channel {i}" for i in range(len(z))]
-        peak = float(pixels.max())
         lines = []
         for i in far:
-            ratio = float(means[i]) / float(model_mean[i]) if float(model_mean[i]) else 0.0
+            ratio = ratios[i]
             if peak <= 255.0 and float(model_mean[i]) > 255.0:
                 cause = "8-bit input (uint8 0-255) against statistics of 16-bit digital numbers"
             elif peak <= 1.5 and float(model_mean[i]) > 1.5:
                 cause = "reflectance in 0-1 against statistics of scaled integers (x10000)"
-            elif abs(float(means[i]) - float(model_mean[i]) - 1000.0) < 2 * float(model_std[i]):
+            elif bool(offset.all()):
                 cause = "the Sentinel-2 baseline 04.00 offset (+1000) not removed"
             elif ratio > 5 or 0 < ratio < 0.2:
                 cause = f"another scaling (input/model mean = {ratio:.3g})"
             else:
-                cause = "another sensor, another processing level, or a mislabelled band"
+                cause = (
+                    "bands off in opposite directions: a mislabelled or reordered band, another "
+                    "sensor, or a surface unlike the pretraining data"
+                )
             lines.append(
                 f"band {bands[i]}: input mean {float(means[i]):.4g} is {float(z[i]):+.1f} model "
                 f"std from the model's mean {float(model_mean[i]):.4g}; likely cause: {cause}"

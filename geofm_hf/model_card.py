@@ -242,11 +242,22 @@ def render_model_card(record: RunRecord | dict, export_dir: str | os.PathLike) -
                 "exist; write the figure into the export dir or drop it from the record"
             )
 
-    card_data = _card_data(record)
-    context = _context(record)
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(fmt=_fmt, params=_params, wall=_wall, yaml_block=_yaml_block)
     template = env.from_string(TEMPLATE_PATH.read_text(encoding="utf-8"))
-    content = template.render(card_data=card_data.to_yaml(), **context)
+    content = template.render(
+        card_data=_card_data(record).to_yaml(),
+        r=record,
+        classifier=_is_classifier(record),
+        on_hub=_on_hub,
+        NOT_RECORDED=NOT_RECORDED,
+        BIBTEX=BIBTEX,
+    )
     return ModelCard(content)
 
 
@@ -281,8 +292,17 @@ def _interval_args(e: dict[str, Any]) -> dict[str, Any] | None:
     return args
 
 
+def _is_classifier(r: RunRecord) -> bool:
+    return bool(r.architecture and r.architecture.endswith("ForImageClassification"))
+
+
+def _on_hub(repo_id_or_path: str) -> bool:
+    """A Hub dataset id, not a local path that happens to look like one."""
+    src = str(repo_id_or_path)
+    return bool(_HUB_ID.match(src)) and not os.path.exists(src)
+
+
 def _card_data(r: RunRecord) -> ModelCardData:
-    classifier = bool(r.architecture and r.architecture.endswith("ForImageClassification"))
     tags = list(_BASE_TAGS)
     if r.sensor:
         tags.append(r.sensor)
@@ -304,7 +324,7 @@ def _card_data(r: RunRecord) -> ModelCardData:
     ]
     kwargs: dict[str, Any] = {
         "library_name": "transformers",
-        "pipeline_tag": "image-classification" if classifier else "image-feature-extraction",
+        "pipeline_tag": "image-classification" if _is_classifier(r) else "image-feature-extraction",
         "tags": tags,
     }
     if r.license:
@@ -347,145 +367,6 @@ def _yaml_block(d: dict) -> str:
         + yaml.safe_dump(d, sort_keys=False, default_flow_style=False).rstrip()
         + "\n```"
     )
-
-
-def _context(r: RunRecord) -> dict[str, str]:
-    classifier = bool(r.architecture and r.architecture.endswith("ForImageClassification"))
-    name = r.repo_id.split("/")[-1] if r.repo_id else (r.preset or "GeoViT-MAE")
-    kind = "fine-tuned scene classifier" if classifier else "masked-autoencoder pretrained encoder"
-    bands = ", ".join(b["name"] for b in r.bands) if r.bands else NOT_RECORDED
-    summary = (
-        f"A geospatial Vision Transformer {kind} (preset: {_fmt(r.preset, '`{}`')}; encoder "
-        f"parameters: {_params(r.num_parameters_encoder)}) for remote-sensing imagery with "
-        f"bands {bands}, implementing the ViT-MAE recipe of "
-        "Tsaris et al., *Pretraining Billion-scale Geospatial Foundational Models on Frontier* "
-        "(arXiv:2404.11706), packaged with `geofm_hf` for the Hugging Face ecosystem."
-    )
-
-    if r.bands:
-        rows = [
-            "| # | band | wavelength (µm) | GSD (m) | mean | std |",
-            "|---|---|---|---|---|---|",
-        ]
-        for i, b in enumerate(r.bands):
-            rows.append(
-                f"| {i} | {b['name']} | {_fmt(b.get('wavelength_um'), '{:.3f}')} | "
-                f"{_fmt(b.get('gsd_m'), '{:g}')} | {_fmt(b.get('mean'), '{:.6g}')} | "
-                f"{_fmt(b.get('std'), '{:.6g}')} |"
-            )
-        band_table = "\n".join(rows)
-    else:
-        band_table = f"Band table: {NOT_RECORDED}."
-
-    if r.datasets:
-        rows = ["| dataset | revision | source |", "|---|---|---|"]
-        for d in r.datasets:
-            src = d["repo_id_or_path"]
-            on_hub = bool(_HUB_ID.match(str(src))) and not os.path.exists(str(src))
-            where = (
-                f"[Hub](https://huggingface.co/datasets/{src})"
-                if on_hub
-                else "local files (not on the Hub)"
-            )
-            rows.append(f"| `{src}` | {_fmt(d.get('revision'), '`{}`')} | {where} |")
-        datasets_table = "\n".join(rows)
-    else:
-        datasets_table = f"Training data: {NOT_RECORDED}."
-
-    if r.base_model:
-        base_line = (
-            f"Continued pretraining from `{r.base_model}` at revision "
-            f"{_fmt(r.base_model_revision, '`{}`')}."
-        )
-    else:
-        base_line = "Initialisation: random (the run record names no base model)."
-
-    if r.eval_results:
-        rows = ["| task | dataset | split | metric | value |", "|---|---|---|---|---|"]
-        for e in r.eval_results:
-            ds = e["dataset_name"] + (f" (`{e['dataset_id']}`)" if e.get("dataset_id") else "")
-            metric = e.get("metric_name") or e["metric_type"]
-            value = e["value"]
-            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-            if e.get("ci95"):
-                shown += f" [{e['ci95'][0]:.4f}, {e['ci95'][1]:.4f}] (95% CI"
-                shown += f", {e['num_seeds']} seeds)" if e.get("num_seeds", 1) > 1 else ")"
-            rows.append(f"| {e['task']} | {ds} | {_fmt(e.get('split'))} | {metric} | {shown} |")
-        eval_table = "\n".join(rows)
-    else:
-        eval_table = f"Evaluation results: {NOT_RECORDED}."
-
-    limitations = [
-        "Trained only on the bands listed above, at the recorded image size; other sensors, "
-        "band sets or resolutions need `geofm_hf.select_input_bands`, resizing or fine-tuning, "
-        "and their quality is not measured here.",
-        "MAE pretraining optimises pixel reconstruction: the encoder's features are meant for "
-        "linear probing or fine-tuning, not as ready-made labels.",
-        "Transfer beyond the training data listed above (other regions, seasons, sensors, "
-        "resolutions) is not measured by this card.",
-    ]
-    if r.steps is not None:
-        limitations.append(f"This checkpoint saw {r.steps:,} optimizer steps.")
-    else:
-        limitations.append(f"Number of training steps: {NOT_RECORDED}.")
-    if not r.eval_results:
-        limitations.append("No downstream evaluation was recorded for this checkpoint.")
-    limitations.extend(r.limitations)
-
-    revision = r.revision or "<commit sha>"
-    if r.revision:
-        revision_note = f"This card was rendered for revision `{r.revision}`."
-    else:
-        revision_note = (
-            "A card cannot contain the sha of the commit it is part of: copy the sha of this "
-            "commit (or of the `final` / `step-NNNNNN` tag) from the repo's history."
-        )
-
-    return {
-        "title": name,
-        "summary": summary,
-        "preset": _fmt(r.preset, "`{}`"),
-        "architecture": _fmt(r.architecture, "`{}`"),
-        "encoder_parameters": _params(r.num_parameters_encoder),
-        "total_parameters": _params(r.num_parameters_total),
-        "image_size": _fmt(r.image_size, "{} px"),
-        "patch_size": _fmt(r.patch_size, "{} px"),
-        "mask_ratio": _fmt(r.mask_ratio, "{:g}"),
-        "num_bands": str(len(r.bands)) if r.bands else NOT_RECORDED,
-        "sensor": _fmt(r.sensor, "`{}`"),
-        "license": _fmt(r.license, "`{}`"),
-        "package": f"geofm_hf {r.package_version}"
-        if r.package_version
-        else f"geofm_hf (version {NOT_RECORDED})",
-        "code_revision": _fmt(r.code_revision, "`{}`"),
-        "band_table": band_table,
-        "repo_id": r.repo_id or "ORG/NAME",
-        "revision": revision,
-        "revision_note": revision_note
-        + ("" if r.repo_id else " The repo id was not recorded: replace `ORG/NAME`."),
-        "auto_class": "AutoModelForImageClassification" if classifier else "AutoModel",
-        "datasets_table": datasets_table,
-        "base_model_line": base_line,
-        "hardware": _fmt(r.hardware),
-        "world_size": _fmt(r.world_size),
-        "global_batch": _fmt(r.global_batch, "{:,}"),
-        "steps": _fmt(r.steps, "{:,}"),
-        "wall_time": _wall(r.wall_time_s),
-        "images_per_s": _fmt(r.images_per_s, "{:,.1f}"),
-        "mfu": _fmt(None if r.mfu is None else 100 * r.mfu, "{:.1f}%"),
-        "final_loss": _fmt(r.final_loss, "{:.4f}"),
-        "run_config": _yaml_block(r.run_config),
-        "accelerate_config": _yaml_block(r.accelerate_config),
-        "loss_curve": f"![training loss]({r.loss_curve_png})"
-        if r.loss_curve_png
-        else f"Loss curve: {NOT_RECORDED}.",
-        "reconstructions": f"![reconstructions]({r.reconstruction_png})"
-        if r.reconstruction_png
-        else f"Reconstructions: {NOT_RECORDED}.",
-        "eval_table": eval_table,
-        "limitations": "\n".join(f"- {line}" for line in limitations),
-        "bibtex": BIBTEX,
-    }
 
 
 __all__ = [

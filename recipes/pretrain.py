@@ -86,13 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     start_step = resume(run, loader)
     describe_run(run, model, config, start_step)
 
-    outcome = train(run, model, optimizer, loader, config, processor, start_step)
-    if outcome.stopped_by_signal:
-        run.accelerator.end_training()
-        return outcome.exit_code
-    export(run, model, config, processor, data, outcome, loader)
+    try:
+        outcome = train(run, model, optimizer, loader, config, processor, start_step)
+        if not outcome.stopped_by_signal:
+            export(run, model, config, processor, data, outcome, loader)
+    finally:
+        if run.pusher is not None and not run.pusher.closed:
+            # Stopped by a signal or an error: the job's end must not wait for the Hub (queued
+            # pushes would otherwise run before the interpreter exits). What is not pushed stays
+            # staged, logged with the geofm-push command that uploads it.
+            run.accelerator.print(f"hub: {run.pusher.close(timeout=0)}")
     run.accelerator.end_training()
-    return 0
+    return outcome.exit_code
 
 
 # ---------------------------------------------------------------------------------- config

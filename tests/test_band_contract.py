@@ -184,6 +184,58 @@ def test_4_processor_refuses_a_scene_and_warns_on_other_scaling():
     assert out.pixel_values.shape == (1, 3, 32, 32)
 
 
+def _far_warnings(processor, array) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        processor(array)
+    return [
+        str(w.message) for w in caught if "far outside the model's statistics" in str(w.message)
+    ]
+
+
+def test_4_statistics_warning_spares_the_models_own_data_and_names_real_errors():
+    """The sample's own chips never warn (5 of 288 did when any band's mean was > 3 std off);
+    the same chips with the Sentinel-2 +1000 offset always do, naming it."""
+    from geofm_hf.data import sample_dataset_path
+
+    info = read_dataset_info(sample_dataset_path())
+    chips = []
+    for shard in sorted((Path(sample_dataset_path()) / "data").glob("*.parquet")):
+        for row in pq.read_table(shard).to_pylist():
+            chips.append(
+                np.frombuffer(row["image"], dtype=row["dtype"]).reshape(row["shape"]).astype("f4")
+            )
+    assert len(chips) > 200
+
+    def fresh():  # the warning is once per processor
+        return GeoViTMAEImageProcessor(
+            band_names=info.band_names, image_mean=info.mean, image_std=info.std, size=64
+        )
+
+    assert [i for i, chip in enumerate(chips) if _far_warnings(fresh(), chip)] == []
+    for chip in chips[::40]:
+        (message,) = _far_warnings(fresh(), chip + 1000)
+        assert "offset (+1000) not removed" in message
+
+
+def test_4_statistics_warning_reads_the_direction_of_each_band():
+    processor = GeoViTMAEImageProcessor(
+        band_names=["B02", "B03", "B04"], image_mean=[1000.0] * 3, image_std=[100.0] * 3, size=8
+    )
+    base = np.full((3, 8, 8), 1000.0, dtype=np.float32)
+    bright = base + np.array([400.0, 450.0, 500.0], dtype=np.float32)[:, None, None]
+    assert _far_warnings(processor, bright) == []  # a cloud: every band up, by < 5x
+    swapped = base + np.array([400.0, 0.0, -100.0], dtype=np.float32)[:, None, None]
+    (message,) = _far_warnings(processor, swapped)
+    assert "band B02" in message and "opposite directions" in message
+    assert _far_warnings(processor, bright * 8) == []  # warned once per processor
+    tenfold = GeoViTMAEImageProcessor(
+        band_names=["B02", "B03", "B04"], image_mean=[1000.0] * 3, image_std=[100.0] * 3, size=8
+    )
+    (message,) = _far_warnings(tenfold, base * 10)
+    assert "another scaling (input/model mean = 10)" in message
+
+
 # ---- 5. select_input_bands adapts the processor --------------------------------------------
 def test_5_select_input_bands_narrows_model_and_processor_together(tmp_path):
     model = _tiny(S2_BANDS, cls=GeoViTMAEForImageClassification, num_labels=2)

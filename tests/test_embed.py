@@ -270,3 +270,44 @@ def test_pipeline_feature_extraction_multispectral_and_rgb(model, tmp_path):
     rgb = pipeline("image-feature-extraction", model=str(rgb_dir), trust_remote_code=True)
     image = Image.fromarray((np.random.default_rng(1).uniform(0, 255, (64, 64, 3))).astype("uint8"))
     assert np.array(rgb(image)).shape == (1, 1 + 64, 48)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "patch"])
+def test_embeddings_own_their_memory(model, pooling):
+    """Rows wait in memory until their part is written: a row that is a view of the batch's
+    hidden state (the CLS slice) kept all of it alive, so memory grew with the scene."""
+    import torch
+
+    from geofm_hf.inference.embed import _Encoder
+    from geofm_hf.inference.scenes import load_model
+
+    loaded = load_model(model)
+    encoder = _Encoder(loaded, pooling, torch.device("cpu"), bf16=False)
+    size, channels = loaded.image_size, len(loaded.band_names)
+    out = encoder(np.random.default_rng(0).uniform(0, 3000, (3, channels, size, size)))
+    owner = out.base if out.base is not None else out
+    held = owner.untyped_storage().nbytes() if isinstance(owner, torch.Tensor) else owner.nbytes
+    assert held == out.nbytes, (pooling, held, out.nbytes)
+
+
+def test_windows_read_in_narrow_blocks_equal_full_width_reads(crop, model, monkeypatch):
+    """Reads are bounded in width (scenes.MAX_BLOCK_COLS): the windows are the same pixels."""
+    from geofm_hf.inference import scenes
+
+    band_names = scenes.load_model(model).band_names
+
+    def windows():
+        (scene,) = scenes.open_scenes([crop])
+        grid = scenes.open_grid(scene, band_names)
+        try:
+            return [(r, c, pix.copy()) for r, c, pix in scenes.iter_windows(grid, 64, 48)]
+        finally:
+            grid.close()
+
+    wide = windows()
+    monkeypatch.setattr(scenes, "MAX_BLOCK_COLS", 100)  # 1 or 2 windows per block, edges padded
+    narrow = windows()
+    assert [(r, c) for r, c, _ in narrow] == [(r, c) for r, c, _ in wide]
+    assert len({c for _, c, _ in wide}) > 3
+    for (_, _, a), (_, _, b) in zip(wide, narrow):
+        np.testing.assert_array_equal(a, b)

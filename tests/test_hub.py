@@ -381,3 +381,34 @@ def test_guards(local_hub, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN")
     with pytest.raises(HubPushError, match="HF_TOKEN"):
         HubPusher(REPO)
+
+
+def test_pushes_run_in_order_on_huggingface_hubs_background_worker(
+    local_hub, tmp_path, monkeypatch
+):
+    """The pusher keeps no thread or queue of its own: each push is one ``HfApi.run_as_future``
+    job (huggingface_hub's single worker thread, first in first out)."""
+    submitted, ran_on = [], []
+    original = HfApi.run_as_future
+
+    def recording(api, fn, *args, **kwargs):
+        submitted.append(args[0].tags)
+
+        def job(*a, **k):
+            ran_on.append(threading.current_thread().name)
+            return fn(*a, **k)
+
+        return original(api, job, *args, **kwargs)
+
+    monkeypatch.setattr(HfApi, "run_as_future", recording)
+    before = {t.ident for t in threading.enumerate()}
+    pusher = HubPusher(REPO, **FAST)
+    for step in (1, 2, 3):
+        pusher.push_checkpoint(_ckpt(tmp_path, step), step)
+    summary = pusher.close(timeout=60)
+    assert submitted == [["step-000001"], ["step-000002"], ["step-000003"]]
+    assert [j["tags"] for j in summary["pushed"]] == submitted
+    assert len(set(ran_on)) == 1 and ran_on[0].startswith("ThreadPoolExecutor"), ran_on
+    # Besides the local Hub's request handlers, no thread of the pusher's own.
+    new = [t.name for t in threading.enumerate() if t.ident not in before]
+    assert all(n in ran_on or "process_request" in n for n in new), new

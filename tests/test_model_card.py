@@ -253,3 +253,36 @@ def test_card_validates_through_the_hub_client(local_hub, tmp_path):
     broken = ModelCard(str(card).replace("- geospatial", "- {a: 1}", 1))
     with pytest.raises(ValueError, match="tags"):
         broken.validate()
+
+
+def test_template_renders_the_tables_from_the_record(tmp_path, monkeypatch):
+    """The tables are the template's: it gets the RunRecord itself (``r``) and formatting filters,
+    and the Python side builds no Markdown."""
+    from pathlib import Path
+
+    import geofm_hf.model_card as model_card
+
+    source = Path(model_card.__file__).read_text()
+    assert "|---" not in source and "| # |" not in source
+    template = TEMPLATE_PATH.read_text()
+    assert "{% for b in r.bands %}" in template and "{% for e in r.eval_results %}" in template
+
+    custom = tmp_path / "card.md"
+    custom.write_text(
+        "---\n{{ card_data }}\n---\n"
+        "{% for b in r.bands %}\n"
+        "{{ b.name }}={{ b.get('mean') | fmt('{:.1f}') }}/{{ b.get('gsd_m') | fmt }};\n"
+        "{% endfor %}\n"
+        "{{ r.num_parameters_total | params }} {{ r.wall_time_s | wall }}\n"
+    )
+    monkeypatch.setattr(model_card, "TEMPLATE_PATH", custom)
+    record = {
+        "bands": [{"name": "B02", "mean": 1354.44}, {"name": "B03", "gsd_m": 10}],
+        "num_parameters_total": 2_500_000_000,
+        "wall_time_s": 3723.4,
+    }
+    body = str(render_model_card(record, tmp_path)).split("---\n", 2)[2]
+    assert body == (
+        f"B02=1354.4/{NOT_RECORDED};\nB03={NOT_RECORDED}/10;\n"
+        "2,500,000,000 (2.50B) 3,723 s (1 h 02 min 03 s)\n"
+    )

@@ -309,3 +309,58 @@ def test_rotation_does_not_lose_pushes_queued_behind_a_slow_hub(local_hub, tmp_p
         files = repo.commits[repo.tags[f"step-{step:06d}"]].files
         assert set(files) >= LOADABLE, (step, sorted(files))
     assert not list(out.rglob(".hub_staging/*")), "staged snapshots are removed once pushed"
+
+
+def test_run_stopped_by_a_signal_does_not_wait_for_an_unreachable_hub(local_hub, tmp_path):
+    """SIGTERM (Slurm's wall-time warning) while the first push retries against a Hub that is
+    down: the run stops at once, and what was not pushed is summarised, staged and logged with the
+    command that pushes it, instead of the interpreter's exit waiting for the push's retries."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+    from pretrain_utils import ROOT, _command, _env, _pretrain_args
+
+    local_hub.set_failure("down")
+    out = tmp_path / "run"
+    args = _pretrain_args(out, [
+        "--max_steps", "1000", "--save_steps", "1", "--plot_reconstructions", "false",
+        "--push_to_hub", "true", "--hub_model_id", "geofm-test/down", "--hub_retry_backoff_s", "0.2",
+    ])  # fmt: skip
+    proc = subprocess.Popen(
+        _command(ROOT / "recipes" / "pretrain.py", args),
+        cwd=ROOT,
+        env=_env(local_hub.env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob(".hub_staging/*")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        workers = [
+            p for p in psutil.Process(proc.pid).children() if "pretrain.py" in " ".join(p.cmdline())
+        ]
+        assert len(workers) == 2, workers
+        t0 = time.monotonic()
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+        stopped_in = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            from pretrain_utils import kill_tree
+
+            kill_tree(proc.pid)
+    assert stopped_in < 60, stopped_in
+    summary = _hub_summary(stdout)
+    assert summary["pushed"] == [] and summary["pending"], summary
+    for push in summary["pending"]:
+        assert (Path(push["folder"]) / "model.safetensors").is_file()
+        command = f"geofm-push {push['folder']} geofm-test/down --branch checkpoints"
+        assert command in stderr, stderr[-3000:]
+    assert local_hub.token not in stdout + stderr

@@ -116,7 +116,9 @@ class _Encoder:
         else:
             g = self.grid
             out = hidden[:, 1:].transpose(1, 2).reshape(hidden.shape[0], -1, g, g)
-        return out.cpu().numpy()
+        # contiguous(): a view (the CLS slice) would keep the batch's whole hidden state alive for
+        # as long as its rows wait to be written (4096 rows of a ViT-L at 224 px: 3.2 GB).
+        return out.contiguous().cpu().numpy()
 
 
 def _part_schema(dim: int) -> pa.Schema:

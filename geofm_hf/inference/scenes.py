@@ -2,8 +2,8 @@
 
 Scenes are discovered exactly as ``geofm-make-shards`` discovers them (files, folders, globs,
 per-band files grouped by scene prefix); each scene is brought onto one grid (the finest band's)
-through a ``WarpedVRT`` and read one strip of windows at a time, so memory is bounded by
-``bands x window x scene width`` whatever the scene height.
+through a ``WarpedVRT`` and read one block of windows at a time (one window row high, at most
+:data:`MAX_BLOCK_COLS` columns wide), so what is held is bounded whatever the scene's size.
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ from affine import Affine
 from ..data.format import BadInputError
 
 __all__ = ["LoadedModel", "SceneGrid", "load_model", "open_scenes", "window_origins"]
+
+# Widest block of windows read at once: 13 bands x 64 rows x 2048 columns of float32 is 6.8 MB,
+# and GDAL's warp buffers follow the request, so a 10980-px Sentinel-2 tile costs what a small
+# crop does.
+MAX_BLOCK_COLS = 2048
 
 
 @dataclass
@@ -104,28 +109,33 @@ class SceneGrid:
     _nodata: list[float | None] = field(default_factory=list)
     _srcs: list[Any] = field(default_factory=list)
 
-    def read_strip(self, row0: int, rows: int) -> np.ndarray:
-        """Rows ``row0 .. row0 + rows`` of every band, float32 ``(C, rows, width)``; pixels
-        outside the scene or equal to nodata are NaN."""
+    def read_block(
+        self, row0: int, rows: int, col0: int = 0, cols: int | None = None
+    ) -> np.ndarray:
+        """Rows ``row0 .. row0 + rows``, columns ``col0 .. col0 + cols`` (default: to the right
+        edge) of every band, float32 ``(C, rows, cols)``; pixels outside the scene or equal to
+        nodata are NaN."""
         from rasterio.windows import Window
 
-        out = np.full((len(self._vrts), rows, self.width), np.nan, dtype=np.float32)
+        cols = self.width - col0 if cols is None else cols
+        out = np.full((len(self._vrts), rows, cols), np.nan, dtype=np.float32)
         take = max(0, min(rows, self.height - row0))
-        if take == 0:
+        take_cols = max(0, min(cols, self.width - col0))
+        if take == 0 or take_cols == 0:
             return out
         for b, (vrt, bidx, nd) in enumerate(zip(self._vrts, self._bidx, self._nodata)):
             try:
-                data = vrt.read(bidx, window=Window(0, row0, self.width, take))
+                data = vrt.read(bidx, window=Window(col0, row0, take_cols, take))
             except Exception as err:
                 raise BadInputError(
                     "unreadable_band",
                     f"band {self.band_names[b]} of {self.source} failed to read at rows "
-                    f"{row0}..{row0 + take}: {err}",
+                    f"{row0}..{row0 + take}, columns {col0}..{col0 + take_cols}: {err}",
                 ) from err
-            strip = data.astype(np.float32)
+            block = data.astype(np.float32)
             if nd is not None and not np.isnan(nd):
-                strip[data == nd] = np.nan
-            out[b, :take] = strip
+                block[data == nd] = np.nan
+            out[b, :take, :take_cols] = block
         return out
 
     def close(self) -> None:
@@ -191,19 +201,19 @@ def iter_windows(
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """``(row, col, pixels (C, window, window) float32, NaN = missing)`` in row-major order.
 
-    One strip of ``window`` rows is read per window row; ``skip`` holds ``(row, col)`` pixel
-    offsets already done (a resumed run) whose strips are not even read when a whole row is done.
+    Each window row is read in blocks of at most :data:`MAX_BLOCK_COLS` columns (or one window,
+    if wider); ``skip`` holds ``(row, col)`` pixel offsets already done (a resumed run), whose
+    blocks are not even read when every window of a block is done.
     """
     rows = window_origins(grid.height, window, stride)
     cols = window_origins(grid.width, window, stride)
+    span = max(MAX_BLOCK_COLS, window)
     for r in rows:
         todo = [c for c in cols if not skip or (r, c) not in skip]
-        if not todo:
-            continue
-        strip = grid.read_strip(r, window)
-        if cols[-1] + window > grid.width:
-            pad = np.full((strip.shape[0], window, cols[-1] + window - grid.width), np.nan,
-                          dtype=np.float32)  # fmt: skip
-            strip = np.concatenate([strip, pad], axis=2)
-        for c in todo:
-            yield r, c, strip[:, :, c : c + window]
+        while todo:
+            first = todo[0]
+            chunk = [c for c in todo if c + window <= first + span]
+            todo = todo[len(chunk) :]
+            block = grid.read_block(r, window, first, chunk[-1] + window - first)
+            for c in chunk:
+                yield r, c, block[:, :, c - first : c - first + window]
