@@ -172,6 +172,13 @@ class GeoViTMAEConfig(PreTrainedConfig):
         metadata_dropout (`float`, defaults to 0.0): in training, probability of dropping the
             time and the location encoding of a sample (each independently), so either may be
             absent at inference.
+        position_embedding (`str`, defaults to `"sincos"`): token positions. `"sincos"`: MAE's
+            fixed 2D sin-cos table (plus a 1D sin-cos of the tubelet index for time series),
+            computed, never stored. `"learned"`: a stored table ``(1, 1 + L, D)`` per stack
+            (encoder and MAE decoder), as timm ViTs keep it; only at ``image_size``.
+            `"sincos_3d"`: Prithvi's fixed 3D sin-cos table (width split 6/16 columns, 6/16 rows,
+            4/16 tubelet index, concatenated), computed; only at ``image_size``. Imported
+            checkpoints use the layout of their source, so positions are never replaced.
         preset (`str`, *optional*): name of the preset the config was built from (informative).
     """
 
@@ -213,6 +220,7 @@ class GeoViTMAEConfig(PreTrainedConfig):
         temporal_encoding: bool = False,
         location_encoding: bool = False,
         metadata_dropout: float = 0.0,
+        position_embedding: str = "sincos",
         preset: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -254,6 +262,7 @@ class GeoViTMAEConfig(PreTrainedConfig):
         self.temporal_encoding = temporal_encoding
         self.location_encoding = location_encoding
         self.metadata_dropout = metadata_dropout
+        self.position_embedding = position_embedding
         self.preset = preset
         super().__init__(**kwargs)
         self._validate()
@@ -304,6 +313,24 @@ class GeoViTMAEConfig(PreTrainedConfig):
             )
         if self.reference_gsd_m is not None and not self.reference_gsd_m > 0:
             raise ValueError(f"reference_gsd_m must be positive: found {self.reference_gsd_m}.")
+        if self.position_embedding not in ("sincos", "learned", "sincos_3d"):
+            raise ValueError(
+                "position_embedding must be 'sincos', 'learned' or 'sincos_3d': found "
+                f"{self.position_embedding!r}."
+            )
+        if self.position_embedding == "sincos_3d" and (
+            self.hidden_size % 16 or self.decoder_hidden_size % 16
+        ):
+            raise ValueError(
+                "position_embedding='sincos_3d' splits the width in sixteenths: expected "
+                f"hidden_size and decoder_hidden_size divisible by 16, found {self.hidden_size} "
+                f"and {self.decoder_hidden_size}."
+            )
+        if self.position_embedding != "sincos" and self.reference_gsd_m is not None:
+            raise ValueError(
+                "reference_gsd_m (GSD-scaled positions) needs position_embedding='sincos': found "
+                f"{self.position_embedding!r}."
+            )
         if not 0.0 <= self.metadata_dropout <= 1.0:
             raise ValueError(f"metadata_dropout must be in [0, 1]: found {self.metadata_dropout}.")
 

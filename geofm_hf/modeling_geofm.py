@@ -105,6 +105,55 @@ def sincos_2d_position_embedding(
     return emb.float()
 
 
+def sincos_3d_position_embedding(
+    frames: int, grid_h: int, grid_w: int, dim: int, *, cls_token: bool = True
+) -> torch.Tensor:
+    """Prithvi's fixed 3D sin-cos table, ``(1 [+ 1] + frames * grid_h * grid_w, dim)``, float32.
+
+    Tokens are ordered (tubelet, row, col); each row is ``[w | h | t]`` with ``6/16``, ``6/16``
+    and ``4/16`` of the width, each part a 1D ``[sin | cos]`` of the integer index. Computed in
+    float64 as the reference code does (NumPy), then cast.
+    """
+    if dim % 16 != 0:
+        raise ValueError(
+            f"3D sin-cos position embedding width must be divisible by 16: found {dim}."
+        )
+
+    def one_d(width: int, count: int) -> torch.Tensor:
+        omega = 1.0 / 10000 ** (torch.arange(width // 2, dtype=torch.float64) / (width / 2.0))
+        angles = torch.arange(count, dtype=torch.float64)[:, None] * omega  # (count, width/2)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (count, width)
+
+    w_dim = h_dim = dim // 16 * 6
+    t_dim = dim // 16 * 4
+    w = one_d(w_dim, grid_w).repeat(frames * grid_h, 1)  # (T*h*w, w_dim)
+    h = one_d(h_dim, grid_h).repeat_interleave(grid_w, dim=0).repeat(frames, 1)
+    t = one_d(t_dim, frames).repeat_interleave(grid_h * grid_w, dim=0)
+    emb = torch.cat([w, h, t], dim=1)  # (T*h*w, dim)
+    if cls_token:
+        emb = torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb], dim=0)
+    return emb.float()
+
+
+def _stored_or_3d_table(
+    config: GeoViTMAEConfig,
+    learned: nn.Parameter | None,
+    cache: dict,
+    dim: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """``(1, 1 + L, dim)`` positions of a ``"learned"`` or ``"sincos_3d"`` model (at image_size)."""
+    if learned is not None:
+        return learned
+    table = cache.get(device)
+    if table is None:
+        grid = config.image_size // config.patch_size
+        frames = config.num_frames // config.tubelet_size
+        table = sincos_3d_position_embedding(frames, grid, grid, dim).unsqueeze(0).to(device)
+        cache[device] = table
+    return table
+
+
 class _PositionEmbeddingCache:
     """Computes the fixed sin-cos tables on first use, per grid and device.
 
@@ -501,6 +550,13 @@ class GeoViTMAEEmbeddings(nn.Module):
         self.positions = _PositionEmbeddingCache(
             config.hidden_size, config.image_size // config.patch_size
         )
+        # A learnt table is a weight of the checkpoint (timm layout); the 3D sin-cos one is not.
+        self.position_embeddings = (
+            nn.Parameter(torch.zeros(1, 1 + config.num_patches, config.hidden_size))
+            if config.position_embedding == "learned"
+            else None
+        )
+        self._fixed_3d: dict = {}
 
     def _keep(self, batch: int, device: torch.device) -> torch.Tensor | None:
         """Per-sample keep mask ``(B,)`` for metadata dropout in training, else ``None``."""
@@ -525,11 +581,17 @@ class GeoViTMAEEmbeddings(nn.Module):
             pixel_values.shape[-1] // config.patch_size,
         )
         frames = config.num_frames // config.tubelet_size
-        table = _position_table(
-            self.positions, grid, pixel_values.device, interpolate_pos_encoding, gsd_scale
-        ).to(self.cls_token.dtype)  # (1|B, 1 + hw, D)
         tokens = self.patch_embeddings(pixel_values, band_embedding=band_embedding)  # (B, L, D)
-        tokens = _add_space_time_positions(tokens, table, frames, config.hidden_size)
+        if config.position_embedding == "sincos":
+            table = _position_table(
+                self.positions, grid, pixel_values.device, interpolate_pos_encoding, gsd_scale
+            ).to(self.cls_token.dtype)  # (1|B, 1 + hw, D)
+            tokens = _add_space_time_positions(tokens, table, frames, config.hidden_size)
+        else:
+            table = _stored_or_3d_table(
+                config, self.position_embeddings, self._fixed_3d, config.hidden_size, tokens.device
+            ).to(tokens.dtype)  # (1, 1 + L, D), every token of every tubelet
+            tokens = tokens + table[:, 1:]
         batch, _, width = tokens.shape
         if temporal_coords is not None:
             encoded, _ = self.temporal_embedding(temporal_coords.to(tokens.device))  # (B, T, D)
@@ -642,8 +704,12 @@ class GeoViTMAEPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, GeoViTMAEEmbeddings):
             init.normal_(module.cls_token, std=std)
+            if module.position_embeddings is not None:
+                init.trunc_normal_(module.position_embeddings, std=std)
         elif isinstance(module, GeoViTMAEDecoder):
             init.normal_(module.mask_token, std=std)
+            if module.decoder_position_embeddings is not None:
+                init.trunc_normal_(module.decoder_position_embeddings, std=std)
 
 
 @dataclass
@@ -765,6 +831,14 @@ def _check_inputs(
     if height % patch or width % patch:
         raise ValueError(
             f"Image size must be divisible by the patch size {patch}: found {height}x{width}."
+        )
+    position = getattr(config, "position_embedding", "sincos")
+    if position != "sincos" and (height, width) != (config.image_size, config.image_size):
+        raise ValueError(
+            f"This model's position_embedding={position!r} table is laid out for "
+            f"{config.image_size}x{config.image_size} images: found {height}x{width}. It is not "
+            "resampled (that would change the model's output): tile or crop the input to "
+            f"{config.image_size}x{config.image_size}."
         )
     if not interpolate and (height, width) != (config.image_size, config.image_size):
         raise ValueError(
@@ -952,6 +1026,12 @@ class GeoViTMAEDecoder(nn.Module):
         self.positions = _PositionEmbeddingCache(
             config.decoder_hidden_size, config.image_size // config.patch_size
         )
+        self.decoder_position_embeddings = (
+            nn.Parameter(torch.zeros(1, 1 + config.num_patches, config.decoder_hidden_size))
+            if config.position_embedding == "learned"
+            else None
+        )
+        self._fixed_3d: dict = {}
 
     def predict(self, hidden: torch.Tensor, band_embedding: torch.Tensor | None) -> torch.Tensor:
         """``(B, L, Dd)`` -> ``(B, L, t*p*p*C)``, bands last inside a token (``patchify``)."""
@@ -987,12 +1067,20 @@ class GeoViTMAEDecoder(nn.Module):
         patches = torch.gather(
             patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, width)
         )  # (B, L, Dd) token order
-        table = _position_table(
-            self.positions, grid, hidden.device, interpolate_pos_encoding, gsd_scale
-        ).to(hidden.dtype)  # (1|B, 1 + hw, Dd)
-        frames = self.config.num_frames // self.config.tubelet_size
-        patches = _add_space_time_positions(patches, table, frames, width)
-        hidden = torch.cat([hidden[:, :1], patches], dim=1)  # (B, 1 + L, Dd); cls position is 0
+        if self.config.position_embedding == "sincos":
+            table = _position_table(
+                self.positions, grid, hidden.device, interpolate_pos_encoding, gsd_scale
+            ).to(hidden.dtype)  # (1|B, 1 + hw, Dd)
+            frames = self.config.num_frames // self.config.tubelet_size
+            patches = _add_space_time_positions(patches, table, frames, width)
+            cls = hidden[:, :1]  # the cls position is 0
+        else:
+            table = _stored_or_3d_table(
+                self.config, self.decoder_position_embeddings, self._fixed_3d, width, hidden.device
+            ).to(hidden.dtype)  # (1, 1 + L, Dd)
+            patches = patches + table[:, 1:]
+            cls = hidden[:, :1] + table[:, :1]
+        hidden = torch.cat([cls, patches], dim=1)  # (B, 1 + L, Dd)
         hidden, _ = self.decoder_layers(hidden)
         return self.predict(self.decoder_norm(hidden)[:, 1:], band_embedding)  # (B, L, t*p*p*C)
 
@@ -1327,6 +1415,7 @@ __all__ = [
     "flops_per_image",
     "select_input_bands",
     "sincos_2d_position_embedding",
+    "sincos_3d_position_embedding",
 ]
 
 
