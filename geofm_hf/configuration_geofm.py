@@ -393,11 +393,15 @@ def input_output_costs(config: Any) -> dict[str, int]:
     for flag in ("temporal_encoding", "location_encoding"):
         if get(flag, False):
             encoder_input += metadata * width
+    tokens = (frames // tubelet) * (side // patch) ** 2
+    if get("position_embedding", "sincos") == "learned":  # stored tables, cls row included
+        encoder_input += (tokens + 1) * width
+        decoder_output += (tokens + 1) * dec_width
     return {
         "encoder_input": encoder_input,
         "decoder_output": decoder_output,
         "pixels_per_token": pixels,
-        "tokens": (frames // tubelet) * (side // patch) ** 2,
+        "tokens": tokens,
         "hypernetwork_flops": hyper,
     }
 

@@ -380,3 +380,66 @@ def test_unknown_source_name_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"prithvi-eo-2\.0-600m"):
         convert_from("prithvi-eo-3.0")
     assert convert_api.KNOWN_SOURCES is KNOWN_SOURCES
+
+
+# ------------------------------------------------------------- position_embedding option
+@pytest.mark.parametrize("position", ["learned", "sincos_3d"])
+def test_position_tables_refuse_other_sizes_and_are_counted(position):
+    from geofm_hf import planner
+
+    config = geofm_hf.GeoViTMAEConfig.from_preset("tiny", position_embedding=position)
+    model = GeoViTMAEForPreTraining(config).eval()
+    assert planner.count_parameters(config, part="total") == sum(
+        p.numel() for p in model.parameters()
+    )
+    with pytest.raises(ValueError, match="laid out for 64x64 images: found 96x96"):
+        model.vit(torch.randn(1, 3, 96, 96), interpolate_pos_encoding=True)
+    with pytest.raises(ValueError, match="needs position_embedding='sincos'"):
+        geofm_hf.GeoViTMAEConfig.from_preset(
+            "tiny", position_embedding=position, reference_gsd_m=10
+        )
+
+
+def test_converted_exports_load_without_the_package(tmp_path):
+    """Prithvi (3D sin-cos) and timm (learnt table) exports through remote code alone."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from test_remote_code import BLOCK_GEOFM
+
+    prithvi, timm_vit = _prithvi(), _timm(num_classes=0)
+    convert_from(
+        prithvi.state_dict(), tmp_path / "prithvi", num_heads=4, decoder_num_heads=4,
+        num_frames=3, layer_norm_eps=1e-5,
+    )  # fmt: skip
+    convert_from(timm_vit, tmp_path / "timm")
+    torch.manual_seed(3)
+    frames, image = torch.randn(1, 6, 3, 32, 32), torch.randn(1, 4, 32, 32)
+    torch.save({"frames": frames, "image": image}, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        expected = [
+            prithvi.forward_features(frames).sum().item(),
+            timm_vit.forward_features(image).sum().item(),
+        ]
+    script = BLOCK_GEOFM + textwrap.dedent(
+        f"""
+        import json, torch
+        from transformers import AutoModel
+        x = torch.load({str(tmp_path / "inputs.pt")!r}, weights_only=True)
+        a = AutoModel.from_pretrained({str(tmp_path / "prithvi")!r}, trust_remote_code=True)
+        b = AutoModel.from_pretrained({str(tmp_path / "timm")!r}, trust_remote_code=True)
+        with torch.no_grad():
+            out = [a(x["frames"].transpose(1, 2)).last_hidden_state.sum().item(),
+                   b(x["image"]).last_hidden_state.sum().item()]
+        print(json.dumps([type(a).__module__, out]))
+        """
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    module, out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not module.startswith("geofm_hf")
+    assert out == pytest.approx(expected, abs=1e-3)
