@@ -469,3 +469,46 @@ class PrithviMAE(nn.Module):
         latent, mask, ids_restore = self.encoder(pixel_values, mask_ratio, noise)
         pred = self.decoder(latent, ids_restore)
         return _mae_loss(self.patchify(pixel_values), pred, mask, self.norm_pix_loss), pred, mask
+
+
+# ---------------------------------------------------------------------------- Scale-MAE
+def scalemae_2d_sincos_with_resolution(dim, grid_size, res):
+    """Scale-MAE ``get_2d_sincos_pos_embed_with_resolution`` (torch, float32), cls row included."""
+    grid_h = torch.arange(grid_size, dtype=torch.float32)
+    grid_w = torch.arange(grid_size, dtype=torch.float32)
+    grid = torch.stack(torch.meshgrid(grid_w, grid_h, indexing="xy"), dim=0)
+    grid = torch.einsum("chw,n->cnhw", grid, res)
+    _, n, h, w = grid.shape
+    emb = torch.cat(
+        [_sincos_1d_torch(dim // 2, grid[0]), _sincos_1d_torch(dim // 2, grid[1])], dim=1
+    )
+    emb = emb.reshape(n, h * w, dim)
+    return torch.cat([torch.zeros([n, 1, dim]), emb], dim=1)
+
+
+class ScaleMAE(MAEViT):
+    """Scale-MAE ``models_mae.MaskedAutoencoderViT``: the MAE encoder with positions computed
+    per sample from ``input_res`` (the stored ``pos_embed`` is the res-1 table, unused), and a
+    decoder ending in an FPN + FCN head instead of ``decoder_pred`` (kept here as stand-in
+    modules under the same names, enough for the decoder's state-dict layout)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        dec = self.decoder_embed.out_features
+        del self.decoder_pred
+        self.mask_token_decoder = nn.Parameter(torch.zeros(1, 1, dec))
+        self.fpn = nn.Conv2d(dec, dec, 1)
+        self.fcn = nn.Conv2d(dec, 3, 1)
+        _randomise(self)
+
+    def forward_encoder(self, x, mask_ratio=0.0, input_res=None):
+        _, _, h, w = x.shape
+        x = self.patch_embed(x)
+        grid = int(((h * w) / self.patch_size**2) ** 0.5)
+        pos_embed = scalemae_2d_sincos_with_resolution(x.shape[-1], grid, input_res)
+        x = x + pos_embed[:, 1:, :]
+        cls = (self.cls_token + pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        x = torch.cat((cls, x), dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)

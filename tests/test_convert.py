@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from source_replicas import MAEViT, PrithviMAE, TimmViT, mae_2d_sincos
+from source_replicas import MAEViT, PrithviMAE, ScaleMAE, TimmViT, mae_2d_sincos
 from transformers import AutoImageProcessor, AutoModel, AutoModelForPreTraining
 
 import geofm_hf
@@ -186,7 +186,7 @@ def test_prithvi_with_a_foreign_position_table_is_refused(tmp_path, local_hub, m
 
 
 # ---------------------------------------------------------------- SatMAE / Scale-MAE
-def test_satmae_grouped_channels_and_scalemae_decoder_are_refused():
+def test_satmae_grouped_channels_are_refused():
     state = _timm().state_dict()
     grouped = {k: v for k, v in state.items() if not k.startswith("patch_embed")}
     for g in range(3):  # SatMAE group-channel model: one patch embedding per band group
@@ -194,9 +194,22 @@ def test_satmae_grouped_channels_and_scalemae_decoder_are_refused():
     grouped["channel_embed"] = torch.zeros(1, 3, 16)
     with pytest.raises(UnsupportedSourceError, match="grouped channels"):
         convert_from(grouped, num_heads=4)
-    scale = dict(state, **{"fpn.conv.weight": torch.zeros(1), "fcn_high.weight": torch.zeros(1)})
-    with pytest.raises(UnsupportedSourceError, match="Scale-MAE's multi-scale"):
-        convert_from(scale, num_heads=4)
+
+
+def test_scalemae_encoder_converts_with_gsd_scaled_positions_and_its_decoder_is_refused():
+    torch.manual_seed(4)
+    source = ScaleMAE(
+        img_size=32, patch_size=8, in_chans=3, embed_dim=64, depth=2, num_heads=4,
+        decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4,
+    ).eval()  # fmt: skip
+    with pytest.raises(UnsupportedSourceError, match=r"Scale-MAE's decoder .*encoder_only=True"):
+        convert_from(source.state_dict(), num_heads=4, decoder_num_heads=4)
+    model = convert_from(source.state_dict(), num_heads=4, encoder_only=True)
+    assert isinstance(model, GeoViTMAEModel) and model.config.reference_gsd_m == 1.0
+    x, res = torch.randn(2, 3, 32, 32), torch.tensor([0.5, 2.0])
+    with torch.no_grad():
+        _close(model(x, gsd=res).last_hidden_state, source.forward_encoder(x, 0.0, res))
+        _close(model(x).last_hidden_state, source.forward_encoder(x, 0.0, torch.ones(2)))
 
 
 # ---------------------------------------------------------------------- checkpoint files

@@ -58,8 +58,9 @@ _REFUSED = [
         "patch embedding",
     ),
     (
-        r"^(fpn|fcn_high|fcn_low|decoder_upsample)\.",
-        "Scale-MAE's multi-scale (Laplacian/FPN) decoder has no counterpart in the MAE decoder",
+        r"^(fpn|fcn|fcn_high|fcn_low)\.|^mask_token_decoder$",
+        "Scale-MAE's decoder (FPN + FCN heads reconstructing two frequency bands) has no "
+        "counterpart in the MAE decoder; pass encoder_only=True to import its encoder",
     ),
     (r"\.ls[12]\.gamma$|\.ls[12]\.", "layer scale (timm init_values) has no counterpart"),
     (r"^reg_token$", "register tokens have no counterpart"),
@@ -71,6 +72,11 @@ _REFUSED = [
     (r"^patch_embed\.norm\.", "a norm after the patch embedding has no counterpart"),
     (r"vpt_prompt_embeddings", "visual prompt tokens (VPT) have no counterpart"),
 ]
+
+_SCALE_MAE_DECODER = (
+    r"^(fpn|fcn|fcn_high|fcn_low|decoder_embed|decoder_blocks|decoder_norm|pos_emb_projection)\."
+    r"|^(mask_token|mask_token_decoder|decoder_pos_embed)$"
+)
 
 _BLOCK = {
     "norm1": "layernorm_before",
@@ -202,8 +208,20 @@ def convert_mae_layout(
     the source has an MAE decoder (and ``encoder_only`` is false), else a :class:`GeoViTMAEModel`.
     """
     src = normalise_keys(state_dict)
-    _refuse_unmapped(src)
     notes: list[str] = []
+    scale_mae = any(re.match(r"^(fpn|fcn|fcn_high|fcn_low)\.|^mask_token_decoder$", k) for k in src)
+    if scale_mae and encoder_only:
+        for key in [k for k in src if re.match(_SCALE_MAE_DECODER, k)]:
+            src.pop(key)
+        # Scale-MAE computes positions per sample from the input's resolution (the stored
+        # table is the resolution-1 one): geofm_hf's GSD-scaled sin-cos is the same function
+        # with gsd / reference_gsd_m in the place of Scale-MAE's input_res.
+        band_contract.setdefault("reference_gsd_m", 1.0)
+        notes.append(
+            "Scale-MAE encoder: positions are scaled per sample as in Scale-MAE; pass Scale-MAE's "
+            "input_res as gsd (reference_gsd_m=1.0). Its FPN/FCN decoder was not imported."
+        )
+    _refuse_unmapped(src)
     dropped = sorted(k for k in src if _DROPPED_HEAD.match(k))
     for key in dropped:
         src.pop(key)
