@@ -186,6 +186,13 @@ def test_prithvi_with_a_foreign_position_table_is_refused(tmp_path, local_hub, m
 
 
 # ---------------------------------------------------------------- SatMAE / Scale-MAE
+def test_satmae_temporal_position_split_is_refused():
+    state = _timm().state_dict()
+    state["pos_embed"] = state["pos_embed"][..., :48]  # width shared with a timestamp encoding
+    with pytest.raises(UnsupportedSourceError, match="SatMAE's temporal model"):
+        convert_from(state, num_heads=4)
+
+
 def test_satmae_grouped_channels_are_refused():
     state = _timm().state_dict()
     grouped = {k: v for k, v in state.items() if not k.startswith("patch_embed")}
@@ -331,6 +338,9 @@ def test_ssl4eo_downloads_converts_and_carries_its_band_contract(tmp_path, local
     assert "_zhu_xlab_transforms" in card and "final LayerNorm keeps weight 1" in card
     record = json.loads((out / "conversion.json").read_text())
     assert record["file"] == "B13_vits16_mae_ep99_enc.pth" and len(record["revision"]) == 40
+    import hashlib
+
+    assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert record["revision"] == local_hub.repo("wangyi111/SSL4EO-S12").resolve("main")
 
 
@@ -344,8 +354,8 @@ def test_prithvi_known_source_downloads_and_matches(tmp_path, local_hub, monkeyp
     torch.save(source.state_dict(), path)
     _publish_tiny(monkeypatch, local_hub, "prithvi-eo-2.0-300m", path, _prithvi_arch())
     out = tmp_path / "prithvi"
-    model = convert_from("prithvi-eo-2.0-300m", out, revision="main")
-    assert isinstance(model, GeoViTMAEForPreTraining)
+    assert main(["prithvi-eo-2.0-300m", "-o", str(out), "--revision", "main"]) == 0
+    model = GeoViTMAEForPreTraining.from_pretrained(out)
     assert model.config.band_names == ["B02", "B03", "B04", "B05", "B06", "B07"]
     assert model.config.image_mean[0] == 1087.0 and model.config.image_std[5] == 1049.0
     assert model.config.layer_norm_eps == 1e-5 and model.config.num_frames == 4

@@ -283,11 +283,11 @@ def convert_mae_layout(
     tokens_per_frame_sq = None
     pos = src.pop("pos_embed", None)
     frames = num_frames // tubelet
-    if pos is not None:
+    if pos is not None and pos.shape[-1] == hidden:
         tokens = pos.reshape(-1, hidden).shape[0] - 1
         tokens_per_frame_sq = tokens // frames
     grid = math.isqrt(tokens_per_frame_sq) if tokens_per_frame_sq else 0
-    if pos is None or grid * grid * frames + 1 != pos.reshape(-1, hidden).shape[0]:
+    if grid == 0 or grid * grid * frames + 1 != pos.reshape(-1, hidden).shape[0]:
         shape = None if pos is None else tuple(pos.shape)
         raise UnsupportedSourceError(
             f"pos_embed must hold 1 + {frames} x grid^2 rows of width {hidden} (cls token, then a "
