@@ -250,13 +250,14 @@ def test_cli_writes_a_safetensors_export_that_loads_through_auto_classes(tmp_pat
     out = tmp_path / "export"
     argv = [str(path), "-o", str(out), "--num-heads", "4", "--decoder-num-heads", "4"]
     argv += ["--band-names", "B04", "B03", "B02", "--image-mean", "1", "2", "3"]
-    argv += ["--image-std", "4", "5", "6", "--license", "apache-2.0"]
+    argv += ["--image-std", "4", "5", "6", "--license", "apache-2.0", "--sensor", "sentinel2-l1c"]
     assert main(argv) == 0
     files = sorted(p.name for p in out.iterdir())
     assert "model.safetensors" in files
     assert not [f for f in files if f.endswith((".bin", ".pth", ".pt", ".ckpt"))]
     card = (out / "README.md").read_text()
     assert "license: apache-2.0" in card and "| 0 | B04 |" in card
+    assert json.loads((out / "config.json").read_text())["wavelengths_um"] == [0.665, 0.56, 0.49]
     processor = AutoImageProcessor.from_pretrained(out)
     assert processor.band_names == ["B04", "B03", "B02"] and processor.image_std == [4, 5, 6]
     loaded = AutoModelForPreTraining.from_pretrained(out).eval()

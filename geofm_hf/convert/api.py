@@ -128,6 +128,7 @@ def convert_from(
     layer_norm_eps: float = 1e-6,
     encoder_only: bool = False,
     band_names: list[str] | None = None,
+    sensor: str | None = None,
     wavelengths_um: list[float] | None = None,
     gsd_m: list[float] | None = None,
     image_mean: list[float] | None = None,
@@ -146,7 +147,8 @@ def convert_from(
     * a checkpoint file (``.safetensors``, or ``.pth/.pt/.bin/.ckpt`` read with
       ``torch.load(weights_only=True)``) in timm / MAE / Prithvi layout: pass ``num_heads``
       (and ``decoder_num_heads`` with an MAE decoder), ``num_frames`` for a time series and the
-      band contract;
+      band contract (``band_names``; ``sensor`` fills wavelengths and GSD from
+      :mod:`geofm_hf.bands`);
     * a timm-layout state dict (same arguments), a timm ``VisionTransformer`` module, or a
       transformers ``ViTMAEModel`` / ``ViTMAEForPreTraining``.
 
@@ -155,6 +157,14 @@ def convert_from(
     :class:`UnsupportedSourceError` and nothing is written. ``push_to_hub`` (``ORG/NAME``)
     uploads the export with ``geofm-push``'s uploader.
     """
+    if sensor is not None:
+        if band_names is None:
+            raise ValueError(f"sensor={sensor!r} needs band_names (the source's band order).")
+        from ..bands import band_gsd, band_wavelengths
+
+        # Unknown names raise here, before anything is converted or written.
+        wavelengths_um = wavelengths_um or band_wavelengths(band_names, sensor)
+        gsd_m = gsd_m or band_gsd(band_names, sensor)
     contract = {
         "band_names": band_names,
         "wavelengths_um": wavelengths_um,
@@ -398,7 +408,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-frames", type=int, default=1)
     p.add_argument("--layer-norm-eps", type=float, default=1e-6)
     p.add_argument("--encoder-only", action="store_true", help="drop an MAE decoder")
-    p.add_argument("--band-names", nargs="+", default=None)
+    p.add_argument("--band-names", nargs="+", default=None, help="the source's band order")
+    p.add_argument(
+        "--sensor", default=None, help="sensor table for wavelengths and GSD (e.g. sentinel2-l1c)"
+    )
     p.add_argument("--image-mean", nargs="+", type=float, default=None)
     p.add_argument("--image-std", nargs="+", type=float, default=None)
     p.add_argument("--license", default=None, help="license of the source weights (card)")
@@ -420,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             layer_norm_eps=args.layer_norm_eps,
             encoder_only=args.encoder_only,
             band_names=args.band_names,
+            sensor=args.sensor,
             image_mean=args.image_mean,
             image_std=args.image_std,
             license=args.license,
