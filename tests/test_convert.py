@@ -467,3 +467,18 @@ def test_converted_exports_load_without_the_package(tmp_path):
     module, out = json.loads(done.stdout.strip().splitlines()[-1])
     assert not module.startswith("geofm_hf")
     assert out == pytest.approx(expected, abs=1e-3)
+
+
+def test_transformers_vitmae_folder_converts_through_the_cli(tmp_path):
+    from test_modeling import hf_vitmae
+
+    theirs = hf_vitmae()
+    theirs.save_pretrained(tmp_path / "vitmae")
+    assert main([str(tmp_path / "vitmae"), "-o", str(tmp_path / "out")]) == 0
+    ours = AutoModelForPreTraining.from_pretrained(tmp_path / "out").eval()
+    x, noise = torch.randn(1, 3, 32, 32), torch.rand(1, 16)
+    with torch.no_grad():
+        _close(ours(x, noise=noise).loss, theirs(x, noise=noise).loss)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["band_names"] == [
+        "red", "green", "blue"
+    ]  # fmt: skip

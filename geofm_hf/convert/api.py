@@ -150,7 +150,7 @@ def convert_from(
       band contract (``band_names``; ``sensor`` fills wavelengths and GSD from
       :mod:`geofm_hf.bands`);
     * a timm-layout state dict (same arguments), a timm ``VisionTransformer`` module, or a
-      transformers ``ViTMAEModel`` / ``ViTMAEForPreTraining``.
+      transformers ``ViTMAEModel`` / ``ViTMAEForPreTraining`` (in memory or a saved folder).
 
     Returns a :class:`GeoViTMAEForPreTraining` where the source has an MAE decoder, else a
     :class:`GeoViTMAEModel`. Anything without an exact counterpart raises
@@ -209,6 +209,10 @@ def convert_from(
         )
         conversion.notes[:0] = notes
         record.update(name=path.name, source=str(path.resolve()), sha256=_sha256(path))
+    elif isinstance(source, (str, os.PathLike)) and (Path(source) / "config.json").is_file():
+        source = _load_transformers_vitmae(Path(source))
+        conversion = Conversion(from_transformers_vitmae(source, **contract).eval())
+        record.update(name=type(source).__name__, source="transformers ViTMAE folder")
     elif isinstance(source, str):
         raise ValueError(
             f"{source!r} is neither a checkpoint file nor a known source. Known sources: "
@@ -247,6 +251,25 @@ def convert_from(
         raise ValueError("push_to_hub needs output_dir (the export folder that is uploaded).")
     model.conversion_notes = list(conversion.notes)
     return model
+
+
+def _load_transformers_vitmae(folder: Path):
+    """A transformers ViTMAE ``save_pretrained`` folder (safetensors weights only)."""
+    from transformers import ViTMAEForPreTraining, ViTMAEModel
+
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("model_type") != "vit_mae":
+        raise ValueError(
+            f"{folder} holds a {config.get('model_type')!r} model; folders are converted when they "
+            "hold a transformers ViTMAE (model_type 'vit_mae')."
+        )
+    if not list(folder.glob("*.safetensors")):
+        raise UnsafeCheckpointError(
+            f"{folder} has no .safetensors weights; pickled weights in a folder are not loaded."
+        )
+    pretraining = "ViTMAEForPreTraining" in (config.get("architectures") or [])
+    cls = ViTMAEForPreTraining if pretraining else ViTMAEModel
+    return cls.from_pretrained(folder, use_safetensors=True).eval()
 
 
 def _convert_state_dict(
