@@ -525,6 +525,77 @@ class GeoViTMAEMetadataEncoder(nn.Module):
         return encoded * valid.unsqueeze(-1).to(encoded.dtype), valid
 
 
+class GeoViTMAEScaledSincosEncoder(nn.Module):
+    """Prithvi-EO-2.0's time or location encoding (``metadata_encoding="prithvi"``): a fixed 1D
+    sin-cos of each of the two values on half the width each, times one learnt scale.
+
+    The arithmetic follows the reference (float32, ``pos * (1 / 10000 ** (i / n))``): at years
+    ~2000 rad a different rounding order moves the sines by ~1e-4.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.first_width = width // 2
+        self.second_width = width - self.first_width
+        self.scale = nn.Parameter(torch.ones(1))
+
+    @staticmethod
+    def _sincos(values: torch.Tensor, width: int) -> torch.Tensor:
+        omega = torch.arange(width // 2, dtype=torch.float32, device=values.device)
+        omega = 1.0 / 10000 ** (omega / (width / 2.0))  # (width/2,)
+        angles = values.float().reshape(-1, 1) * omega  # (M, width/2)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (M, width)
+
+    def forward(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(..., 2)`` -> encoding ``(..., width)`` and a validity mask ``(...)`` (no NaN)."""
+        valid = ~torch.isnan(coords).any(dim=-1)
+        coords = torch.nan_to_num(coords.float())
+        lead = coords.shape[:-1]
+        first = self._sincos(coords[..., 0], self.first_width).view(*lead, -1)
+        second = self._sincos(coords[..., 1], self.second_width).view(*lead, -1)
+        encoded = (self.scale.float() * torch.cat([first, second], dim=-1)).to(self.scale.dtype)
+        return encoded * valid.unsqueeze(-1).to(encoded.dtype), valid
+
+
+def _metadata_encoder(config: GeoViTMAEConfig, kind: str, width: int) -> nn.Module | None:
+    flag = config.temporal_encoding if kind == "time" else config.location_encoding
+    if not flag:
+        return None
+    if getattr(config, "metadata_encoding", "harmonics") == "prithvi":
+        return GeoViTMAEScaledSincosEncoder(width)
+    return GeoViTMAEMetadataEncoder(config, kind)
+
+
+def _add_metadata(
+    tokens: torch.Tensor,
+    frames: int,
+    tubelet: int,
+    temporal: nn.Module | None,
+    location: nn.Module | None,
+    temporal_coords: torch.Tensor | None,
+    location_coords: torch.Tensor | None,
+    keep: Callable[[int, torch.device], torch.Tensor | None],
+) -> torch.Tensor:
+    """``tokens`` ``(B, L, D)`` ordered (tubelet, row, col) plus the time encoding of each
+    tubelet (the mean over its frames) and the location encoding of each sample."""
+    batch, _, width = tokens.shape
+    if temporal_coords is not None:
+        encoded, _ = temporal(temporal_coords.to(tokens.device))  # (B, T, D)
+        encoded = encoded.view(batch, frames, tubelet, width).mean(dim=2)  # (B, T/t, D)
+        kept = keep(batch, tokens.device)
+        if kept is not None:
+            encoded = encoded * kept.view(-1, 1, 1).to(encoded.dtype)
+        tokens = tokens.view(batch, frames, -1, width) + encoded.unsqueeze(2).to(tokens.dtype)
+        tokens = tokens.view(batch, -1, width)
+    if location_coords is not None:
+        encoded, _ = location(location_coords.to(tokens.device))  # (B, D)
+        kept = keep(batch, tokens.device)
+        if kept is not None:
+            encoded = encoded * kept.view(-1, 1).to(encoded.dtype)
+        tokens = tokens + encoded.unsqueeze(1).to(tokens.dtype)
+    return tokens
+
+
 class GeoViTMAEEmbeddings(nn.Module):
     """Patch (or tubelet) tokens plus fixed sin-cos positions, optional time and location
     encodings, and the cls token."""
@@ -541,12 +612,8 @@ class GeoViTMAEEmbeddings(nn.Module):
             self.wavelength_encoder = None
             self.patch_embeddings = GeoViTMAEPatchEmbeddings(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        self.temporal_embedding = (
-            GeoViTMAEMetadataEncoder(config, "time") if config.temporal_encoding else None
-        )
-        self.location_embedding = (
-            GeoViTMAEMetadataEncoder(config, "place") if config.location_encoding else None
-        )
+        self.temporal_embedding = _metadata_encoder(config, "time", config.hidden_size)
+        self.location_embedding = _metadata_encoder(config, "place", config.hidden_size)
         self.positions = _PositionEmbeddingCache(
             config.hidden_size, config.image_size // config.patch_size
         )
@@ -592,22 +659,16 @@ class GeoViTMAEEmbeddings(nn.Module):
                 config, self.position_embeddings, self._fixed_3d, config.hidden_size, tokens.device
             ).to(tokens.dtype)  # (1, 1 + L, D), every token of every tubelet
             tokens = tokens + table[:, 1:]
-        batch, _, width = tokens.shape
-        if temporal_coords is not None:
-            encoded, _ = self.temporal_embedding(temporal_coords.to(tokens.device))  # (B, T, D)
-            # One encoding per tubelet: the mean over its frames.
-            encoded = encoded.view(batch, frames, config.tubelet_size, width).mean(dim=2)
-            keep = self._keep(batch, tokens.device)
-            if keep is not None:
-                encoded = encoded * keep.view(-1, 1, 1).to(encoded.dtype)
-            tokens = tokens.view(batch, frames, -1, width) + encoded.unsqueeze(2).to(tokens.dtype)
-            tokens = tokens.view(batch, -1, width)
-        if location_coords is not None:
-            encoded, _ = self.location_embedding(location_coords.to(tokens.device))  # (B, D)
-            keep = self._keep(batch, tokens.device)
-            if keep is not None:
-                encoded = encoded * keep.view(-1, 1).to(encoded.dtype)
-            tokens = tokens + encoded.unsqueeze(1).to(tokens.dtype)
+        tokens = _add_metadata(
+            tokens,
+            frames,
+            config.tubelet_size,
+            self.temporal_embedding,
+            self.location_embedding,
+            temporal_coords,
+            location_coords,
+            self._keep,
+        )
         return tokens, self.cls_token + table[:1, :1]
 
 
@@ -706,6 +767,8 @@ class GeoViTMAEPreTrainedModel(PreTrainedModel):
             init.normal_(module.cls_token, std=std)
             if module.position_embeddings is not None:
                 init.trunc_normal_(module.position_embeddings, std=std)
+        elif isinstance(module, GeoViTMAEScaledSincosEncoder):
+            init.constant_(module.scale, 0.1)  # Prithvi's init of its learnt scale
         elif isinstance(module, GeoViTMAEDecoder):
             init.normal_(module.mask_token, std=std)
             if module.decoder_position_embeddings is not None:
@@ -1032,6 +1095,11 @@ class GeoViTMAEDecoder(nn.Module):
             else None
         )
         self._fixed_3d: dict = {}
+        # Prithvi-EO-2.0 encodes time and place again in the decoder, at its width.
+        prithvi = getattr(config, "metadata_encoding", "harmonics") == "prithvi"
+        width = config.decoder_hidden_size
+        self.temporal_embedding = _metadata_encoder(config, "time", width) if prithvi else None
+        self.location_embedding = _metadata_encoder(config, "place", width) if prithvi else None
 
     def predict(self, hidden: torch.Tensor, band_embedding: torch.Tensor | None) -> torch.Tensor:
         """``(B, L, Dd)`` -> ``(B, L, t*p*p*C)``, bands last inside a token (``patchify``)."""
@@ -1057,6 +1125,8 @@ class GeoViTMAEDecoder(nn.Module):
         interpolate_pos_encoding: bool = False,
         band_embedding: torch.Tensor | None = None,
         gsd_scale: torch.Tensor | None = None,
+        temporal_coords: torch.Tensor | None = None,
+        location_coords: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``latent`` ``(B, 1 + K, D)`` -> logits ``(B, L, t*p*p*C)``."""
         hidden = self.decoder_embed(latent)  # (B, 1 + K, Dd)
@@ -1080,6 +1150,18 @@ class GeoViTMAEDecoder(nn.Module):
             ).to(hidden.dtype)  # (1, 1 + L, Dd)
             patches = patches + table[:, 1:]
             cls = hidden[:, :1] + table[:, :1]
+        if self.temporal_embedding is not None or self.location_embedding is not None:
+            config = self.config
+            patches = _add_metadata(
+                patches,
+                config.num_frames // config.tubelet_size,
+                config.tubelet_size,
+                self.temporal_embedding,
+                self.location_embedding,
+                temporal_coords if self.temporal_embedding is not None else None,
+                location_coords if self.location_embedding is not None else None,
+                lambda batch, device: None,
+            )
         hidden = torch.cat([cls, patches], dim=1)  # (B, 1 + L, Dd)
         hidden, _ = self.decoder_layers(hidden)
         return self.predict(self.decoder_norm(hidden)[:, 1:], band_embedding)  # (B, L, t*p*p*C)
@@ -1231,6 +1313,8 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
             # One wavelength embedding feeds both the encoder's kernels and the decoder's outputs.
             band_embedding=encoded.band_embedding,
             gsd_scale=inputs.gsd_scale,
+            temporal_coords=inputs.temporal_coords,
+            location_coords=inputs.location_coords,
         )
         # The loss is taken in float32 even under autocast: MSE of near-equal numbers in bf16
         # loses most of its mantissa.

@@ -348,9 +348,31 @@ class TemporalEncoder(nn.Module):
         else:
             self.register_buffer("scale", torch.ones(1))
 
+    def forward(self, temporal_coords, tokens_per_frame=None):
+        shape = (*temporal_coords.shape[:2], -1)
+        year = _sincos_1d_torch(self.year_embed_dim, temporal_coords[:, :, 0].flatten())
+        day = _sincos_1d_torch(self.julian_day_embed_dim, temporal_coords[:, :, 1].flatten())
+        embedding = self.scale * torch.cat([year.reshape(shape), day.reshape(shape)], dim=-1)
+        if tokens_per_frame is not None:
+            embedding = torch.repeat_interleave(embedding, tokens_per_frame, dim=1)
+        return embedding
 
-class LocationEncoder(TemporalEncoder):
-    pass
+
+class LocationEncoder(nn.Module):
+    def __init__(self, embed_dim, trainable_scale=False):
+        super().__init__()
+        self.lat_embed_dim = embed_dim // 2
+        self.lon_embed_dim = embed_dim - self.lat_embed_dim
+        if trainable_scale:
+            self.scale = nn.Parameter(torch.full((1,), 0.1))
+        else:
+            self.register_buffer("scale", torch.ones(1))
+
+    def forward(self, location_coords):
+        shape = (location_coords.shape[0], 1, -1)
+        lat = _sincos_1d_torch(self.lat_embed_dim, location_coords[:, 0].flatten()).reshape(shape)
+        lon = _sincos_1d_torch(self.lon_embed_dim, location_coords[:, 1].flatten()).reshape(shape)
+        return self.scale * torch.cat([lat, lon], dim=-1)
 
 
 class PrithviViT(nn.Module):
@@ -360,6 +382,7 @@ class PrithviViT(nn.Module):
     ):  # fmt: skip
         super().__init__()
         self.patch_size = patch_size
+        self.num_frames = num_frames
         self.grid = [
             num_frames // patch_size[0],
             img_size // patch_size[1],
@@ -367,9 +390,11 @@ class PrithviViT(nn.Module):
         ]
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv3d(in_chans, embed_dim, patch_size, patch_size)
-        if "time" in coords_encoding:
+        self.temporal_encoding = "time" in coords_encoding
+        self.location_encoding = "location" in coords_encoding
+        if self.temporal_encoding:
             self.temporal_embed_enc = TemporalEncoder(embed_dim, True)
-        if "location" in coords_encoding:
+        if self.location_encoding:
             self.location_embed_enc = LocationEncoder(embed_dim, True)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.register_buffer("pos_embed", prithvi_3d_sincos(embed_dim, self.grid))
@@ -382,8 +407,12 @@ class PrithviViT(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim)
 
-    def forward(self, x, mask_ratio=0.75, noise=None):
+    def forward(self, x, mask_ratio=0.75, noise=None, temporal_coords=None, location_coords=None):
         x = self.patch_embed.proj(x).flatten(2).transpose(1, 2) + self.pos_embed[:, 1:, :]
+        if self.temporal_encoding and temporal_coords is not None:
+            x = x + self.temporal_embed_enc(temporal_coords, x.shape[1] // self.num_frames)
+        if self.location_encoding and location_coords is not None:
+            x = x + self.location_embed_enc(location_coords)
         mask = ids_restore = None
         if mask_ratio:
             x, mask, ids_restore = random_masking(x, mask_ratio, noise)
@@ -405,8 +434,16 @@ class MAEDecoder(nn.Module):
         depth,
         num_heads,
         mlp_ratio,
+        coords_encoding=(),
     ):
         super().__init__()
+        self.num_frames = grid[0] * patch_size[0]
+        self.temporal_encoding = "time" in coords_encoding
+        self.location_encoding = "location" in coords_encoding
+        if self.temporal_encoding:
+            self.temporal_embed_dec = TemporalEncoder(decoder_embed_dim, True)
+        if self.location_encoding:
+            self.location_embed_dec = LocationEncoder(decoder_embed_dim, True)
         self.decoder_embed = nn.Linear(encoder_embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.register_buffer("decoder_pos_embed", prithvi_3d_sincos(decoder_embed_dim, grid))
@@ -421,14 +458,19 @@ class MAEDecoder(nn.Module):
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, int(np.prod(patch_size)) * in_chans)
 
-    def forward(self, hidden_states, ids_restore):
+    def forward(self, hidden_states, ids_restore, temporal_coords=None, location_coords=None):
         x = self.decoder_embed(hidden_states)
         cls_token = x[:, :1, :]
         mask_tokens = self.mask_token.repeat(x.shape[0], ids_restore.shape[1] + 1 - x.shape[1], 1)
         x = torch.cat([x[:, 1:, :], mask_tokens], dim=1)
         x = torch.gather(x, dim=1, index=ids_restore.unsqueeze(-1).repeat(1, 1, x.shape[2]))
         cls_token = cls_token + self.decoder_pos_embed[:, :1, :]
-        x = torch.cat([cls_token, x + self.decoder_pos_embed[:, 1:, :]], dim=1)
+        x = x + self.decoder_pos_embed[:, 1:, :]
+        if self.temporal_encoding and temporal_coords is not None:
+            x = x + self.temporal_embed_dec(temporal_coords, x.shape[1] // self.num_frames)
+        if self.location_encoding and location_coords is not None:
+            x = x + self.location_embed_dec(location_coords)
+        x = torch.cat([cls_token, x], dim=1)
         for block in self.decoder_blocks:
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
@@ -449,7 +491,7 @@ class PrithviMAE(nn.Module):
         )  # fmt: skip
         self.decoder = MAEDecoder(
             patch_size, self.encoder.grid, in_chans, embed_dim, decoder_embed_dim, decoder_depth,
-            decoder_num_heads, mlp_ratio,
+            decoder_num_heads, mlp_ratio, coords_encoding,
         )  # fmt: skip
         self.patch_size = patch_size
         self.norm_pix_loss = norm_pix_loss
@@ -462,12 +504,16 @@ class PrithviMAE(nn.Module):
         x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # b t h w s p q c
         return x.reshape(b, (tt // s) * (hh // p) * (ww // q), s * p * q * c)
 
-    def forward_features(self, x):
-        return self.encoder(x, mask_ratio=0.0)[0]
+    def forward_features(self, x, temporal_coords=None, location_coords=None):
+        return self.encoder(x, 0.0, None, temporal_coords, location_coords)[0]
 
-    def forward(self, pixel_values, mask_ratio=0.75, noise=None):
-        latent, mask, ids_restore = self.encoder(pixel_values, mask_ratio, noise)
-        pred = self.decoder(latent, ids_restore)
+    def forward(
+        self, pixel_values, mask_ratio=0.75, noise=None, temporal_coords=None, location_coords=None
+    ):
+        latent, mask, ids_restore = self.encoder(
+            pixel_values, mask_ratio, noise, temporal_coords, location_coords
+        )
+        pred = self.decoder(latent, ids_restore, temporal_coords, location_coords)
         return _mae_loss(self.patchify(pixel_values), pred, mask, self.norm_pix_loss), pred, mask
 
 

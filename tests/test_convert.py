@@ -166,12 +166,45 @@ def test_prithvi_v1_flat_layout_converts_too():
         _close(model.vit(x.transpose(1, 2)).last_hidden_state, source.forward_features(x))
 
 
-def test_prithvi_time_location_encodings_are_refused():
-    source = _prithvi(coords_encoding=("time", "location"))
-    with pytest.raises(UnsupportedSourceError, match=r"time encoding[\s\S]*location encoding"):
-        convert_from(source.state_dict(), num_heads=4, decoder_num_heads=4, num_frames=3)
-    with pytest.raises(UnsupportedSourceError, match="TL models add a time and a location"):
-        convert_from("prithvi-eo-2.0-300m-tl")
+@pytest.mark.parametrize("given", ["both", "time", "none"])
+def test_prithvi_tl_time_and_location_encodings_match(given):
+    source = _prithvi(num_frames=3, coords_encoding=("time", "location"))
+    model = convert_from(
+        source.state_dict(), num_heads=4, decoder_num_heads=4, num_frames=3, layer_norm_eps=1e-5
+    )
+    config = model.config
+    assert config.metadata_encoding == "prithvi"
+    assert config.temporal_encoding and config.location_encoding
+    theirs = torch.randn(2, 6, 3, 32, 32)
+    time = torch.tensor([[[2019.0, 12.0], [2020.0, 180.0], [2021.0, 350.0]]] * 2)
+    place = torch.tensor([[38.9, -77.0], [-33.9, 151.2]]) if given == "both" else None
+    time = None if given == "none" else time
+    noise = torch.rand(2, 48)
+    with torch.no_grad():
+        ours = model.vit(theirs.transpose(1, 2), temporal_coords=time, location_coords=place)
+        _close(ours.last_hidden_state, source.forward_features(theirs, time, place))
+        loss, pred, _ = source(theirs, 0.75, noise, time, place)
+        out = model(
+            theirs.transpose(1, 2), noise=noise, temporal_coords=time, location_coords=place
+        )
+        _close(out.loss, loss)
+        _close(out.logits, pred)
+    if given == "both":  # the encodings do change the output
+        with torch.no_grad():
+            bare = model.vit(theirs.transpose(1, 2)).last_hidden_state
+        assert not torch.allclose(bare, ours.last_hidden_state, atol=1e-3)
+
+
+def test_a_tl_file_under_a_non_tl_name_is_refused(tmp_path, local_hub, monkeypatch):
+    source = _prithvi(num_frames=4, coords_encoding=("time", "location"))
+    path = tmp_path / "p.pt"
+    torch.save(source.state_dict(), path)
+    _publish_tiny(
+        monkeypatch, local_hub, "prithvi-eo-2.0-300m", path, _prithvi_arch(),
+        {"temporal_encoding": False},
+    )  # fmt: skip
+    with pytest.raises(UnsupportedSourceError, match="temporal_encoding: expected False, found"):
+        convert_from("prithvi-eo-2.0-300m", revision="main")
 
 
 def test_prithvi_with_a_foreign_position_table_is_refused(tmp_path, local_hub, monkeypatch):
@@ -349,13 +382,16 @@ def _prithvi_arch():
     return {"num_heads": 4, "decoder_num_heads": 4}
 
 
-def test_prithvi_known_source_downloads_and_matches(tmp_path, local_hub, monkeypatch):
-    source = _prithvi(num_frames=4)
-    path = tmp_path / "Prithvi_EO_V2_300M.pt"
+@pytest.mark.parametrize("name", ["prithvi-eo-2.0-300m", "prithvi-eo-2.0-300m-tl"])
+def test_prithvi_known_source_downloads_and_matches(name, tmp_path, local_hub, monkeypatch):
+    tl = name.endswith("-tl")
+    source = _prithvi(num_frames=4, coords_encoding=("time", "location") if tl else ())
+    path = tmp_path / KNOWN_SOURCES[name].filename
     torch.save(source.state_dict(), path)
-    _publish_tiny(monkeypatch, local_hub, "prithvi-eo-2.0-300m", path, _prithvi_arch())
+    expected = {"temporal_encoding": tl, "location_encoding": tl}
+    _publish_tiny(monkeypatch, local_hub, name, path, _prithvi_arch(), expected)
     out = tmp_path / "prithvi"
-    assert main(["prithvi-eo-2.0-300m", "-o", str(out), "--revision", "main"]) == 0
+    assert main([name, "-o", str(out), "--revision", "main"]) == 0
     model = GeoViTMAEForPreTraining.from_pretrained(out)
     assert model.config.band_names == ["B02", "B03", "B04", "B05", "B06", "B07"]
     assert model.config.image_mean[0] == 1087.0 and model.config.image_std[5] == 1049.0
@@ -363,8 +399,13 @@ def test_prithvi_known_source_downloads_and_matches(tmp_path, local_hub, monkeyp
     loaded = AutoModelForPreTraining.from_pretrained(out).eval()
     theirs = torch.randn(1, 6, 4, 32, 32)
     noise = torch.rand(1, 64)
+    time = torch.tensor([[[2020.0, d] for d in (10.0, 100.0, 200.0, 300.0)]]) if tl else None
+    place = torch.tensor([[45.0, 7.0]]) if tl else None
     with torch.no_grad():
-        _close(loaded(theirs.transpose(1, 2), noise=noise).loss, source(theirs, 0.75, noise)[0])
+        ours = loaded(
+            theirs.transpose(1, 2), noise=noise, temporal_coords=time, location_coords=place
+        )
+        _close(ours.loss, source(theirs, 0.75, noise, time, place)[0])
     assert "license: apache-2.0" in (out / "README.md").read_text()
 
 
@@ -407,6 +448,23 @@ def test_unknown_source_name_lists_the_known_ones():
 
 
 # ------------------------------------------------------------- position_embedding option
+def test_prithvi_metadata_option_is_counted_and_validated():
+    from geofm_hf import planner
+
+    config = geofm_hf.GeoViTMAEConfig.from_preset(
+        "tiny", num_frames=2, temporal_encoding=True, location_encoding=True,
+        metadata_encoding="prithvi",
+    )  # fmt: skip
+    model = GeoViTMAEForPreTraining(config)
+    assert planner.count_parameters(config, part="total") == sum(
+        p.numel() for p in model.parameters()
+    )
+    with pytest.raises(ValueError, match="expected tubelet_size=1 and metadata_dropout=0"):
+        geofm_hf.GeoViTMAEConfig.from_preset(
+            "tiny", temporal_encoding=True, metadata_encoding="prithvi", metadata_dropout=0.1
+        )
+
+
 @pytest.mark.parametrize("position", ["learned", "sincos_3d"])
 def test_position_tables_refuse_other_sizes_and_are_counted(position):
     from geofm_hf import planner
@@ -432,7 +490,7 @@ def test_converted_exports_load_without_the_package(tmp_path):
 
     from test_remote_code import BLOCK_GEOFM
 
-    prithvi, timm_vit = _prithvi(), _timm(num_classes=0)
+    prithvi, timm_vit = _prithvi(coords_encoding=("time", "location")), _timm(num_classes=0)
     convert_from(
         prithvi.state_dict(), tmp_path / "prithvi", num_heads=4, decoder_num_heads=4,
         num_frames=3, layer_norm_eps=1e-5,
@@ -440,10 +498,12 @@ def test_converted_exports_load_without_the_package(tmp_path):
     convert_from(timm_vit, tmp_path / "timm")
     torch.manual_seed(3)
     frames, image = torch.randn(1, 6, 3, 32, 32), torch.randn(1, 4, 32, 32)
-    torch.save({"frames": frames, "image": image}, tmp_path / "inputs.pt")
+    time, place = torch.tensor([[[2020.0, 5.0], [2020.0, 50.0], [2021.0, 9.0]]]), torch.ones(1, 2)
+    inputs = {"frames": frames, "image": image, "time": time, "place": place}
+    torch.save(inputs, tmp_path / "inputs.pt")
     with torch.no_grad():
         expected = [
-            prithvi.forward_features(frames).sum().item(),
+            prithvi.forward_features(frames, time, place).sum().item(),
             timm_vit.forward_features(image).sum().item(),
         ]
     script = BLOCK_GEOFM + textwrap.dedent(
@@ -454,7 +514,8 @@ def test_converted_exports_load_without_the_package(tmp_path):
         a = AutoModel.from_pretrained({str(tmp_path / "prithvi")!r}, trust_remote_code=True)
         b = AutoModel.from_pretrained({str(tmp_path / "timm")!r}, trust_remote_code=True)
         with torch.no_grad():
-            out = [a(x["frames"].transpose(1, 2)).last_hidden_state.sum().item(),
+            y = a(x["frames"].transpose(1, 2), temporal_coords=x["time"], location_coords=x["place"])
+            out = [y.last_hidden_state.sum().item(),
                    b(x["image"]).last_hidden_state.sum().item()]
         print(json.dumps([type(a).__module__, out]))
         """

@@ -141,7 +141,8 @@ def convert_from(
     ``source`` is one of:
 
     * a known name (``geofm_hf.convert.KNOWN_SOURCES``: ``"ssl4eo-s12-mae-vit-s16"``,
-      ``"prithvi-eo-1.0-100m"``, ``"prithvi-eo-2.0-300m"``, ``"prithvi-eo-2.0-600m"``): the
+      ``"prithvi-eo-1.0-100m"``, ``"prithvi-eo-2.0-300m"``, ``"prithvi-eo-2.0-600m"`` and the
+      ``-tl`` variants with time and location encodings): the
       checkpoint is downloaded from the Hub and the published architecture and band contract
       are used;
     * a checkpoint file (``.safetensors``, or ``.pth/.pt/.bin/.ckpt`` read with
@@ -177,8 +178,6 @@ def convert_from(
     known: KnownSource | None = None
     if isinstance(source, str) and source in KNOWN_SOURCES:
         known = KNOWN_SOURCES[source]
-        if known.refuse:
-            raise UnsupportedSourceError(f"{known.name} is not converted: {known.refuse}.")
         if contract:
             raise ValueError(
                 f"{known.name} has a published band contract; band arguments are not taken "

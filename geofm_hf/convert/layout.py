@@ -41,17 +41,6 @@ class Conversion:
 # Parts that change the computation and have no counterpart: the key pattern and the reason.
 _REFUSED = [
     (
-        r"(^|\.)temporal_embed_(enc|dec)\.",
-        "Prithvi's time encoding (a fixed 1D sin-cos of year and day of year, times a scale) "
-        "differs from geofm_hf's temporal_encoding (8 sin/cos harmonics -> a learnt projection)",
-    ),
-    (
-        r"(^|\.)location_embed_(enc|dec)\.",
-        "Prithvi's location encoding (a fixed 1D sin-cos of latitude and longitude, times a "
-        "scale) differs from geofm_hf's location_encoding (8 sin/cos harmonics -> a learnt "
-        "projection)",
-    ),
-    (
         r"^patch_embed\.\d+\.|(^|\.)channel_embed|(^|\.)channel_cls_embed",
         "grouped channels (SatMAE's multispectral model: one patch embedding per band group, "
         "a channel-group embedding, group tokens) have no counterpart in a one-kernel-per-band "
@@ -77,6 +66,14 @@ _SCALE_MAE_DECODER = (
     r"^(fpn|fcn|fcn_high|fcn_low|decoder_embed|decoder_blocks|decoder_norm|pos_emb_projection)\."
     r"|^(mask_token|mask_token_decoder|decoder_pos_embed)$"
 )
+
+# Prithvi-EO-2.0 TL: one learnt scale per encoding, in the encoder and in the decoder.
+_METADATA = {
+    "temporal_embed_enc.scale": "vit.embeddings.temporal_embedding.scale",
+    "location_embed_enc.scale": "vit.embeddings.location_embedding.scale",
+    "temporal_embed_dec.scale": "decoder.temporal_embedding.scale",
+    "location_embed_dec.scale": "decoder.location_embedding.scale",
+}
 
 _BLOCK = {
     "norm1": "layernorm_before",
@@ -280,6 +277,12 @@ def convert_mae_layout(
             "leaves that norm at its initial values, pass missing_final_norm='identity'."
         )
 
+    metadata = {_METADATA[k]: src.pop(k).reshape(1) for k in list(src) if k in _METADATA}
+    unknown = [k for k in src if re.search(r"(temporal|location)_embed", k)]
+    if unknown:
+        raise UnsupportedSourceError(
+            f"Time/location encoder weights {unknown} are not Prithvi-EO-2.0's (one scale each)."
+        )
     tokens_per_frame_sq = None
     pos = src.pop("pos_embed", None)
     frames = num_frames // tubelet
@@ -353,6 +356,26 @@ def convert_mae_layout(
         )
     if src:
         raise UnsupportedSourceError(f"Source weights with no place in geofm_hf: {sorted(src)}.")
+    if not decoder:
+        metadata = {k: v for k, v in metadata.items() if k.startswith("vit.")}
+    if metadata:
+        has = {
+            kind: any(f".{kind}_embedding." in k for k in metadata)
+            for kind in ("temporal", "location")
+        }
+        for kind, present in has.items():
+            in_decoder = f"decoder.{kind}_embedding.scale" in metadata
+            if decoder and present and not in_decoder:
+                raise UnsupportedSourceError(
+                    f"The source encodes {kind} in the encoder but not in the decoder; "
+                    "Prithvi-EO-2.0 does both."
+                )
+        target.update(metadata)
+        notes.append(
+            "Time/location encodings as in Prithvi-EO-2.0 (metadata_encoding='prithvi'): pass "
+            "temporal_coords (B, T, 2) as (year, day of year) and location_coords (B, 2) as "
+            "(lat, lon); either may be left out, as in Prithvi."
+        )
 
     block = "vit.encoder.layers.0."
     qk_norm = f"{block}attention.q_norm.weight" in target
@@ -371,6 +394,9 @@ def convert_mae_layout(
         "num_frames": num_frames,
         "tubelet_size": tubelet,
         "position_embedding": mode,
+        "temporal_encoding": has["temporal"] if metadata else False,
+        "location_encoding": has["location"] if metadata else False,
+        "metadata_encoding": "prithvi" if metadata else "harmonics",
         "pooling": pooling,
         "mask_ratio": mask_ratio,
         "norm_pix_loss": norm_pix_loss,

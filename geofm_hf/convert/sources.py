@@ -69,7 +69,6 @@ class KnownSource:
     citation: str
     band_source: str
     notes: list[str] = field(default_factory=list)
-    refuse: str | None = None
 
     def band_contract(self) -> dict[str, Any]:
         return {
@@ -117,6 +116,9 @@ def _prithvi(
             "image_size": 224,
             "decoder_hidden_size": 512,
             "decoder_num_hidden_layers": 8,
+            # TL checkpoints hold the time and location encoders; the others must not.
+            "temporal_encoding": tl,
+            "location_encoding": tl,
         },
         band_names=_HLS6,
         sensor="hls-l30",
@@ -132,13 +134,6 @@ def _prithvi(
             f"A time series of {frames} frames, (B, T, C, H, W) in geofm_hf "
             "(Prithvi takes (B, C, T, H, W)).",
         ],
-        refuse=(
-            "Prithvi-EO-2.0 TL models add a time and a location encoding that geofm_hf cannot "
-            "reproduce exactly (fixed 1D sin-cos of year/day-of-year and lat/lon times a learnt "
-            "scale, where geofm_hf uses sin/cos harmonics through a learnt projection)"
-            if tl
-            else None
-        ),
     )
 
 

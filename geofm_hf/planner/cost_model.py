@@ -167,6 +167,7 @@ _CONFIG_DEFAULTS: dict[str, Any] = {
     "temporal_encoding": False,
     "location_encoding": False,
     "position_embedding": "sincos",
+    "metadata_encoding": "harmonics",
 }
 
 
@@ -194,6 +195,7 @@ class _Shape:
     temporal_encoding: bool = False
     location_encoding: bool = False
     position_embedding: str = "sincos"
+    metadata_encoding: str = "harmonics"
 
     @property
     def num_patches(self) -> int:
