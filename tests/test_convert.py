@@ -41,7 +41,13 @@ def _timm(**kw) -> TimmViT:
 
 # ------------------------------------------------------------------ timm VisionTransformer
 @pytest.mark.parametrize(
-    "kw", [{}, {"qk_norm": True}, {"global_pool": "avg", "fc_norm": False, "num_classes": 0}]
+    "kw",
+    [
+        {},
+        {"qk_norm": True},
+        {"qkv_bias": False},
+        {"global_pool": "avg", "fc_norm": False, "num_classes": 0},
+    ],
 )
 def test_timm_module_features_match(kw):
     source = _timm(**kw)
@@ -108,8 +114,7 @@ def test_mae_layout_encoder_and_loss_match(norm_pix_loss, tmp_path):
     source = _mae(norm_pix_loss=norm_pix_loss)
     path = tmp_path / "mae.pth"
     torch.save({"model": source.state_dict(), "epoch": 99}, path)
-    model = convert_from(path, num_heads=4, decoder_num_heads=4)
-    model.config.norm_pix_loss = norm_pix_loss
+    model = convert_from(path, num_heads=4, decoder_num_heads=4, norm_pix_loss=norm_pix_loss)
     assert isinstance(model, GeoViTMAEForPreTraining)
     assert model.config.position_embedding == "sincos"
     x, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)

@@ -126,6 +126,7 @@ def convert_from(
     decoder_num_heads: int | None = None,
     num_frames: int = 1,
     layer_norm_eps: float = 1e-6,
+    norm_pix_loss: bool = False,
     encoder_only: bool = False,
     band_names: list[str] | None = None,
     sensor: str | None = None,
@@ -175,6 +176,14 @@ def convert_from(
     }
     contract = {k: v for k, v in contract.items() if v is not None}
     record: dict[str, Any] = {"license": license, "citation": citation}
+    # What a state dict does not record (the loss target only matters for further pretraining).
+    arch = {
+        "num_heads": num_heads,
+        "decoder_num_heads": decoder_num_heads,
+        "num_frames": num_frames,
+        "layer_norm_eps": layer_norm_eps,
+        "norm_pix_loss": norm_pix_loss,
+    }
     known: KnownSource | None = None
     if isinstance(source, str) and source in KNOWN_SOURCES:
         known = KNOWN_SOURCES[source]
@@ -203,9 +212,7 @@ def convert_from(
     elif isinstance(source, (str, os.PathLike)) and Path(source).is_file():
         path = Path(source)
         state, notes = load_checkpoint(path)
-        conversion = _convert_state_dict(
-            state, num_heads, decoder_num_heads, num_frames, layer_norm_eps, encoder_only, contract
-        )
+        conversion = _convert_state_dict(state, arch, encoder_only, contract)
         conversion.notes[:0] = notes
         record.update(name=path.name, source=str(path.resolve()), sha256=_sha256(path))
     elif isinstance(source, (str, os.PathLike)) and (Path(source) / "config.json").is_file():
@@ -218,9 +225,7 @@ def convert_from(
             f"{', '.join(KNOWN_SOURCES)}."
         )
     elif isinstance(source, dict):
-        conversion = _convert_state_dict(
-            source, num_heads, decoder_num_heads, num_frames, layer_norm_eps, encoder_only, contract
-        )
+        conversion = _convert_state_dict(source, arch, encoder_only, contract)
         record.update(name="a timm-layout state dict", source="in-memory state dict")
     elif getattr(getattr(source, "config", None), "model_type", None) == "vit_mae":
         model = from_transformers_vitmae(source, **contract)
@@ -271,34 +276,18 @@ def _load_transformers_vitmae(folder: Path):
     return cls.from_pretrained(folder, use_safetensors=True).eval()
 
 
-def _convert_state_dict(
-    state: dict,
-    num_heads: int | None,
-    decoder_num_heads: int | None,
-    num_frames: int,
-    layer_norm_eps: float,
-    encoder_only: bool,
-    contract: dict,
-) -> Conversion:
+def _convert_state_dict(state: dict, arch: dict, encoder_only: bool, contract: dict) -> Conversion:
     if not is_mae_layout(state):
         raise UnsupportedSourceError(
             "Expected a timm / MAE / Prithvi layout state dict (cls_token, patch_embed.proj, "
             f"blocks.N.attn.qkv, ...): found keys {sorted(state)[:8]}..."
         )
-    if num_heads is None:
+    if arch["num_heads"] is None:
         raise ValueError(
             "A state dict does not record the number of attention heads: pass num_heads "
             "(e.g. 6 for ViT-S, 12 for ViT-B, 16 for ViT-L)."
         )
-    return convert_mae_layout(
-        state,
-        num_heads=num_heads,
-        decoder_num_heads=decoder_num_heads,
-        num_frames=num_frames,
-        layer_norm_eps=layer_norm_eps,
-        encoder_only=encoder_only,
-        **contract,
-    )
+    return convert_mae_layout(state, encoder_only=encoder_only, **arch, **contract)
 
 
 def _card(config: GeoViTMAEConfig, record: dict[str, Any], notes: list[str], kind: str) -> str:
@@ -430,6 +419,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-frames", type=int, default=1)
     p.add_argument("--layer-norm-eps", type=float, default=1e-6)
     p.add_argument("--encoder-only", action="store_true", help="drop an MAE decoder")
+    p.add_argument(
+        "--norm-pix-loss", action="store_true", help="the source's MAE loss used normalised pixels"
+    )
     p.add_argument("--band-names", nargs="+", default=None, help="the source's band order")
     p.add_argument(
         "--sensor", default=None, help="sensor table for wavelengths and GSD (e.g. sentinel2-l1c)"
@@ -453,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             decoder_num_heads=args.decoder_num_heads,
             num_frames=args.num_frames,
             layer_norm_eps=args.layer_norm_eps,
+            norm_pix_loss=args.norm_pix_loss,
             encoder_only=args.encoder_only,
             band_names=args.band_names,
             sensor=args.sensor,
