@@ -321,6 +321,8 @@ def convert_mae_layout(
                 if key not in src:
                     raise UnsupportedSourceError(f"The source's MAE decoder lacks {key}.")
                 target[f"{ours}.{part}"] = src.pop(key)
+        if "mask_token" not in src:
+            raise UnsupportedSourceError("The source's MAE decoder lacks mask_token.")
         target["decoder.mask_token"] = src.pop("mask_token").reshape(1, 1, dec_hidden)
         dec_pos = src.pop("decoder_pos_embed", None)
         dec_mode, dec_learned = _positions(dec_pos, frames, grid, dec_hidden, "decoder_pos_embed")
