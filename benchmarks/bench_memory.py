@@ -10,6 +10,10 @@ Sentinel-2 sample at a small crop and batch 1:
    ``geofm_hf.training.cpu_fsdp`` launcher), the model built on ``meta`` and materialised per shard;
 2. unsharded: one process, no distribution (the baseline).
 
+With ``--glibc-default-too`` a third run repeats (1) with ``--cpu_release_freed_memory false``:
+glibc's dynamic mmap threshold, which keeps freed block-sized tensors in the heap
+(``geofm_hf/training/host_memory.py`` explains it).
+
 Each run trains ``--steps`` steps, writes its checkpoint and streams its export. The peak of each
 process is its kernel high-water mark (``VmHWM`` in ``/proc/PID/status``), read until it exits.
 Both are printed against one full fp32 training state (weights + gradients + two AdamW moments =
@@ -75,6 +79,11 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=56, help="crop (patch-aligned)")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--workdir", default=None)
+    parser.add_argument(
+        "--glibc-default-too",
+        action="store_true",
+        help="also run the sharded case with glibc's default allocator settings",
+    )
     opts = parser.parse_args()
 
     import torch
@@ -118,11 +127,19 @@ def main() -> None:
     single = _run_and_watch(single_cmd, worker, work / "single.log")
     if len(sharded) != 2 or len(single) != 1:
         raise SystemExit(f"expected 2 sharded ranks and 1 single process: {sharded} {single}")
+    glibc = {}
+    if opts.glibc_default_too:
+        glibc_cmd = [*sharded_cmd, "--cpu_release_freed_memory", "false"]
+        glibc_cmd[glibc_cmd.index(str(work / "sharded"))] = str(work / "sharded_glibc")
+        glibc = _run_and_watch(glibc_cmd, worker, work / "sharded_glibc.log")
 
     gib = 2**30
     print(f"{'case':<34}{'peak RSS per rank':>20}{'of full state':>15}")
     for i, peak in enumerate(sorted(sharded.values())):
         print(f"{f'FSDP2, 2 CPU ranks (rank peak {i})':<34}{peak / gib:>16.2f} GiB"
+              f"{peak / full_state:>15.0%}")  # fmt: skip
+    for i, peak in enumerate(sorted(glibc.values())):
+        print(f"{f'same, glibc default (rank peak {i})':<34}{peak / gib:>16.2f} GiB"
               f"{peak / full_state:>15.0%}")  # fmt: skip
     (peak_single,) = single.values()
     print(f"{'unsharded, 1 process (baseline)':<34}{peak_single / gib:>16.2f} GiB"

@@ -50,6 +50,7 @@ from geofm_hf.training.arguments import (
 from geofm_hf.training.checkpointing import TRAINER_STATE, CheckpointManager, list_checkpoints
 from geofm_hf.training.compile import compile_blocks
 from geofm_hf.training.distributed import prepare_model, save_pretrained_streaming
+from geofm_hf.training.host_memory import pin_mmap_threshold
 from geofm_hf.training.optim import (
     learning_rate_at,
     parameter_groups,
@@ -367,6 +368,8 @@ def build_accelerator(args) -> tuple[Accelerator, bool]:
 def start_run(model_args, data_args, args) -> Run:
     """Accelerator, output folder (left-over partial checkpoint writes removed), resume point."""
     accelerator, bf16 = build_accelerator(args)
+    if accelerator.device.type == "cpu" and args.cpu_release_freed_memory:
+        accelerator.print(pin_mmap_threshold())
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -294,6 +294,13 @@ class PretrainingArguments:
             "the traffic."
         },
     )
+    cpu_release_freed_memory: bool = field(
+        default=True,
+        metadata={
+            "help": "On CPU ranks, pin glibc's mmap threshold so that freed tensors return to the "
+            "OS (geofm_hf.training.host_memory); false keeps glibc's dynamic threshold."
+        },
+    )
     seed: int = field(default=0)
     logging_steps: int = field(default=10)
     save_steps: int = field(default=100)
