@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from .configuration_geofm import PAPER_PARAMETER_COUNTS, PRESETS, GeoViTMAEConfig
-from .convert import config_from_vitmae, from_transformers_vitmae
+from .convert import config_from_vitmae, convert_from, from_transformers_vitmae, to_timm
 from .image_processing_geofm import GeoViTMAEImageProcessor
 from .modeling_geofm import (
     GeoViTMAEForImageClassification,
@@ -91,10 +91,12 @@ __all__ = [
     "GeoViTMAEModel",
     "GeoViTMAEPreTrainedModel",
     "config_from_vitmae",
+    "convert_from",
     "count_parameters",
     "embed",
     "flops_per_image",
     "from_transformers_vitmae",
     "search",
     "select_input_bands",
+    "to_timm",
 ]

@@ -172,6 +172,19 @@ class GeoViTMAEConfig(PreTrainedConfig):
         metadata_dropout (`float`, defaults to 0.0): in training, probability of dropping the
             time and the location encoding of a sample (each independently), so either may be
             absent at inference.
+        metadata_encoding (`str`, defaults to `"harmonics"`): how ``temporal_coords`` and
+            ``location_coords`` are encoded. `"harmonics"`: sin/cos harmonics -> a learnt
+            projection. `"prithvi"`: Prithvi-EO-2.0's fixed 1D sin-cos of each value on half the
+            width, times one learnt scale, in the encoder and again (at its width) in the MAE
+            decoder; needs ``tubelet_size=1`` and ``metadata_dropout=0`` (Prithvi drops metadata by
+            leaving the coordinates out).
+        position_embedding (`str`, defaults to `"sincos"`): token positions. `"sincos"`: MAE's
+            fixed 2D sin-cos table (plus a 1D sin-cos of the tubelet index for time series),
+            computed, never stored. `"learned"`: a stored table ``(1, 1 + L, D)`` per stack
+            (encoder and MAE decoder), as timm ViTs keep it; only at ``image_size``.
+            `"sincos_3d"`: Prithvi's fixed 3D sin-cos table (width split 6/16 columns, 6/16 rows,
+            4/16 tubelet index, concatenated), computed; only at ``image_size``. Imported
+            checkpoints use the layout of their source, so positions are never replaced.
         preset (`str`, *optional*): name of the preset the config was built from (informative).
     """
 
@@ -213,6 +226,8 @@ class GeoViTMAEConfig(PreTrainedConfig):
         temporal_encoding: bool = False,
         location_encoding: bool = False,
         metadata_dropout: float = 0.0,
+        position_embedding: str = "sincos",
+        metadata_encoding: str = "harmonics",
         preset: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -254,6 +269,8 @@ class GeoViTMAEConfig(PreTrainedConfig):
         self.temporal_encoding = temporal_encoding
         self.location_encoding = location_encoding
         self.metadata_dropout = metadata_dropout
+        self.position_embedding = position_embedding
+        self.metadata_encoding = metadata_encoding
         self.preset = preset
         super().__init__(**kwargs)
         self._validate()
@@ -304,6 +321,37 @@ class GeoViTMAEConfig(PreTrainedConfig):
             )
         if self.reference_gsd_m is not None and not self.reference_gsd_m > 0:
             raise ValueError(f"reference_gsd_m must be positive: found {self.reference_gsd_m}.")
+        if self.position_embedding not in ("sincos", "learned", "sincos_3d"):
+            raise ValueError(
+                "position_embedding must be 'sincos', 'learned' or 'sincos_3d': found "
+                f"{self.position_embedding!r}."
+            )
+        if self.position_embedding == "sincos_3d" and (
+            self.hidden_size % 16 or self.decoder_hidden_size % 16
+        ):
+            raise ValueError(
+                "position_embedding='sincos_3d' splits the width in sixteenths: expected "
+                f"hidden_size and decoder_hidden_size divisible by 16, found {self.hidden_size} "
+                f"and {self.decoder_hidden_size}."
+            )
+        if self.position_embedding != "sincos" and self.reference_gsd_m is not None:
+            raise ValueError(
+                "reference_gsd_m (GSD-scaled positions) needs position_embedding='sincos': found "
+                f"{self.position_embedding!r}."
+            )
+        if self.metadata_encoding not in ("harmonics", "prithvi"):
+            raise ValueError(
+                "metadata_encoding must be 'harmonics' or 'prithvi': found "
+                f"{self.metadata_encoding!r}."
+            )
+        if self.metadata_encoding == "prithvi" and (
+            self.tubelet_size != 1 or self.metadata_dropout != 0
+        ):
+            raise ValueError(
+                "metadata_encoding='prithvi' encodes each frame's date and has no dropout: "
+                f"expected tubelet_size=1 and metadata_dropout=0, found {self.tubelet_size} and "
+                f"{self.metadata_dropout}."
+            )
         if not 0.0 <= self.metadata_dropout <= 1.0:
             raise ValueError(f"metadata_dropout must be in [0, 1]: found {self.metadata_dropout}.")
 
@@ -364,13 +412,20 @@ def input_output_costs(config: Any) -> dict[str, int]:
         hyper = 0
     metadata = 4 * 8 + 1  # 8 sin/cos harmonics of 2 values -> a width-wide linear layer
     for flag in ("temporal_encoding", "location_encoding"):
-        if get(flag, False):
+        if get(flag, False) and get("metadata_encoding", "harmonics") == "prithvi":
+            encoder_input += 1  # one learnt scale each in the encoder and the decoder
+            decoder_output += 1
+        elif get(flag, False):
             encoder_input += metadata * width
+    tokens = (frames // tubelet) * (side // patch) ** 2
+    if get("position_embedding", "sincos") == "learned":  # stored tables, cls row included
+        encoder_input += (tokens + 1) * width
+        decoder_output += (tokens + 1) * dec_width
     return {
         "encoder_input": encoder_input,
         "decoder_output": decoder_output,
         "pixels_per_token": pixels,
-        "tokens": (frames // tubelet) * (side // patch) ** 2,
+        "tokens": tokens,
         "hypernetwork_flops": hyper,
     }
 

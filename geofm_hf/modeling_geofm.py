@@ -105,6 +105,55 @@ def sincos_2d_position_embedding(
     return emb.float()
 
 
+def sincos_3d_position_embedding(
+    frames: int, grid_h: int, grid_w: int, dim: int, *, cls_token: bool = True
+) -> torch.Tensor:
+    """Prithvi's fixed 3D sin-cos table, ``(1 [+ 1] + frames * grid_h * grid_w, dim)``, float32.
+
+    Tokens are ordered (tubelet, row, col); each row is ``[w | h | t]`` with ``6/16``, ``6/16``
+    and ``4/16`` of the width, each part a 1D ``[sin | cos]`` of the integer index. Computed in
+    float64 as the reference code does (NumPy), then cast.
+    """
+    if dim % 16 != 0:
+        raise ValueError(
+            f"3D sin-cos position embedding width must be divisible by 16: found {dim}."
+        )
+
+    def one_d(width: int, count: int) -> torch.Tensor:
+        omega = 1.0 / 10000 ** (torch.arange(width // 2, dtype=torch.float64) / (width / 2.0))
+        angles = torch.arange(count, dtype=torch.float64)[:, None] * omega  # (count, width/2)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (count, width)
+
+    w_dim = h_dim = dim // 16 * 6
+    t_dim = dim // 16 * 4
+    w = one_d(w_dim, grid_w).repeat(frames * grid_h, 1)  # (T*h*w, w_dim)
+    h = one_d(h_dim, grid_h).repeat_interleave(grid_w, dim=0).repeat(frames, 1)
+    t = one_d(t_dim, frames).repeat_interleave(grid_h * grid_w, dim=0)
+    emb = torch.cat([w, h, t], dim=1)  # (T*h*w, dim)
+    if cls_token:
+        emb = torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb], dim=0)
+    return emb.float()
+
+
+def _stored_or_3d_table(
+    config: GeoViTMAEConfig,
+    learned: nn.Parameter | None,
+    cache: dict,
+    dim: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """``(1, 1 + L, dim)`` positions of a ``"learned"`` or ``"sincos_3d"`` model (at image_size)."""
+    if learned is not None:
+        return learned
+    table = cache.get(device)
+    if table is None:
+        grid = config.image_size // config.patch_size
+        frames = config.num_frames // config.tubelet_size
+        table = sincos_3d_position_embedding(frames, grid, grid, dim).unsqueeze(0).to(device)
+        cache[device] = table
+    return table
+
+
 class _PositionEmbeddingCache:
     """Computes the fixed sin-cos tables on first use, per grid and device.
 
@@ -476,6 +525,77 @@ class GeoViTMAEMetadataEncoder(nn.Module):
         return encoded * valid.unsqueeze(-1).to(encoded.dtype), valid
 
 
+class GeoViTMAEScaledSincosEncoder(nn.Module):
+    """Prithvi-EO-2.0's time or location encoding (``metadata_encoding="prithvi"``): a fixed 1D
+    sin-cos of each of the two values on half the width each, times one learnt scale.
+
+    The arithmetic follows the reference (float32, ``pos * (1 / 10000 ** (i / n))``): at years
+    ~2000 rad a different rounding order moves the sines by ~1e-4.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.first_width = width // 2
+        self.second_width = width - self.first_width
+        self.scale = nn.Parameter(torch.ones(1))
+
+    @staticmethod
+    def _sincos(values: torch.Tensor, width: int) -> torch.Tensor:
+        omega = torch.arange(width // 2, dtype=torch.float32, device=values.device)
+        omega = 1.0 / 10000 ** (omega / (width / 2.0))  # (width/2,)
+        angles = values.float().reshape(-1, 1) * omega  # (M, width/2)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (M, width)
+
+    def forward(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(..., 2)`` -> encoding ``(..., width)`` and a validity mask ``(...)`` (no NaN)."""
+        valid = ~torch.isnan(coords).any(dim=-1)
+        coords = torch.nan_to_num(coords.float())
+        lead = coords.shape[:-1]
+        first = self._sincos(coords[..., 0], self.first_width).view(*lead, -1)
+        second = self._sincos(coords[..., 1], self.second_width).view(*lead, -1)
+        encoded = (self.scale.float() * torch.cat([first, second], dim=-1)).to(self.scale.dtype)
+        return encoded * valid.unsqueeze(-1).to(encoded.dtype), valid
+
+
+def _metadata_encoder(config: GeoViTMAEConfig, kind: str, width: int) -> nn.Module | None:
+    flag = config.temporal_encoding if kind == "time" else config.location_encoding
+    if not flag:
+        return None
+    if getattr(config, "metadata_encoding", "harmonics") == "prithvi":
+        return GeoViTMAEScaledSincosEncoder(width)
+    return GeoViTMAEMetadataEncoder(config, kind)
+
+
+def _add_metadata(
+    tokens: torch.Tensor,
+    frames: int,
+    tubelet: int,
+    temporal: nn.Module | None,
+    location: nn.Module | None,
+    temporal_coords: torch.Tensor | None,
+    location_coords: torch.Tensor | None,
+    keep: Callable[[int, torch.device], torch.Tensor | None],
+) -> torch.Tensor:
+    """``tokens`` ``(B, L, D)`` ordered (tubelet, row, col) plus the time encoding of each
+    tubelet (the mean over its frames) and the location encoding of each sample."""
+    batch, _, width = tokens.shape
+    if temporal_coords is not None:
+        encoded, _ = temporal(temporal_coords.to(tokens.device))  # (B, T, D)
+        encoded = encoded.view(batch, frames, tubelet, width).mean(dim=2)  # (B, T/t, D)
+        kept = keep(batch, tokens.device)
+        if kept is not None:
+            encoded = encoded * kept.view(-1, 1, 1).to(encoded.dtype)
+        tokens = tokens.view(batch, frames, -1, width) + encoded.unsqueeze(2).to(tokens.dtype)
+        tokens = tokens.view(batch, -1, width)
+    if location_coords is not None:
+        encoded, _ = location(location_coords.to(tokens.device))  # (B, D)
+        kept = keep(batch, tokens.device)
+        if kept is not None:
+            encoded = encoded * kept.view(-1, 1).to(encoded.dtype)
+        tokens = tokens + encoded.unsqueeze(1).to(tokens.dtype)
+    return tokens
+
+
 class GeoViTMAEEmbeddings(nn.Module):
     """Patch (or tubelet) tokens plus fixed sin-cos positions, optional time and location
     encodings, and the cls token."""
@@ -492,15 +612,18 @@ class GeoViTMAEEmbeddings(nn.Module):
             self.wavelength_encoder = None
             self.patch_embeddings = GeoViTMAEPatchEmbeddings(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        self.temporal_embedding = (
-            GeoViTMAEMetadataEncoder(config, "time") if config.temporal_encoding else None
-        )
-        self.location_embedding = (
-            GeoViTMAEMetadataEncoder(config, "place") if config.location_encoding else None
-        )
+        self.temporal_embedding = _metadata_encoder(config, "time", config.hidden_size)
+        self.location_embedding = _metadata_encoder(config, "place", config.hidden_size)
         self.positions = _PositionEmbeddingCache(
             config.hidden_size, config.image_size // config.patch_size
         )
+        # A learnt table is a weight of the checkpoint (timm layout); the 3D sin-cos one is not.
+        self.position_embeddings = (
+            nn.Parameter(torch.zeros(1, 1 + config.num_patches, config.hidden_size))
+            if config.position_embedding == "learned"
+            else None
+        )
+        self._fixed_3d: dict = {}
 
     def _keep(self, batch: int, device: torch.device) -> torch.Tensor | None:
         """Per-sample keep mask ``(B,)`` for metadata dropout in training, else ``None``."""
@@ -525,27 +648,27 @@ class GeoViTMAEEmbeddings(nn.Module):
             pixel_values.shape[-1] // config.patch_size,
         )
         frames = config.num_frames // config.tubelet_size
-        table = _position_table(
-            self.positions, grid, pixel_values.device, interpolate_pos_encoding, gsd_scale
-        ).to(self.cls_token.dtype)  # (1|B, 1 + hw, D)
         tokens = self.patch_embeddings(pixel_values, band_embedding=band_embedding)  # (B, L, D)
-        tokens = _add_space_time_positions(tokens, table, frames, config.hidden_size)
-        batch, _, width = tokens.shape
-        if temporal_coords is not None:
-            encoded, _ = self.temporal_embedding(temporal_coords.to(tokens.device))  # (B, T, D)
-            # One encoding per tubelet: the mean over its frames.
-            encoded = encoded.view(batch, frames, config.tubelet_size, width).mean(dim=2)
-            keep = self._keep(batch, tokens.device)
-            if keep is not None:
-                encoded = encoded * keep.view(-1, 1, 1).to(encoded.dtype)
-            tokens = tokens.view(batch, frames, -1, width) + encoded.unsqueeze(2).to(tokens.dtype)
-            tokens = tokens.view(batch, -1, width)
-        if location_coords is not None:
-            encoded, _ = self.location_embedding(location_coords.to(tokens.device))  # (B, D)
-            keep = self._keep(batch, tokens.device)
-            if keep is not None:
-                encoded = encoded * keep.view(-1, 1).to(encoded.dtype)
-            tokens = tokens + encoded.unsqueeze(1).to(tokens.dtype)
+        if config.position_embedding == "sincos":
+            table = _position_table(
+                self.positions, grid, pixel_values.device, interpolate_pos_encoding, gsd_scale
+            ).to(self.cls_token.dtype)  # (1|B, 1 + hw, D)
+            tokens = _add_space_time_positions(tokens, table, frames, config.hidden_size)
+        else:
+            table = _stored_or_3d_table(
+                config, self.position_embeddings, self._fixed_3d, config.hidden_size, tokens.device
+            ).to(tokens.dtype)  # (1, 1 + L, D), every token of every tubelet
+            tokens = tokens + table[:, 1:]
+        tokens = _add_metadata(
+            tokens,
+            frames,
+            config.tubelet_size,
+            self.temporal_embedding,
+            self.location_embedding,
+            temporal_coords,
+            location_coords,
+            self._keep,
+        )
         return tokens, self.cls_token + table[:1, :1]
 
 
@@ -642,8 +765,14 @@ class GeoViTMAEPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, GeoViTMAEEmbeddings):
             init.normal_(module.cls_token, std=std)
+            if module.position_embeddings is not None:
+                init.trunc_normal_(module.position_embeddings, std=std)
+        elif isinstance(module, GeoViTMAEScaledSincosEncoder):
+            init.constant_(module.scale, 0.1)  # Prithvi's init of its learnt scale
         elif isinstance(module, GeoViTMAEDecoder):
             init.normal_(module.mask_token, std=std)
+            if module.decoder_position_embeddings is not None:
+                init.trunc_normal_(module.decoder_position_embeddings, std=std)
 
 
 @dataclass
@@ -765,6 +894,14 @@ def _check_inputs(
     if height % patch or width % patch:
         raise ValueError(
             f"Image size must be divisible by the patch size {patch}: found {height}x{width}."
+        )
+    position = getattr(config, "position_embedding", "sincos")
+    if position != "sincos" and (height, width) != (config.image_size, config.image_size):
+        raise ValueError(
+            f"This model's position_embedding={position!r} table is laid out for "
+            f"{config.image_size}x{config.image_size} images: found {height}x{width}. It is not "
+            "resampled (that would change the model's output): tile or crop the input to "
+            f"{config.image_size}x{config.image_size}."
         )
     if not interpolate and (height, width) != (config.image_size, config.image_size):
         raise ValueError(
@@ -952,6 +1089,17 @@ class GeoViTMAEDecoder(nn.Module):
         self.positions = _PositionEmbeddingCache(
             config.decoder_hidden_size, config.image_size // config.patch_size
         )
+        self.decoder_position_embeddings = (
+            nn.Parameter(torch.zeros(1, 1 + config.num_patches, config.decoder_hidden_size))
+            if config.position_embedding == "learned"
+            else None
+        )
+        self._fixed_3d: dict = {}
+        # Prithvi-EO-2.0 encodes time and place again in the decoder, at its width.
+        prithvi = getattr(config, "metadata_encoding", "harmonics") == "prithvi"
+        width = config.decoder_hidden_size
+        self.temporal_embedding = _metadata_encoder(config, "time", width) if prithvi else None
+        self.location_embedding = _metadata_encoder(config, "place", width) if prithvi else None
 
     def predict(self, hidden: torch.Tensor, band_embedding: torch.Tensor | None) -> torch.Tensor:
         """``(B, L, Dd)`` -> ``(B, L, t*p*p*C)``, bands last inside a token (``patchify``)."""
@@ -977,6 +1125,8 @@ class GeoViTMAEDecoder(nn.Module):
         interpolate_pos_encoding: bool = False,
         band_embedding: torch.Tensor | None = None,
         gsd_scale: torch.Tensor | None = None,
+        temporal_coords: torch.Tensor | None = None,
+        location_coords: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``latent`` ``(B, 1 + K, D)`` -> logits ``(B, L, t*p*p*C)``."""
         hidden = self.decoder_embed(latent)  # (B, 1 + K, Dd)
@@ -987,12 +1137,32 @@ class GeoViTMAEDecoder(nn.Module):
         patches = torch.gather(
             patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, width)
         )  # (B, L, Dd) token order
-        table = _position_table(
-            self.positions, grid, hidden.device, interpolate_pos_encoding, gsd_scale
-        ).to(hidden.dtype)  # (1|B, 1 + hw, Dd)
-        frames = self.config.num_frames // self.config.tubelet_size
-        patches = _add_space_time_positions(patches, table, frames, width)
-        hidden = torch.cat([hidden[:, :1], patches], dim=1)  # (B, 1 + L, Dd); cls position is 0
+        if self.config.position_embedding == "sincos":
+            table = _position_table(
+                self.positions, grid, hidden.device, interpolate_pos_encoding, gsd_scale
+            ).to(hidden.dtype)  # (1|B, 1 + hw, Dd)
+            frames = self.config.num_frames // self.config.tubelet_size
+            patches = _add_space_time_positions(patches, table, frames, width)
+            cls = hidden[:, :1]  # the cls position is 0
+        else:
+            table = _stored_or_3d_table(
+                self.config, self.decoder_position_embeddings, self._fixed_3d, width, hidden.device
+            ).to(hidden.dtype)  # (1, 1 + L, Dd)
+            patches = patches + table[:, 1:]
+            cls = hidden[:, :1] + table[:, :1]
+        if self.temporal_embedding is not None or self.location_embedding is not None:
+            config = self.config
+            patches = _add_metadata(
+                patches,
+                config.num_frames // config.tubelet_size,
+                config.tubelet_size,
+                self.temporal_embedding,
+                self.location_embedding,
+                temporal_coords if self.temporal_embedding is not None else None,
+                location_coords if self.location_embedding is not None else None,
+                lambda batch, device: None,
+            )
+        hidden = torch.cat([cls, patches], dim=1)  # (B, 1 + L, Dd)
         hidden, _ = self.decoder_layers(hidden)
         return self.predict(self.decoder_norm(hidden)[:, 1:], band_embedding)  # (B, L, t*p*p*C)
 
@@ -1143,6 +1313,8 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
             # One wavelength embedding feeds both the encoder's kernels and the decoder's outputs.
             band_embedding=encoded.band_embedding,
             gsd_scale=inputs.gsd_scale,
+            temporal_coords=inputs.temporal_coords,
+            location_coords=inputs.location_coords,
         )
         # The loss is taken in float32 even under autocast: MSE of near-equal numbers in bf16
         # loses most of its mantissa.
@@ -1327,6 +1499,7 @@ __all__ = [
     "flops_per_image",
     "select_input_bands",
     "sincos_2d_position_embedding",
+    "sincos_3d_position_embedding",
 ]
 
 

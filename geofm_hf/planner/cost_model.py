@@ -168,6 +168,8 @@ _CONFIG_DEFAULTS: dict[str, Any] = {
     "wavelength_embed_dim": 128,
     "temporal_encoding": False,
     "location_encoding": False,
+    "position_embedding": "sincos",
+    "metadata_encoding": "harmonics",
 }
 
 
@@ -194,6 +196,8 @@ class _Shape:
     wavelength_embed_dim: int = 128
     temporal_encoding: bool = False
     location_encoding: bool = False
+    position_embedding: str = "sincos"
+    metadata_encoding: str = "harmonics"
 
     @property
     def num_patches(self) -> int:
@@ -288,7 +292,7 @@ def count_parameters(config_or_preset: Any, *, part: str = "encoder") -> int:
 
     ``part``: ``"encoder"`` (what the paper reports, ``GeoViTMAEModel``) or ``"total"``
     (encoder + MAE decoder, ``GeoViTMAEForPreTraining``). Positions are fixed sin-cos tables,
-    not parameters.
+    not parameters, except with ``position_embedding="learned"`` (stored tables, counted).
     """
     counts = _count(_resolve_shape(config_or_preset))
     if part not in ("encoder", "total"):

@@ -6,8 +6,8 @@ import re
 
 import torch
 
-from .configuration_geofm import GeoViTMAEConfig
-from .modeling_geofm import GeoViTMAEForPreTraining, sincos_2d_position_embedding
+from ..configuration_geofm import GeoViTMAEConfig
+from ..modeling_geofm import GeoViTMAEForPreTraining, sincos_2d_position_embedding
 
 # transformers 5 names the blocks `layers.N.attention.{q,k,v,o}_proj`; checkpoints written by
 # transformers 4 use `encoder.layer.N.attention.attention.{query,key,value}`. Both are accepted.
