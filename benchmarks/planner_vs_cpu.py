@@ -9,7 +9,9 @@ it, materialises it, trains ``--steps`` AdamW steps in fp32 and reports each ran
 resident set size (sampled after forward, backward and the optimiser step) above its RSS
 before the model existed. The
 planner predicts the same run (fp32, no activation checkpointing, ``gcds_per_node`` = process
-count, no runtime overhead: the baseline is subtracted). Goal: within +-25 %.
+count, no runtime overhead: the baseline is subtracted). Goal: within +-25 %. Workers pin glibc's
+mmap threshold as the recipe's CPU ranks do (``geofm_hf/training/host_memory.py``);
+``GEOFM_BENCH_GLIBC_DEFAULT=1`` measures with glibc's default instead.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ def worker(size: str, strategy: str, batch: int, steps: int, out: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
+    if os.environ.get("GEOFM_BENCH_GLIBC_DEFAULT") != "1":
+        # As the recipe does on CPU ranks: freed tensors go back to the OS (else glibc keeps
+        # freed block gathers in the heap and the RSS measures the allocator, not the plan).
+        from geofm_hf.training.host_memory import pin_mmap_threshold
+
+        pin_mmap_threshold()
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     from geofm_hf import GeoViTMAEConfig
@@ -96,6 +104,9 @@ def worker(size: str, strategy: str, batch: int, steps: int, out: str) -> None:
     dist.all_gather(peaks, peak)
     if rank == 0:
         Path(out).write_text(json.dumps([p.item() for p in peaks]))
+    from geofm_hf.training.arguments import let_gloo_threads_finish
+
+    let_gloo_threads_finish()  # else ~ProcessGroupGloo can deadlock (seen here at 4 processes)
     dist.destroy_process_group()
 
 
@@ -111,8 +122,12 @@ def predict(size: str, strategy: str, procs: int, batch: int) -> float:
     from geofm_hf import planner
 
     cal = dataclasses.replace(planner.CALIBRATION, runtime_overhead_gib=0.0)
+    from geofm_hf import GeoViTMAEConfig
+
+    # The config the workers build (the decoder included), not a dict of the encoder's sizes:
+    # the planner's default decoder (512 x 8 layers) doubled vit-s's parameters.
     result = planner.plan(
-        {**SIZES[size], **COMMON, "patch_size": 8},
+        GeoViTMAEConfig.from_preset("tiny", **SIZES[size], **COMMON),
         num_nodes=1,
         gcds_per_node=procs,
         gcd_memory_gb=1e9,

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -170,7 +171,24 @@ def run_recipe(main) -> int:
     except FloatingPointError as err:
         print(f"{name}: stopped: {err}", file=sys.stderr)
         return 1
+    finally:
+        # Early returns and errors leave the process group to interpreter exit.
+        let_gloo_threads_finish()
     return result if isinstance(result, int) else 0
+
+
+def let_gloo_threads_finish(seconds: float = 0.2) -> None:
+    """Call before a gloo process group is destroyed (``end_training``, process exit).
+
+    A gloo worker thread drops its last reference to a finished collective's tensors after the
+    caller has been told it is done; when Python no longer holds those tensors, that drop needs
+    the GIL. ``~ProcessGroupGloo`` waits for the worker threads while holding the GIL, so a
+    destruction in that window deadlocks (seen at exit under load: rank 0 stuck for good in
+    ``~AsyncAllgatherWork``). Sleeping releases the GIL and lets the threads finish first."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
+        time.sleep(seconds)
 
 
 def check_output_dir_writable(output_dir: str | os.PathLike) -> None:
