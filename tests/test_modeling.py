@@ -379,3 +379,27 @@ def test_import_rejects_tables_that_are_not_sincos():
         geofm_hf.from_transformers_vitmae(theirs)
     with pytest.raises(ValueError, match="Expected a transformers ViTMAE model"):
         geofm_hf.from_transformers_vitmae(GeoViTMAEModel(tiny_config()))
+
+
+def test_bf16_training_on_cpu_takes_the_unfused_attention():
+    """CPU bf16 steps with gradients run matmul-softmax-matmul (faster backward than the fused
+    kernel on CPU): bit-identical to the eager implementation; inference keeps SDPA."""
+    from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining
+
+    torch.manual_seed(0)
+    config = GeoViTMAEConfig.from_preset("tiny", num_channels=4, image_size=32, patch_size=8)
+    sdpa = GeoViTMAEForPreTraining(config)
+    config_eager = GeoViTMAEConfig.from_dict(config.to_dict())
+    config_eager._attn_implementation = "eager"
+    eager = GeoViTMAEForPreTraining(config_eager)
+    eager.load_state_dict(sdpa.state_dict())
+    assert sdpa.config._attn_implementation == "sdpa"
+    pixels, noise = torch.randn(2, 4, 32, 32), torch.rand(2, 16)
+    losses, grads = [], []
+    for model in (sdpa, eager):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(pixel_values=pixels, noise=noise).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(model.vit.encoder.layers[0].attention.qkv.weight.grad.clone())
+    assert torch.equal(losses[0], losses[1]) and torch.equal(grads[0], grads[1])
