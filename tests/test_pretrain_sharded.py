@@ -16,7 +16,8 @@ WORKER = ROOT / "tests" / "workers" / "initial_weights.py"
 def _lines(text):
     # Two ranks share one stdout: a line may follow another rank's unterminated progress output
     # (a tqdm "\r" bar), so the record is found anywhere in a line, not only at its start.
-    return re.findall(r"INITIAL_WEIGHTS [^\r\n]*", text)
+    # A record ends at a line end or where another rank's record starts.
+    return re.findall(r"INITIAL_WEIGHTS (?:(?!INITIAL_WEIGHTS)[^\r\n])*", text)
 
 
 def _fields(line):

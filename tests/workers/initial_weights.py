@@ -32,12 +32,14 @@ def main(out: str, *extra: str) -> None:
     save_pretrained_streaming(model, Path(out) / "initial", run.accelerator.is_main_process)
     run.accelerator.wait_for_everyone()
     policy = model._get_fsdp_state()._mp_policy if hasattr(model, "_get_fsdp_state") else None
-    print(
+    # One write of the whole line: the ranks share an unbuffered stdout, where print's separate
+    # write of the newline let two ranks' records run together on one line.
+    sys.stdout.write(
         f"INITIAL_WEIGHTS param_dtype={getattr(policy, 'param_dtype', None)} "
         f"reduce_dtype={getattr(policy, 'reduce_dtype', None)} rank={run.rank} world={run.world} built_on_meta={on_meta} "
-        f"local={local} full={full} type={run.accelerator.distributed_type.value}",
-        flush=True,
+        f"local={local} full={full} type={run.accelerator.distributed_type.value}\n"
     )
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
