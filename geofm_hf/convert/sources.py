@@ -6,23 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..bands import band_gsd, band_wavelengths
+from ..bands import SENSORS, band_gsd, band_wavelengths
 
-_S2_L1C = [
-    "B01",
-    "B02",
-    "B03",
-    "B04",
-    "B05",
-    "B06",
-    "B07",
-    "B08",
-    "B8A",
-    "B09",
-    "B10",
-    "B11",
-    "B12",
-]
+# The 13 bands in the order SSL4EO-S12 stacked them: the sensor table's own order.
+_S2_L1C = [band.name for band in SENSORS["sentinel2-l1c"]]
 # HLS v2.0 names (L30 spelling), in Prithvi's order: Blue, Green, Red, narrow NIR, SWIR 1, SWIR 2.
 _HLS6 = ["B02", "B03", "B04", "B05", "B06", "B07"]
 
