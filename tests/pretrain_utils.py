@@ -9,6 +9,7 @@ moment to strike.
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -123,6 +124,15 @@ def kill_tree(pid: int) -> None:
     for victim in victims:
         with contextlib.suppress(psutil.NoSuchProcess):
             victim.send_signal(signal.SIGKILL)
+
+
+def records(text: str, tag: str) -> list[str]:
+    """Lines starting with ``tag`` that ranks wrote with ``tests/workers/record.emit``.
+
+    Found anywhere in a line, as a rank's record may follow another rank's unterminated output
+    (a tqdm "\\r" bar), and ended at another record's tag too, in case one ran into another.
+    """
+    return re.findall(rf"{re.escape(tag)} (?:(?!{re.escape(tag)} )[^\r\n])*", text)
 
 
 def metrics(output_dir) -> list[dict]:

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from pretrain_utils import CPU_CONFIG, ROOT, launch
+from pretrain_utils import CPU_CONFIG, ROOT, launch, records
 
 
 def test_two_cpu_runs_at_once_do_not_collide_on_the_rendezvous_port():
@@ -36,7 +36,7 @@ def test_no_collective_per_step_besides_gradient_reduction(tmp_path):
         "--per_device_train_batch_size", "4", "--max_steps", "10", "--save_steps", "100",
         "--logging_steps", "5", "--plot_reconstructions", "false",
     )  # fmt: skip
-    lines = [x for x in result.stdout.splitlines() if x.startswith("COLLECTIVES")]
+    lines = records(result.stdout, "COLLECTIVES")
     assert len(lines) == 2, result.stdout[-2000:]
     for line in lines:
         fields = dict(item.split("=") for item in line.split()[1:4])

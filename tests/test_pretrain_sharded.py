@@ -1,23 +1,19 @@
 """Item 2 of issue 16: a from-scratch model is built on ``meta``, sharded, and materialised per
 shard; its initial full weights are the same at 1 and 2 processes; exports stream 0644 files."""
 
-import re
 import stat
 import subprocess
 import sys
 
 import torch
-from pretrain_utils import CPU_FSDP_CONFIG, ROOT, launch
+from pretrain_utils import CPU_FSDP_CONFIG, ROOT, launch, records
 from safetensors.torch import load_file
 
 WORKER = ROOT / "tests" / "workers" / "initial_weights.py"
 
 
 def _lines(text):
-    # Two ranks share one stdout: a line may follow another rank's unterminated progress output
-    # (a tqdm "\r" bar), so the record is found anywhere in a line, not only at its start.
-    # A record ends at a line end or where another rank's record starts.
-    return re.findall(r"INITIAL_WEIGHTS (?:(?!INITIAL_WEIGHTS)[^\r\n])*", text)
+    return records(text, "INITIAL_WEIGHTS")
 
 
 def _fields(line):

@@ -12,6 +12,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+from record import emit
 
 NAMES = (
     "all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "reduce",
@@ -49,10 +50,9 @@ def _report() -> None:
     marks = [i for i, e in enumerate(events) if e == "STEP"]
     between = events[marks[0] + 1 : marks[-1]] if marks else []
     collectives = [e for e in between if e != "STEP"]
-    print(
+    emit(
         f"COLLECTIVES rank={os.environ.get('RANK', '0')} steps={len(marks)} "
-        f"between={len(collectives)} {','.join(collectives)}",
-        flush=True,
+        f"between={len(collectives)} {','.join(collectives)}"
     )
 
 

@@ -9,8 +9,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "recipes"))
+# Also run through runpy by the CPU FSDP launcher, where this folder is not on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pretrain  # noqa: E402
+from record import emit  # noqa: E402
 
 from geofm_hf.training.arguments import parse_arguments  # noqa: E402
 from geofm_hf.training.distributed import prepare_model, save_pretrained_streaming  # noqa: E402
@@ -32,14 +35,11 @@ def main(out: str, *extra: str) -> None:
     save_pretrained_streaming(model, Path(out) / "initial", run.accelerator.is_main_process)
     run.accelerator.wait_for_everyone()
     policy = model._get_fsdp_state()._mp_policy if hasattr(model, "_get_fsdp_state") else None
-    # One write of the whole line: the ranks share an unbuffered stdout, where print's separate
-    # write of the newline let two ranks' records run together on one line.
-    sys.stdout.write(
+    emit(
         f"INITIAL_WEIGHTS param_dtype={getattr(policy, 'param_dtype', None)} "
         f"reduce_dtype={getattr(policy, 'reduce_dtype', None)} rank={run.rank} world={run.world} built_on_meta={on_meta} "
-        f"local={local} full={full} type={run.accelerator.distributed_type.value}\n"
+        f"local={local} full={full} type={run.accelerator.distributed_type.value}"
     )
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":
