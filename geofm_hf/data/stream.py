@@ -39,9 +39,11 @@ import torch
 
 from .device_transforms import crop_uint16
 from .format import (
+    METADATA_COLUMNS,
     BadInputError,
     GeoDatasetInfo,
     TooManyErrorsError,
+    chip_metadata,
     dataset_location,
     decode_batch,
     decode_valid_masks,
@@ -296,6 +298,8 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         cache_mb: float = 512.0,
         device_transforms: bool = False,
         return_masks: bool = False,
+        num_frames: int | None = None,
+        return_metadata: bool = False,
     ):
         super().__init__()
         # Yield device_transforms.RawBatch (uint16 crops + flips) for the device to finish.
@@ -320,6 +324,7 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         self.max_error_fraction = max_error_fraction
         self.return_chip_ids = return_chip_ids
         self.return_masks = return_masks
+        self.return_metadata = return_metadata
         self.start_batch = 0
         self.cache_mb = cache_mb
         self.stats: dict[str, Any] = {}
@@ -371,6 +376,15 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         if (self.std <= 0).any():
             raise ValueError(f"std must be positive for every band; got {self.std.tolist()}")
         self.crop_size = crop_size or self.chip_size
+        stored = info.num_frames if info is not None else 1
+        if num_frames is not None and not 1 <= num_frames <= stored:
+            raise ValueError(
+                f"num_frames={num_frames} but the chips of {self.name_or_path} hold {stored} "
+                f"frame(s) each; pick at most {stored}, or write the dataset with more frames "
+                "per chip (geofm-make-shards --num-frames)"
+            )
+        # Frames fed per chip: the clearest num_frames of the stored ones, in date order.
+        self.num_frames = num_frames or stored
         if self.chip_size is not None and self.crop_size > self.chip_size:
             raise ValueError(f"crop_size {self.crop_size} exceeds the chip size {self.chip_size}")
         self.layout = _Layout(counts, self.seed, world_size, num_workers, batch_size, drop_last)
@@ -385,6 +399,7 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
     def _columns(self, schema_names: list[str]) -> list[str]:
         wanted = ["image", "shape", "dtype", "valid_mask"]
         wanted += ["chip_id"] if self.return_chip_ids else []
+        wanted += [c for c in METADATA_COLUMNS if c not in wanted] if self.return_metadata else []
         return [c for c in wanted if c in schema_names]
 
     def _open(self, shard: int):
@@ -550,6 +565,8 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         sources: list[tuple[Any, int] | None] = [None] * len(rows)
         chip_ids: list[str | None] = [None] * len(rows)
         masks: list[np.ndarray | None] = [None] * len(rows)
+        times: list[np.ndarray | None] = [None] * len(rows)
+        places: list[np.ndarray | None] = [None] * len(rows)
         batch_shards = {int(s) for s in np.unique(shards)}
         for shard in sorted(batch_shards):
             sel = np.flatnonzero(shards == shard)
@@ -564,15 +581,14 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
                 here = sel[groups == g]
                 local = rows[here] - starts[g]
                 if arr is None:
-                    decoded = decode_batch(table, local)
-                    for j, i in enumerate(here):
-                        sources[i] = (decoded, j)
-                    height, width = decoded.shape[-2:]
+                    arr = decode_batch(table, local)
+                    positions = range(len(local))
                 else:
-                    for i, r in zip(here, local):
-                        sources[i] = (arr, int(r))
-                    height, width = arr.shape[-2:]
-                valid = decode_valid_masks(table, local, height, width)
+                    positions = local
+                for i, r in zip(here, positions):
+                    sources[i] = (arr, int(r))
+                # (H, W), or (T, H, W) for time series
+                valid = decode_valid_masks(table, local, *arr.shape[1:-3], *arr.shape[-2:])
                 if valid is not None:
                     for j, i in enumerate(here):
                         masks[i] = valid[j]
@@ -580,16 +596,26 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
                     column = table.column("chip_id")
                     for i, r in zip(here, local):
                         chip_ids[i] = column[int(r)].as_py()
+                if self.return_metadata:
+                    frames = int(np.prod(arr.shape[1:-3]))
+                    for i, t, x in zip(here, *chip_metadata(table, local, frames)):
+                        times[i], places[i] = t, x
         if not keep.any():
             return None
         positions = np.flatnonzero(keep)
         sample_index = self.layout.offsets[shards[positions]] + rows[positions]
-        batch, valid = self._transform(
+        batch, valid, picked = self._transform(
             [sources[i] for i in positions], epoch, sample_index, [masks[i] for i in positions]
         )
         kept_ids = [chip_ids[i] for i in positions]
-        if self.return_masks:
+        if self.return_masks or self.return_metadata:
             out = {"pixel_values": batch, "pixel_mask": valid}
+            if self.return_metadata:
+                temporal = np.stack([times[i] for i in positions])  # (B, T stored, 2)
+                if picked is not None:
+                    temporal = np.take_along_axis(temporal, picked[:, :, None], axis=1)
+                out["temporal_coords"] = torch.from_numpy(temporal)
+                out["location_coords"] = torch.from_numpy(np.stack([places[i] for i in positions]))
             if self.return_chip_ids:
                 out["chip_ids"] = kept_ids
             return out
@@ -598,19 +624,27 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         return batch
 
     def _transform(self, sources, epoch: int, sample_index: np.ndarray, masks=None):
-        """Crop/flip/rotate and normalise; returns (pixels, valid mask (B, crop, crop) bool).
+        """Crop/flip/rotate and normalise; returns pixels, validity and the frames picked.
 
-        Invalid pixels (stored mask, NaN/inf) are set to 0 after normalisation (the band
-        mean), never fed as raw fill values; the mask says which they are.
+        Chips are ``(C, H, W)`` -> pixels ``(B, C, crop, crop)``, validity ``(B, crop, crop)``;
+        time series ``(T, C, H, W)`` -> ``(B, T', C, crop, crop)`` and ``(B, T', crop, crop)``
+        (or the single-frame shapes for T' = 1),
+        every frame cropped and flipped alike. With ``num_frames`` T' < T the T' frames with
+        the fewest invalid pixels in the crop are kept, in date order; their indices ``(B, T')``
+        are the third value (``None`` when every frame is kept). Invalid pixels (stored mask,
+        NaN/inf) are set to 0 after normalisation (the band mean), never fed as raw fill
+        values; the validity says which they are.
         """
         first, j = sources[0]
-        _, c, h, w = first.shape
+        lead = first.shape[1:-3]  # () for chips, (T,) for time series
+        frames = int(np.prod(lead))
+        c, h, w = first.shape[-3:]
         if len(self.mean) != c:
             raise ValueError(f"images have {c} bands; mean/std have {len(self.mean)}")
         n = len(sources)
         crop = self.crop_size or h
-        raw = np.empty((n, c, crop, crop), dtype=first.dtype)
-        valid = np.ones((n, crop, crop), dtype=bool)
+        raw = np.empty((n, frames * c, crop, crop), dtype=first.dtype)
+        valid = np.ones((n, frames, crop, crop), dtype=bool)
         if self.augment:
             params = augmentation_params(self.seed, epoch, sample_index, min(h, w), crop)
         else:
@@ -618,15 +652,16 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
             params[:, 0], params[:, 1] = (h - crop) // 2, (w - crop) // 2
         if (
             self.device_transforms
+            and not lead
             and not np.issubdtype(first.dtype, np.floating)
             and (masks is None or all(m is None for m in masks))
         ):
             # Integer chips without stored masks: every pixel is valid, the device finishes
             # them. Batches that carry masks take the host path below (batch_to_device takes
             # both), so invalid pixels are never fed raw.
-            return crop_uint16(sources, params, crop), torch.from_numpy(valid)
+            return crop_uint16(sources, params, crop), torch.from_numpy(valid[:, 0]), None
         for i, ((arr, j), (y, x, hflip, vflip, k)) in enumerate(zip(sources, params)):
-            view = arr[j, :, y : y + crop, x : x + crop]
+            view = arr[j].reshape(frames * c, h, w)[:, y : y + crop, x : x + crop]
             if hflip:
                 view = view[:, :, ::-1]
             if vflip:
@@ -637,27 +672,35 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
             # transpose them together below (same pixels, several times faster).
             raw[i] = view.swapaxes(1, 2) if k % 2 else view
             if masks is not None and masks[i] is not None:
-                mview = masks[i][y : y + crop, x : x + crop]
+                mview = masks[i].reshape(frames, h, w)[:, y : y + crop, x : x + crop]
                 if hflip:
-                    mview = mview[:, ::-1]
+                    mview = mview[:, :, ::-1]
                 if vflip:
-                    mview = mview[::-1, :]
+                    mview = mview[:, ::-1, :]
                 if k:
-                    mview = np.rot90(mview, k)
-                valid[i] = mview.T if k % 2 else mview
+                    mview = np.rot90(mview, k, axes=(1, 2))
+                valid[i] = mview.swapaxes(1, 2) if k % 2 else mview
         odd = np.flatnonzero(params[:, 4] % 2 == 1)
         if len(odd):
             raw[odd] = raw[odd].swapaxes(2, 3)
-            valid[odd] = valid[odd].swapaxes(1, 2)
-        out = raw.astype(np.float32)
-        out -= self.mean[None, :, None, None]
-        out /= self.std[None, :, None, None]
+            valid[odd] = valid[odd].swapaxes(2, 3)
+        out = raw.astype(np.float32).reshape(n, frames, c, crop, crop)
+        out -= self.mean[None, None, :, None, None]
+        out /= self.std[None, None, :, None, None]
         if np.issubdtype(raw.dtype, np.floating):
-            valid &= np.isfinite(out).all(axis=1)
+            valid &= np.isfinite(out).all(axis=2)
+        picked = None
+        if self.num_frames < frames:
+            clouded = (~valid).mean(axis=(2, 3))  # (B, T) invalid fraction in the crop
+            picked = np.sort(np.argsort(clouded, axis=1, kind="stable")[:, : self.num_frames], 1)
+            rows = np.arange(n)[:, None]
+            out, valid = out[rows, picked], valid[rows, picked]
         if not valid.all():
-            out *= valid[:, None]  # 0 = the band mean; NaN/inf never reach the model
+            out *= valid[:, :, None]  # 0 = the band mean; NaN/inf never reach the model
             out[~np.isfinite(out)] = 0.0
-        return torch.from_numpy(out), torch.from_numpy(valid)
+        if not lead or self.num_frames == 1:  # one frame: (B, C, H, W), as a 1-frame model takes
+            return torch.from_numpy(out[:, 0]), torch.from_numpy(valid[:, 0]), picked
+        return torch.from_numpy(np.ascontiguousarray(out)), torch.from_numpy(valid), picked
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -847,6 +890,8 @@ def make_pretrain_dataloader(
     device_transforms: bool = False,
     return_masks: bool = False,
     check_shards: bool = True,
+    num_frames: int | None = None,
+    return_metadata: bool = False,
 ) -> PretrainLoader:
     """Build the MAE pretraining loader for a Hub repo id or local folder.
 
@@ -860,6 +905,12 @@ def make_pretrain_dataloader(
     ``(B, crop, crop)`` bool, True where the pixel is valid (stored ``valid_mask``: nodata,
     fill, cloud/QA; and NaN/inf), augmented with the pixels; pass it to the model so the
     loss ignores invalid pixels. Invalid pixels are 0 (the band mean) in ``pixel_values``.
+    Time-series datasets (``num_frames`` T in ``geofm_dataset.json``) yield ``(B, T, C, crop,
+    crop)`` pixels and ``(B, T, crop, crop)`` masks; ``num_frames`` T' < T keeps the T' frames
+    with the fewest invalid pixels in each crop, in date order.
+    ``return_metadata=True`` adds ``temporal_coords`` ``(B, T', 2)`` (year, day of year of each
+    frame) and ``location_coords`` ``(B, 2)`` (latitude, longitude of the chip centre) from the
+    shards' ``datetime`` / ``frame_datetimes``, ``crs`` and ``transform``; NaN where unknown.
     ``check_shards`` reads every shard's footer first (split across ranks; collective when
     ``world_size`` > 1): a bad shard is an error at once, or skipped and counted under
     ``on_error="skip"``.
@@ -870,7 +921,7 @@ def make_pretrain_dataloader(
         augment=augment, revision=revision, drop_last=drop_last, on_error=on_error,
         max_error_fraction=max_error_fraction, return_chip_ids=return_chip_ids,
         device_transforms=device_transforms,
-        return_masks=return_masks,
+        return_masks=return_masks, num_frames=num_frames, return_metadata=return_metadata,
     )  # fmt: skip
     if check_shards and stream.info is not None:
         from .verify import check_shard_footers_on_all_ranks

@@ -11,16 +11,19 @@ succeeded; ``geofm_dataset.json`` is written last, so its presence marks a compl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
 import functools
 import glob
 import hashlib
+import itertools
 import json
 import logging
 import os
 import re
 import shutil
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +49,7 @@ from ..bands import (
 )
 from .format import (
     DATASET_INFO_FILE,
+    FRAME_DATETIMES_FIELD,
     LABEL_FIELD,
     MASK_FIELD,
     SHARD_FOOTER_METADATA,
@@ -81,6 +85,8 @@ _S2_OFFSET_XML = re.compile(
 _EARTH_RADIUS_M = 6371008.8  # mean Earth radius (IUGG)
 _DATETIME = re.compile(r"(?<!\d)(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})(?!\d)")
 _DATE = re.compile(r"(?<!\d)(20\d{2}|19\d{2})(\d{2})(\d{2})(?!\d)")
+# Pre-Collection Landsat scene ids (LE70350322008118EDC00): sensor, path, row, year, day of year.
+_LANDSAT_SCENE_ID = re.compile(r"(?<![A-Za-z0-9])L[CTEOM]0?[4-9]\d{6}(\d{4})(\d{3})[A-Z]{3}\d{2}")
 _SHARD_NAME = re.compile(r"^[\w.\-]+-\d{5}-of-\d{5}\.parquet$")
 
 
@@ -231,6 +237,10 @@ def _datetime_from_name(name: str) -> str | None:
     if m:
         y, mo, d, h, mi, s = m.groups()
         return f"{y}-{mo}-{d}T{h}:{mi}:{s}"
+    m = _LANDSAT_SCENE_ID.search(name)
+    if m and 1 <= int(m.group(2)) <= 366:
+        day = datetime.date(int(m.group(1)), 1, 1) + datetime.timedelta(days=int(m.group(2)) - 1)
+        return day.isoformat()
     m = _DATE.search(name)
     if m:
         y, mo, d = m.groups()
@@ -824,8 +834,8 @@ class _Chip:
 
     split: str
     row: dict[str, Any]
-    pixels: np.ndarray  # (bands, size, size)
-    band_valid: np.ndarray  # (bands, size, size) bool
+    pixels: np.ndarray  # (bands, size, size); a time series' frames stacked along rows
+    band_valid: np.ndarray  # (bands, size, size) bool, same layout
     counts: dict[str, int]
 
 
@@ -1060,6 +1070,112 @@ def _scene_chips(scene: _Scene, scene_sensor: str | None, spec: _ChipSpec,
             src.close()
 
 
+# ------------------------------------------------------------------------- time-series chips
+
+
+def _footprint(scene: _Scene) -> tuple:
+    """The grid of a scene's first raster: scenes sharing it are dates of one footprint."""
+    with contextlib.closing(_open(scene.multiband or next(iter(scene.band_files.values())))) as src:
+        return (src.crs.to_string() if src.crs else None, tuple(src.transform)[:6],
+                src.width, src.height)  # fmt: skip
+
+
+def _time_series_chips(scenes: list[_Scene], scene_sensors: dict[str, str | None],
+                       spec: _ChipSpec, state: _DatasetState, policy: _ErrorPolicy,
+                       num_frames: int, sources: list[str]) -> Iterator[_Chip]:  # fmt: skip
+    """Chips of ``num_frames`` dates of one window: ``(T, C, H, W)``, frames in date order.
+
+    Scenes on one grid are the dates of one footprint; their chip generators run in lockstep
+    (one strip of each date in memory, all of its files open at once). Per window, a frame
+    over ``spec.max_nodata_fraction`` invalid is skipped (``frame_invalid``) and frames short
+    of a whole series are left over (``frames_left_over``); both are counted, never silent.
+    """
+    footprints: dict[tuple, list[_Scene]] = defaultdict(list)
+    for scene in scenes:
+        if scene.datetime is None:
+            policy.record(
+                BadInputError(
+                    "no_date",
+                    f"scene {scene.source}: no date in its name; a time series needs "
+                    "each frame's date (YYYYMMDD, YYYY-MM-DD or a Landsat scene id)",
+                ),
+                scene.source,
+            )
+            continue
+        try:
+            footprints[_footprint(scene)].append(scene)
+        except BadInputError as err:
+            policy.record(err, scene.source)
+    every_chip = dataclasses.replace(spec, max_nodata_fraction=1.0)  # windows stay aligned
+    for members in footprints.values():
+        members.sort(key=lambda m: (m.datetime, m.source))
+        dates = [m.datetime for m in members]
+        if len(set(dates)) != len(dates):
+            twice = sorted({d for d in dates if dates.count(d) > 1})
+            raise BadInputError(
+                "duplicate_date",
+                f"footprint of {members[0].source} has several scenes dated "
+                f"{twice}; a time series takes one scene per date. Remove or mosaic them first",
+            )
+        gens = [_scene_chips(m, scene_sensors.get(m.source), every_chip, state, policy)
+                for m in members]  # fmt: skip
+        try:
+            for frames in itertools.zip_longest(*gens):
+                if any(f is None for f in frames):
+                    raise BadInputError(
+                        "window_mismatch",
+                        f"the dates of the footprint of "
+                        f"{members[0].source} gave different numbers of chips",
+                    )
+                if len({tuple(f.row["transform"]) for f in frames}) != 1:
+                    raise BadInputError(
+                        "window_mismatch",
+                        f"the dates of the footprint of {members[0].source} are not on one grid",
+                    )
+                usable = []
+                for f in frames:
+                    fraction = f.counts["invalid_pixels"] / f.counts["pixels"]
+                    if fraction > spec.max_nodata_fraction:
+                        policy.record(BadInputError(
+                            "frame_invalid", f"{fraction:.1%} of pixels invalid (max_nodata_"
+                            f"fraction={spec.max_nodata_fraction})"), f.row["chip_id"],
+                            is_error=False)  # fmt: skip
+                    else:
+                        usable.append(f)
+                whole = len(usable) // num_frames * num_frames
+                for f in usable[whole:]:
+                    policy.record(BadInputError(
+                        "frames_left_over", f"{len(usable)} usable frames of this window; "
+                        f"series take {num_frames}"), f.row["chip_id"], is_error=False)  # fmt: skip
+                for start in range(0, whole, num_frames):
+                    yield _stack_frames(usable[start : start + num_frames])
+        finally:
+            for gen in gens:
+                gen.close()
+        sources.extend(m.source for m in members)
+
+
+def _stack_frames(group: list[_Chip]) -> _Chip:
+    first = group[0]
+    pixels = np.stack([f.pixels for f in group])  # (T, C, H, W)
+    band_valid = np.stack([f.band_valid for f in group])
+    return _Chip(
+        split=first.split,
+        row={
+            **first.row,
+            "image": pixels.tobytes(),
+            "shape": list(pixels.shape),
+            "chip_id": f"{first.row['chip_id']}_T{len(group)}",
+            "frame_datetimes": [f.row["datetime"] for f in group],
+            "valid_mask": np.packbits(band_valid.all(axis=1)).tobytes(),
+        },
+        # The statistics are per band over every frame: frames stacked along the rows.
+        pixels=np.concatenate([f.pixels for f in group], axis=1),
+        band_valid=np.concatenate([f.band_valid for f in group], axis=1),
+        counts={k: sum(f.counts[k] for f in group) for k in first.counts},
+    )
+
+
 # ------------------------------------------------------------------------------- shard sink
 
 
@@ -1070,11 +1186,13 @@ class _ShardSink:
 
     def __init__(self, split_names: Sequence[str], staging: Path, *, target_bytes: int,
                  rows_per_shard: int | None = None, compression_level: int = 3,
-                 labelled: bool = False, masked: bool = False):  # fmt: skip
+                 labelled: bool = False, masked: bool = False,
+                 time_series: bool = False):  # fmt: skip
         self.staging, self.target_bytes = staging, target_bytes
         self.rows_per_shard, self.compression_level = rows_per_shard, compression_level
         schema = SHARD_SCHEMA.append(LABEL_FIELD) if labelled else SHARD_SCHEMA
         schema = schema.append(VALID_MASK_FIELD)
+        schema = schema.append(FRAME_DATETIMES_FIELD) if time_series else schema
         self.schema = schema.append(MASK_FIELD) if masked else schema
         self.rows: dict[str, list[dict[str, Any]]] = {s: [] for s in split_names}
         self.nbytes = dict.fromkeys(split_names, 0)
@@ -1168,6 +1286,7 @@ def write_shards(
     label_vector: str | os.PathLike | None = None,
     label_field: str | None = None,
     mask_label_names: Sequence[str] | None = None,
+    num_frames: int | None = None,
 ) -> WriteSummary:
     r"""Cut rasters into chips and write a Hub-ready Parquet dataset to ``output_dir``.
 
@@ -1218,6 +1337,11 @@ def write_shards(
             distinct values, or ``mask_label_names``). Each chip then gets a ``mask`` column
             (uint8 bytes, 255 = unlabelled); the class names go to ``geofm_dataset.json``
             under ``mask_label_names``.
+        num_frames: write time series: the scenes on one grid are the dates of one footprint,
+            and each chip is ``(num_frames, C, H, W)``, its frames in date order (dates from
+            the file names), with a ``(T, H, W)`` ``valid_mask`` and ``frame_datetimes``. A
+            frame over ``max_nodata_fraction`` invalid in a window is skipped there; frames
+            short of a whole series are left over; both are counted in ``skipped``.
 
     Returns:
         A :class:`WriteSummary`. The folder holds ``README.md``, ``geofm_dataset.json`` and
@@ -1241,6 +1365,14 @@ def write_shards(
         raise ValueError(f"unknown resampling {resampling!r}")
     if labels is not None and not label_names:
         raise ValueError("labels needs label_names (the class names, index = label)")
+    if num_frames is not None:
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise ValueError(f"num_frames must be a positive integer; got {num_frames!r}")
+        if labels is not None or label_raster is not None or label_vector is not None:
+            raise ValueError(
+                "num_frames (time series) cannot be combined with labels: scene labels and "
+                "masks are written for single-date chips only"
+            )
     if sensor is not None:
         get_sensor_bands(sensor)  # an unknown sensor fails here, before any raster is read
 
@@ -1264,12 +1396,21 @@ def write_shards(
     split_names = [split] if isinstance(split, str) else list(split)
     sink = _ShardSink(split_names, staging, target_bytes=int(target_shard_mb * 1e6),
                       rows_per_shard=rows_per_shard, compression_level=compression_level,
-                      labelled=labels is not None, masked=masks is not None)  # fmt: skip
+                      labelled=labels is not None, masked=masks is not None,
+                      time_series=num_frames is not None)  # fmt: skip
     spec = _ChipSpec(chip_size, stride, max_nodata_fraction, bands, band_names, resolution,
                      resampling, nodata, qa_masks, split, labels, label_names, masks)  # fmt: skip
     state = _DatasetState()
     sources: list[str] = []
-    for scene in scenes:
+    if num_frames is not None:
+        try:
+            with contextlib.closing(_time_series_chips(scenes, scene_sensors, spec, state, policy,
+                                                       num_frames, sources)) as chips:  # fmt: skip
+                for chip in chips:
+                    sink.add(chip)
+        except BadInputError as err:
+            policy.record(err, "time series")
+    for scene in scenes if num_frames is None else ():
         try:
             with contextlib.closing(
                 _scene_chips(scene, scene_sensors.get(scene.source), spec, state, policy)
@@ -1323,6 +1464,7 @@ def write_shards(
         label_names=list(label_names) if label_names else None,
         shards=shards,
         stats_by_split=stats_by_split,
+        num_frames=num_frames or 1,
         extra={"stats_split": stats_split, "stride": stride, "target_gsd_m": state.gsd_m,
                "target_resolution_crs_units": state.res, "sensors": dict(sensors),
                "validity": {**dict(sink.validity), "nodata_given": nodata,

@@ -245,6 +245,24 @@ class ModelArguments:
     wavelength_embed_dim: int = field(
         default=128, metadata={"help": "Width of the wavelength hypernetwork's band embedding."}
     )
+    num_frames: int | None = field(
+        default=None,
+        metadata={
+            "help": "Frames per sample; default: the dataset's (1, or T for time-series "
+            "shards). Fewer than stored: the clearest, in date order."
+        },
+    )
+    tubelet_size: int = field(default=1, metadata={"help": "Frames per space-time tubelet."})
+    temporal_encoding: bool = field(
+        default=False, metadata={"help": "Encode each frame's date (year, day of year)."}
+    )
+    location_encoding: bool = field(
+        default=False, metadata={"help": "Encode each chip's centre (latitude, longitude)."}
+    )
+    metadata_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Probability of dropping a sample's date or place in pretraining."},
+    )
 
 
 @dataclass

@@ -125,7 +125,8 @@ def plot_reconstructions(
     rgb_index: list[int] | None,
     draw: bool = True,
 ) -> None:
-    """Original / masked / reconstruction (RGB composite) for a few images.
+    """Original / masked / reconstruction (RGB composite) for a few images (the first frame
+    of a time series).
 
     With a sharded model every rank runs the forward (it gathers parameters); only the one with
     ``draw`` writes the figure."""
@@ -158,10 +159,12 @@ def plot_reconstructions(
         for c, (title, image) in enumerate(
             (
                 ("original", pixel_values[r]),
-                ("masked 75%", masked[r]),
+                (f"masked {model.config.mask_ratio:.0%}", masked[r]),
                 ("reconstruction", pasted[r]),
             )
         ):
+            if image.ndim == 4:  # a time series: its first frame
+                image = image[0]
             axes[r][c].imshow(_rgb(image.float().numpy(), rgb_index))
             axes[r][c].set_axis_off()
             if r == 0:
