@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_path
+from .._atomic import atomic_savefig
 
 __all__ = [
     "check_class_indices",
@@ -114,10 +114,4 @@ def save_confusion_matrix_png(
                 color = "white" if share[i, j] > 0.5 else "black"
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7, color=color)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return atomic_savefig(fig, path, format="png")
