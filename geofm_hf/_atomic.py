@@ -9,8 +9,16 @@ import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_path"]
+__all__ = [
+    "atomic_open",
+    "atomic_path",
+    "atomic_savefig",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "fsync_path",
+]
 
 
 @contextlib.contextmanager
@@ -42,6 +50,30 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[BinaryIO]:
+    """A binary file object to stream into, for ``path``: it writes a temporary file beside it
+    (see :func:`atomic_path`), which replaces ``path`` only once the block has ended normally
+    and the file is closed (and, with ``fsync``, on disk). On an exception the temporary file
+    is removed and ``path`` is left as it was."""
+    with atomic_path(path, fsync=fsync) as tmp, open(tmp, "wb") as handle:
+        yield handle
+
+
+def atomic_savefig(fig, path: str | os.PathLike, format: str | None = None) -> Path:
+    """Save the matplotlib figure ``fig`` to ``path`` atomically, then close it (also on error).
+    ``format`` defaults to the suffix of ``path`` (PNG without one); returns the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=format or path.suffix.lstrip(".").lower() or "png")
+    finally:
+        plt.close(fig)
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> Path:

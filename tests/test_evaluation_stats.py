@@ -65,6 +65,39 @@ def test_macro_f1_batch_matches_the_shipped_metric_module():
     np.testing.assert_allclose(macro_f1_batch(rows_p, rows_r, 6), want, atol=1e-12)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_macro_f1_batch_equals_scikit_learn(seed):
+    """Row by row against ``f1_score(average="macro", labels=range(C), zero_division=0)``, with
+    classes absent from a row's references, its predictions, or both."""
+    rng = np.random.default_rng(seed)
+    num_classes = int(rng.integers(2, 9))
+    rows, n = int(rng.integers(1, 12)), int(rng.integers(1, 40))
+    refs = rng.integers(0, max(1, num_classes - 1), (rows, n))  # the last class: never a reference
+    preds = np.where(rng.random((rows, n)) < 0.5, refs, rng.integers(0, num_classes, (rows, n)))
+    preds[:, : n // 3] = refs[:, : n // 3]  # some right answers in every row
+    if num_classes > 2:
+        preds[preds == 0] = 1  # class 0 never predicted
+        even = preds[::2]
+        even[even == num_classes - 1] = 1  # the last class in neither, in every other row
+    want = [
+        f1_score(r, p, labels=range(num_classes), average="macro", zero_division=0)
+        for p, r in zip(preds, refs)
+    ]
+    np.testing.assert_allclose(macro_f1_batch(preds, refs, num_classes), want, atol=1e-12)
+
+
+def test_macro_f1_batch_refuses_class_indices_out_of_range():
+    with pytest.raises(ValueError, match=r"references must be class indices in 0\.\.3"):
+        macro_f1_batch(np.array([[0, 1]]), np.array([[0, 4]]), 4)
+    with pytest.raises(ValueError, match=r"predictions must be class indices in 0\.\.3 .*\[-1\]"):
+        macro_f1_batch(np.array([[0, -1]]), np.array([[0, 1]]), 4)
+    with pytest.raises(ValueError, match="predictions must be class indices"):
+        bootstrap_interval([0, 7, 1], [0, 1, 1], 3, "macro_f1", resamples=10)
+    with pytest.raises(ValueError, match=r"references must be class indices in 0\.\.2 .*\[3\]"):
+        paired_bootstrap([0, 1, 1], [0, 1, 2], [0, 3, 1], 3, "macro_f1", resamples=10)
+    assert paired_bootstrap([0, 1, 1], [0, 1, 2], [0, 3, 1], 3, "top1", resamples=10)  # no classes
+
+
 def test_seed_summary_mean_std_and_interval_of_the_seed_mean():
     refs = _predictions(500, 0.7)[1]
     per_seed = []

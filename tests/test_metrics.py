@@ -144,6 +144,34 @@ def test_metric_modules_load_by_path_with_the_hub_offline(tmp_path):
     assert set(METRICS) == {"accuracy", "top_k_accuracy", "f1", "mean_iou"}
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_confusion_matrix_counts_every_pair_with_absent_classes(seed):
+    """Against a plain count of (reference, prediction) pairs; ``_cases`` leaves classes absent
+    from the references, from the predictions and from both."""
+    num_classes, pred, ref, _ = _cases(seed)
+    want = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for r, p in zip(ref.tolist(), pred.tolist()):
+        want[r, p] += 1
+    got = confusion_matrix(pred, ref, num_classes)
+    assert got.dtype == np.int64 and got.shape == (num_classes, num_classes)
+    np.testing.assert_array_equal(got, want)
+    assert not got[num_classes - 1].any() and not got[:, num_classes - 1].any()  # in neither
+    np.testing.assert_array_equal(confusion_matrix([], [], 3), np.zeros((3, 3), dtype=np.int64))
+
+
+def test_confusion_matrix_refuses_class_indices_out_of_range():
+    """scikit-learn with ``labels=`` would drop these pairs silently; the counts would then sum
+    to fewer than the samples."""
+    with pytest.raises(ValueError, match=r"references must be class indices in 0\.\.2 .*found 1 "
+                                         r"outside, e\.g\. \[3\]"):  # fmt: skip
+        confusion_matrix([0, 1, 2], [0, 3, 2], 3)
+    with pytest.raises(ValueError, match=r"predictions must be class indices in 0\.\.2 .*found "
+                                         r"2 outside, e\.g\. \[-1, 5\]"):  # fmt: skip
+        confusion_matrix([-1, 1, 5], [0, 1, 2], 3)
+    with pytest.raises(ValueError, match="one prediction per reference: found 2 predictions and 3"):
+        confusion_matrix([0, 1], [0, 1, 2], 3)
+
+
 def test_confusion_matrix_png(tmp_path):
     matrix = confusion_matrix([0, 1, 1, 2], [0, 1, 2, 2], 3)
     np.testing.assert_array_equal(matrix, [[1, 0, 0], [0, 1, 0], [0, 1, 1]])

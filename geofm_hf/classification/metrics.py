@@ -7,9 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_path
+from .._atomic import atomic_savefig
 
-__all__ = ["classification_metrics", "confusion_matrix", "save_confusion_matrix_png"]
+__all__ = [
+    "check_class_indices",
+    "classification_metrics",
+    "confusion_matrix",
+    "save_confusion_matrix_png",
+]
 
 
 def classification_metrics(scores, references, num_classes: int) -> dict[str, float]:
@@ -42,13 +47,44 @@ def classification_metrics(scores, references, num_classes: int) -> dict[str, fl
     }
 
 
+def check_class_indices(name: str, values: np.ndarray, num_classes: int) -> None:
+    """Raise a clear ``ValueError`` when ``values`` holds anything outside ``0..num_classes-1``."""
+    values = np.asarray(values)
+    if values.size == 0 or (values.min() >= 0 and values.max() < num_classes):
+        return
+    bad = values[(values < 0) | (values >= num_classes)]
+    shown = sorted({int(v) for v in bad[:1000]})[:10]
+    raise ValueError(
+        f"{name} must be class indices in 0..{num_classes - 1} (num_classes={num_classes}): "
+        f"found {bad.size} outside, e.g. {shown}. Check that num_classes matches the label "
+        "names the model was trained on."
+    )
+
+
 def confusion_matrix(predictions, references, num_classes: int) -> np.ndarray:
-    """``(num_classes, num_classes)`` int64 counts; rows = true class, columns = predicted."""
-    predictions = np.asarray(predictions, dtype=np.int64)
-    references = np.asarray(references, dtype=np.int64)
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (references, predictions), 1)
-    return matrix
+    """``(num_classes, num_classes)`` int64 counts; rows = true class, columns = predicted.
+
+    scikit-learn's ``confusion_matrix`` with ``labels=range(num_classes)``, so a class absent from
+    both gets a zero row and column. scikit-learn drops pairs whose label is not among ``labels``
+    without a word; here a value outside ``0..num_classes-1`` is a ``ValueError`` instead.
+    """
+    import sklearn.metrics
+
+    predictions = np.asarray(predictions, dtype=np.int64).ravel()
+    references = np.asarray(references, dtype=np.int64).ravel()
+    if predictions.shape != references.shape:
+        raise ValueError(
+            f"Expected one prediction per reference: found {predictions.size} predictions and "
+            f"{references.size} references."
+        )
+    check_class_indices("references", references, num_classes)
+    check_class_indices("predictions", predictions, num_classes)
+    if references.size == 0:  # scikit-learn refuses empty inputs; no samples, no counts
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    matrix = sklearn.metrics.confusion_matrix(
+        references, predictions, labels=np.arange(num_classes)
+    )
+    return matrix.astype(np.int64, copy=False)
 
 
 def save_confusion_matrix_png(
@@ -78,10 +114,4 @@ def save_confusion_matrix_png(
                 color = "white" if share[i, j] > 0.5 else "black"
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7, color=color)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return atomic_savefig(fig, path, format="png")

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import check_class_indices
+
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
     "bootstrap_interval",
@@ -34,9 +36,21 @@ def top1_batch(predictions: np.ndarray, references: np.ndarray) -> np.ndarray:
 def macro_f1_batch(predictions: np.ndarray, references: np.ndarray, num_classes: int) -> np.ndarray:
     """Macro-F1 of each row, as the shipped ``f1`` metric (scikit-learn's ``f1_score`` with
     ``labels=range(num_classes)``): per class ``2tp / (2tp + fp + fn)``, 0 for a class in neither
-    the row's predictions nor its references, averaged over all ``num_classes`` classes."""
+    the row's predictions nor its references, averaged over all ``num_classes`` classes.
+
+    Vectorised over rows on purpose (the bootstrap scores thousands of resamples per call);
+    ``test_macro_f1_batch_equals_scikit_learn`` holds it to ``f1_score`` row by row. A value
+    outside ``0..num_classes-1`` is a ``ValueError`` (it would land in another row's counts)."""
     predictions = np.atleast_2d(predictions)
     references = np.atleast_2d(references)
+    check_class_indices("references", references, num_classes)
+    check_class_indices("predictions", predictions, num_classes)
+    return _macro_f1_rows(predictions, references, num_classes)
+
+
+def _macro_f1_rows(predictions: np.ndarray, references: np.ndarray, num_classes: int) -> np.ndarray:
+    """:func:`macro_f1_batch` of 2-D inputs already checked (the bootstrap checks its inputs
+    once: resampling them makes no new values)."""
     rows = np.arange(predictions.shape[0])[:, None]
     # (R, C, C) confusion counts per row, built with one bincount.
     flat = (rows * num_classes + references) * num_classes + predictions
@@ -50,11 +64,16 @@ def macro_f1_batch(predictions: np.ndarray, references: np.ndarray, num_classes:
     return f1.mean(axis=1)
 
 
-def _metric(name: str, num_classes: int):
+def _metric(name: str, num_classes: int, references: np.ndarray, *runs: np.ndarray):
+    """The row-wise function of ``name``; for ``macro_f1`` the class indices of the references
+    and of every run are checked here, once."""
     if name == "top1":
         return top1_batch
     if name == "macro_f1":
-        return lambda p, r: macro_f1_batch(p, r, num_classes)
+        check_class_indices("references", references, num_classes)
+        for predictions in runs:
+            check_class_indices("predictions", predictions, num_classes)
+        return lambda p, r: _macro_f1_rows(p, r, num_classes)
     raise ValueError(f"metric must be 'top1' or 'macro_f1': found {name!r}.")
 
 
@@ -97,7 +116,8 @@ def bootstrap_interval(
             f"Expected predictions of {len(references)} test samples per seed, found "
             f"{predictions.shape[1]}."
         )
-    (values,) = _resampled([predictions], references, _metric(metric, num_classes), resamples, seed)
+    fn = _metric(metric, num_classes, references, predictions)
+    (values,) = _resampled([predictions], references, fn, resamples, seed)
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(values, [tail, 100 - tail])
     return float(lo), float(hi)
@@ -129,7 +149,7 @@ def paired_bootstrap(
             f"Both runs must predict the same {len(references)} test samples: found "
             f"{a.shape[1]} and {b.shape[1]}."
         )
-    fn = _metric(metric, num_classes)
+    fn = _metric(metric, num_classes, references, a, b)
     point = float(np.mean(fn(a, references[None])) - np.mean(fn(b, references[None])))
     values_a, values_b = _resampled([a, b], references, fn, resamples, seed)
     diffs = values_a - values_b

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_path
+from .._atomic import atomic_savefig
 
 __all__ = ["class_colors", "rgb_composite", "save_prediction_png"]
 
@@ -71,10 +71,4 @@ def save_prediction_png(panels: list[tuple[str, np.ndarray]], label_names: list[
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return atomic_savefig(fig, path, format="png")

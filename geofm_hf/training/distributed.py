@@ -19,6 +19,7 @@ layout or wrapping order (tested at 1 and 2 processes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from .._atomic import atomic_open
 
 _WRAPPED = "_checkpoint_wrapped_module."
 _SAFETENSORS_DTYPES = {
@@ -179,7 +182,11 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
 
 def save_safetensors_streaming(model: nn.Module, path: str | os.PathLike, write: bool) -> None:
     """Collective: writes ``path`` (on the rank with ``write``) as safetensors, gathering and
-    writing one tensor at a time. The header is known up front (names, dtypes, shapes)."""
+    writing one tensor at a time. The header is known up front (names, dtypes, shapes).
+
+    Every rank takes part in each gather; only the writing rank writes, to a temporary file
+    beside ``path`` that is fsynced and renamed into place after the last tensor (on an error
+    it is removed and ``path`` stays as it was)."""
     entries = _state_entries(model)
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -195,9 +202,10 @@ def save_safetensors_streaming(model: nn.Module, path: str | os.PathLike, write:
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    path = Path(path)
-    handle = open(path, "wb") if write else None  # noqa: SIM115 - closed below on every path
-    try:
+    # The writing rank streams into a temporary file that replaces ``path`` once the last byte
+    # is on disk: a crash mid-export leaves the earlier file (or none), never a truncated one.
+    sink = atomic_open(path, fsync=True) if write else contextlib.nullcontext()
+    with sink as handle:
         if handle is not None:
             handle.write(struct.pack("<Q", len(raw)))
             handle.write(raw)
@@ -207,11 +215,6 @@ def save_safetensors_streaming(model: nn.Module, path: str | os.PathLike, write:
                 data = full.detach().to("cpu").contiguous()
                 handle.write(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
             del full
-    finally:
-        if handle is not None:
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
 
 
 def save_pretrained_streaming(model: nn.Module, save_directory: str | os.PathLike, write: bool):

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._atomic import atomic_savefig, atomic_write_text
+
 # Dense bf16 peak per device, FLOP/s (vendor figures, no sparsity). MFU on unknown devices is
 # measured against a plain matmul instead.
 _GPU_BF16_PEAK = {
@@ -74,7 +76,7 @@ class MetricsLog:
                 for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= resume_step
             ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
 
@@ -103,8 +105,7 @@ def plot_loss_curve(records: list[dict], path: str | os.PathLike) -> None:
     ax.set_title("Pretraining loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    atomic_savefig(fig, path)
 
 
 def _rgb(image: np.ndarray, rgb_index: list[int] | None) -> np.ndarray:
@@ -170,5 +171,4 @@ def plot_reconstructions(
             if r == 0:
                 axes[r][c].set_title(title)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    atomic_savefig(fig, path)
