@@ -35,6 +35,7 @@ from transformers import AutoConfig, AutoModelForPreTraining
 
 import geofm_hf
 from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining, GeoViTMAEImageProcessor
+from geofm_hf._atomic import atomic_write_text
 from geofm_hf.bands import rgb_band_indices
 from geofm_hf.data import make_pretrain_dataloader, read_dataset_info, sample_dataset_path
 from geofm_hf.data.device_transforms import batch_to_device, resolve_device_transforms
@@ -1219,7 +1220,7 @@ def export(
     summary["skipped"] = skipped
     if hasattr(loader, "stats"):
         summary["data"] = loader.stats
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     accelerator.print(
         f"exported {final} (loss {last_loss:.4f}); images/s: {ips or 0:.2f}, MFU: {record.mfu}"
     )
