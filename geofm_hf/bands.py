@@ -27,6 +27,7 @@ __all__ = [
     "SENSOR_ALIASES",
     "AmbiguousSensorError",
     "Band",
+    "band_bandwidths",
     "band_gsd",
     "band_wavelengths",
     "canonical_band_name",
@@ -409,6 +410,12 @@ def band_wavelengths(band_names, sensor: str | None = None) -> list[float] | Non
     """Centre wavelengths (um) of ``band_names``, or ``None`` when the sensor is unknown."""
     bands = _lookup(band_names, sensor)
     return None if bands is None else [b.wavelength_um for b in bands]
+
+
+def band_bandwidths(band_names, sensor: str | None = None) -> list[float | None] | None:
+    """Full widths (um) of ``band_names``, or ``None`` when the sensor is unknown."""
+    bands = _lookup(band_names, sensor)
+    return None if bands is None else [b.bandwidth_um for b in bands]
 
 
 def band_gsd(band_names, sensor: str | None = None) -> list[float | None] | None:

@@ -155,6 +155,10 @@ class GeoViTMAEConfig(PreTrainedConfig):
             needs ``wavelengths``. The MAE decoder predicts the input's bands the same way.
         wavelength_embed_dim (`int`, defaults to 128): width of the per-band wavelength embedding
             of the `"wavelength"` hypernetwork.
+        wavelength_bandwidths (`bool`, defaults to `False`): the hypernetwork also reads each
+            band's bandwidth (``forward(bandwidths=...)``, returned by the processor from the
+            sensor tables). Set when pretraining fed them; a model pretrained without them
+            refuses them (its bandwidth inputs never saw data).
         num_frames (`int`, defaults to 1): frames per sample. Above 1, ``pixel_values`` is a
             time series ``(B, T, C, H, W)`` (the transformers video layout) and tokens are
             space-time tubelets.
@@ -220,6 +224,7 @@ class GeoViTMAEConfig(PreTrainedConfig):
         image_std: list[float] | None = None,
         patch_embedding: str = "conv",
         wavelength_embed_dim: int = 128,
+        wavelength_bandwidths: bool = False,
         num_frames: int = 1,
         tubelet_size: int = 1,
         reference_gsd_m: float | None = None,
@@ -263,6 +268,7 @@ class GeoViTMAEConfig(PreTrainedConfig):
         self.image_std = list(image_std) if image_std is not None else None
         self.patch_embedding = patch_embedding
         self.wavelength_embed_dim = wavelength_embed_dim
+        self.wavelength_bandwidths = wavelength_bandwidths
         self.num_frames = num_frames
         self.tubelet_size = tubelet_size
         self.reference_gsd_m = float(reference_gsd_m) if reference_gsd_m is not None else None

@@ -73,24 +73,28 @@ def _as_float_tensor(array: Any, what: str = "image") -> torch.Tensor:
 
 
 def _table_lookup(names: Sequence[str], sensor: str | None):
-    """Wavelengths (um) and the finest GSD (m) of ``names`` from geofm_hf's sensor tables.
+    """Wavelengths (um), the finest GSD (m) and the bandwidths (um; ``None`` unless every band
+    has one) of ``names`` from geofm_hf's sensor tables.
 
-    ``(None, None)`` where the package is absent (remote code) or the sensor is unknown; the
-    caller then needs ``wavelengths_um=`` / ``gsd=``.
+    ``(None, None, None)`` where the package is absent (remote code) or the sensor is unknown;
+    the caller then needs ``wavelengths_um=`` / ``gsd=`` / ``bandwidths_um=``.
     """
     try:
         from geofm_hf import bands as tables
     except ImportError:
-        return None, None
+        return None, None, None
     try:
         wavelengths = tables.band_wavelengths(list(names), sensor)
         gsds = tables.band_gsd(list(names), sensor)
+        widths = tables.band_bandwidths(list(names), sensor)
     except ValueError:
         if sensor is not None:
             raise
-        return None, None
+        return None, None, None
     known = [g for g in (gsds or []) if g]
-    return wavelengths, (min(known) if known else None)
+    if widths is not None and any(w is None for w in widths):
+        widths = None
+    return wavelengths, (min(known) if known else None), widths
 
 
 class GeoViTMAEImageProcessor(BaseImageProcessor):
@@ -122,6 +126,9 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             models with ``reference_gsd_m``; from ``gsd=`` at call time or the sensor's table.
         num_frames (`int`, defaults to 1): frames per sample of a time-series model: inputs are
             then ``(T, C, H, W)`` series (or batches of them), every frame processed alike.
+        return_bandwidths (`bool`, defaults to `False`): return ``bandwidths`` (um) of the input
+            bands, for wavelength models with ``wavelength_bandwidths``: ``bandwidths_um=`` at
+            call time, or the sensor table's for named bands.
     """
 
     model_input_names = ["pixel_values"]
@@ -141,9 +148,11 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         wavelengths_um: list[float] | None = None,
         return_gsd: bool = False,
         num_frames: int = 1,
+        return_bandwidths: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.return_bandwidths = return_bandwidths
         self.return_gsd = return_gsd
         self.num_frames = int(num_frames)
         self.do_resize = do_resize
@@ -202,6 +211,7 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             "wavelengths_um": getattr(config, "wavelengths_um", None),
             "return_gsd": getattr(config, "reference_gsd_m", None) is not None,
             "num_frames": getattr(config, "num_frames", 1),
+            "return_bandwidths": getattr(config, "wavelength_bandwidths", False),
         }
         if getattr(config, "patch_embedding", "conv") == "wavelength":
             # A wavelength model takes any bands in any order: nothing to select or reorder, and
@@ -431,6 +441,7 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         gsd: float | None = None,
         dates: Any = None,
         location: Any = None,
+        bandwidths_um: Sequence[float] | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Turn ``images`` into model inputs.
@@ -448,6 +459,8 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
                 (e.g. uint8 RGB from an image library); default ``"channels_first"``.
             wavelengths_um: the input bands' centre wavelengths (another sensor's data): bands
                 are then matched to the model's by nearest wavelength, never by number.
+            bandwidths_um: the input bands' full widths, returned as ``bandwidths`` for models
+                that read them (default: the sensor table's, for named bands).
             do_resize: override the processor's ``do_resize`` for this call.
             sensor: the input's sensor (a ``geofm_hf.bands.SENSORS`` key), to look up the
                 wavelengths and GSD of ``band_names`` when ``wavelengths_um`` is not given.
@@ -479,7 +492,7 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             flat = self.preprocess(
                 stacked.flatten(0, 1), band_names=band_names, return_tensors="pt",
                 wavelengths_um=wavelengths_um, do_resize=do_resize, sensor=sensor, gsd=gsd,
-                _series=(batch, frames),
+                bandwidths_um=bandwidths_um, _series=(batch, frames),
             )  # fmt: skip
             data = dict(flat)
             data["pixel_values"] = data["pixel_values"].unflatten(0, (batch, frames))
@@ -512,10 +525,14 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
                 f"(chip_size={self.size})), or ask for it with do_resize=True (resize) or "
                 "crop_size=... (centre crop)."
             )
+        table = _table_lookup(names, sensor) if names is not None else (None, None, None)
+        table_gsd = table[1]
         if wavelengths_um is None and self.band_names is None and names is not None:
-            wavelengths_um, table_gsd = _table_lookup(names, sensor)
-        else:
-            table_gsd = _table_lookup(names, sensor)[1] if names is not None else None
+            wavelengths_um = table[0]
+        if bandwidths_um is None and wavelengths_um is not None and table[0] is not None:
+            # Table widths only for the bands the table's wavelengths describe.
+            same = np.allclose(np.asarray(wavelengths_um, float), table[0], atol=1e-3)
+            bandwidths_um = table[2] if same else None
         source_side = min(height, width)
         pixels = self._order_bands(pixels, names, wavelengths_um)
 
@@ -563,6 +580,17 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         out_wavelengths = self.wavelengths_um if self.band_names is not None else wavelengths_um
         if out_wavelengths is not None:
             data["wavelengths"] = torch.tensor(out_wavelengths, dtype=torch.float32)
+        if self.return_bandwidths and self.band_names is None:
+            if bandwidths_um is None:
+                warnings.warn(
+                    "This model reads each band's bandwidth but none are known for the input "
+                    f"bands {names}: it embeds them with unknown widths. Pass bandwidths_um=[...] "
+                    "(micrometres) or sensor=... to look them up.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            else:
+                data["bandwidths"] = torch.tensor(bandwidths_um, dtype=torch.float32)
         if gsd is None and self.return_gsd:
             gsd = table_gsd
             if gsd is None:

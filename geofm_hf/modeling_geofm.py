@@ -863,6 +863,12 @@ def _check_inputs(
         out.wavelengths = _check_wavelengths(
             config, "wavelengths", wavelengths, batch, channels, device
         )
+        if bandwidths is not None and not config.wavelength_bandwidths:
+            raise ValueError(
+                "bandwidths were given, but this model was pretrained without them "
+                "(config.wavelength_bandwidths=False): its hypernetwork never saw a bandwidth, so "
+                "they would change its embeddings arbitrarily. Drop bandwidths."
+            )
         if bandwidths is not None:
             out.bandwidths = _check_wavelengths(
                 config, "bandwidths", bandwidths, batch, channels, device

@@ -194,6 +194,7 @@ def build_model_config(model_args, data_args, data_info, datasets=()) -> GeoViTM
         "attn_implementation": model_args.attn_implementation,
         "patch_embedding": model_args.patch_embedding,
         "wavelength_embed_dim": model_args.wavelength_embed_dim,
+        "wavelength_bandwidths": _use_bandwidths(model_args, infos),
         # Default: the data's frames (all datasets of a run must agree, checked below).
         "num_frames": model_args.num_frames or (min(stored) if stored else 1),
         "tubelet_size": model_args.tubelet_size,
@@ -250,6 +251,23 @@ def check_image_size(size: int, chip: int | None, patch: int, *, asked: bool, so
         f"chip at the chips' ground resolution), or write the shards with chips of at least "
         f"{size} px."
     )
+
+
+def _use_bandwidths(model_args, infos) -> bool:
+    """``--wavelength_bandwidths auto``: a wavelength model reads bandwidths when every dataset
+    knows them (so inference, given them by the processor, matches pretraining)."""
+    choice = str(model_args.wavelength_bandwidths).lower()
+    if model_args.patch_embedding != "wavelength" or choice == "false":
+        return False
+    known = bool(infos) and all(info.band_widths() is not None for info in infos)
+    if choice == "true" and not known:
+        raise ArgumentError(
+            "--wavelength_bandwidths true, but not every dataset knows its bands' widths "
+            "(bandwidths_um in geofm_dataset.json, or a sensor in the tables): pass auto or false."
+        )
+    if choice not in ("auto", "true"):
+        raise ArgumentError(f"--wavelength_bandwidths must be auto, true or false: found {choice}.")
+    return known
 
 
 def check_frames(num_frames: int, datasets) -> None:
@@ -700,7 +718,9 @@ def _mixed_loader(run: Run, data: DataContract, data_args, config) -> MixedPretr
             **_frames_and_metadata(config),
         )
         wavelengths[name] = info.wavelengths_um
-    return MixedPretrainLoader(loaders, wavelengths, data.weights, seed=run.args.seed)
+    bandwidths = {name: info.band_widths() for name, info in data.datasets}
+    return MixedPretrainLoader(loaders, wavelengths, data.weights, seed=run.args.seed,
+                               bandwidths=bandwidths if config.wavelength_bandwidths else None)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- optimiser
@@ -852,6 +872,8 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
             pixels, pixel_mask, wavelengths, metadata = batch, None, None, {}
             if isinstance(batch, dict):  # the real stream: pixels + validity mask
                 wavelengths = batch.get("wavelengths")  # a mixed-sensor stream's band set
+                if "bandwidths" in batch:
+                    metadata["bandwidths"] = batch["bandwidths"]
                 # Dates and places, for a model built to take them (NaN = unknown).
                 metadata = {k: batch[k].to(device) for k, on in (
                     ("temporal_coords", config.temporal_encoding),

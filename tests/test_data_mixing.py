@@ -65,6 +65,21 @@ def test_batches_are_one_band_set_each_and_weighted_by_size(data):
     assert {only.dataset_at(k) for k in range(50)} == {"rgbn"}
 
 
+def test_bandwidths_come_with_each_batch_when_asked_for(data):
+    mixed = mixture(data)
+    widths = {"s2": read_dataset_info(SAMPLE).band_widths(), "rgbn": [0.03, 0.035, 0.065, 0.115]}
+    asked = MixedPretrainLoader(mixed.loaders, {n: mixed.wavelengths[n].tolist() for n in mixed.names},
+                                seed=0, bandwidths=widths)  # fmt: skip
+    it = iter(asked)
+    for _ in range(6):
+        batch = next(it)
+        assert batch["bandwidths"].tolist() == pytest.approx(widths[batch["dataset"]])
+    assert "bandwidths" not in next(iter(mixture(data)))
+    with pytest.raises(ValueError, match=r"Datasets \['rgbn'\] have no bandwidths"):
+        MixedPretrainLoader(mixed.loaders, {n: [0.5] for n in mixed.names},
+                            bandwidths={"s2": widths["s2"], "rgbn": None})  # fmt: skip
+
+
 def test_resume_gives_exactly_the_uninterrupted_batches(data):
     full = mixture(data, seed=5)
     it = iter(full)

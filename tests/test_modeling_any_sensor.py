@@ -8,6 +8,7 @@ from geofm_hf import (
     GeoViTMAEConfig,
     GeoViTMAEForImageClassification,
     GeoViTMAEForPreTraining,
+    GeoViTMAEImageProcessor,
     GeoViTMAEModel,
     count_parameters,
     flops_per_image,
@@ -82,7 +83,7 @@ def option_inputs(name: str) -> dict:
 
 def test_permuting_bands_with_their_wavelengths_gives_the_same_output():
     torch.manual_seed(0)
-    model = GeoViTMAEForPreTraining(wavelength_config()).eval()
+    model = GeoViTMAEForPreTraining(wavelength_config(wavelength_bandwidths=True)).eval()
     pixels, noise = torch.randn(2, 13, 64, 64), torch.rand(2, 64)
     widths = torch.linspace(0.02, 0.2, 13)
     perm = torch.randperm(13)
@@ -98,6 +99,38 @@ def test_permuting_bands_with_their_wavelengths_gives_the_same_output():
     # permuting the pixels alone (wrong wavelengths) does change the output
     c = model.vit(pixels[:, perm], wavelengths=S2_WAVELENGTHS, bandwidths=widths)
     assert not torch.allclose(a, c.last_hidden_state, atol=1e-3)
+
+
+def test_bandwidths_reach_only_a_model_pretrained_with_them():
+    torch.manual_seed(0)
+    pixels, widths = torch.randn(1, 13, 64, 64), torch.linspace(0.02, 0.2, 13)
+    with_widths = GeoViTMAEModel(wavelength_config(wavelength_bandwidths=True)).eval()
+    a = with_widths(pixels, wavelengths=S2_WAVELENGTHS, bandwidths=widths).last_hidden_state
+    b = with_widths(pixels, wavelengths=S2_WAVELENGTHS).last_hidden_state  # unknown: zeros
+    assert not torch.allclose(a, b, atol=1e-4)
+    without = GeoViTMAEModel(wavelength_config()).eval()
+    with pytest.raises(ValueError, match="pretrained without them"):
+        without(pixels, wavelengths=S2_WAVELENGTHS, bandwidths=widths)
+
+
+def test_the_processor_gives_bandwidths_to_a_model_that_reads_them():
+    config = wavelength_config(wavelength_bandwidths=True, band_names=None, wavelengths_um=None)
+    processor = GeoViTMAEImageProcessor.from_model_config(config)
+    inputs = processor(torch.rand(3, 64, 64), band_names=["B3", "B4", "B5"], sensor="landsat7")
+    # ETM+ band 3/4/5 widths (USGS): 0.63-0.69, 0.77-0.90, 1.55-1.75 um
+    assert inputs["bandwidths"].tolist() == pytest.approx([0.06, 0.13, 0.20], abs=1e-6)
+    given = processor(
+        torch.rand(2, 64, 64), wavelengths_um=[0.665, 0.56], bandwidths_um=[0.03, 0.035]
+    )
+    assert given["bandwidths"].tolist() == pytest.approx([0.03, 0.035])
+    with pytest.warns(UserWarning, match="none are known for the input bands"):
+        unknown = processor(torch.rand(2, 64, 64), wavelengths_um=[0.665, 0.56])
+    assert "bandwidths" not in unknown
+    model = GeoViTMAEModel(config).eval()
+    assert torch.isfinite(model(**inputs).last_hidden_state).all()
+    plain = GeoViTMAEImageProcessor.from_model_config(wavelength_config())
+    assert "bandwidths" not in plain(torch.rand(3, 64, 64), band_names=["B3", "B4", "B5"],
+                                     sensor="landsat7")  # fmt: skip
 
 
 def test_the_token_is_the_sum_over_the_bands_present():

@@ -51,6 +51,10 @@ def test_one_checkpoint_for_sentinel2_landsat_and_rgbn(uninterrupted):
     assert inputs["wavelengths"].tolist() == pytest.approx([0.66, 0.835, 1.65])
     assert torch.isfinite(model(**inputs).pooler_output).all()
     assert isinstance(model, GeoViTMAEModel) and model.config.patch_embedding == "wavelength"
+    # Both datasets know their bands' widths: the model read them in pretraining, and its
+    # processor hands them over from the sensor tables.
+    assert model.config.wavelength_bandwidths
+    assert inputs["bandwidths"].tolist() == pytest.approx([0.06, 0.13, 0.20])
     for wavelengths in ([0.443, 0.49, 0.56, 0.665], [0.66, 0.835, 1.65], RGBN):
         out = model(torch.randn(1, len(wavelengths), 32, 32), wavelengths=wavelengths)
         assert torch.isfinite(out.pooler_output).all()

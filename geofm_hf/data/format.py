@@ -96,6 +96,8 @@ class GeoDatasetInfo:
     format_version: int = FORMAT_VERSION
     wavelengths_um: list[float] | None = None
     gsd_m: list[float | None] | None = None
+    # Full width of each band (um), from the sensor table; None where the table has none.
+    bandwidths_um: list[float | None] | None = None
     sensor: str | None = None
     sources: list[str] = field(default_factory=list)
     skipped: dict[str, Any] = field(default_factory=lambda: {"count": 0, "by_reason": {}})
@@ -107,10 +109,11 @@ class GeoDatasetInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict; ``label_names`` is omitted for unlabelled datasets."""
+        """JSON-able dict; ``label_names`` (and ``bandwidths_um``) are omitted when unknown."""
         out = asdict(self)
-        if out["label_names"] is None:
-            del out["label_names"]
+        for key in ("label_names", "bandwidths_um"):
+            if out[key] is None:
+                del out[key]
         out.update(out.pop("extra"))
         return out
 
@@ -141,6 +144,21 @@ class GeoDatasetInfo:
                 f"band_names ({len(info.band_names)}) must have the same length"
             )
         return info
+
+    def band_widths(self) -> list[float] | None:
+        """Every band's full width (um): stored, else from the sensor table (datasets written
+        before ``bandwidths_um`` was); ``None`` unless every band has one."""
+        widths = self.bandwidths_um
+        if widths is None and self.sensor:
+            from ..bands import band_bandwidths
+
+            try:  # a mixed-sensor dataset ("landsat5-tm+landsat7-etm"): its first sensor's
+                widths = band_bandwidths(self.band_names, self.sensor.split("+")[0])
+            except (KeyError, ValueError):
+                widths = None
+        if widths is None or any(w is None for w in widths):
+            return None
+        return [float(w) for w in widths]
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temp name, then rename)."""

@@ -5,8 +5,8 @@ with its own normalisation and exact resume). At step ``k`` every rank draws the
 chosen by a generator seeded with ``(seed, k)``: the choice is a pure function of the step, so a
 run resumed from :meth:`MixedPretrainLoader.state_dict` draws exactly the datasets and batches an
 uninterrupted run would have. Batches are dicts with ``pixel_values`` and the dataset's
-``wavelengths`` (what a ``patch_embedding="wavelength"`` model needs), plus ``pixel_mask`` when
-the loader returns masks.
+``wavelengths`` (what a ``patch_embedding="wavelength"`` model needs), its ``bandwidths`` when
+asked for, and whatever else the loader returns (``pixel_mask``, dates and places).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ class MixedPretrainLoader:
             ``pixel_values``, and has ``state_dict`` / ``load_state_dict`` and ``stats``
             (``num_samples``), as :class:`~geofm_hf.data.stream.PretrainLoader` does.
         wavelengths: ``{name: [um, ...]}``, one centre wavelength per band of that dataset.
+        bandwidths: ``{name: [um, ...]}``, one full width per band, for a model that reads
+            them (``wavelength_bandwidths``); every dataset must then have them.
         weights: ``{name: weight}``; default: each dataset's number of samples, so every sample
             is seen about equally often. Weights need not sum to 1.
         seed: fixes the sequence of datasets (the same on every rank).
@@ -41,6 +43,7 @@ class MixedPretrainLoader:
         wavelengths: Mapping[str, list[float]],
         weights: Mapping[str, float] | None = None,
         seed: int = 0,
+        bandwidths: Mapping[str, list[float] | None] | None = None,
     ) -> None:
         if not loaders:
             raise ValueError("MixedPretrainLoader needs at least one loader: found none.")
@@ -56,6 +59,18 @@ class MixedPretrainLoader:
         self.wavelengths = {
             n: torch.tensor(wavelengths[n], dtype=torch.float32) for n in self.names
         }
+        self.bandwidths = None
+        if bandwidths is not None:
+            lacking = [n for n in self.names if bandwidths.get(n) is None]
+            if lacking:
+                raise ValueError(
+                    f"Datasets {lacking} have no bandwidths, which this model reads: write them "
+                    "with their sensor (bandwidths_um in geofm_dataset.json), or train without "
+                    "bandwidths (--wavelength_bandwidths false)."
+                )
+            self.bandwidths = {
+                n: torch.tensor(bandwidths[n], dtype=torch.float32) for n in self.names
+            }
         if weights is None:
             weights = {n: float(self.loaders[n].stats["num_samples"]) for n in self.names}
         unknown = sorted(set(weights) - set(self.names))
@@ -98,6 +113,8 @@ class MixedPretrainLoader:
             self._step += 1
             out = dict(batch) if isinstance(batch, Mapping) else {"pixel_values": batch}
             out["wavelengths"] = self.wavelengths[name]
+            if self.bandwidths is not None:
+                out["bandwidths"] = self.bandwidths[name]
             out["dataset"] = name
             yield out
 

@@ -38,6 +38,7 @@ from .._atomic import atomic_path, atomic_write_text
 from ..bands import (
     SENSORS,
     AmbiguousSensorError,
+    band_bandwidths,
     band_gsd,
     band_wavelengths,
     canonical_band_name,
@@ -1458,6 +1459,7 @@ def write_shards(
         std=stats_by_split[stats_split]["std"],
         wavelengths_um=band_wavelengths(dataset_bands, dataset_sensor) if dataset_sensor else None,
         gsd_m=band_gsd(dataset_bands, dataset_sensor) if dataset_sensor else None,
+        bandwidths_um=band_bandwidths(dataset_bands, dataset_sensor) if dataset_sensor else None,
         sensor="+".join(sorted(sensors)) if dataset_sensor and len(sensors) > 1 else dataset_sensor,
         sources=sources,
         skipped=policy.summary(),

@@ -245,6 +245,13 @@ class ModelArguments:
     wavelength_embed_dim: int = field(
         default=128, metadata={"help": "Width of the wavelength hypernetwork's band embedding."}
     )
+    wavelength_bandwidths: str = field(
+        default="auto",
+        metadata={
+            "help": "A wavelength model also reads each band's width: auto (when every dataset "
+            "knows them), true or false."
+        },
+    )
     num_frames: int | None = field(
         default=None,
         metadata={
