@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from geofm_hf import GeoViTMAEModel
-from geofm_hf.bands import band_wavelengths
+from geofm_hf.bands import band_bandwidths, band_wavelengths
 from geofm_hf.classification.data import load_classification_split
 from geofm_hf.classification.probe import predict_scores, train_linear_probe
 from geofm_hf.data import read_dataset_info
@@ -30,10 +30,13 @@ def features(model, images: np.ndarray, bands: list[str], names: list[str], mean
     index = [names.index(b) for b in bands]
     x = (images[:, index].astype(np.float32) - mean[index, None, None]) / std[index, None, None]
     wavelengths = band_wavelengths(bands, "sentinel2-l1c")
+    # A model pretrained with bandwidths gets them, as its processor would give them.
+    widths = band_bandwidths(bands, "sentinel2-l1c") if model.config.wavelength_bandwidths else None
     with torch.no_grad():
         out = model(
-            torch.from_numpy(x), wavelengths=wavelengths, interpolate_pos_encoding=True
-        ).last_hidden_state
+            torch.from_numpy(x), wavelengths=wavelengths, bandwidths=widths,
+            interpolate_pos_encoding=True,
+        ).last_hidden_state  # fmt: skip
     return out[:, 1:].mean(dim=1).numpy()
 
 
