@@ -18,6 +18,7 @@ import time
 import torch
 
 import geofm_hf
+from geofm_hf.modeling_geofm import _generate
 from geofm_hf.training.reporting import cpu_has_fast_bf16
 
 S2_WAVELENGTHS = [0.443, 0.49, 0.56, 0.665, 0.705, 0.74, 0.783, 0.842, 0.865, 0.945, 1.375, 1.61, 2.19]  # fmt: skip
@@ -74,8 +75,11 @@ def main() -> None:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 bands = embed.wavelength_encoder(wavelengths)
                 weight, bias = embed.patch_embeddings.kernels(bands)
-                dec = model.decoder.weight_generator(bands)
+                dec, dec_bias = _generate(
+                    bands, model.decoder.weight_generator, model.decoder.bias_generator
+                )
                 total = weight.float().sum() + bias.float().sum() + dec.float().sum()
+                total = total + dec_bias.float().sum()
             total.backward()
             model.zero_grad(set_to_none=True)
         _sync(device)
