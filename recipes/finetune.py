@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from geofm_hf.classification.arguments import ClassificationArguments
-from geofm_hf.training.arguments import check_output_dir_writable, let_gloo_threads_finish
+from geofm_hf.training.arguments import check_output_dir_writable, end_training
 from geofm_hf.training.optim import learning_rate_at
 
 
@@ -272,8 +272,7 @@ def run(args: FinetuneArguments) -> dict:
             f"top-1 {100 * metrics['top1']:.1f}  top-{metrics['top5_k']} "
             f"{100 * metrics['top5']:.1f}  macro-F1 {100 * metrics['macro_f1']:.1f} -> {output_dir}"
         )
-    let_gloo_threads_finish()
-    accelerator.end_training()
+    end_training(accelerator)
     return results
 
 

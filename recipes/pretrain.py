@@ -45,7 +45,7 @@ from geofm_hf.training.arguments import (
     ArgumentError,
     as_flat_dict,
     check_output_dir_writable,
-    let_gloo_threads_finish,
+    end_training,
     parse_arguments,
     run_recipe,
 )
@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             # pushes would otherwise run before the interpreter exits). What is not pushed stays
             # staged, logged with the geofm-push command that uploads it.
             run.accelerator.print(f"hub: {run.pusher.close(timeout=0)}")
-    let_gloo_threads_finish()
-    run.accelerator.end_training()
+    end_training(run.accelerator)
     return outcome.exit_code
 
 
@@ -500,8 +499,7 @@ def run_already_finished(run: Run) -> bool:
             f"{run.output_dir} already finished: {run.output_dir / 'final'} holds step {step} "
             f"of --max_steps {run.args.max_steps}; nothing to do (raise --max_steps to train on)."
         )
-        let_gloo_threads_finish()
-        run.accelerator.end_training()
+        end_training(run.accelerator)
         return True
     return False
 

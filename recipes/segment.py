@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from geofm_hf.classification.arguments import ClassificationArguments
-from geofm_hf.training.arguments import check_output_dir_writable, let_gloo_threads_finish
+from geofm_hf.training.arguments import check_output_dir_writable, end_training
 from geofm_hf.training.optim import learning_rate_at
 
 
@@ -261,8 +261,7 @@ def run(args: SegmentArguments) -> dict:
             f"{100 * metrics['pixel_accuracy']:.1f}  (majority class "
             f"{train.label_names[majority]}: mIoU {100 * baseline['mean_iou']:.1f}) -> {output_dir}"
         )
-    let_gloo_threads_finish()
-    accelerator.end_training()
+    end_training(accelerator)
     return results
 
 

@@ -191,6 +191,13 @@ def let_gloo_threads_finish(seconds: float = 0.2) -> None:
         time.sleep(seconds)
 
 
+def end_training(accelerator) -> None:
+    """``accelerator.end_training()`` after :func:`let_gloo_threads_finish`: every recipe ends
+    its run through here."""
+    let_gloo_threads_finish()
+    accelerator.end_training()
+
+
 def check_output_dir_writable(output_dir: str | os.PathLike) -> None:
     """Create ``output_dir`` and prove it writable before any work starts (global rank 0 only:
     one probe, not one per rank); an :class:`ArgumentError` naming it otherwise."""
