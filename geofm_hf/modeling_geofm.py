@@ -402,7 +402,9 @@ class GeoViTMAEPatchEmbeddings(nn.Module):
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
         if self.video:
             pixel_values = pixel_values.transpose(1, 2)  # (B, C, T, H, W)
-        return self.projection(pixel_values).flatten(2).transpose(1, 2)  # (B, L, D)
+        # Contiguous, not a view: FSDP2 wraps this module as its own unit and warns at every
+        # step on every rank that a view output could lose its backward hook to an in-place op.
+        return self.projection(pixel_values).flatten(2).transpose(1, 2).contiguous()  # (B, L, D)
 
 
 class GeoViTMAEWavelengthEncoder(nn.Module):

@@ -39,6 +39,8 @@ def test_time_series_model_trains_with_dates_and_places_under_fsdp2(series, tmp_
     log = result.stdout + result.stderr
     assert "4 frames (tubelet 2), dates, places, metadata dropout 0.1" in log
     assert "FSDP2: block weights sharded" in log
+    assert "returned a view tensor" not in log
+    assert (tmp_path / "run" / "final" / "reconstruction.png").is_file()  # a series' first frame
     assert len(metrics(tmp_path / "run")) == 4
     final = tmp_path / "run" / "final"
     config = GeoViTMAEConfig.from_pretrained(final)
