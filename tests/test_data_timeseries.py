@@ -225,3 +225,37 @@ def test_bad_time_series_inputs_are_explained(tmp_path):
         (Path(sample_dataset_path()) / "geofm_dataset.json").read_text()
     )
     assert read_dataset_info(sample_dataset_path()).num_frames == 1
+
+
+def _copy_scene(scene: Path, folder: Path, shift_m: float = 0.0) -> None:
+    """A copy of one scene's files, its grid moved east by ``shift_m`` (another footprint)."""
+    (folder / scene.name).mkdir(parents=True)
+    for f in scene.iterdir():
+        target = folder / scene.name / f.name
+        target.write_bytes(f.read_bytes())
+        if shift_m and f.suffix == ".tif":
+            with rasterio.open(target, "r+") as dst:
+                t = dst.transform
+                dst.transform = rasterio.Affine(t.a, t.b, t.c + shift_m, t.d, t.e, t.f)
+
+
+def test_a_bad_date_skips_its_footprint_only_and_is_counted(tmp_path):
+    inputs = tmp_path / "in"
+    # The bad footprint comes first (folder "a"): the good one after it must still be written.
+    for scene in SCENES[:4]:
+        _copy_scene(scene, inputs / "b")
+    for scene in SCENES[4:8]:
+        _copy_scene(scene, inputs / "a", shift_m=100_000.0)
+    bad = next((inputs / "a" / SCENES[5].name).glob("*_b5.tif"))
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated: not a readable raster any more
+    kwargs = dict(chip_size=CHIP, num_frames=2, max_nodata_fraction=1.0)  # fmt: skip
+    with pytest.raises(BadInputError):
+        write_shards(inputs, tmp_path / "raise", **kwargs)
+    summary = write_shards(inputs, tmp_path / "skip", on_error="skip", max_error_fraction=0.5,
+                           **kwargs)  # fmt: skip
+    assert summary.skipped["errors"] == 1
+    rows = _rows(tmp_path / "skip")
+    assert len(rows) == 4 // 2  # footprint b: 4 dates -> 2 series of its one 32 px window
+    footprint_b = {scene.name for scene in SCENES[:4]}
+    assert {Path(r["source"]).name for r in rows} <= footprint_b
+    assert {Path(s).name for s in read_dataset_info(tmp_path / "skip").sources} == footprint_b

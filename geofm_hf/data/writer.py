@@ -1110,50 +1110,62 @@ def _time_series_chips(scenes: list[_Scene], scene_sensors: dict[str, str | None
     every_chip = dataclasses.replace(spec, max_nodata_fraction=1.0)  # windows stay aligned
     for members in footprints.values():
         members.sort(key=lambda m: (m.datetime, m.source))
-        dates = [m.datetime for m in members]
-        if len(set(dates)) != len(dates):
-            twice = sorted({d for d in dates if dates.count(d) > 1})
-            raise BadInputError(
-                "duplicate_date",
-                f"footprint of {members[0].source} has several scenes dated "
-                f"{twice}; a time series takes one scene per date. Remove or mosaic them first",
-            )
-        gens = [_scene_chips(m, scene_sensors.get(m.source), every_chip, state, policy)
-                for m in members]  # fmt: skip
         try:
-            for frames in itertools.zip_longest(*gens):
-                if any(f is None for f in frames):
-                    raise BadInputError(
-                        "window_mismatch",
-                        f"the dates of the footprint of "
-                        f"{members[0].source} gave different numbers of chips",
-                    )
-                if len({tuple(f.row["transform"]) for f in frames}) != 1:
-                    raise BadInputError(
-                        "window_mismatch",
-                        f"the dates of the footprint of {members[0].source} are not on one grid",
-                    )
-                usable = []
-                for f in frames:
-                    fraction = f.counts["invalid_pixels"] / f.counts["pixels"]
-                    if fraction > spec.max_nodata_fraction:
-                        policy.record(BadInputError(
-                            "frame_invalid", f"{fraction:.1%} of pixels invalid (max_nodata_"
-                            f"fraction={spec.max_nodata_fraction})"), f.row["chip_id"],
-                            is_error=False)  # fmt: skip
-                    else:
-                        usable.append(f)
-                whole = len(usable) // num_frames * num_frames
-                for f in usable[whole:]:
-                    policy.record(BadInputError(
-                        "frames_left_over", f"{len(usable)} usable frames of this window; "
-                        f"series take {num_frames}"), f.row["chip_id"], is_error=False)  # fmt: skip
-                for start in range(0, whole, num_frames):
-                    yield _stack_frames(usable[start : start + num_frames])
-        finally:
-            for gen in gens:
-                gen.close()
+            yield from _footprint_series(members, scene_sensors, every_chip, spec, state, policy,
+                                         num_frames)  # fmt: skip
+        except BadInputError as err:  # this footprint only (raised again under on_error=raise)
+            policy.record(err, members[0].source)
+            continue
         sources.extend(m.source for m in members)
+
+
+def _footprint_series(members: list[_Scene], scene_sensors: dict[str, str | None],
+                      every_chip: _ChipSpec, spec: _ChipSpec, state: _DatasetState,
+                      policy: _ErrorPolicy, num_frames: int) -> Iterator[_Chip]:  # fmt: skip
+    """The series of one footprint's dates (``members``, sorted by date)."""
+    dates = [m.datetime for m in members]
+    if len(set(dates)) != len(dates):
+        twice = sorted({d for d in dates if dates.count(d) > 1})
+        raise BadInputError(
+            "duplicate_date",
+            f"footprint of {members[0].source} has several scenes dated "
+            f"{twice}; a time series takes one scene per date. Remove or mosaic them first",
+        )
+    gens = [_scene_chips(m, scene_sensors.get(m.source), every_chip, state, policy)
+            for m in members]  # fmt: skip
+    try:
+        for frames in itertools.zip_longest(*gens):
+            if any(f is None for f in frames):
+                raise BadInputError(
+                    "window_mismatch",
+                    f"the dates of the footprint of "
+                    f"{members[0].source} gave different numbers of chips",
+                )
+            if len({tuple(f.row["transform"]) for f in frames}) != 1:
+                raise BadInputError(
+                    "window_mismatch",
+                    f"the dates of the footprint of {members[0].source} are not on one grid",
+                )
+            usable = []
+            for f in frames:
+                fraction = f.counts["invalid_pixels"] / f.counts["pixels"]
+                if fraction > spec.max_nodata_fraction:
+                    policy.record(BadInputError(
+                        "frame_invalid", f"{fraction:.1%} of pixels invalid (max_nodata_"
+                        f"fraction={spec.max_nodata_fraction})"), f.row["chip_id"],
+                        is_error=False)  # fmt: skip
+                else:
+                    usable.append(f)
+            whole = len(usable) // num_frames * num_frames
+            for f in usable[whole:]:
+                policy.record(BadInputError(
+                    "frames_left_over", f"{len(usable)} usable frames of this window; "
+                    f"series take {num_frames}"), f.row["chip_id"], is_error=False)  # fmt: skip
+            for first in range(0, whole, num_frames):
+                yield _stack_frames(usable[first : first + num_frames])
+    finally:
+        for gen in gens:
+            gen.close()
 
 
 def _stack_frames(group: list[_Chip]) -> _Chip:
@@ -1404,13 +1416,10 @@ def write_shards(
     state = _DatasetState()
     sources: list[str] = []
     if num_frames is not None:
-        try:
-            with contextlib.closing(_time_series_chips(scenes, scene_sensors, spec, state, policy,
-                                                       num_frames, sources)) as chips:  # fmt: skip
-                for chip in chips:
-                    sink.add(chip)
-        except BadInputError as err:
-            policy.record(err, "time series")
+        with contextlib.closing(_time_series_chips(scenes, scene_sensors, spec, state, policy,
+                                                   num_frames, sources)) as chips:  # fmt: skip
+            for chip in chips:
+                sink.add(chip)
     for scene in scenes if num_frames is None else ():
         try:
             with contextlib.closing(
