@@ -531,7 +531,8 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             wavelengths_um = table[0]
         if bandwidths_um is None and wavelengths_um is not None and table[0] is not None:
             # Table widths only for the bands the table's wavelengths describe.
-            same = np.allclose(np.asarray(wavelengths_um, float), table[0], atol=1e-3)
+            given = np.asarray(wavelengths_um, float)
+            same = given.shape == (len(table[0]),) and np.allclose(given, table[0], atol=1e-3)
             bandwidths_um = table[2] if same else None
         source_side = min(height, width)
         pixels = self._order_bands(pixels, names, wavelengths_um)
