@@ -10,6 +10,7 @@ Dd decoder width, E wavelength embedding width, Hn heads, Dh head dim.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -592,7 +593,7 @@ def _add_metadata(
     location: nn.Module | None,
     temporal_coords: torch.Tensor | None,
     location_coords: torch.Tensor | None,
-    keep: Callable[[int, torch.device], torch.Tensor | None],
+    keep: Callable[[int, torch.device, int], torch.Tensor | None],
 ) -> torch.Tensor:
     """``tokens`` ``(B, L, D)`` ordered (tubelet, row, col) plus the time encoding of each
     tubelet (the mean over its frames) and the location encoding of each sample."""
@@ -600,14 +601,14 @@ def _add_metadata(
     if temporal_coords is not None:
         encoded, _ = temporal(temporal_coords.to(tokens.device))  # (B, T, D)
         encoded = encoded.view(batch, frames, tubelet, width).mean(dim=2)  # (B, T/t, D)
-        kept = keep(batch, tokens.device)
+        kept = keep(batch, tokens.device, 0)
         if kept is not None:
             encoded = encoded * kept.view(-1, 1, 1).to(encoded.dtype)
         tokens = tokens.view(batch, frames, -1, width) + encoded.unsqueeze(2).to(tokens.dtype)
         tokens = tokens.view(batch, -1, width)
     if location_coords is not None:
         encoded, _ = location(location_coords.to(tokens.device))  # (B, D)
-        kept = keep(batch, tokens.device)
+        kept = keep(batch, tokens.device, 1)
         if kept is not None:
             encoded = encoded * kept.view(-1, 1).to(encoded.dtype)
         tokens = tokens + encoded.unsqueeze(1).to(tokens.dtype)
@@ -643,12 +644,17 @@ class GeoViTMAEEmbeddings(nn.Module):
         )
         self._fixed_3d: dict = {}
 
-    def _keep(self, batch: int, device: torch.device) -> torch.Tensor | None:
-        """Per-sample keep mask ``(B,)`` for metadata dropout in training, else ``None``."""
+    def _keep(
+        self, batch: int, device: torch.device, which: int, noise: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Per-sample keep mask ``(B,)`` of the time (``which=0``) or place (1) encoding for
+        metadata dropout in training, else ``None``; from ``noise`` ``(B, 2)`` when given."""
         rate = self.config.metadata_dropout
         if not self.training or rate <= 0:
             return None
-        return torch.rand(batch, device=device) >= rate
+        if noise is None:
+            return torch.rand(batch, device=device) >= rate
+        return noise[:, which].to(device) >= rate
 
     def forward(
         self,
@@ -658,6 +664,7 @@ class GeoViTMAEEmbeddings(nn.Module):
         gsd_scale: torch.Tensor | None = None,
         temporal_coords: torch.Tensor | None = None,
         location_coords: torch.Tensor | None = None,
+        metadata_noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns tokens ``(B, L, D)`` and the cls token ``(1, 1, D)``, positions added."""
         config = self.config
@@ -685,7 +692,7 @@ class GeoViTMAEEmbeddings(nn.Module):
             self.location_embedding,
             temporal_coords,
             location_coords,
-            self._keep,
+            functools.partial(self._keep, noise=metadata_noise),
         )
         return tokens, self.cls_token + table[:1, :1]
 
@@ -974,6 +981,15 @@ def _check_inputs(
     return out
 
 
+def _check_metadata_noise(noise: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    if noise is not None and tuple(noise.shape) != (batch, 2):
+        raise ValueError(
+            f"metadata_noise must have shape (batch, 2) = ({batch}, 2), one value for the time "
+            f"and one for the place encoding of each sample: found {tuple(noise.shape)}."
+        )
+    return noise
+
+
 def _apply_pixel_mask(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
     """Zeroes invalid pixels: ``pixel_mask`` ``(B, [T,] H, W)``, 1 = valid, for all bands."""
     expected = (*pixel_values.shape[:-3], *pixel_values.shape[-2:])  # (B, [T,] H, W)
@@ -1029,6 +1045,7 @@ class GeoViTMAEModel(GeoViTMAEPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         pixel_mask: torch.Tensor | None = None,
+        metadata_noise: torch.Tensor | None = None,
     ) -> GeoViTMAEModelOutput | tuple:
         """Encodes ``pixel_values`` ``(B, C, H, W)`` (``(B, T, C, H, W)`` for a time-series
         model), optionally masking ``mask_ratio`` of the tokens (``noise`` ``(B, L)`` fixes which).
@@ -1039,7 +1056,9 @@ class GeoViTMAEModel(GeoViTMAEPreTrainedModel):
         ``location_coords`` ``(B, 2)`` (lat, lon degrees) are optional metadata. ``pixel_mask``
         ``(B, [T,] H, W)`` (1 = valid, as the image processor and the pretraining stream return
         it) sets invalid pixels to 0, the normalised band mean, so fill values and NaN never enter
-        the network.
+        the network. ``metadata_noise`` ``(B, 2)`` in [0, 1) fixes which samples' time (column 0)
+        and place (column 1) encodings ``metadata_dropout`` drops in training (below the rate:
+        dropped), as ``noise`` fixes the mask: a resumed run then draws what it drew before.
         """
         inputs = _check_inputs(
             self.config,
@@ -1063,6 +1082,7 @@ class GeoViTMAEModel(GeoViTMAEPreTrainedModel):
             gsd_scale=inputs.gsd_scale,
             temporal_coords=inputs.temporal_coords,
             location_coords=inputs.location_coords,
+            metadata_noise=_check_metadata_noise(metadata_noise, pixel_values.shape[0]),
         )  # (B, L, D)
         mask = ids_restore = None
         if mask_ratio:
@@ -1305,6 +1325,7 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         pixel_mask: torch.Tensor | None = None,
+        metadata_noise: torch.Tensor | None = None,
     ) -> GeoViTMAEForPreTrainingOutput | tuple:
         """MAE step on ``pixel_values`` (see :meth:`GeoViTMAEModel.forward` for the other
         inputs); ``noise`` ``(B, L)`` fixes the mask. ``pixel_mask`` ``(B, [T,] H, W)``
@@ -1332,6 +1353,7 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
             mask_ratio=self.config.mask_ratio,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_hidden_states=output_hidden_states,
+            metadata_noise=metadata_noise,
         )
         p = self.config.patch_size
         grid = (pixel_values.shape[-2] // p, pixel_values.shape[-1] // p)

@@ -606,10 +606,13 @@ def build_model(config: GeoViTMAEConfig, model_args, seed: int) -> GeoViTMAEForP
 # ---------------------------------------------------------------------------------- data
 
 
-def mask_noise(seed: int, step: int, micro: int, rank: int, shape: tuple[int, int]) -> torch.Tensor:
-    """The MAE mask as a function of (seed, step, micro-batch, rank): exact on resume."""
+def mask_noise(
+    seed: int, step: int, micro: int, rank: int, shape: tuple[int, int], stream: int = 0
+) -> torch.Tensor:
+    """The MAE mask (``stream`` 0) or the metadata dropout draws (1) as a function of (seed,
+    step, micro-batch, rank): exact on resume, where the global generator restarts."""
     generator = torch.Generator().manual_seed(
-        ((seed * 1_000_003 + step) * 1_009 + micro) * 9_176 + rank
+        ((seed * 1_000_003 + step) * 1_009 + micro) * 9_176 + rank + stream * 7_919_000_001
     )
     return torch.rand(shape, generator=generator)
 
@@ -882,6 +885,10 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
             noise = mask_noise(
                 args.seed, step, micro, run.rank, (pixels.shape[0], config.num_patches)
             )
+            if config.metadata_dropout and (config.temporal_encoding or config.location_encoding):
+                metadata["metadata_noise"] = mask_noise(
+                    args.seed, step, micro, run.rank, (pixels.shape[0], 2), stream=1
+                ).to(device)
             if window.steps == 0 and micro == 0:
                 window.check_weights(model)
             with accelerator.accumulate(model):

@@ -352,6 +352,27 @@ def test_metadata_dropout_drops_in_training_only():
     assert 0 < sum(same) < 16
 
 
+def test_metadata_noise_fixes_which_samples_drop_time_and_place():
+    model = metadata_model(dropout=0.5).train()
+    pixels, kwargs = series(batch=2), {"wavelengths": [0.56, 0.665, 0.842]}
+    meta = {"temporal_coords": TEMPORAL[:1].expand(2, -1, -1),
+            "location_coords": LOCATION[:1].expand(2, -1)}  # fmt: skip
+    # sample 0 keeps both (noise >= rate), sample 1 drops both: as if it had no metadata
+    noise = torch.tensor([[0.9, 0.7], [0.1, 0.2]])
+    runs = [model(pixels, **kwargs, **meta, metadata_noise=noise).last_hidden_state for _ in "ab"]
+    assert torch.equal(runs[0], runs[1])  # the same draws every time, whatever torch's RNG
+    bare = model(pixels, **kwargs).last_hidden_state
+    assert torch.allclose(runs[0][1], bare[1], atol=1e-5)
+    assert not torch.allclose(runs[0][0], bare[0], atol=1e-3)
+    # time kept, place dropped for both: equals passing the time alone
+    only_time = model(pixels, **kwargs, **meta, metadata_noise=torch.tensor([[0.9, 0.1]] * 2))
+    alone = model(pixels, **kwargs, temporal_coords=meta["temporal_coords"],
+                  metadata_noise=torch.tensor([[0.9, 0.9]] * 2))  # fmt: skip
+    assert torch.allclose(only_time.last_hidden_state, alone.last_hidden_state, atol=1e-5)
+    with pytest.raises(ValueError, match=r"metadata_noise must have shape \(batch, 2\)"):
+        model(pixels, **kwargs, **meta, metadata_noise=torch.rand(2))
+
+
 # ---------------------------------------------------------------- training machinery
 
 

@@ -5,7 +5,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from pretrain_utils import CPU_FSDP_CONFIG, ROOT, launch, metrics
+from pretrain_utils import (
+    CPU_FSDP_CONFIG,
+    ROOT,
+    launch,
+    logged_step,
+    metrics,
+    pretrain,
+    pretrain_killed_when,
+)
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel
 
@@ -78,3 +86,22 @@ def test_more_frames_than_the_chips_hold_is_refused_before_training(series, tmp_
     assert result.returncode != 0
     assert "takes 8 frames per sample" in result.stderr + result.stdout
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_killed_time_series_run_with_metadata_dropout_resumes_bit_exact(series, tmp_path):
+    """Metadata dropout draws random numbers every step: a resumed run must draw the same ones."""
+    extra = ("--dataset_name_or_path", series, "--image_size", "32", "--tubelet_size", "2",
+             "--temporal_encoding", "true", "--location_encoding", "true", "--max_steps", "6",
+             "--save_steps", "2", "--warmup_steps", "2", "--per_device_train_batch_size", "4",
+             "--metadata_dropout", "0.5", "--plot_reconstructions", "false")  # fmt: skip
+    whole = tmp_path / "whole"
+    pretrain(whole, *extra)
+    killed = tmp_path / "killed"
+    code, _ = pretrain_killed_when(killed, lambda o: logged_step(o) >= 3, *extra)
+    assert code != 0 and not (killed / "final").exists()
+    resumed = pretrain(killed, *extra)
+    assert "resumed from" in resumed.stdout
+    assert [r["loss"] for r in metrics(killed)] == [r["loss"] for r in metrics(whole)]
+    a = load_file(killed / "final" / "model.safetensors")
+    b = load_file(whole / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
