@@ -1210,7 +1210,7 @@ class GeoViTMAEDecoder(nn.Module):
                 self.location_embedding,
                 temporal_coords if self.temporal_embedding is not None else None,
                 location_coords if self.location_embedding is not None else None,
-                lambda batch, device: None,
+                lambda batch, device, which: None,  # the decoder never drops metadata
             )
         hidden = torch.cat([cls, patches], dim=1)  # (B, 1 + L, Dd)
         hidden, _ = self.decoder_layers(hidden)
