@@ -22,6 +22,15 @@ __all__ = ["MixedPretrainLoader"]
 _STATE_VERSION = 1
 
 
+def _per_dataset(values: Mapping[str, list[float] | None], names: list[str], what: str,
+                 hint: str) -> dict[str, torch.Tensor]:  # fmt: skip
+    """One float32 tensor per dataset from ``values``; a clear error naming those without."""
+    lacking = [n for n in names if values.get(n) is None]
+    if lacking:
+        raise ValueError(f"Datasets {lacking} have no {what}{hint}")
+    return {n: torch.tensor(values[n], dtype=torch.float32) for n in names}
+
+
 class MixedPretrainLoader:
     """Draws each batch from one of several loaders, weighted by size or by explicit weights.
 
@@ -49,28 +58,16 @@ class MixedPretrainLoader:
             raise ValueError("MixedPretrainLoader needs at least one loader: found none.")
         self.names = list(loaders)
         self.loaders = dict(loaders)
-        missing = [n for n in self.names if wavelengths.get(n) is None]
-        if missing:
-            raise ValueError(
-                f"Datasets {missing} have no wavelengths: a mixed-sensor model needs each band's "
-                "centre wavelength. Write the dataset with its sensor (wavelengths_um in "
-                "geofm_dataset.json) or pass them."
-            )
-        self.wavelengths = {
-            n: torch.tensor(wavelengths[n], dtype=torch.float32) for n in self.names
-        }
-        self.bandwidths = None
-        if bandwidths is not None:
-            lacking = [n for n in self.names if bandwidths.get(n) is None]
-            if lacking:
-                raise ValueError(
-                    f"Datasets {lacking} have no bandwidths, which this model reads: write them "
-                    "with their sensor (bandwidths_um in geofm_dataset.json), or train without "
-                    "bandwidths (--wavelength_bandwidths false)."
-                )
-            self.bandwidths = {
-                n: torch.tensor(bandwidths[n], dtype=torch.float32) for n in self.names
-            }
+        self.wavelengths = _per_dataset(
+            wavelengths, self.names, "wavelengths", ": a mixed-sensor model needs each band's "
+            "centre wavelength. Write the dataset with its sensor (wavelengths_um in "
+            "geofm_dataset.json) or pass them.",
+        )  # fmt: skip
+        self.bandwidths = None if bandwidths is None else _per_dataset(
+            bandwidths, self.names, "bandwidths", ", which this model reads: write them with "
+            "their sensor (bandwidths_um in geofm_dataset.json), or train without bandwidths "
+            "(--wavelength_bandwidths false).",
+        )  # fmt: skip
         if weights is None:
             weights = {n: float(self.loaders[n].stats["num_samples"]) for n in self.names}
         unknown = sorted(set(weights) - set(self.names))
