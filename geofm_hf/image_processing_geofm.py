@@ -97,6 +97,15 @@ def _table_lookup(names: Sequence[str], sensor: str | None):
     return wavelengths, (min(known) if known else None), widths
 
 
+def year_and_day(value: Any) -> tuple[int, int]:
+    """A date (``datetime.date`` or ISO text) -> (year, day of year, 1-366): the
+    ``temporal_coords`` of one frame, for the processor and the pretraining stream alike."""
+    import datetime as dt
+
+    day = value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
+    return day.year, day.timetuple().tm_yday
+
+
 class GeoViTMAEImageProcessor(BaseImageProcessor):
     r"""Prepares multispectral rasters for a :class:`GeoViTMAEModel`.
 
@@ -652,11 +661,7 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
                     f"dates must give {frames} date(s) per sample for {batch} sample(s): found "
                     f"{[len(r) for r in rows]} for {len(rows)}."
                 )
-            coords = []
-            for row in rows:
-                for d in row:
-                    day = d if isinstance(d, dt.date) else dt.date.fromisoformat(str(d)[:10])
-                    coords.append((day.year, day.timetuple().tm_yday))
+            coords = [year_and_day(d) for row in rows for d in row]
             data["temporal_coords"] = torch.tensor(coords, dtype=torch.float32).view(
                 batch, frames, 2
             )

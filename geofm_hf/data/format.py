@@ -385,15 +385,16 @@ METADATA_COLUMNS = ("datetime", "frame_datetimes", "crs", "transform", "shape")
 
 
 def _year_and_day(text: str | None) -> tuple[float, float]:
-    import datetime as dt
+    """The processor's (year, day of year), so training and inference encode dates alike;
+    NaN (unknown) for a chip without a readable date."""
+    from ..image_processing_geofm import year_and_day
 
     if not text:
         return math.nan, math.nan
     try:
-        day = dt.date.fromisoformat(text[:10])
+        return year_and_day(text)
     except ValueError:
         return math.nan, math.nan
-    return float(day.year), float(day.timetuple().tm_yday)
 
 
 def chip_metadata(
