@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -31,10 +30,12 @@ from geofm_hf.training.arguments import (
     run_recipe,
 )
 from geofm_hf.training.checkpointing import list_checkpoints
+from geofm_hf.training.data_contract import read_data_contract
+from geofm_hf.training.health import diagnose_nan
+from geofm_hf.training.model_setup import build_model
+from geofm_hf.training.signals import StopSignal, StopWhileWaitingForData
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes"))
-import pretrain as recipe  # noqa: E402
 
 FAST = ("--plot_reconstructions", "false", "--warmup_steps", "1")
 
@@ -155,7 +156,7 @@ def test_non_finite_dataset_statistics_refused_at_start(tmp_path):
     (ds / "geofm_dataset.json").write_text(json.dumps(info))
     _, data_args, _ = parse_arguments(["--dataset_name_or_path", str(ds)])
     with pytest.raises(ValueError, match="non-finite normalisation statistics"):
-        recipe.read_data_contract(data_args)
+        read_data_contract(data_args)
 
 
 def test_continuing_from_weights_holding_nan_is_refused(tmp_path):
@@ -166,7 +167,7 @@ def test_continuing_from_weights_holding_nan_is_refused(tmp_path):
     model.save_pretrained(tmp_path / "nan_export")
     model_args, _, _ = parse_arguments(["--model_name_or_path", str(tmp_path / "nan_export")])
     with pytest.raises(ValueError, match="hold NaN/inf in 1 tensors"):
-        recipe.build_model(config, model_args, seed=0)
+        build_model(config, model_args, seed=0)
 
 
 def test_unwritable_output_dir_exits_2(tmp_path, monkeypatch, capsys):
@@ -193,7 +194,7 @@ def test_unwritable_output_dir_exits_2(tmp_path, monkeypatch, capsys):
 def test_signal_while_waiting_for_data_interrupts_the_wait():
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
     try:
-        stop = recipe._StopSignal()
+        stop = StopSignal()
 
         def stalled():  # a read that never returns, as a hung network filesystem would
             while True:
@@ -203,7 +204,7 @@ def test_signal_while_waiting_for_data_interrupts_the_wait():
         timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
         timer.start()
         start = time.monotonic()
-        with pytest.raises(recipe.StopWhileWaitingForData) as err:
+        with pytest.raises(StopWhileWaitingForData) as err:
             stop.next_batch(stalled())
         assert err.value.signum == signal.SIGTERM and time.monotonic() - start < 30
         # Outside a data wait the signal only sets the flag, voted on after the step.
@@ -235,7 +236,7 @@ class _FakeRun:
 )
 def test_nan_diagnosis_names_the_fault(input_bad, weights_bad, step, words, tmp_path):
     run = _FakeRun(tmp_path, model_name_or_path="org/continued")
-    text = recipe._diagnose_nan(run, float("nan"), step, 0, input_bad, weights_bad, 0)
+    text = diagnose_nan(run, float("nan"), step, 0, input_bad, weights_bad, 0)
     for word in words:
         assert word in text, (word, text)
     if input_bad or weights_bad:
@@ -243,5 +244,5 @@ def test_nan_diagnosis_names_the_fault(input_bad, weights_bad, step, words, tmp_
     assert "No checkpoint has been written" in text  # no pointer to a checkpoint that is not there
     (tmp_path / "checkpoint-000002").mkdir()
     (tmp_path / "checkpoint-000002" / "COMPLETE").write_text("2\n")
-    text = recipe._diagnose_nan(run, float("nan"), step, 0, input_bad, weights_bad, 0)
+    text = diagnose_nan(run, float("nan"), step, 0, input_bad, weights_bad, 0)
     assert "checkpoint-000002" in text and "No checkpoint" not in text

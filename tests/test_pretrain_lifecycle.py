@@ -13,6 +13,7 @@ from pretrain_utils import ROOT, pretrain
 from geofm_hf import GeoViTMAEImageProcessor
 from geofm_hf.data import sample_dataset_path
 from geofm_hf.training.arguments import ArgumentError
+from geofm_hf.training.inputs import loader_settings
 
 _spec = importlib.util.spec_from_file_location("pretrain_recipe", ROOT / "recipes" / "pretrain.py")
 recipe = importlib.util.module_from_spec(_spec)
@@ -92,6 +93,6 @@ def test_a_runs_life_rerun_foreign_resume_and_changed_arguments(tmp_path):
 
 
 def test_gpu_runs_use_data_workers_and_pinned_memory_by_default():
-    assert recipe.loader_settings("cuda", None) == (4, True)
-    assert recipe.loader_settings("cuda", 0) == (0, True)  # an explicit choice is kept
-    assert recipe.loader_settings("cpu", None) == (0, False)  # CPU ranks own the cores
+    assert loader_settings("cuda", None) == (4, True)
+    assert loader_settings("cuda", 0) == (0, True)  # an explicit choice is kept
+    assert loader_settings("cpu", None) == (0, False)  # CPU ranks own the cores

@@ -1,0 +1,46 @@
+"""``--dry_run``: the model on the meta device and the planner's memory/throughput table for the
+launch config; no training, no process group."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import torch
+
+from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining
+from geofm_hf.modeling_geofm import count_parameters, flops_per_image
+
+if TYPE_CHECKING:
+    pass
+
+
+def dry_run(config: GeoViTMAEConfig, args) -> int:
+    """Build the model on the meta device and print the memory/throughput plan; no training."""
+    from geofm_hf.planner import plan_from_accelerate_config
+
+    with torch.device("meta"):
+        model = GeoViTMAEForPreTraining(config)
+    path = (
+        args.accelerate_config
+        or os.environ.get("GEOFM_ACCELERATE_CONFIG")
+        or "accelerate_configs/frontier_fsdp.yaml"
+    )
+    strategy, plan = plan_from_accelerate_config(
+        config, path, num_nodes=args.dry_run_nodes, local_batch=args.per_device_train_batch_size
+    )
+    print(
+        f"dry run: {config.preset} on meta: {count_parameters(model) / 1e9:.3f}B parameters "
+        f"(encoder {count_parameters(model, encoder_only=True) / 1e9:.3f}B), "
+        f"{config.num_channels} bands at {config.image_size} px, "
+        f"{flops_per_image(config) / 1e12:.3f} TFLOPs per image (fwd+bwd)\n"
+        f"accelerate config {path} -> strategy {strategy}, {args.dry_run_nodes} node(s)"
+    )
+    print(plan.format_table())
+    estimate = plan.strategies[strategy]
+    print(
+        f"chosen strategy {strategy}: {estimate.memory_gb_per_gcd:.1f} GB per GCD "
+        f"({'fits' if estimate.fits else 'does NOT fit'}), about {estimate.images_per_s:,.0f} "
+        "images/s predicted"
+    )
+    return 0
