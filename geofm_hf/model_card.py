@@ -67,6 +67,7 @@ class RunRecord:
         accelerate_config: the accelerate/FSDP configuration as run.
         hardware: e.g. ``"8x AMD MI250X GCD (Frontier)"``; world_size: number of processes.
         global_batch: images per optimizer step; steps: optimizer steps taken.
+        peak_learning_rate, learning_rate_rule: the peak lr and the rule that chose it.
         wall_time_s, images_per_s, mfu (0..1), final_loss: measured by the recipe.
         loss_curve_png, reconstruction_png: paths relative to the export dir.
         eval_results: ``[{task, dataset_name, dataset_id, split, metric_type, metric_name,
@@ -97,6 +98,8 @@ class RunRecord:
     hardware: str | None = None
     world_size: int | None = None
     global_batch: int | None = None
+    peak_learning_rate: float | None = None
+    learning_rate_rule: str | None = None
     steps: int | None = None
     wall_time_s: float | None = None
     images_per_s: float | None = None

@@ -65,6 +65,9 @@ class GeoViTMAEForPreTrainingOutput(ModelOutput):
         mask: ``(B, L)`` 1 where masked.
         ids_restore: ``(B, L)`` inverse of the masking permutation.
         hidden_states: encoder hidden states, when requested.
+        loss_sum, loss_count: ``loss`` is their ratio: the squared errors summed over the masked
+            patches' valid pixel values, and how many were summed (data-parallel training
+            normalises by the count over all ranks).
     """
 
     loss: torch.Tensor | None = None
@@ -72,6 +75,8 @@ class GeoViTMAEForPreTrainingOutput(ModelOutput):
     mask: torch.Tensor | None = None
     ids_restore: torch.LongTensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    loss_sum: torch.Tensor | None = None
+    loss_count: torch.Tensor | None = None
 
 
 def sincos_2d_position_embedding(
@@ -1290,14 +1295,28 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
         averaged over the valid pixel values of the masked patches (``norm_pix_loss`` uses the
         valid pixels' mean/variance); a batch with no valid masked pixel gives a zero loss.
         """
+        total, count = self.forward_loss_terms(pixel_values, logits, mask, pixel_mask)
+        return total / count.clamp_min(1)
+
+    def forward_loss_terms(
+        self,
+        pixel_values: torch.Tensor,
+        logits: torch.Tensor,
+        mask: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of squared errors, number of pixel values summed) over the masked patches'
+        valid pixel values: :meth:`forward_loss` is their ratio. Data-parallel training divides
+        the sum of every rank's sums by the sum of their counts, so a cloudy rank's few valid
+        pixels weigh what they weigh in one process over the global batch."""
         target = self.patchify(pixel_values).to(logits.dtype)  # (B, L, t*p*p*C)
         if pixel_mask is None:
             if self.config.norm_pix_loss:
                 mean = target.mean(dim=-1, keepdim=True)
                 var = target.var(dim=-1, keepdim=True)
                 target = (target - mean) / (var + 1.0e-6) ** 0.5
-            per_patch = ((logits - target) ** 2).mean(dim=-1)  # (B, L)
-            return (per_patch * mask).sum() / mask.sum()
+            total = (((logits - target) ** 2) * mask.unsqueeze(-1)).sum()
+            return total, mask.sum() * target.shape[-1]
         valid = pixel_mask.to(device=target.device, dtype=target.dtype).unsqueeze(-3)
         valid = self.patchify(valid.expand(pixel_values.shape))  # (B, L, t*p*p*C)
         # NaN/fill under invalid pixels must not reach the sums (NaN * 0 is NaN).
@@ -1310,7 +1329,7 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
             ).clamp_min(1)
             target = (target - mean) / (var + 1.0e-6) ** 0.5
         weight = valid * mask.unsqueeze(-1)
-        return (((logits - target) ** 2) * weight).sum() / weight.sum().clamp_min(1)
+        return (((logits - target) ** 2) * weight).sum(), weight.sum()
 
     def forward(
         self,
@@ -1370,11 +1389,13 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
         )
         # The loss is taken in float32 even under autocast: MSE of near-equal numbers in bf16
         # loses most of its mantissa.
-        loss = self.forward_loss(
+        loss_sum, loss_count = self.forward_loss_terms(
             pixel_values.float(), logits.float(), encoded.mask.float(), pixel_mask
         )
         output = GeoViTMAEForPreTrainingOutput(
-            loss=loss,
+            loss=loss_sum / loss_count.clamp_min(1),
+            loss_sum=loss_sum,
+            loss_count=loss_count,
             logits=logits,
             mask=encoded.mask,
             ids_restore=encoded.ids_restore,

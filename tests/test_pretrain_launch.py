@@ -25,9 +25,10 @@ def test_two_cpu_runs_at_once_do_not_collide_on_the_rendezvous_port():
     assert len(ports) == 2, ports
 
 
-def test_no_collective_per_step_besides_gradient_reduction(tmp_path):
-    """10 steps logging every 5: one vote (a single small all-reduce) in between, not one per
-    micro-batch."""
+def test_one_small_collective_per_step_besides_gradient_reduction(tmp_path):
+    """10 steps logging every 5: exactly one all-reduce per step (stop signals, time-based save,
+    the global loss count and the health sums in one tensor), the logging vote included: none
+    per micro-batch and no second one at logging steps."""
     result = launch(
         ROOT / "tests" / "workers" / "count_collectives.py",
         ROOT / "recipes" / "pretrain.py",
@@ -35,12 +36,13 @@ def test_no_collective_per_step_besides_gradient_reduction(tmp_path):
         "--output_dir", tmp_path / "run", "--report_to", "none",
         "--per_device_train_batch_size", "4", "--max_steps", "10", "--save_steps", "100",
         "--logging_steps", "5", "--plot_reconstructions", "false",
+        "--gradient_accumulation_steps", "2",
     )  # fmt: skip
     lines = records(result.stdout, "COLLECTIVES")
     assert len(lines) == 2, result.stdout[-2000:]
     for line in lines:
         fields = dict(item.split("=") for item in line.split()[1:4])
         assert fields["steps"] == "10", line
-        # steps 1..10: the vote after step 5 is the only collective (on main: one per step)
-        assert fields["between"] == "1", line
-        assert line.split()[-1] == "all_reduce", line
+        # between the first and the last update: the control all-reduce of steps 2..10
+        assert fields["between"] == "9", line
+        assert set(line.split()[-1].split(",")) == {"all_reduce"}, line

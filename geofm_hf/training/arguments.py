@@ -40,8 +40,11 @@ _RANGES = {
     "warmup_steps": (">= 0", lambda v: v >= 0),
     "logging_steps": ("> 0", lambda v: v > 0),
     "save_steps": ("> 0", lambda v: v > 0),
+    "save_every_minutes": ("> 0 (or unset to save by steps only)", lambda v: v > 0),
+    "ddp_timeout": ("> 0", lambda v: v > 0),
     "save_total_limit": (">= 1 (or unset to keep every checkpoint)", lambda v: v >= 1),
     "hub_retry_backoff_s": (">= 0", lambda v: v >= 0),
+    "hub_close_timeout_s": (">= 0", lambda v: v >= 0),
     "dry_run_nodes": ("> 0", lambda v: v > 0),
     "image_size": ("> 0 (or unset for the preset's)", lambda v: v > 0),
     "mask_ratio": ("in (0, 1)", lambda v: 0 < v < 1),
@@ -64,6 +67,7 @@ _CHOICES = {
     "bf16": ("auto", "true", "false"),
     "mixed_precision": ("no", "bf16", "fp16"),
     "gradient_reduce_dtype": ("float32", "bfloat16"),
+    "lr_scaling": ("auto", "linear", "sqrt"),
     "patch_embedding": ("conv", "wavelength"),
 }
 
@@ -322,9 +326,16 @@ class PretrainingArguments:
     gradient_accumulation_steps: int = field(default=1)
     learning_rate: float | None = field(
         default=None,
-        metadata={"help": "Absolute peak lr; default: base_learning_rate * global_batch / 256."},
+        metadata={"help": "Absolute peak lr; default: base_learning_rate scaled by --lr_scaling."},
     )
     base_learning_rate: float = field(default=1.5e-4)
+    lr_scaling: str = field(
+        default="auto",
+        metadata={
+            "help": "How the peak lr follows the global batch: auto (linear x batch/256 up to "
+            "4,096, square root above, refused past 65,536), linear or sqrt."
+        },
+    )
     min_learning_rate: float = field(default=0.0)
     weight_decay: float = field(default=0.05)
     adam_beta1: float = field(default=0.9)
@@ -354,6 +365,21 @@ class PretrainingArguments:
     seed: int = field(default=0)
     logging_steps: int = field(default=10)
     save_steps: int = field(default=100)
+    save_every_minutes: float | None = field(
+        default=None,
+        metadata={
+            "help": "Also checkpoint when this many minutes have passed since the last checkpoint "
+            "(rank 0's clock, agreed on by every rank within one step); unset: by steps only."
+        },
+    )
+    ddp_timeout: int = field(
+        default=1800,
+        metadata={
+            "help": "Seconds a collective may wait for the slowest rank before the process group "
+            "fails the job (torch's default watchdog is 10 minutes; a checkpoint of a 15B model "
+            "on Lustre can take longer)."
+        },
+    )
     save_total_limit: int | None = field(default=3)
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "auto (newest complete checkpoint) or a checkpoint path."}
@@ -366,6 +392,13 @@ class PretrainingArguments:
     hub_retry_backoff_s: float = field(
         default=5.0,
         metadata={"help": "First wait before retrying a failed push; doubles up to 5 minutes."},
+    )
+    hub_close_timeout_s: float = field(
+        default=900.0,
+        metadata={
+            "help": "At the end of a run, wait at most this long for queued pushes (the rest stay "
+            "staged, logged with the geofm-push command that uploads them); below --ddp_timeout."
+        },
     )
     plot_reconstructions: bool = field(default=True)
     dry_run: bool = field(
@@ -411,7 +444,26 @@ def parse_arguments(
     check_argument_values(model_args, data_args, train_args)
     if train_args.push_to_hub and not train_args.hub_model_id:
         raise ArgumentError("push_to_hub needs hub_model_id (ORG/NAME): found none.")
+    if train_args.push_to_hub and _hub_offline():
+        # Not a transient failure: every push would retry for an hour while all other ranks
+        # wait for the main process in a barrier.
+        raise ArgumentError(
+            "--push_to_hub true, but HF_HUB_OFFLINE is set (recipes/frontier/env.sh sets it for "
+            "compute nodes): no push can succeed. Drop --push_to_hub and push the exports from a "
+            "node with network access (geofm-push), or unset HF_HUB_OFFLINE."
+        )
+    if train_args.push_to_hub and train_args.hub_close_timeout_s >= train_args.ddp_timeout:
+        raise ArgumentError(
+            f"--hub_close_timeout_s {train_args.hub_close_timeout_s:g} must be below "
+            f"--ddp_timeout {train_args.ddp_timeout}: the other ranks wait for the final push in "
+            "a collective that times out first. Lower the first or raise the second."
+        )
     return model_args, data_args, train_args
+
+
+def _hub_offline() -> bool:
+    """huggingface_hub's own reading of HF_HUB_OFFLINE (1/ON/YES/TRUE), at call time."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def as_flat_dict(*args) -> dict:

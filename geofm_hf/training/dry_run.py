@@ -4,15 +4,13 @@ launch config; no training, no process group."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 import torch
 
 from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining
 from geofm_hf.modeling_geofm import count_parameters, flops_per_image
-
-if TYPE_CHECKING:
-    pass
+from geofm_hf.training.arguments import ArgumentError
+from geofm_hf.training.optim import LearningRateRuleError, peak_learning_rate
 
 
 def dry_run(config: GeoViTMAEConfig, args) -> int:
@@ -37,6 +35,13 @@ def dry_run(config: GeoViTMAEConfig, args) -> int:
         f"accelerate config {path} -> strategy {strategy}, {args.dry_run_nodes} node(s)"
     )
     print(plan.format_table())
+    # The planned job's global batch (its nodes x GCDs), and so the lr that job would use.
+    global_batch = plan.global_batch * args.gradient_accumulation_steps
+    try:
+        peak, rule = peak_learning_rate(args, global_batch)
+        print(f"global batch {global_batch:,} -> peak learning rate {peak:.3e} ({rule})")
+    except LearningRateRuleError as err:
+        raise ArgumentError(str(err)) from err
     estimate = plan.strategies[strategy]
     print(
         f"chosen strategy {strategy}: {estimate.memory_gb_per_gcd:.1f} GB per GCD "

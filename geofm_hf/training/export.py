@@ -101,6 +101,8 @@ def export(
         hardware=_hardware(accelerator),
         world_size=accelerator.num_processes,
         global_batch=run.global_batch,
+        peak_learning_rate=run.peak_lr,
+        learning_rate_rule=run.lr_rule,
         steps=step,
         wall_time_s=round(wall, 1),
         images_per_s=round(ips, 2) if ips else None,
@@ -135,7 +137,7 @@ def export(
     )
     if run.pusher is not None:
         run.pusher.push_final(final, step=step)
-        accelerator.print(f"hub: {run.pusher.close()}")
+        accelerator.print(f"hub: {run.pusher.close(timeout=args.hub_close_timeout_s)}")
     accelerator.wait_for_everyone()
 
 

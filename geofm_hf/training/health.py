@@ -60,14 +60,24 @@ def diagnose_nan(run: Run, loss: float, step: int, micro: int, input_bad: bool,
 @dataclass
 class Vote:
     nonfinite: int
-    stop: bool
     mean_loss: float
     inputs_bad: bool
     weights_bad: bool
 
 
+@dataclass
+class Control:
+    """What every rank agrees on after a step's backward, from the step's one collective."""
+
+    stop: bool  # a stop signal reached at least one rank
+    save_due: bool  # rank 0's clock says a time-based checkpoint is due
+    loss_count: torch.Tensor  # pixel values in the loss over all ranks and micro-batches (device)
+    # The window's health sums over all ranks (device), read on the host only when voting.
+    health: torch.Tensor
+
+
 class HealthWindow:
-    """Device-side sums between two votes: no host sync until :meth:`vote`."""
+    """Device-side sums between two logging steps: no host read until :meth:`vote`."""
 
     def __init__(self, device, first_step: int = 1) -> None:
         zero = torch.zeros((), device=device)
@@ -100,19 +110,31 @@ class HealthWindow:
         if micro == accumulation - 1:
             self.steps += 1
 
-    def vote(self, accelerator, stop, world: int) -> Vote:
-        """Collective: one all-reduce of (non-finite losses, stop signals, loss sum, bad inputs,
-        bad weights)."""
-        signal_flag = torch.tensor(float(stop.received is not None), device=self.nonfinite.device)
-        flags = torch.stack(
-            [self.nonfinite, signal_flag, self.loss_sum, self.inputs_bad, self.weights_bad]
-        )
-        nonfinite, stops, loss_sum, inputs_bad, weights_bad = accelerator.reduce(
-            flags, reduction="sum"
-        ).tolist()
+    def control(self, accelerator, *, stop: bool, save_due: bool, loss_count, world: int):
+        """The step's one collective (none on one process): a single all-reduce of (non-finite
+        losses, loss sum, bad inputs, bad weights, loss count, stop signals, save due).
+
+        Every rank learns within the step that a signal reached any of them, or that rank 0's
+        clock wants a checkpoint (rank 0 alone sets ``save_due``: no clock skew between nodes),
+        and the global loss count the gradients are normalised by. The health sums ride along
+        at no extra cost and are read on the host only at logging steps (:meth:`vote`)."""
+        device = self.nonfinite.device
+        flags = torch.tensor([float(stop), float(save_due)], device=device)
+        health = [self.nonfinite, self.loss_sum, self.inputs_bad, self.weights_bad]
+        values = torch.cat([torch.stack([*health, loss_count.float()]), flags])
+        if world == 1:
+            return Control(stop, save_due, values[4], values[:4])
+        values = accelerator.reduce(values, reduction="sum")
+        # The one host read per step: a stop or save must be decided on every rank alike.
+        stops, saves = values[5:].tolist()
+        return Control(stops > 0, saves > 0, values[4], values[:4])
+
+    def vote(self, control: Control, world: int) -> Vote:
+        """The window's health over all ranks, from the last step's :meth:`control` (a host
+        read, no collective)."""
+        nonfinite, loss_sum, inputs_bad, weights_bad = control.health.tolist()
         return Vote(
             int(nonfinite),
-            stops > 0,
             loss_sum / max(1, self.steps * world),
             inputs_bad > 0,
             weights_bad > 0,

@@ -16,7 +16,6 @@ from geofm_hf.training.compile import compile_blocks
 from geofm_hf.training.distributed import prepare_model
 from geofm_hf.training.optim import (
     parameter_groups,
-    scaled_learning_rate,
 )
 
 if TYPE_CHECKING:
@@ -58,14 +57,10 @@ def build_model(config: GeoViTMAEConfig, model_args, seed: int) -> GeoViTMAEForP
 
 def build_optimizer(run: Run, model):
     """Shard (FSDP2/HSDP) or wrap (DDP) the model, materialising a from-scratch model shard by
-    shard; then AdamW (MAE's groups) at the peak lr, built from the prepared parameters."""
+    shard; then AdamW (MAE's groups) at the run's peak lr (decided by :func:`start_run`), built
+    from the prepared parameters."""
     args = run.args
     model = prepare_model(run.accelerator, model, args.seed, args.gradient_reduce_dtype)
-    run.peak_lr = (
-        args.learning_rate
-        if args.learning_rate is not None
-        else scaled_learning_rate(args.base_learning_rate, run.global_batch)
-    )
     optimizer = torch.optim.AdamW(
         parameter_groups(model, args.weight_decay),
         lr=run.peak_lr,

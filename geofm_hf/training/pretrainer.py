@@ -18,6 +18,7 @@ from geofm_hf.training.loop import train
 from geofm_hf.training.model_setup import build_model, build_optimizer
 from geofm_hf.training.resume import check_resume_compatibility, resume, run_already_finished
 from geofm_hf.training.run import check_activation_checkpointing, describe_run, start_run
+from geofm_hf.training.run_status import write_run_status
 
 
 def pretrain(argv: list[str] | None = None) -> int:
@@ -50,6 +51,8 @@ def pretrain(argv: list[str] | None = None) -> int:
         outcome = train(run, model, optimizer, loader, config, processor, start_step)
         if not outcome.stopped_by_signal:
             export(run, model, config, processor, data, outcome, loader)
+            if run.accelerator.is_main_process:
+                write_run_status(run.output_dir, "finished", step=outcome.step, signal=None)
     finally:
         if run.pusher is not None and not run.pusher.closed:
             # Stopped by a signal or an error: the job's end must not wait for the Hub (queued

@@ -4,6 +4,7 @@ run folder; built once by :func:`start_run`, described once by :func:`describe_r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from accelerate import Accelerator
 from accelerate.utils import (
     DDPCommunicationHookType,
     DistributedDataParallelKwargs,
+    InitProcessGroupKwargs,
 )
 
 from geofm_hf.modeling_geofm import count_parameters, flops_per_image
@@ -21,6 +23,7 @@ from geofm_hf.training.arguments import (
 from geofm_hf.training.checkpointing import CheckpointManager
 from geofm_hf.training.host_memory import pin_mmap_threshold
 from geofm_hf.training.inputs import frames_text, loader_settings
+from geofm_hf.training.optim import LearningRateRuleError, peak_learning_rate
 from geofm_hf.training.reporting import (
     MetricsLog,
     cpu_has_fast_bf16,
@@ -45,6 +48,7 @@ class Run:
     world: int = 1
     global_batch: int = 0
     peak_lr: float = 0.0
+    lr_rule: str = ""
     stop: StopSignal | None = None
     metrics: MetricsLog | None = None
     pusher: object | None = None
@@ -70,12 +74,15 @@ def build_accelerator(args) -> tuple[Accelerator, bool]:
         "project_dir": str(args.output_dir),
         "log_with": None if args.report_to == "none" else args.report_to,
     }
+    # Explicit, not torch's 10-minute default: every collective (a checkpoint's barriers, the
+    # per-step control all-reduce) fails the job after this long instead of hanging 8,191 ranks
+    # behind one stuck rank; --ddp_timeout sizes it to the slowest legitimate wait (a save).
+    handlers = [InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))]
     if use_cuda and bf16 and args.gradient_reduce_dtype == "bfloat16":
         # Asked for: replicated (DDP) runs all-reduce gradients in bf16. FSDP2 runs ignore this
         # handler and reduce per their mixed-precision policy (distributed.mixed_precision_policy).
-        kwargs["kwargs_handlers"] = [
-            DistributedDataParallelKwargs(comm_hook=DDPCommunicationHookType.BF16)
-        ]
+        handlers.append(DistributedDataParallelKwargs(comm_hook=DDPCommunicationHookType.BF16))
+    kwargs["kwargs_handlers"] = handlers
     return Accelerator(**kwargs), bf16
 
 
@@ -93,6 +100,11 @@ def start_run(model_args, data_args, args) -> Run:
     if removed:
         accelerator.print(f"removed unfinished checkpoint writes from a previous run: {removed}")
     world = accelerator.num_processes
+    global_batch = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
+    try:
+        peak_lr, lr_rule = peak_learning_rate(args, global_batch)
+    except LearningRateRuleError as err:
+        raise ArgumentError(str(err)) from err
     data_args.dataloader_num_workers, _ = loader_settings(
         accelerator.device.type, data_args.dataloader_num_workers
     )
@@ -107,7 +119,9 @@ def start_run(model_args, data_args, args) -> Run:
         bf16=bf16,
         rank=accelerator.process_index,
         world=world,
-        global_batch=args.per_device_train_batch_size * world * args.gradient_accumulation_steps,
+        global_batch=global_batch,
+        peak_lr=peak_lr,
+        lr_rule=lr_rule,
     )
 
 
@@ -133,8 +147,7 @@ def describe_run(run: Run, model, config, start_step: int) -> None:
     run.log(
         f"world size {run.world} | per-device batch {args.per_device_train_batch_size} | grad "
         f"accumulation {args.gradient_accumulation_steps} | global batch {run.global_batch}\n"
-        f"peak lr {run.peak_lr:.3e} (base {args.base_learning_rate:g} x {run.global_batch}/256"
-        f"{', overridden' if args.learning_rate is not None else ''}) | warm-up {args.warmup_steps} | "
+        f"peak lr {run.peak_lr:.3e} ({run.lr_rule}) | warm-up {args.warmup_steps} | "
         f"steps {args.max_steps}\n"
         f"model {config.preset or 'custom'} {count_parameters(unwrapped) / 1e6:.1f}M params "
         f"(encoder {count_parameters(unwrapped, encoder_only=True) / 1e6:.1f}M) | "
