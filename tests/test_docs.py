@@ -179,7 +179,7 @@ PATH = re.compile(
 def _commands(code: str) -> list[str]:
     joined = re.sub(r"\\\n\s*", " ", code)
     lines = (line.split(" #", 1)[0] for line in joined.splitlines() if not line.startswith("#"))
-    return [part.strip() for line in lines for part in re.split(r"&&|\|\||;|\|", line)]
+    return [" ".join(part.split()) for line in lines for part in re.split(r"&&|\|\||;|\|", line)]
 
 
 def _tool_calls() -> list[tuple[str, str, list[str], str]]:
