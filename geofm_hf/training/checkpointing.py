@@ -19,11 +19,13 @@ the newest ``save_total_limit``; it never touches the final export.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE = "COMPLETE"
+_DELETING = ".deleting-"
 TRAINER_STATE = "trainer_state.json"
 
 
@@ -61,20 +64,24 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_manifest(folder: Path) -> dict[str, dict[str, Any]]:
-    """Size and SHA-256 of every file under ``folder`` (relative POSIX paths)."""
-    return {
-        path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name != COMPLETE
-    }
-
-
 def verify_checkpoint(path: str | os.PathLike) -> str | None:
     """``None`` when every file listed in the ``COMPLETE`` marker has its recorded size and hash;
     otherwise what is wrong, naming the file. Markers of older versions (a bare step number)
-    list no files and pass."""
+    list no files and pass. One process reads everything: :class:`CheckpointManager` splits
+    the same check across ranks."""
     path = Path(path)
+    recorded = _read_marker(path)
+    if isinstance(recorded, str):
+        return recorded
+    for name, expected in sorted(recorded.items()):
+        problem = _check_file(path / name, expected)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _read_marker(path: Path) -> dict[str, dict[str, Any]] | str:
+    """The marker's ``{file: {bytes, sha256}}`` (empty for an older marker), or what is wrong."""
     marker = path / COMPLETE
     if not marker.is_file():
         return f"{path} has no {COMPLETE} marker (an unfinished write)"
@@ -83,38 +90,66 @@ def verify_checkpoint(path: str | os.PathLike) -> str | None:
     except ValueError:
         return f"{marker} is not valid JSON (damaged marker)"
     if not isinstance(recorded, dict):
-        return None  # an older marker: nothing recorded to verify against
-    for name, expected in sorted(recorded.get("files", {}).items()):
-        file = path / name
-        if not file.is_file():
-            return f"{file} is missing"
-        size = file.stat().st_size
-        if size != expected["bytes"]:
-            return f"{file} has {size} bytes, {expected['bytes']} were written (truncated?)"
-        if _sha256(file) != expected["sha256"]:
-            return f"{file} does not match the SHA-256 recorded when it was written (corrupted)"
+        return {}  # an older marker: nothing recorded to verify against
+    return recorded.get("files", {})
+
+
+def _check_file(file: Path, expected: dict[str, Any]) -> str | None:
+    if not file.is_file():
+        return f"{file} is missing"
+    size = file.stat().st_size
+    if size != expected["bytes"]:
+        return f"{file} has {size} bytes, {expected['bytes']} were written (truncated?)"
+    if _sha256(file) != expected["sha256"]:
+        return f"{file} does not match the SHA-256 recorded when it was written (corrupted)"
     return None
 
 
-def resolve_resume(output_dir: str | os.PathLike, resume: str | None) -> Path | None:
+def share_by_size(sizes: dict[str, int], world: int) -> list[list[str]]:
+    """Files split into ``world`` lists of near-equal bytes (largest first, each to the least
+    loaded rank): no rank hashes much more than ``total / world`` plus its largest file."""
+    loads = [(0, r) for r in range(world)]
+    heapq.heapify(loads)
+    shares: list[list[str]] = [[] for _ in range(world)]
+    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
+        load, rank = heapq.heappop(loads)
+        shares[rank].append(name)
+        heapq.heappush(loads, (load + sizes[name], rank))
+    return shares
+
+
+def resolve_resume(
+    output_dir: str | os.PathLike,
+    resume: str | None,
+    verify=verify_checkpoint,
+    candidates: list[Path] | None = None,
+    warn: bool = True,
+) -> Path | None:
     """``None``/``""`` -> fresh start; ``"auto"`` -> newest complete checkpoint that verifies
     (a damaged newer one is named in a warning and skipped), or fresh when there is none;
     a path -> that checkpoint, which must be complete and verify.
 
-    Reads every file of the candidates: call it on one process and share the answer
-    (:meth:`CheckpointManager.resolve_resume`)."""
+    ``verify`` reads the candidates' files (one process by default); ``candidates`` (newest
+    last) replaces the folder's listing. :meth:`CheckpointManager.resolve_resume` passes a
+    verification split across ranks and rank 0's listing, so every rank decides alike."""
     if not resume:
         return None
     if resume == "auto":
+        found = (
+            candidates if candidates is not None else [p for _, p in list_checkpoints(output_dir)]
+        )
         damaged = []
-        for _, path in reversed(list_checkpoints(output_dir)):
-            problem = verify_checkpoint(path)
+        for path in reversed(found):
+            problem = verify(path)
             if problem is None:
                 return path
             damaged.append(path.name)
-            logger.warning(
-                "not resuming from %s: %s; falling back to the previous checkpoint", path, problem
-            )
+            if warn:
+                logger.warning(
+                    "not resuming from %s: %s; falling back to the previous checkpoint",
+                    path,
+                    problem,
+                )
         if damaged:
             raise ValueError(
                 f"resume_from_checkpoint=auto: every checkpoint in {output_dir} is damaged "
@@ -128,7 +163,7 @@ def resolve_resume(output_dir: str | os.PathLike, resume: str | None) -> Path | 
             f"resume_from_checkpoint={resume!r} is not a complete checkpoint: expected a folder "
             f"holding a {COMPLETE} marker, found {'no such folder' if not path.exists() else 'none'}."
         )
-    problem = verify_checkpoint(path)
+    problem = verify(path)
     if problem is not None:
         raise ValueError(
             f"resume_from_checkpoint={resume!r} is damaged: {problem}. Resume from an earlier "
@@ -142,19 +177,31 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 
 
 class CheckpointManager:
-    """Saves ``accelerator.save_state`` checkpoints atomically and keeps the newest ``limit``."""
+    """Saves ``accelerate.save_state`` checkpoints atomically and keeps the newest ``limit``.
+
+    At thousands of ranks the per-rank cost stays flat: every rank hashes (on save) or verifies
+    (on resume) about ``1 / world`` of the checkpoint's bytes, assigned by rank 0 from one
+    listing and scattered, and only the manifests travel back; old checkpoints are renamed out
+    of the way at once and deleted by a background thread of rank 0 while training goes on.
+    """
 
     def __init__(self, accelerator, output_dir: str | os.PathLike, limit: int | None) -> None:
         self.accelerator = accelerator
         self.output_dir = Path(output_dir)
         self.limit = limit
+        self._deletions: list[threading.Thread] = []
+
+    @property
+    def _world(self) -> int:
+        return self.accelerator.num_processes
 
     def clean_partial(self) -> list[str]:
-        """Removes ``.tmp-checkpoint-*`` left by a killed run (main process). Returns names."""
+        """Removes ``.tmp-checkpoint-*`` left by a killed run and ``.deleting-*`` left by an
+        interrupted rotation (main process). Returns names."""
         removed = []
         if self.accelerator.is_main_process and self.output_dir.is_dir():
             for child in self.output_dir.iterdir():
-                if child.name.startswith(".tmp-checkpoint-"):
+                if child.name.startswith((".tmp-checkpoint-", _DELETING)):
                     shutil.rmtree(child, ignore_errors=True)
                     removed.append(child.name)
         self.accelerator.wait_for_everyone()
@@ -171,12 +218,19 @@ class CheckpointManager:
         acc.wait_for_everyone()
         acc.save_state(str(tmp), safe_serialization=True)
         write_json_atomic(tmp / f"data_state_rank{acc.process_index}.json", data_state)
-        acc.wait_for_everyone()  # every rank's shards are on disk past this point
         if acc.is_main_process:
             write_json_atomic(tmp / TRAINER_STATE, trainer_state)
-            # Last, with every file's hash: resume verifies them (a truncated or bit-flipped
-            # weight file must not load silently).
-            write_json_atomic(tmp / COMPLETE, {"step": step, "files": file_manifest(tmp)})
+        acc.wait_for_everyone()  # every rank's shards are on disk past this point
+        # Last, with every file's hash: resume verifies them (a truncated or bit-flipped weight
+        # file must not load silently). Each rank hashes its share.
+        sizes = _sizes(tmp) if acc.is_main_process else None
+        mine = self._scatter(None if sizes is None else share_by_size(sizes, self._world))
+        manifest = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+                    for name in mine}  # fmt: skip
+        manifests = self._gather(manifest)
+        if acc.is_main_process:
+            files = {k: v for part in manifests for k, v in part.items()}
+            write_json_atomic(tmp / COMPLETE, {"step": step, "files": dict(sorted(files.items()))})
             if final.exists():  # a re-save of the same step (e.g. signal right after a save)
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -186,30 +240,104 @@ class CheckpointManager:
         return final
 
     def resolve_resume(self, resume: str | None) -> Path | None:
-        """Collective :func:`resolve_resume`: the main process reads and verifies the
-        checkpoint files once, every rank gets its answer (or its error)."""
+        """Collective :func:`resolve_resume`: rank 0 lists the candidates and reads their
+        markers, every rank verifies its share of their files, every rank gets the answer (or
+        the error)."""
         from accelerate.utils import broadcast_object_list
 
+        listing: list[Any] = [None]
+        if self.accelerator.is_main_process and resume == "auto":
+            listing = [[str(p) for _, p in list_checkpoints(self.output_dir)]]
+        if self._world > 1:
+            broadcast_object_list(listing)
+        candidates = None if listing[0] is None else [Path(p) for p in listing[0]]
+        return resolve_resume(self.output_dir, resume, self._verify, candidates,
+                              warn=self.accelerator.is_main_process)  # fmt: skip
+
+    def close(self) -> None:
+        """Wait for background deletions of rotated-out checkpoints (main process)."""
+        for thread in self._deletions:
+            thread.join()
+        self._deletions.clear()
+
+    def _verify(self, path: Path) -> str | None:
+        """Collective :func:`verify_checkpoint`: each rank checks about ``1 / world`` of the
+        bytes; the first problem in file-name order, as one process would report it."""
+        acc = self.accelerator
+        if self._world == 1:
+            return verify_checkpoint(path)
+        share: list[Any] = [None]
+        if acc.is_main_process:
+            recorded = _read_marker(path)
+            share = [recorded]
+        # The marker's own problem (or none) first: every rank must leave together.
+        problem_or_files = self._broadcast_marker_status(share[0])
+        if problem_or_files is not None:
+            return problem_or_files
+        expected = share[0] if acc.is_main_process else None
+        sizes = None if expected is None else {n: e["bytes"] for n, e in expected.items()}
+        shares = None if sizes is None else share_by_size(sizes, self._world)
+        mine = self._scatter(
+            None if shares is None else [{n: expected[n] for n in s} for s in shares]
+        )
+        problems = {name: _check_file(path / name, e) for name, e in sorted(mine.items())}
+        found = self._gather({n: p for n, p in problems.items() if p is not None})
         answer: list[Any] = [None]
-        if self.accelerator.is_main_process:
-            try:
-                found = resolve_resume(self.output_dir, resume)
-                answer = [("ok", None if found is None else str(found))]
-            except ValueError as err:
-                answer = [("error", str(err))]
-        if self.accelerator.num_processes > 1:
-            broadcast_object_list(answer)
-        status, value = answer[0]
-        if status == "error":
-            raise ValueError(value)
-        return None if value is None else Path(value)
+        if acc.is_main_process:
+            merged = {k: v for part in found for k, v in part.items()}
+            answer = [merged[min(merged)] if merged else None]
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(answer)
+        return answer[0]
+
+    def _broadcast_marker_status(self, recorded) -> str | None:
+        from accelerate.utils import broadcast_object_list
+
+        status: list[Any] = [recorded if isinstance(recorded, str) else None]
+        broadcast_object_list(status)
+        return status[0]
+
+    def _scatter(self, per_rank: list | None):
+        """Rank 0's ``per_rank[r]`` to rank ``r``: each rank receives only its own share."""
+        if self._world == 1:
+            return per_rank[0]
+        import torch.distributed as dist
+
+        received: list[Any] = [None]
+        dist.scatter_object_list(received, per_rank if self.accelerator.is_main_process else None,
+                                 src=0)  # fmt: skip
+        return received[0]
+
+    def _gather(self, mine) -> list | None:
+        """Every rank's ``mine`` on rank 0 (None elsewhere)."""
+        if self._world == 1:
+            return [mine]
+        import torch.distributed as dist
+
+        out = [None] * self._world if self.accelerator.is_main_process else None
+        dist.gather_object(mine, out, dst=0)
+        return out
 
     def _rotate(self) -> None:
+        """Rename the checkpoints past ``limit`` out of the listing at once (a rename is
+        atomic: nothing can resume from a half-deleted folder), delete them in the background."""
         if not self.limit:
             return
         complete = list_checkpoints(self.output_dir)
+        doomed = []
         for _, path in complete[: max(0, len(complete) - self.limit)]:
-            shutil.rmtree(path, ignore_errors=True)
+            target = path.with_name(f"{_DELETING}{path.name}")
+            os.replace(path, target)
+            doomed.append(target)
+        if doomed:
+            thread = threading.Thread(
+                target=lambda: [shutil.rmtree(p, ignore_errors=True) for p in doomed],
+                name="geofm-checkpoint-rotation",
+                daemon=True,
+            )
+            thread.start()
+            self._deletions = [t for t in self._deletions if t.is_alive()] + [thread]
 
     def load(self, path: Path) -> tuple[dict, dict]:
         """Collective: restores accelerate state; returns (trainer_state, this rank's data state)."""
@@ -230,3 +358,12 @@ class CheckpointManager:
             ) from err
         data_state = json.loads((path / f"data_state_rank{acc.process_index}.json").read_text())
         return trainer_state, data_state
+
+
+def _sizes(folder: Path) -> dict[str, int]:
+    """Relative POSIX path -> bytes of every file under ``folder`` but the marker."""
+    return {
+        path.relative_to(folder).as_posix(): path.stat().st_size
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != COMPLETE
+    }

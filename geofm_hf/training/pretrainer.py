@@ -54,6 +54,7 @@ def pretrain(argv: list[str] | None = None) -> int:
             if run.accelerator.is_main_process:
                 write_run_status(run.output_dir, "finished", step=outcome.step, signal=None)
     finally:
+        run.checkpoints.close()  # rotated-out checkpoints finish deleting
         if run.pusher is not None and not run.pusher.closed:
             # Stopped by a signal or an error: the job's end must not wait for the Hub (queued
             # pushes would otherwise run before the interpreter exits). What is not pushed stays
