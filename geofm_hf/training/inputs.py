@@ -18,14 +18,23 @@ if TYPE_CHECKING:
 
 
 def mask_noise(
-    seed: int, step: int, micro: int, rank: int, shape: tuple[int, int], stream: int = 0
+    seed: int,
+    step: int,
+    micro: int,
+    rank: int,
+    shape: tuple[int, int],
+    stream: int = 0,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """The MAE mask (``stream`` 0) or the metadata dropout draws (1) as a function of (seed,
-    step, micro-batch, rank): exact on resume, where the global generator restarts."""
-    generator = torch.Generator().manual_seed(
+    step, micro-batch, rank): exact on resume, where the global generator restarts.
+
+    Drawn on ``device`` by that device's generator (no host-to-device copy per micro-batch);
+    a run resumes on the same kind of device, so the draws repeat exactly."""
+    generator = torch.Generator(device=device).manual_seed(
         ((seed * 1_000_003 + step) * 1_009 + micro) * 9_176 + rank + stream * 7_919_000_001
     )
-    return torch.rand(shape, generator=generator)
+    return torch.rand(shape, generator=generator, device=device)
 
 
 class SyntheticLoader:
@@ -126,6 +135,10 @@ def _mixed_loader(run: Run, data: DataContract, data_args, config) -> MixedPretr
             revision=data_args.dataset_revision,
             on_error=data_args.on_error,
             max_error_fraction=data_args.max_error_fraction,
+            # Pinned like the single-dataset stream, so the copy to the GPU is asynchronous.
+            pin_memory=loader_settings(
+                run.accelerator.device.type, data_args.dataloader_num_workers
+            )[1],
             return_masks=True,
             **_frames_and_metadata(config),
         )

@@ -50,20 +50,22 @@ def model_inputs(batch, config, device, loader, noise: torch.Tensor, metadata_no
     if isinstance(batch, dict):  # the real stream: pixels + validity mask
         wavelengths = batch.get("wavelengths")  # a mixed-sensor stream's band set
         # Band widths, dates and places, for a model built to take them (NaN = unknown).
-        metadata = {k: batch[k].to(device) for k, on in (
+        metadata = {k: batch[k].to(device, non_blocking=True) for k, on in (
             ("bandwidths", config.wavelength_bandwidths),
             ("temporal_coords", config.temporal_encoding),
             ("location_coords", config.location_encoding)) if on and k in batch}  # fmt: skip
         pixels, pixel_mask = batch["pixel_values"], batch["pixel_mask"]
         # An all-valid batch takes the unmasked loss (checked on the CPU: no sync).
-        pixel_mask = None if bool(pixel_mask.all()) else pixel_mask.to(device)
+        pixel_mask = None if bool(pixel_mask.all()) else pixel_mask.to(device, non_blocking=True)
     if metadata_noise is not None:
-        metadata["metadata_noise"] = metadata_noise.to(device)
+        metadata["metadata_noise"] = metadata_noise
+    # Every copy to the device is asynchronous from pinned memory (the loader pins on GPUs):
+    # the host queues the step's kernels instead of waiting for each copy.
     return {
         "pixel_values": batch_to_device(pixels, device, loader),
         "pixel_mask": pixel_mask,
         "wavelengths": wavelengths,
-        "noise": noise.to(device),
+        "noise": noise,
         **metadata,
     }
 
@@ -85,10 +87,14 @@ def train_step(run: Run, model, optimizer, data_iter, loader, config, step: int,
     for micro in range(accumulation):
         batch = run.stop.next_batch(data_iter)
         batch_size = (batch["pixel_values"] if isinstance(batch, dict) else batch).shape[0]
-        noise = mask_noise(args.seed, step, micro, run.rank, (batch_size, config.num_patches))
+        noise = mask_noise(
+            args.seed, step, micro, run.rank, (batch_size, config.num_patches), device=device
+        )
         metadata_noise = None
         if config.metadata_dropout and (config.temporal_encoding or config.location_encoding):
-            metadata_noise = mask_noise(args.seed, step, micro, run.rank, (batch_size, 2), stream=1)
+            metadata_noise = mask_noise(
+                args.seed, step, micro, run.rank, (batch_size, 2), stream=1, device=device
+            )
         inputs = model_inputs(batch, config, device, loader, noise, metadata_noise)
         if window.steps == 0 and micro == 0:
             window.check_weights(model)
