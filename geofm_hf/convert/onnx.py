@@ -497,12 +497,15 @@ def export_onnx(
     out = _check_output(output)
     folder, model_id, revision = _resolve(model, revision)
     class_name = _model_class(folder)
-    loaded, processor = _load(folder, class_name)
-    config = loaded.config
+    from ..configuration_geofm import GeoViTMAEConfig
+
+    # The band choice is checked on the config, before any weight is read.
+    config = GeoViTMAEConfig.from_pretrained(folder)
     bands, wavelengths, sensor = _export_bands(config, band_names, sensor, wavelengths_um)
+    loaded, processor = _load(folder, class_name)
     graph, reference, outputs, channels = _graph(loaded, class_name, wavelengths, encoder_only)
     metadata = _metadata(
-        config,
+        loaded.config,
         processor,
         class_name=class_name,
         outputs=outputs,
