@@ -230,10 +230,10 @@ def _model_class(folder: Path) -> str:
 
 def _load(folder: Path, class_name: str):
     """The model (eval mode, fp32) and the image processor saved beside it."""
-    import geofm_hf
-    from geofm_hf import GeoViTMAEImageProcessor
+    from .. import modeling_geofm
+    from ..image_processing_geofm import GeoViTMAEImageProcessor
 
-    model = getattr(geofm_hf, class_name).from_pretrained(folder, dtype=torch.float32)
+    model = getattr(modeling_geofm, class_name).from_pretrained(folder, dtype=torch.float32)
     model.eval()
     if (folder / "preprocessor_config.json").is_file():
         processor = GeoViTMAEImageProcessor.from_pretrained(folder)
