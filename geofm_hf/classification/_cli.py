@@ -1,4 +1,5 @@
-"""YAML + command-line arguments for the classification recipes (HfArgumentParser)."""
+"""YAML + command-line arguments for the probe, fine-tune and segmentation recipes
+(HfArgumentParser), and the recipes' ``main``."""
 
 from __future__ import annotations
 
@@ -45,3 +46,11 @@ def parse_recipe_args(dataclass_types, argv: list[str] | None = None):
     parsed = parser.parse_args_into_dataclasses(args=base + argv, look_for_args_file=False)
     check_argument_values(*parsed)
     return parsed
+
+
+def recipe_main(dataclass_type, run, argv: list[str] | None = None):
+    """A recipe's ``main``: parse ``[CONFIG.yaml] [--key value ...]`` into ``dataclass_type`` and
+    return ``run(args)``. Wrap it in :func:`~geofm_hf.training.arguments.run_recipe` at the
+    command line, so bad arguments and bad data exit 2 with one line."""
+    (args,) = parse_recipe_args(dataclass_type, argv)
+    return run(args)

@@ -12,6 +12,10 @@ narrows model and processor together); extra dataset bands must be dropped expli
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+
 from ..bands import (
     Band,
     canonical_band_name,
@@ -19,11 +23,14 @@ from ..bands import (
     get_sensor_bands,
     match_bands_by_wavelength,
 )
+from ..data.format import BadInputError
 
 __all__ = [
+    "BandMatch",
     "BandMismatchError",
     "dataset_band_table",
     "map_dataset_bands",
+    "match_splits_to_model",
     "prepare_dataset_bands",
     "restrict_to_bands",
 ]
@@ -32,8 +39,12 @@ __all__ = [
 _GENERIC = {"red": (0.665, 0.1), "green": (0.56, 0.1), "blue": (0.49, 0.1), "nir": (0.842, 0.15)}
 
 
-class BandMismatchError(ValueError):
-    """The dataset's bands cannot be matched to the model's band contract."""
+class BandMismatchError(BadInputError):
+    """The dataset's bands cannot be matched to the model's band contract (a user error: the
+    recipes exit 2 with its one line)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("band_mismatch", message)
 
 
 def dataset_band_table(
@@ -231,3 +242,42 @@ def prepare_dataset_bands(
     mapped = restrict_to_bands(model, processor, chosen, allow_subset, dataset_table=table)
     used = list(model.config.band_names or mapped)
     return index, mapped, used
+
+
+@dataclass
+class BandMatch:
+    """How a run feeds its dataset to the model (see :func:`match_splits_to_model`).
+
+    Attributes:
+        band_names: the model's name of each dataset channel kept, in the images' order (the
+            processor's ``band_names``).
+        bands_used: the model bands the run uses: all of them, or the explicit subset.
+        band_subset: whether ``bands_used`` is a strict subset of the model's bands.
+    """
+
+    band_names: list[str]
+    bands_used: list[str]
+    band_subset: bool
+
+
+def match_splits_to_model(model, processor, splits, args) -> BandMatch:
+    """Match the dataset of ``splits`` to ``model`` and ``processor`` as ``args`` asks.
+
+    :func:`prepare_dataset_bands` with the run's band options (``dataset_bands``,
+    ``dataset_sensor`` defaulting to the dataset's ``geofm_dataset.json``,
+    ``allow_band_subset``); the splits' images and ``band_names`` keep only the chosen channels,
+    in place. Every split must have the first one's bands.
+    """
+    model_bands = list(model.config.band_names or [])
+    names = list(splits[0].band_names)
+    channels, mapped, used = prepare_dataset_bands(
+        model, processor, names, dataset=args.dataset_name_or_path,
+        dataset_revision=args.dataset_revision, dataset_bands=args.dataset_bands,
+        dataset_sensor=args.dataset_sensor, allow_subset=args.allow_band_subset,
+    )  # fmt: skip
+    if channels != list(range(len(names))):
+        for split in splits:
+            split.images = (split.images[:, channels] if isinstance(split.images, np.ndarray)
+                            else [im[channels] for im in split.images])  # fmt: skip
+            split.band_names = [split.band_names[i] for i in channels]
+    return BandMatch(mapped, used, bool(model_bands) and len(used) < len(model_bands))

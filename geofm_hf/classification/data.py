@@ -21,19 +21,26 @@ from typing import Any
 
 import numpy as np
 
+from ..data.format import BadInputError
+
 __all__ = [
     "ClassificationDataError",
     "ClassificationSplit",
     "check_splits",
     "load_classification_split",
+    "load_train_test",
 ]
 
 _IMAGE_EXTENSIONS = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}
 _GEOTIFF = {".tif", ".tiff"}
 
 
-class ClassificationDataError(ValueError):
-    """A classification dataset that cannot be used as asked (missing column, empty split ...)."""
+class ClassificationDataError(BadInputError):
+    """A classification dataset that cannot be used as asked (missing column, empty split ...);
+    a user error: the recipes exit 2 with its one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("classification_data", message)
 
 
 @dataclass
@@ -135,6 +142,17 @@ def check_splits(train: ClassificationSplit, test: ClassificationSplit) -> None:
 
 
 # ---------------------------------------------------------------------------- our shards
+def load_train_test(args) -> tuple[ClassificationSplit, ClassificationSplit]:
+    """The train and test splits a run's arguments name (a
+    :class:`~geofm_hf.classification.ClassificationArguments`), checked by :func:`check_splits`."""
+    load = dict(revision=args.dataset_revision, image_column=args.image_column,
+                label_column=args.label_column, band_names=args.band_names)  # fmt: skip
+    train = load_classification_split(args.dataset_name_or_path, args.train_split, **load)
+    test = load_classification_split(args.dataset_name_or_path, args.test_split, **load)
+    check_splits(train, test)
+    return train, test
+
+
 def _is_geofm_hub_dataset(repo_id: str, revision: str | None) -> bool:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError

@@ -11,11 +11,15 @@ from .._atomic import atomic_write_text
 
 __all__ = [
     "RESULTS_NAME",
+    "dataset_label",
     "eval_results",
+    "fine_tuned_record",
     "load_results",
+    "merge_eval_results",
     "paired_comparison",
     "protocol_rows",
     "results_table",
+    "run_fields",
     "update_model_card",
     "write_results",
 ]
@@ -26,39 +30,24 @@ _METRICS = (("top1", "accuracy", "Top-1 accuracy"), ("top5", "top_5_accuracy", "
 _REQUIRED = ("top1", "top5", "macro_f1", "num_train", "num_test", "model_name_or_path", "dataset")
 
 
-def results_record(
-    *,
-    metrics: dict[str, Any],
-    protocol: str,
-    args: Any,
-    preset: str | None,
-    num_parameters_encoder: int,
-    dataset_name: str,
-    train: Any,
-    test: Any,
-    num_classes: int,
-    bands_used: list[str],
-    band_subset: bool,
-    matrix: Any,
-    **extra: Any,
-) -> dict[str, Any]:
-    """The ``results.json`` record shared by the probe and fine-tuning recipes.
+def dataset_label(args: Any) -> str:
+    """The dataset's display name: ``--dataset_name``, else its folder or repo name."""
+    return args.dataset_name or Path(args.dataset_name_or_path).name
 
-    ``args`` is the recipe's argument dataclass (model, dataset and split fields are read from
-    it); ``extra`` adds the protocol's own fields (commit, probe schedule, losses, ...).
-    """
+
+def run_fields(
+    args: Any, *, train: Any, test: Any, num_classes: int, bands_used: list[str],
+    band_subset: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """The fields every run's ``results.json`` has (probe, fine-tune, segmentation): what was
+    run on what, read from the run's arguments and its train and test splits."""
     from dataclasses import asdict
 
     return {
-        **metrics,
-        "protocol": protocol,
-        "feature": args.feature,
         "model_name_or_path": args.model_name_or_path,
         "revision": args.revision,
-        "preset": preset,
-        "num_parameters_encoder": num_parameters_encoder,
         "dataset": args.dataset_name_or_path,
-        "dataset_name": dataset_name,
+        "dataset_name": dataset_label(args),
         "dataset_revision": args.dataset_revision,
         "train_split": args.train_split,
         "test_split": args.test_split,
@@ -68,18 +57,54 @@ def results_record(
         "label_names": train.label_names,
         "bands_used": bands_used,
         "band_subset": band_subset,
-        "confusion_matrix": matrix.tolist(),
-        "confusion_matrix_png": "confusion_matrix.png",
-        **extra,
         "args": asdict(args),
     }
 
 
-def write_results(output_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
-    """Write ``output_dir/results.json`` atomically (keys sorted, indented)."""
-    missing = [k for k in _REQUIRED if k not in results]
+def results_record(
+    *,
+    metrics: dict[str, Any],
+    protocol: str,
+    args: Any,
+    preset: str | None,
+    num_parameters_encoder: int,
+    train: Any,
+    test: Any,
+    num_classes: int,
+    bands_used: list[str],
+    band_subset: bool,
+    matrix: Any,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The ``results.json`` record shared by the probe and fine-tuning runs.
+
+    ``args`` is the run's argument dataclass (model, dataset and split fields are read from
+    it); ``extra`` adds the protocol's own fields (commit, probe schedule, losses, ...).
+    """
+    fields = run_fields(args, train=train, test=test, num_classes=num_classes,
+                        bands_used=bands_used, band_subset=band_subset)  # fmt: skip
+    return {
+        **metrics,
+        "protocol": protocol,
+        "feature": args.feature,
+        "preset": preset,
+        "num_parameters_encoder": num_parameters_encoder,
+        "confusion_matrix": matrix.tolist(),
+        "confusion_matrix_png": "confusion_matrix.png",
+        **{k: v for k, v in fields.items() if k != "args"},
+        **extra,
+        "args": fields["args"],
+    }
+
+
+def write_results(
+    output_dir: str | os.PathLike, results: dict[str, Any], required: tuple = _REQUIRED
+) -> Path:
+    """Write ``output_dir/results.json`` atomically (keys sorted, indented), once it has the
+    ``required`` keys (the classification ones by default)."""
+    missing = [k for k in required if k not in results]
     if missing:
-        raise ValueError(f"results lack {missing}; expected at least {list(_REQUIRED)}")
+        raise ValueError(f"results lack {missing}; expected at least {list(required)}")
     path = Path(output_dir) / RESULTS_NAME
     atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True) + "\n")
     return path
@@ -225,10 +250,18 @@ def eval_results(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def update_model_card(card_dir: str | os.PathLike, results: dict[str, Any], record=None) -> Path:
-    """Merge ``results`` into ``card_dir/run_record.json`` and re-render ``card_dir/README.md``.
+    """Merge ``results`` into ``card_dir/run_record.json`` and re-render ``card_dir/README.md``
+    (see :func:`merge_eval_results`). Returns the card's path."""
+    return merge_eval_results(card_dir, eval_results(results), record=record)
+
+
+def merge_eval_results(
+    card_dir: str | os.PathLike, rows: list[dict[str, Any]], record=None
+) -> Path:
+    """Merge model-index ``rows`` into ``card_dir/run_record.json`` and re-render the card.
 
     Rows of the same task, dataset, split and metric name are replaced, others kept, so running
-    the probe again updates the card instead of duplicating entries. Without a run record in
+    an evaluation again updates the card instead of duplicating entries. Without a run record in
     ``card_dir``, ``record`` (a :class:`~geofm_hf.model_card.RunRecord`, e.g. from
     ``RunRecord.from_model``) is used. Returns the card's path.
     """
@@ -243,12 +276,28 @@ def update_model_card(card_dir: str | os.PathLike, results: dict[str, Any], reco
             f"no {RUN_RECORD_NAME} in {card_dir}: pass record= (RunRecord.from_model(model))"
         )
     record = RunRecord.from_dict(record.to_dict())  # a copy: the caller's record is not changed
-    new = eval_results(results)
 
     def key(row):
         return (row["task"], row["dataset_name"], row.get("split"), row.get("metric_name"))
 
-    replaced = {key(r) for r in new}
-    record.eval_results = [r for r in record.eval_results if key(r) not in replaced] + new
+    replaced = {key(r) for r in rows}
+    record.eval_results = [r for r in record.eval_results if key(r) not in replaced] + rows
     record.save(record_path)
     return write_model_card(card_dir, record)
+
+
+def fine_tuned_record(model, processor, args: Any, loop: Any, world_size: int, limitation: str):
+    """The :class:`~geofm_hf.model_card.RunRecord` of a model fine-tuned from
+    ``args.model_name_or_path`` (``loop``: the :class:`~geofm_hf.classification.LoopResult`)."""
+    from dataclasses import asdict
+
+    from ..model_card import RunRecord
+
+    return RunRecord.from_model(
+        model, processor, base_model=args.model_name_or_path, base_model_revision=args.revision,
+        global_batch=loop.global_batch, steps=loop.steps, world_size=world_size,
+        final_loss=loop.losses[-1] if loop.losses else None,
+        datasets=[{"repo_id_or_path": args.dataset_name_or_path,
+                   "revision": args.dataset_revision}],
+        run_config=asdict(args), limitations=[limitation],
+    )  # fmt: skip

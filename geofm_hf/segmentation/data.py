@@ -8,9 +8,19 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SegmentationSplit", "load_segmentation_split"]
+from ..data.format import BadInputError
+
+__all__ = ["SegmentationDataError", "SegmentationSplit", "load_segmentation_split"]
 
 _CHIP = re.compile(r"_r(\d+)_c(\d+)$")
+
+
+class SegmentationDataError(BadInputError):
+    """A segmentation dataset that cannot be used as asked (no masks, no such split ...); a user
+    error: the recipe exits 2 with its one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("segmentation_data", message)
 
 
 @dataclass
@@ -43,12 +53,14 @@ def load_segmentation_split(source: str | Path, split: str, revision: str | None
     info = read_dataset_info(source, revision=revision)
     names = info.extra.get("mask_label_names")
     if not names:
-        raise ValueError(
+        raise SegmentationDataError(
             f"{source}: geofm_dataset.json has no mask_label_names, so its shards hold no masks; "
             "expected shards written with geofm-make-shards --labels or --labels-vector."
         )
     if split not in info.shards:
-        raise ValueError(f"{source} has no split {split!r}: expected one of {sorted(info.shards)}.")
+        raise SegmentationDataError(
+            f"{source} has no split {split!r}: expected one of {sorted(info.shards)}."
+        )
     tables = []
     for shard in info.shards[split]:
         if isinstance(source, Path):
@@ -60,9 +72,13 @@ def load_segmentation_split(source: str | Path, split: str, revision: str | None
         tables.append(pq.read_table(file))
     table = pa.concat_tables(tables)
     if table.num_rows == 0:
-        raise ValueError(f"{source} split {split!r} is empty: expected at least one chip.")
+        raise SegmentationDataError(
+            f"{source} split {split!r} is empty: expected at least one chip."
+        )
     if mask_column not in table.column_names:
-        raise ValueError(f"{source}: no {mask_column!r} column; found {table.column_names}")
+        raise SegmentationDataError(
+            f"{source}: no {mask_column!r} column; found {table.column_names}"
+        )
     images = decode_batch(table)
     side = images.shape[-1]
     masks = np.frombuffer(b"".join(table.column(mask_column).to_pylist()), dtype=np.uint8)

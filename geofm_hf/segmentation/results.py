@@ -1,4 +1,5 @@
-"""Segmentation scores through the shipped ``mean_iou`` module, and the card's model-index."""
+"""Segmentation scores through the shipped ``mean_iou`` module, the majority-class baseline, the
+run's ``results.json`` record and the card's model-index."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["segmentation_metrics", "update_segmentation_card"]
+__all__ = [
+    "majority_class_baseline",
+    "segmentation_metrics",
+    "segmentation_record",
+    "update_segmentation_card",
+]
 
 
 def segmentation_metrics(predictions, references, num_labels: int, ignore_index: int = 255,
@@ -31,20 +37,51 @@ def segmentation_metrics(predictions, references, num_labels: int, ignore_index:
     }
 
 
+def majority_class_baseline(train, test) -> tuple[int, dict[str, Any]]:
+    """The class most frequent among ``train``'s labelled pixels, and the scores on ``test`` of
+    predicting it everywhere: what a model must beat to have learnt anything."""
+    num_classes, ignore = len(train.label_names), train.ignore_index
+    labelled = train.masks[train.masks != ignore]
+    majority = int(np.bincount(labelled, minlength=num_classes).argmax())
+    scores = segmentation_metrics(np.full_like(test.masks, majority), test.masks, num_classes,
+                                  ignore, train.label_names)  # fmt: skip
+    return majority, scores
+
+
+def segmentation_record(*, metrics: dict[str, Any], baseline: tuple[int, dict[str, Any]],
+                        args: Any, train, test, bands, **extra: Any) -> dict[str, Any]:  # fmt: skip
+    """The ``results.json`` record of a segmentation run: its scores, the majority-class
+    baseline's, and the fields every run records
+    (:func:`~geofm_hf.classification.results.run_fields`); ``extra`` adds losses, steps ..."""
+    from ..classification.results import run_fields
+
+    majority, scores = baseline
+    return {
+        **metrics,
+        "majority_class": train.label_names[majority],
+        "majority_class_mean_iou": scores["mean_iou"],
+        "majority_class_pixel_accuracy": scores["pixel_accuracy"],
+        "protocol": "segmentation fine-tune",
+        "random_init": args.random_init,
+        **run_fields(
+            args,
+            train=train,
+            test=test,
+            num_classes=len(train.label_names),
+            bands_used=bands.bands_used,
+            band_subset=bands.band_subset,
+        ),
+        **extra,
+    }
+
+
 def update_segmentation_card(card_dir: str | os.PathLike, results: dict[str, Any],
                              record=None) -> Path:  # fmt: skip
     """Merge mIoU and pixel accuracy into ``card_dir``'s run record and re-render its card
     (rows of the same task, dataset, split and metric are replaced, others kept)."""
-    from ..model_card import RUN_RECORD_NAME, RunRecord, write_model_card
+    from ..classification.results import merge_eval_results
 
-    card_dir = Path(card_dir)
-    record_path = card_dir / RUN_RECORD_NAME
-    if record_path.is_file():
-        record = RunRecord.load(record_path)
-    elif record is None:
-        raise FileNotFoundError(f"no {RUN_RECORD_NAME} in {card_dir}: pass record=")
-    record = RunRecord.from_dict(record.to_dict())
-    new = [
+    rows = [
         {
             "task": "image-segmentation",
             "dataset_name": results.get("dataset_name") or results["dataset"],
@@ -57,11 +94,4 @@ def update_segmentation_card(card_dir: str | os.PathLike, results: dict[str, Any
         for key, metric_type, name in (("mean_iou", "mean_iou", "mIoU"),
                                        ("pixel_accuracy", "accuracy", "Pixel accuracy"))
     ]  # fmt: skip
-
-    def key(row):
-        return (row["task"], row["dataset_name"], row.get("split"), row.get("metric_name"))
-
-    replaced = {key(r) for r in new}
-    record.eval_results = [r for r in record.eval_results if key(r) not in replaced] + new
-    record.save(record_path)
-    return write_model_card(card_dir, record)
+    return merge_eval_results(card_dir, rows, record=record)

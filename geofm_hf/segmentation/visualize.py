@@ -9,7 +9,7 @@ import numpy as np
 
 from .._atomic import atomic_savefig
 
-__all__ = ["class_colors", "rgb_composite", "save_prediction_png"]
+__all__ = ["class_colors", "rgb_composite", "save_prediction_png", "scene_mosaic"]
 
 
 def class_colors(num_classes: int) -> np.ndarray:
@@ -72,3 +72,20 @@ def save_prediction_png(panels: list[tuple[str, np.ndarray]], label_names: list[
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     return atomic_savefig(fig, path, format="png")
+
+
+def scene_mosaic(split, values: np.ndarray, fill) -> np.ndarray | None:
+    """Per-chip ``values`` ``(N, ..., H, W)`` of the split's first scene placed at their chip
+    offsets, ``fill`` elsewhere; ``None`` when no chip of that scene knows its offset."""
+    first = split.sources[0]
+    keep = [i for i, s in enumerate(split.sources) if s == first and split.offsets[i, 0] >= 0]
+    if not keep:
+        return None
+    side = split.masks.shape[-1]
+    r0, c0 = split.offsets[keep].min(0)
+    r1, c1 = split.offsets[keep].max(0) + side
+    canvas = np.full((*values.shape[1:-2], r1 - r0, c1 - c0), fill, dtype=values.dtype)
+    for i in keep:
+        r, c = split.offsets[i] - (r0, c0)
+        canvas[..., r : r + side, c : c + side] = values[i]
+    return canvas
