@@ -211,7 +211,7 @@ def embed(
         on_error: ``raise`` at the first bad scene, or ``skip`` it (counted in the summary) and
             stop only past ``max_error_fraction`` of the scenes.
     """
-    from ..data.writer import _ErrorPolicy
+    from ..data.error_policy import ErrorPolicy
 
     start = time.perf_counter()
     if pooling not in POOLINGS:
@@ -274,7 +274,7 @@ def embed(
     from tqdm.auto import tqdm
 
     bar = tqdm(desc="embed", unit="win", disable=not progress, total=0)
-    policy = _ErrorPolicy(on_error, max_error_fraction, len(scene_keys))
+    policy = ErrorPolicy(on_error, max_error_fraction, len(scene_keys))
     schema = _part_schema(part_dim)
     done_total = resumed = empty = 0
     crs_ref = None

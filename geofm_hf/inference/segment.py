@@ -132,7 +132,7 @@ def segment(
     import rasterio
     from tqdm.auto import tqdm
 
-    from ..data.writer import _ErrorPolicy
+    from ..data.error_policy import ErrorPolicy
     from ..modeling_geofm import GeoViTMAEForSemanticSegmentation
     from ..segmentation.visualize import class_colors
     from .cog import write_cog
@@ -160,7 +160,7 @@ def segment(
     net = loaded.model.to(torch_device)
     weight = _taper(window)
     k = len(names)
-    policy = _ErrorPolicy(on_error, max_error_fraction, len(scenes))
+    policy = ErrorPolicy(on_error, max_error_fraction, len(scenes))
     outputs: list[str] = []
     preview_path = None
     fractions: dict[str, float] = {}
