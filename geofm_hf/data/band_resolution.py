@@ -1,4 +1,4 @@
-"""Band and sensor resolution: which bands a scene has, what they are called, which sensor took them.
+"""Band and sensor resolution: a scene's bands, their names, and the sensor that took them.
 
 A scene's bands are named by their files (per-band files), their band descriptions, or
 ``band_names``; the sensor comes from ``sensor=`` or from evidence (product ids in file and folder

@@ -8,7 +8,6 @@ through a ``WarpedVRT`` and read one block of windows at a time (one window row 
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import numpy as np
 from affine import Affine
 
 from ..data.format import BadInputError
+from .geometry import window_origins
 
 __all__ = ["LoadedModel", "SceneGrid", "load_model", "open_scenes", "window_origins"]
 
@@ -80,16 +80,6 @@ def load_model(model: str | os.PathLike, revision: str | None = None, cls=None) 
         )
     return LoadedModel(loaded, processor, model_id, revision, bands, config.image_size,
                        config.patch_size)  # fmt: skip
-
-
-def window_origins(size: int, window: int, stride: int) -> list[int]:
-    """Offsets of windows of ``window`` px every ``stride`` px covering ``size`` px.
-
-    The last window may reach past the edge (it is padded and its valid fraction says so), so
-    the windows form one regular grid that covers every pixel.
-    """
-    count = math.ceil(max(size - window, 0) / stride) + 1
-    return [i * stride for i in range(count)]
 
 
 @dataclass

@@ -136,7 +136,7 @@ def segment(
     from ..modeling_geofm import GeoViTMAEForSemanticSegmentation
     from ..segmentation.visualize import class_colors
     from .cog import write_cog
-    from .embed import _use_bf16
+    from .encoder import use_bf16
 
     start = time.perf_counter()
     output = Path(output)
@@ -156,7 +156,7 @@ def segment(
     torch_device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     )
-    bf16 = _use_bf16(dtype, torch_device)
+    bf16 = use_bf16(dtype, torch_device)
     net = loaded.model.to(torch_device)
     weight = _taper(window)
     k = len(names)
