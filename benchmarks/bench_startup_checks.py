@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from geofm_hf.data import read_dataset_info, sample_dataset_path  # noqa: E402
+from geofm_hf.data.publish import _sha256, _write_parquet_atomic  # noqa: E402
 from geofm_hf.data.verify import check_shard_footers  # noqa: E402
-from geofm_hf.data.writer import _sha256, _write_parquet_atomic  # noqa: E402
 
 
 def _timed(fn) -> float:

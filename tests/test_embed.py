@@ -278,7 +278,7 @@ def test_embeddings_own_their_memory(model, pooling):
     hidden state (the CLS slice) kept all of it alive, so memory grew with the scene."""
     import torch
 
-    from geofm_hf.inference.embed import _Encoder
+    from geofm_hf.inference.encoder import WindowEncoder as _Encoder
     from geofm_hf.inference.scenes import load_model
 
     loaded = load_model(model)

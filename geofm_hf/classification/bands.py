@@ -163,7 +163,7 @@ def restrict_to_bands(
     :func:`geofm_hf.select_input_bands` to those bands, in the dataset's order. Otherwise
     :class:`BandMismatchError`.
     """
-    from .. import select_input_bands
+    from ..modeling_geofm import select_input_bands
 
     model_bands = list(model.config.band_names or [])
     if not model_bands:

@@ -8,7 +8,9 @@ from .format import (
     decode_image,
     read_dataset_info,
 )
-from .stream import GeoPretrainStream, PretrainLoader, load_geo_dataset, make_pretrain_dataloader
+from .hub_access import load_geo_dataset
+from .loader import PretrainLoader, make_pretrain_dataloader
+from .stream import GeoPretrainStream
 from .writer import ChipMeta, WriteSummary, write_shards
 
 __all__ = [

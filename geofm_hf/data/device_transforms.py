@@ -43,7 +43,7 @@ class RawBatch(NamedTuple):
 
 def crop_uint16(sources, params: np.ndarray, crop: int) -> RawBatch:
     """Host side: copy each sample's crop window, nothing else (``params`` rows are
-    ``(y, x, hflip, vflip, rot90_k)`` from :func:`geofm_hf.data.stream.augmentation_params`)."""
+    ``(y, x, hflip, vflip, rot90_k)`` from :func:`geofm_hf.data.layout.augmentation_params`)."""
     first, _ = sources[0]
     raw = np.empty((len(sources), first.shape[1], crop, crop), dtype=first.dtype)
     for i, ((arr, j), (y, x)) in enumerate(zip(sources, params[:, :2])):

@@ -26,6 +26,7 @@ __all__ = [
     "FRAME_DATETIMES_FIELD",
     "SHARD_FOOTER_METADATA",
     "SHARD_SCHEMA",
+    "STAGING_DIR",
     "VALID_MASK_FIELD",
     "BadInputError",
     "GeoDatasetInfo",
@@ -40,6 +41,8 @@ __all__ = [
 
 FORMAT_VERSION = 1
 DATASET_INFO_FILE = "geofm_dataset.json"
+# A run writes its shards here first; its presence marks an unfinished run, never a dataset.
+STAGING_DIR = ".geofm_staging"
 
 SHARD_SCHEMA = pa.schema(
     [

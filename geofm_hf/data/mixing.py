@@ -1,6 +1,6 @@
 """Pretraining on several datasets (several sensors) at once, one band set per batch.
 
-Each dataset keeps its own single-dataset loader (:class:`geofm_hf.data.stream.PretrainLoader`,
+Each dataset keeps its own single-dataset loader (:class:`geofm_hf.data.loader.PretrainLoader`,
 with its own normalisation and exact resume). At step ``k`` every rank draws the same dataset,
 chosen by a generator seeded with ``(seed, k)``: the choice is a pure function of the step, so a
 run resumed from :meth:`MixedPretrainLoader.state_dict` draws exactly the datasets and batches an
@@ -37,7 +37,7 @@ class MixedPretrainLoader:
     Args:
         loaders: ``{name: loader}``; each loader yields tensors ``(B, C, H, W)`` or dicts with
             ``pixel_values``, and has ``state_dict`` / ``load_state_dict`` and ``stats``
-            (``num_samples``), as :class:`~geofm_hf.data.stream.PretrainLoader` does.
+            (``num_samples``), as :class:`~geofm_hf.data.loader.PretrainLoader` does.
         wavelengths: ``{name: [um, ...]}``, one centre wavelength per band of that dataset.
         bandwidths: ``{name: [um, ...]}``, one full width per band, for a model that reads
             them (``wavelength_bandwidths``); every dataset must then have them.

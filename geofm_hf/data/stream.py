@@ -1,10 +1,10 @@
 """Streaming readers: ``datasets`` IterableDataset access and the MAE pretraining stream.
 
-``load_geo_dataset`` is the single entry point for a Hub repo id and a local folder
-(``datasets.load_dataset(..., streaming=True)``). ``GeoPretrainStream`` reads the same files for
-pretraining: each (rank, DataLoader worker) takes a contiguous stretch of the epoch's shuffled
-shard sequence (see ``_Layout``), opens only the shards under it, reads only their Parquet row
-groups under it (exact HTTP range requests through ``huggingface_hub.HfFileSystem``, the
+``load_geo_dataset`` (:mod:`~geofm_hf.data.hub_access`) is the single entry point for a Hub repo
+id and a local folder (``datasets.load_dataset(..., streaming=True)``). ``GeoPretrainStream`` reads
+the same files for pretraining: each (rank, DataLoader worker) takes a contiguous stretch of the epoch's shuffled
+shard sequence (see :mod:`~geofm_hf.data.layout`), opens only the shards under it, reads only their
+Parquet row groups under it (exact HTTP range requests through ``huggingface_hub.HfFileSystem``, the
 filesystem ``datasets`` streams with, at one pinned commit), produces whole batches, and orders,
 augments and drops samples as pure functions of (seed, epoch, sample index), so a loader
 restored from ``state_dict()`` yields exactly the batches an uninterrupted run would have yielded.
@@ -29,7 +29,6 @@ and re-reads only the shard pieces it was in the middle of.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import OrderedDict
 from typing import Any
@@ -50,15 +49,12 @@ from .format import (
     read_dataset_info,
     read_parquet_footer,
 )
+from .hub_access import _CountingFile, _file_size, _hub_commit, _is_transient
+from .layout import _Layout, augmentation_params
 
-__all__ = ["GeoPretrainStream", "PretrainLoader", "load_geo_dataset", "make_pretrain_dataloader"]
+__all__ = ["GeoPretrainStream"]
 
 logger = logging.getLogger(__name__)
-
-# 2: contiguous stretches per reader. A version-1 position means other samples under this
-# layout, so it is refused rather than resumed into a different order.
-_STATE_VERSION = 2
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 try:
     from huggingface_hub.errors import EntryNotFoundError
@@ -66,211 +62,11 @@ except ImportError:  # pragma: no cover - older huggingface_hub
     from huggingface_hub.utils import EntryNotFoundError
 
 
-def load_geo_dataset(name_or_path: str | os.PathLike, split: str = "train",
-                     revision: str | None = None):  # fmt: skip
-    """Stream a geofm dataset (Hub dataset repo id or local folder) as a ``datasets``
-    ``IterableDataset``.
-
-    One code path for both: ``datasets.load_dataset(name_or_path, split=split,
-    revision=revision, streaming=True)``. Rows keep ``image`` as bytes (no int64 blow-up);
-    decode a row with :func:`geofm_hf.data.decode_image` or an Arrow batch
-    (``ds.with_format("arrow").iter(batch_size=n)``) with :func:`geofm_hf.data.decode_batch`.
-    """
-    import datasets
-    import pyarrow.dataset as pds
-
-    dataset_location(name_or_path)  # a mistyped path fails here, before any network call
-    # Verify each page's CRC32 (written by geofm-make-shards): a flipped byte is an error,
-    # not altered pixels. Pages written without a checksum are read as before.
-    scan = pds.ParquetFragmentScanOptions(page_checksum_verification=True)
-    try:
-        return datasets.load_dataset(
-            str(name_or_path), split=split, revision=revision, streaming=True,
-            fragment_scan_options=scan,
-        )  # fmt: skip
-    except ValueError as err:
-        if "Unknown split" in str(err) or "split" in str(err).lower():
-            raise ValueError(f"{name_or_path}: cannot stream split {split!r}: {err}") from err
-        raise
-
-
-def _hub_commit(repo_id: str, revision: str | None) -> str:
-    from huggingface_hub import HfApi
-
-    return HfApi().dataset_info(repo_id, revision=revision).sha
-
-
-def _file_size(fh) -> int:
-    size = getattr(fh, "size", None)
-    return int(size) if size is not None else os.fstat(fh.fileno()).st_size
-
-
-class _CountingFile:
-    """Read-only file wrapper that reports the bytes read (so ``stats`` shows the I/O)."""
-
-    def __init__(self, fh, size: int, count):
-        self._fh, self._size, self._count = fh, size, count
-        self.closed = False
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._fh.read(n)
-        self._count(len(data))
-        return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._fh.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._fh.tell()
-
-    def size(self) -> int:
-        return self._size
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def _is_transient(err: BaseException) -> bool:
-    """A server or network failure (5xx, 429, timeouts, dropped connections), not bad data."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        response = getattr(err, "response", None)
-        status = getattr(response, "status_code", None)
-        if status is not None and (status >= 500 or status == 429):
-            return True
-        if isinstance(err, (ConnectionError, TimeoutError)):
-            return True
-        if type(err).__module__.split(".")[0].startswith("httpx") and not status:
-            return True  # the HTTP client's transport errors (connect, read, protocol)
-        err = err.__cause__ or err.__context__
-    return False
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    # Counter-based hash: augmentation draws are a pure function of their inputs, so a resumed
-    # stream needs no RNG state (uint64 arithmetic wraps by design).
-    x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
-    x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
-    x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
-    return x ^ (x >> np.uint64(31))
-
-
-def augmentation_params(seed: int, epoch: int, sample_index: np.ndarray, size: int,
-                        crop: int) -> np.ndarray:  # fmt: skip
-    """Per-sample (crop_y, crop_x, hflip, vflip, rot90_k) for ``sample_index`` (int array).
-
-    A pure function of (seed, epoch, global sample index): same inputs, same augmentation.
-    """
-    idx = np.asarray(sample_index, dtype=np.uint64)
-    base = _splitmix64(_splitmix64(np.full_like(idx, seed % 2**63)) ^ np.uint64(epoch % 2**63))
-    base = _splitmix64(base ^ idx)
-    span = np.uint64(size - crop + 1)
-    out = np.empty((len(idx), 5), dtype=np.int64)
-    for k, modulus in enumerate((span, span, np.uint64(2), np.uint64(2), np.uint64(4))):
-        out[:, k] = (_splitmix64(base ^ np.uint64(k + 1)) % modulus).astype(np.int64)
-    return out
-
-
-class _Layout:
-    """Which rows each reader (rank x worker) takes in an epoch; pure metadata, no I/O.
-
-    An epoch is one sequence: the shards in a seeded shuffled order, each shard's rows in storage
-    order. Reader ``g`` of ``R`` takes the contiguous stretch ``[g * n, (g + 1) * n)`` of that
-    sequence, ``n = total // R``, split inside shards at its two ends. So every reader gets the
-    same count every epoch, readers are disjoint and together cover all but ``total % R`` samples
-    (the sequence's tail, a different part every epoch), and a reader opens at most
-    ``ceil(shards / R) + 1`` shards when all shards but one hold the same row count (what
-    geofm-make-shards writes; shorter shards lead the sequence). Inside a stretch, each
-    shard's piece is shuffled on its own, so a reader needs only the Parquet row groups under
-    its pieces and holds at most two pieces at a time.
-    """
-
-    def __init__(self, counts: list[int], seed: int, world_size: int, num_workers: int,
-                 batch_size: int, drop_last: bool):  # fmt: skip
-        self.counts = [int(c) for c in counts]
-        self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
-        self.total = int(self.offsets[-1])
-        self.seed = seed
-        self.num_readers = world_size * max(num_workers, 1)
-        self.batch_size = batch_size
-        self.drop_last = drop_last
-        self.mode = "stretch"
-        self.samples_per_reader = self.total // self.num_readers
-        if self.samples_per_reader == 0:
-            raise ValueError(
-                f"{self.total} samples cannot feed {self.num_readers} readers "
-                f"(world_size x num_workers); use fewer ranks/workers or more data"
-            )
-        if drop_last:
-            self.batches_per_epoch = self.samples_per_reader // batch_size
-        else:
-            self.batches_per_epoch = math.ceil(self.samples_per_reader / batch_size)
-        if self.batches_per_epoch == 0:
-            raise ValueError(
-                f"each of the {self.num_readers} readers gets {self.samples_per_reader} samples "
-                f"per epoch, fewer than batch_size={batch_size}; lower batch_size or drop_last"
-            )
-
-    def _rng(self, *key: int) -> np.random.Generator:
-        return np.random.Generator(np.random.PCG64([self.seed, *key]))
-
-    def shard_order(self, epoch: int) -> np.ndarray:
-        # Shards shorter than the longest (the writer's last one) lead the sequence: a short
-        # shard in the middle could make one stretch span one shard more than the bound.
-        order = self._rng(epoch, 0).permutation(len(self.counts))
-        counts = np.asarray(self.counts)[order]
-        return np.concatenate([order[counts < counts.max()], order[counts == counts.max()]])
-
-    def reader_pieces(self, epoch: int, reader: int) -> list[tuple[int, int, int]]:
-        """``reader``'s stretch of ``epoch`` as (shard, first_row, stop_row), in reading order."""
-        order = self.shard_order(epoch)
-        ends = np.cumsum(np.asarray(self.counts, dtype=np.int64)[order])
-        lo = reader * self.samples_per_reader
-        hi = lo + self.samples_per_reader
-        pieces = []
-        # First shard whose end is past lo, up to the shard holding position hi - 1.
-        for k in range(int(np.searchsorted(ends, lo, side="right")), len(order)):
-            begin = int(ends[k]) - self.counts[order[k]]
-            if begin >= hi:
-                break
-            a, b = max(lo, begin) - begin, min(hi, int(ends[k])) - begin
-            if b > a:
-                pieces.append((int(order[k]), a, b))
-        return pieces
-
-    def piece_rows(self, epoch: int, piece: tuple[int, int, int]) -> np.ndarray:
-        shard, a, b = piece
-        return a + self._rng(epoch, 1, shard, a).permutation(b - a)
-
-    def dropped_per_epoch(self) -> dict[str, int]:
-        """Samples per epoch not seen (all readers): to keep readers in step, and by drop_last."""
-        balance = self.total - self.samples_per_reader * self.num_readers
-        last = (self.samples_per_reader % self.batch_size) if self.drop_last else 0
-        return {"to_balance_readers": int(balance), "by_drop_last": int(last * self.num_readers)}
-
-    def reader_positions(self, epoch: int, reader: int) -> tuple[np.ndarray, np.ndarray]:
-        """(shard, row) arrays of ``reader``'s samples in epoch order (length samples_per_reader)."""
-        pieces = self.reader_pieces(epoch, reader)
-        shards = np.concatenate([np.full(b - a, s, dtype=np.int64) for s, a, b in pieces])
-        rows = np.concatenate([self.piece_rows(epoch, p) for p in pieces]).astype(np.int64)
-        return shards, rows
-
-
 class GeoPretrainStream(torch.utils.data.IterableDataset):
     """Infinite stream of normalised, augmented float32 batches (B, C, crop, crop).
 
-    Yields whole batches (use ``DataLoader(batch_size=None)``; :func:`make_pretrain_dataloader`
-    does this). ``start_batch`` is the number of batches this rank already consumed; with
+    Yields whole batches (use ``DataLoader(batch_size=None)``;
+    :func:`~geofm_hf.data.loader.make_pretrain_dataloader` does this). ``start_batch`` is the number of batches this rank already consumed; with
     ``num_workers`` > 0 DataLoader workers take batches round-robin, so worker ``w`` of a
     resumed loader plays logical worker ``(w + start_batch) % num_workers``.
     """
@@ -767,188 +563,3 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
             "batches_per_epoch_per_rank": self.layout.batches_per_epoch * max(self.num_workers, 1),
             "dropped_per_epoch": self.layout.dropped_per_epoch(),
         }
-
-
-class PretrainLoader:
-    """Iterable of float32 batches with exact resume: ``state_dict()`` / ``load_state_dict()``.
-
-    Wraps ``torch.utils.data.DataLoader(stream, batch_size=None)``. Infinite: iterate it for
-    as many steps as the trainer needs. ``stats`` reports the layout and every dropped sample.
-    """
-
-    def __init__(self, stream: GeoPretrainStream, *, num_workers: int = 0,
-                 pin_memory: bool = False, prefetch_factor: int | None = 2):  # fmt: skip
-        self.stream = stream
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.prefetch_factor = prefetch_factor if num_workers > 0 else None
-        self._consumed = 0
-        self.stats = stream.describe()
-        if num_workers > 0:
-            # Workers hold their own copies of the stream: what they skip is counted here.
-            stream._shared_counts = torch.multiprocessing.Array("q", len(stream.counts) + 1)
-        dropped = self.stats["dropped_per_epoch"]
-        if any(dropped.values()):
-            logger.info(
-                "pretrain stream %s:%s: %d samples per epoch dropped across all ranks "
-                "(%d to keep readers in step, %d by drop_last)", stream.name_or_path,
-                stream.split, sum(dropped.values()), dropped["to_balance_readers"],
-                dropped["by_drop_last"],
-            )  # fmt: skip
-
-    @property
-    def batches_per_epoch(self) -> int:
-        """Batches this rank yields per epoch."""
-        return self.stats["batches_per_epoch_per_rank"]
-
-    def __iter__(self):
-        self.stream.start_batch = self._consumed
-        if self.num_workers == 0:
-            iterator = iter(self.stream)
-        else:
-            loader = torch.utils.data.DataLoader(
-                self.stream, batch_size=None, num_workers=self.num_workers,
-                pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor,
-                persistent_workers=False,
-            )  # fmt: skip
-            iterator = iter(loader)
-        for batch in iterator:
-            self._consumed += 1
-            self.stats.update(self.stream.stats)  # bad shards met in this process, live
-            if self.stream._shared_counts is not None:
-                self._merge_worker_counts()
-            self.stats["batches_consumed"] = self._consumed
-            yield batch
-
-    def _merge_worker_counts(self) -> None:
-        shared, counts = self.stream._shared_counts, self.stream.counts
-        found = [i for i in range(len(counts)) if shared[i]]
-        bad = sorted(set(self.stats.get("bad_shards", [])) | set(found))
-        self.stats["bad_shards"] = bad
-        self.stats["rows_lost_to_bad_shards"] = sum(counts[i] for i in bad)
-        self.stats["batches_lost_to_bad_shards"] = self.stream.stats.get(
-            "batches_lost_to_bad_shards", 0
-        ) + int(shared[-1])
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-able position of the stream (batches consumed + what fixes the order)."""
-        s = self.stream
-        return {
-            "version": _STATE_VERSION,
-            "batches_consumed": self._consumed,
-            "seed": s.seed,
-            "split": s.split,
-            "rank": s.rank,
-            "world_size": s.world_size,
-            "num_workers": s.num_workers,
-            "batch_size": s.batch_size,
-            "drop_last": s.drop_last,
-            "shard_rows": list(s.counts),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at ``state``; the loader must be built with the same order-defining settings."""
-        if state.get("version") != _STATE_VERSION:
-            raise ValueError(
-                f"cannot resume: the stream state has version {state.get('version')!r}, this "
-                f"geofm_hf reads version {_STATE_VERSION} (the reader layout changed, so the "
-                "saved position names other samples); resume with the geofm_hf that saved it, "
-                "or start the data stream afresh"
-            )
-        mine = self.state_dict()
-        keys = ("seed", "split", "world_size", "num_workers", "batch_size", "drop_last",
-                "shard_rows")  # fmt: skip
-        diff = {k: (state.get(k), mine[k]) for k in keys if state.get(k) != mine[k]}
-        if diff:
-            raise ValueError(
-                "cannot resume: the saved stream state differs from this loader in "
-                + ", ".join(f"{k} (saved {a!r}, now {b!r})" for k, (a, b) in diff.items())
-                + "; rebuild the loader with the saved settings"
-            )
-        self._consumed = int(state["batches_consumed"])
-
-
-def make_pretrain_dataloader(
-    name_or_path: str | os.PathLike,
-    *,
-    split: str = "train",
-    batch_size: int,
-    seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    num_workers: int = 0,
-    crop_size: int | None = None,
-    mean: list[float] | None = None,
-    std: list[float] | None = None,
-    augment: bool = True,
-    revision: str | None = None,
-    drop_last: bool = True,
-    on_error: str = "raise",
-    max_error_fraction: float = 0.05,
-    return_chip_ids: bool = False,
-    pin_memory: bool = False,
-    device_transforms: bool = False,
-    return_masks: bool = False,
-    check_shards: bool = True,
-    num_frames: int | None = None,
-    return_metadata: bool = False,
-) -> PretrainLoader:
-    """Build the MAE pretraining loader for a Hub repo id or local folder.
-
-    Yields float32 tensors (B, C, crop, crop) normalised as ``(x - mean) / std`` per band
-    (mean/std default to ``geofm_dataset.json``) and, with ``augment``, randomly cropped,
-    flipped and rotated by multiples of 90 degrees as a function of (seed, epoch, sample).
-    ``return_chip_ids=True`` yields ``(tensor, chip_ids)`` (for tests/debugging).
-    ``device_transforms=True`` yields :class:`~geofm_hf.data.device_transforms.RawBatch` (uint16
-    crops + flips) instead; finish it on the device with ``apply_device_transforms``.
-    ``return_masks=True`` yields ``{"pixel_values", "pixel_mask"}`` dicts: ``pixel_mask``
-    ``(B, crop, crop)`` bool, True where the pixel is valid (stored ``valid_mask``: nodata,
-    fill, cloud/QA; and NaN/inf), augmented with the pixels; pass it to the model so the
-    loss ignores invalid pixels. Invalid pixels are 0 (the band mean) in ``pixel_values``.
-    Time-series datasets (``num_frames`` T in ``geofm_dataset.json``) yield ``(B, T, C, crop,
-    crop)`` pixels and ``(B, T, crop, crop)`` masks; ``num_frames`` T' < T keeps the T' frames
-    with the fewest invalid pixels in each crop, in date order.
-    ``return_metadata=True`` adds ``temporal_coords`` ``(B, T', 2)`` (year, day of year of each
-    frame) and ``location_coords`` ``(B, 2)`` (latitude, longitude of the chip centre) from the
-    shards' ``datetime`` / ``frame_datetimes``, ``crs`` and ``transform``; NaN where unknown.
-    ``check_shards`` reads every shard's footer first (split across ranks; collective when
-    ``world_size`` > 1): a bad shard is an error at once, or skipped and counted under
-    ``on_error="skip"``.
-    """
-    stream = GeoPretrainStream(
-        name_or_path, split=split, batch_size=batch_size, seed=seed, rank=rank,
-        world_size=world_size, num_workers=num_workers, crop_size=crop_size, mean=mean, std=std,
-        augment=augment, revision=revision, drop_last=drop_last, on_error=on_error,
-        max_error_fraction=max_error_fraction, return_chip_ids=return_chip_ids,
-        device_transforms=device_transforms,
-        return_masks=return_masks, num_frames=num_frames, return_metadata=return_metadata,
-    )  # fmt: skip
-    if check_shards and stream.info is not None:
-        from .verify import check_shard_footers_on_all_ranks
-
-        problems = check_shard_footers_on_all_ranks(
-            name_or_path, stream.info, split, revision=revision, rank=rank, world_size=world_size
-        )
-        missing = [p for p in problems if p["problem"] == "is missing"]
-        if missing:  # shards are addressed by position in the folder: a gap shifts them all
-            raise BadInputError(
-                "missing_shard",
-                f"{len(missing)} shard file(s) of {name_or_path}:{split} listed in "
-                f"geofm_dataset.json are missing ({', '.join(p['file'] for p in missing[:5])}); "
-                "a missing file cannot be skipped. Restore it or rewrite the dataset.",
-            )
-        if problems and on_error == "raise":
-            listed = "; ".join(
-                f"shard {p['shard']} ({p['file']}) {p['problem']}" for p in problems[:5]
-            )
-            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-            raise BadInputError(
-                "bad_shard",
-                f"{len(problems)} of {len(stream.counts)} shards of {name_or_path}:{split} are "
-                f"bad: {listed}{more}. Rewrite them, or pass on_error='skip' to train on the rest.",
-            )
-        if problems:
-            stream.mark_bad_shards(problems)
-    loader = PretrainLoader(stream, num_workers=num_workers, pin_memory=pin_memory)
-    loader.stats.update(stream.stats)
-    return loader

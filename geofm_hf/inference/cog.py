@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from affine import Affine
 
 from .._atomic import atomic_path
-from .scenes import window_origins
+from .geometry import embedding_transform, window_origins
 
 __all__ = ["assemble_cogs", "pca_components", "save_rgb_png", "write_cog"]
 
@@ -129,8 +129,6 @@ def assemble_cogs(staging: Path, output: Path, grids: dict[int, dict[str, Any]],
     import rasterio
     from rasterio.crs import CRS
     from rasterio.windows import Window
-
-    from .embed import embedding_transform
 
     if not grids:
         for grid_file in sorted(staging.glob("s*.grid.json")):

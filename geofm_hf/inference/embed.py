@@ -27,12 +27,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from affine import Affine
 
 from .._atomic import atomic_path
+from ..data.error_policy import ErrorPolicy
 from ..data.format import BadInputError
+from .encoder import WindowEncoder, use_bf16
+from .geometry import embedding_transform
 from .geoparquet import BBOX_TYPE, bbox_polygons_wkb, geo_metadata
-from .scenes import LoadedModel, iter_windows, load_model, open_grid, open_scenes
+from .scenes import LoadedModel, SceneGrid, iter_windows, load_model, open_grid, open_scenes
 
 __all__ = ["EmbedSummary", "embed", "embedding_transform", "main"]
 
@@ -61,64 +63,6 @@ class EmbedSummary:
     @property
     def windows_per_s(self) -> float:
         return (self.num_windows - self.num_windows_resumed) / max(self.seconds, 1e-9)
-
-
-def embedding_transform(transform: Affine, window: int, stride: int, pooling: str,
-                        patch: int) -> Affine:  # fmt: skip
-    """Geotransform of the embedding raster of a scene with pixel transform ``transform``.
-
-    cls/mean: one pixel per window, ``stride`` scene pixels wide, centred on its window (with
-    ``stride == window`` the pixel is exactly the window). patch: one pixel per patch.
-    """
-    if pooling == "patch":
-        return transform @ Affine.scale(patch)
-    offset = (window - stride) / 2
-    return transform @ Affine.translation(offset, offset) @ Affine.scale(stride)
-
-
-def _use_bf16(dtype: str, device: torch.device) -> bool:
-    if dtype == "float32":
-        return False
-    if dtype == "bfloat16":
-        return True
-    if dtype != "auto":
-        raise ValueError(f"dtype must be auto, bfloat16 or float32: found {dtype!r}.")
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    from ..training.reporting import cpu_has_fast_bf16
-
-    return cpu_has_fast_bf16()
-
-
-class _Encoder:
-    """Processor + encoder on batches of NaN-marked windows -> float32 embeddings."""
-
-    def __init__(self, loaded: LoadedModel, pooling: str, device: torch.device, bf16: bool):
-        self.loaded = loaded
-        self.pooling = pooling
-        self.device = device
-        self.bf16 = bf16
-        self.model = loaded.model.to(device)
-        self.grid = loaded.image_size // loaded.patch_size
-
-    @torch.no_grad()
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        """``(B, C, S, S)`` raw values (NaN = missing) -> ``(B, D)`` or ``(B, D, g, g)``."""
-        batch = self.loaded.processor(pixels, return_tensors="pt")["pixel_values"]
-        batch = batch.to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            hidden = self.model(batch).last_hidden_state  # (B, 1 + L, D)
-        hidden = hidden.float()
-        if self.pooling == "cls":
-            out = hidden[:, 0]
-        elif self.pooling == "mean":
-            out = hidden[:, 1:].mean(dim=1)
-        else:
-            g = self.grid
-            out = hidden[:, 1:].transpose(1, 2).reshape(hidden.shape[0], -1, g, g)
-        # contiguous(): a view (the CLS slice) would keep the batch's whole hidden state alive for
-        # as long as its rows wait to be written (4096 rows of a ViT-L at 224 px: 3.2 GB).
-        return out.contiguous().cpu().numpy()
 
 
 def _part_schema(dim: int) -> pa.Schema:
@@ -211,28 +155,14 @@ def embed(
         on_error: ``raise`` at the first bad scene, or ``skip`` it (counted in the summary) and
             stop only past ``max_error_fraction`` of the scenes.
     """
-    from ..data.writer import _ErrorPolicy
-
     start = time.perf_counter()
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}: found {pooling!r}.")
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}: found {format!r}.")
-    if pca is not None and format != "cog":
-        raise ValueError("--pca applies to --format cog (a component raster); found parquet.")
+    _check_options(pooling, format, pca)
     output = Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it.")
     loaded = load_model(model, revision)
     window = loaded.image_size
-    stride = stride or window
-    if stride <= 0:
-        raise ValueError(f"stride must be positive: found {stride}.")
-    if pooling == "patch" and stride % loaded.patch_size:
-        raise ValueError(
-            f"pooling='patch' needs a stride that is a multiple of the patch size "
-            f"{loaded.patch_size} (patches must line up across windows): found {stride}."
-        )
+    stride = _check_stride(stride or window, pooling, loaded.patch_size)
     kind, sources = _window_sources(inputs, band_files)
     if kind == "shards" and format == "cog":
         raise ValueError(
@@ -242,19 +172,85 @@ def embed(
     torch_device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     )
-    bf16 = _use_bf16(dtype, torch_device)
-    encoder = _Encoder(loaded, pooling, torch_device, bf16)
+    bf16 = use_bf16(dtype, torch_device)
+    encoder = WindowEncoder(loaded, pooling, torch_device, bf16)
     dim = loaded.model.config.hidden_size
     g = window // loaded.patch_size
-    part_dim = dim * g * g if pooling == "patch" else dim
 
-    staging = output.with_name(output.name + ".partial")
     scene_keys = [s.source for s in sources] if kind == "rasters" else [str(sources[0])]
     manifest = {
         "model_id": loaded.model_id, "model_revision": loaded.revision, "window": window,
         "stride": stride, "pooling": pooling, "dim": dim, "scenes": scene_keys,
         "format": format, "pca": pca,
     }  # fmt: skip
+    staging = _open_staging(output, manifest, resume)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc="embed", unit="win", disable=not progress, total=0)
+    policy = ErrorPolicy(on_error, max_error_fraction, len(scene_keys))
+    parts = _PartWriter(encoder, staging, dim * g * g if pooling == "patch" else dim,
+                        batch_size, part_rows, bar)  # fmt: skip
+    if kind == "rasters":
+        tally = _embed_scenes(sources, loaded, window, stride, format, parts, policy)
+    else:
+        tally = _embed_shards(sources[0], dataset_revision, loaded, window, parts, policy)
+    bar.close()
+    if not tally.per_scene:
+        raise BadInputError("no_output", f"no scene could be embedded; skipped: {policy.summary()}")
+    meta = {"model_id": loaded.model_id, "model_revision": loaded.revision, "pooling": pooling,
+            "window": window, "stride": stride}  # fmt: skip
+    outputs: list[str] = []
+    preview_path = None
+    if format == "parquet":
+        _assemble_parquet(staging, output, tally.crs, dim, g, loaded, pooling, meta)
+        outputs.append(str(output))
+    else:
+        from .cog import assemble_cogs
+
+        outputs, preview_path = assemble_cogs(
+            staging, output, tally.grids, dim=dim, window=window, stride=stride, pooling=pooling,
+            patch=loaded.patch_size, pca=pca, preview=preview, tags=meta,
+        )  # fmt: skip
+    shutil.rmtree(staging)
+    return EmbedSummary(
+        output=outputs,
+        num_windows=tally.windows + tally.resumed,
+        num_windows_resumed=tally.resumed,
+        skipped=policy.summary(),
+        empty_windows=tally.empty,
+        seconds=time.perf_counter() - start,
+        dim=dim,
+        bf16=bf16,
+        preview=preview_path,
+        per_scene=tally.per_scene,
+    )
+
+
+def _check_options(pooling: str, format: str, pca: int | None) -> None:
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}: found {pooling!r}.")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}: found {format!r}.")
+    if pca is not None and format != "cog":
+        raise ValueError("--pca applies to --format cog (a component raster); found parquet.")
+
+
+def _check_stride(stride: int, pooling: str, patch_size: int) -> int:
+    if stride <= 0:
+        raise ValueError(f"stride must be positive: found {stride}.")
+    if pooling == "patch" and stride % patch_size:
+        raise ValueError(
+            f"pooling='patch' needs a stride that is a multiple of the patch size "
+            f"{patch_size} (patches must line up across windows): found {stride}."
+        )
+    return stride
+
+
+def _open_staging(output: Path, manifest: dict[str, Any], resume: bool) -> Path:
+    """``OUT.partial/``: the run's parts. Resumed only when written with the same settings
+    (``manifest``); otherwise a leftover one is removed and a new one started."""
+    staging = output.with_name(output.name + ".partial")
     if staging.exists() and resume:
         found = json.loads((staging / _MANIFEST).read_text())
         if found != manifest:
@@ -270,24 +266,28 @@ def embed(
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
         (staging / _MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return staging
 
-    from tqdm.auto import tqdm
 
-    bar = tqdm(desc="embed", unit="win", disable=not progress, total=0)
-    policy = _ErrorPolicy(on_error, max_error_fraction, len(scene_keys))
-    schema = _part_schema(part_dim)
-    done_total = resumed = empty = 0
-    crs_ref = None
-    per_scene: dict[str, int] = {}
+class _PartWriter:
+    """Windows -> embeddings in batches -> part files of <= ``part_rows`` rows in ``staging``
+    (written atomically: a part is whole or absent, which is what ``--resume`` relies on)."""
 
-    def run_batches(items, scene_idx: int, first_part: int) -> tuple[int, int]:
-        """Embed ``(meta, bounds, pixels)`` items in batches; write parts; returns
-        (windows, empty windows)."""
+    def __init__(self, encoder: WindowEncoder, staging: Path, part_dim: int, batch_size: int,
+                 part_rows: int, bar) -> None:  # fmt: skip
+        self.encoder, self.staging, self.part_dim = encoder, staging, part_dim
+        self.batch_size, self.part_rows, self.bar = batch_size, part_rows, bar
+        self.schema = _part_schema(part_dim)
+
+    def write(self, items, scene_idx: int, first_part: int) -> tuple[int, int]:
+        """Embed ``(meta, bounds, pixels)`` items of scene ``scene_idx``, parts numbered from
+        ``first_part``; returns (windows, empty windows). A window with no valid pixel is
+        counted, not embedded."""
         buf_meta, buf_pix, rows = [], [], []
         part, written, n_empty = first_part, 0, 0
 
         def flush_batch():
-            emb = encoder(np.stack(buf_pix))
+            emb = self.encoder(np.stack(buf_pix))
             for meta, vec in zip(buf_meta, emb):
                 rows.append((*meta, vec.reshape(-1)))
             buf_meta.clear()
@@ -297,12 +297,7 @@ def embed(
             nonlocal part
             if not rows:
                 return
-            cols = list(zip(*rows))
-            arrays = [pa.array(c, type=t) for c, t in zip(cols[:-1], schema.types[:-1])]
-            flat = np.stack(cols[-1]).astype(np.float32).reshape(-1)
-            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), part_dim))
-            with atomic_path(staging / f"s{scene_idx:05d}-{part:06d}.parquet") as tmp:
-                pq.write_table(pa.Table.from_arrays(arrays, schema=schema), tmp)
+            self._write_part(rows, scene_idx, part)
             part += 1
             rows.clear()
 
@@ -314,96 +309,113 @@ def embed(
             buf_meta.append((*meta, valid, *bounds))
             buf_pix.append(pixels)
             written += 1
-            bar.update(1)
-            if len(buf_pix) == batch_size:
+            self.bar.update(1)
+            if len(buf_pix) == self.batch_size:
                 flush_batch()
-                if len(rows) >= part_rows:
+                if len(rows) >= self.part_rows:
                     flush_part()
         if buf_pix:
             flush_batch()
         flush_part()
         return written, n_empty
 
-    grids: dict[int, dict[str, Any]] = {}
-    for idx, key in enumerate(scene_keys):
+    def _write_part(self, rows: list[tuple], scene_idx: int, part: int) -> None:
+        cols = list(zip(*rows))
+        arrays = [pa.array(c, type=t) for c, t in zip(cols[:-1], self.schema.types[:-1])]
+        flat = np.stack(cols[-1]).astype(np.float32).reshape(-1)
+        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), self.part_dim))
+        with atomic_path(self.staging / f"s{scene_idx:05d}-{part:06d}.parquet") as tmp:
+            pq.write_table(pa.Table.from_arrays(arrays, schema=self.schema), tmp)
+
+
+@dataclass
+class _Tally:
+    """What the scenes gave: windows embedded now and before (resumed), empty windows, per
+    scene counts, the output CRS and (rasters) each scene's grid for the COG."""
+
+    windows: int = 0
+    resumed: int = 0
+    empty: int = 0
+    per_scene: dict[str, int] = field(default_factory=dict)
+    crs: Any = None
+    grids: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def _embed_scenes(scenes: list[Any], loaded: LoadedModel, window: int, stride: int, format: str,
+                  parts: _PartWriter, policy: ErrorPolicy) -> _Tally:  # fmt: skip
+    """Every window of every raster scene into parts; a bad scene loses its parts and is
+    recorded in ``policy``."""
+    tally = _Tally()
+    staging = parts.staging
+    for idx, scene in enumerate(scenes):
         done = _done_windows(staging, idx)
-        resumed += len(done)
+        tally.resumed += len(done)
         first_part = len(list(staging.glob(f"s{idx:05d}-*.parquet")))
         grid = None
         try:
-            if kind == "rasters":
-                grid = open_grid(sources[idx], loaded.band_names)
-                if crs_ref is None:
-                    crs_ref = grid.crs
-                elif grid.crs != crs_ref and format == "parquet":
-                    raise BadInputError(
-                        "crs_mismatch",
-                        f"{grid.source} is in {grid.crs}, earlier scenes in {crs_ref}; one "
-                        "GeoParquet file has one CRS: embed scenes of each CRS separately.",
-                    )
-                grids[idx] = {"crs": grid.crs.to_wkt(), "transform": list(grid.transform)[:6],
-                              "width": grid.width, "height": grid.height,
-                              "source": grid.source, "scene_id": grid.scene.scene_id}  # fmt: skip
-                (staging / f"s{idx:05d}.grid.json").write_text(json.dumps(grids[idx]))
-                t = grid.transform
-
-                def bounds(r, c, t=t):
-                    x0, y0 = t @ (c, r)
-                    x1, y1 = t @ (c + window, r + window)
-                    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
-
-                src = grid.source
-                skip = {(r, c) for s_, r, c in done if s_ == src}
-                items = (
-                    ((src, r, c, grid.datetime), bounds(r, c), pix)
-                    for r, c, pix in iter_windows(grid, window, stride, skip)
+            grid = open_grid(scene, loaded.band_names)
+            if tally.crs is None:
+                tally.crs = grid.crs
+            elif grid.crs != tally.crs and format == "parquet":
+                raise BadInputError(
+                    "crs_mismatch",
+                    f"{grid.source} is in {grid.crs}, earlier scenes in {tally.crs}; one "
+                    "GeoParquet file has one CRS: embed scenes of each CRS separately.",
                 )
-                n, n_empty = run_batches(items, idx, first_part)
-            else:
-                items = _shard_items(sources[0], dataset_revision, window, done,
-                                     loaded.band_names)  # fmt: skip
-                n, n_empty = run_batches(items, idx, first_part)
-                crs_ref = _shard_crs(sources[0], dataset_revision, window)
-            done_total += n
-            empty += n_empty
-            per_scene[key] = n + len(done)
+            tally.grids[idx] = {"crs": grid.crs.to_wkt(), "transform": list(grid.transform)[:6],
+                                "width": grid.width, "height": grid.height,
+                                "source": grid.source, "scene_id": grid.scene.scene_id}  # fmt: skip
+            (staging / f"s{idx:05d}.grid.json").write_text(json.dumps(tally.grids[idx]))
+            items = _raster_items(grid, window, stride, done)
+            n, n_empty = parts.write(items, idx, first_part)
+            tally.windows += n
+            tally.empty += n_empty
+            tally.per_scene[scene.source] = n + len(done)
         except BadInputError as err:
             for stale in staging.glob(f"s{idx:05d}-*.parquet"):
                 stale.unlink()
-            policy.record(err, key)
+            policy.record(err, scene.source)
         finally:
             if grid is not None:
                 grid.close()
-    bar.close()
-    if not per_scene:
-        raise BadInputError("no_output", f"no scene could be embedded; skipped: {policy.summary()}")
-    meta = {"model_id": loaded.model_id, "model_revision": loaded.revision, "pooling": pooling,
-            "window": window, "stride": stride}  # fmt: skip
-    outputs: list[str] = []
-    preview_path = None
-    if format == "parquet":
-        _assemble_parquet(staging, output, crs_ref, dim, g, loaded, pooling, meta)
-        outputs.append(str(output))
-    else:
-        from .cog import assemble_cogs
+    return tally
 
-        outputs, preview_path = assemble_cogs(
-            staging, output, grids, dim=dim, window=window, stride=stride, pooling=pooling,
-            patch=loaded.patch_size, pca=pca, preview=preview, tags=meta,
-        )  # fmt: skip
-    shutil.rmtree(staging)
-    return EmbedSummary(
-        output=outputs,
-        num_windows=done_total + resumed,
-        num_windows_resumed=resumed,
-        skipped=policy.summary(),
-        empty_windows=empty,
-        seconds=time.perf_counter() - start,
-        dim=dim,
-        bf16=bf16,
-        preview=preview_path,
-        per_scene=per_scene,
-    )
+
+def _raster_items(grid: SceneGrid, window: int, stride: int, done: set[tuple[str, int, int]]):
+    """A scene's windows not yet ``done`` as ``((source, row, col, datetime), bounds, pixels)``."""
+    t = grid.transform
+
+    def bounds(r, c):
+        x0, y0 = t @ (c, r)
+        x1, y1 = t @ (c + window, r + window)
+        return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+    src = grid.source
+    skip = {(r, c) for s_, r, c in done if s_ == src}
+    for r, c, pix in iter_windows(grid, window, stride, skip):
+        yield (src, r, c, grid.datetime), bounds(r, c), pix
+
+
+def _embed_shards(source, revision, loaded: LoadedModel, window: int, parts: _PartWriter,
+                  policy: ErrorPolicy) -> _Tally:  # fmt: skip
+    """Every chip of a shard dataset into parts (its chips are the windows)."""
+    tally = _Tally()
+    key = str(source)
+    done = _done_windows(parts.staging, 0)
+    tally.resumed += len(done)
+    first_part = len(list(parts.staging.glob("s00000-*.parquet")))
+    try:
+        items = _shard_items(source, revision, window, done, loaded.band_names)
+        n, n_empty = parts.write(items, 0, first_part)
+        tally.crs = _shard_crs(source, revision, window)
+        tally.windows += n
+        tally.empty += n_empty
+        tally.per_scene[key] = n + len(done)
+    except BadInputError as err:
+        for stale in parts.staging.glob("s00000-*.parquet"):
+            stale.unlink()
+        policy.record(err, key)
+    return tally
 
 
 def _shard_items(source, revision, window, done, model_bands):

@@ -8,7 +8,6 @@ through a ``WarpedVRT`` and read one block of windows at a time (one window row 
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import numpy as np
 from affine import Affine
 
 from ..data.format import BadInputError
+from .geometry import window_origins
 
 __all__ = ["LoadedModel", "SceneGrid", "load_model", "open_scenes", "window_origins"]
 
@@ -82,16 +82,6 @@ def load_model(model: str | os.PathLike, revision: str | None = None, cls=None) 
                        config.patch_size)  # fmt: skip
 
 
-def window_origins(size: int, window: int, stride: int) -> list[int]:
-    """Offsets of windows of ``window`` px every ``stride`` px covering ``size`` px.
-
-    The last window may reach past the edge (it is padded and its valid fraction says so), so
-    the windows form one regular grid that covers every pixel.
-    """
-    count = math.ceil(max(size - window, 0) / stride) + 1
-    return [i * stride for i in range(count)]
-
-
 @dataclass
 class SceneGrid:
     """One scene on its common grid, open for windowed reads."""
@@ -146,13 +136,9 @@ class SceneGrid:
 
 def open_scenes(inputs, band_files=None) -> list[Any]:
     """The scenes of ``inputs`` (files, folders, globs), grouped as the shard writer groups them."""
-    from ..data.writer import _expand_inputs, _group_scenes
+    from ..data.scenes import find_scenes
 
-    files = _expand_inputs(inputs) if inputs else []
-    scenes = _group_scenes(files, band_files)
-    if not scenes:
-        raise FileNotFoundError(f"no input rasters found in {inputs!r}")
-    return scenes
+    return find_scenes(inputs, band_files)
 
 
 def open_grid(scene, band_names: Sequence[str], resolution: float | None = None) -> SceneGrid:
@@ -161,16 +147,18 @@ def open_grid(scene, band_names: Sequence[str], resolution: float | None = None)
     from rasterio.vrt import WarpedVRT
 
     from ..bands import detect_sensor
-    from ..data.writer import _open, _resolve_band_names, _target_grid
+    from ..data.band_resolution import resolve_band_names
+    from ..data.grid import target_grid
+    from ..data.scenes import open_raster
 
     srcs = []
     try:
         paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
         for path in paths:
-            srcs.append(_open(path))
+            srcs.append(open_raster(path))
         sensor = None if scene.multiband else detect_sensor(list(scene.band_files))
-        selected = _resolve_band_names(scene, srcs, list(band_names), sensor)
-        crs, transform, width, height, _ = _target_grid([s for _, s, _ in selected], resolution)
+        selected = resolve_band_names(scene, srcs, list(band_names), sensor)
+        crs, transform, width, height, _ = target_grid([s for _, s, _ in selected], resolution)
         vrts = [
             WarpedVRT(s, crs=crs, transform=transform, width=width, height=height,
                       resampling=Resampling.nearest)

@@ -132,11 +132,11 @@ def segment(
     import rasterio
     from tqdm.auto import tqdm
 
-    from ..data.writer import _ErrorPolicy
+    from ..data.error_policy import ErrorPolicy
     from ..modeling_geofm import GeoViTMAEForSemanticSegmentation
     from ..segmentation.visualize import class_colors
     from .cog import write_cog
-    from .embed import _use_bf16
+    from .encoder import use_bf16
 
     start = time.perf_counter()
     output = Path(output)
@@ -156,11 +156,11 @@ def segment(
     torch_device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     )
-    bf16 = _use_bf16(dtype, torch_device)
+    bf16 = use_bf16(dtype, torch_device)
     net = loaded.model.to(torch_device)
     weight = _taper(window)
     k = len(names)
-    policy = _ErrorPolicy(on_error, max_error_fraction, len(scenes))
+    policy = ErrorPolicy(on_error, max_error_fraction, len(scenes))
     outputs: list[str] = []
     preview_path = None
     fractions: dict[str, float] = {}

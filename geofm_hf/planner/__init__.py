@@ -1,6 +1,9 @@
 """Scaling planner: memory per GCD, communication per step and images/s for every FSDP strategy.
 
-* :mod:`geofm_hf.planner.cost_model` -- the model and its ranking (``plan``);
+* :mod:`geofm_hf.planner.cost_model` -- the memory model, the ranking (``plan``) and configs;
+* :mod:`geofm_hf.planner.shapes` -- model shapes and analytic parameter counts;
+* :mod:`geofm_hf.planner.throughput` -- FLOPs, attention kernels, collectives, step time;
+* :mod:`geofm_hf.planner.calibration` -- hardware figures and the fitted constants;
 * :mod:`geofm_hf.planner.attention` -- which SDPA kernel a head dim gets on CUDA / ROCm;
 * :mod:`geofm_hf.planner.tables` -- the paper's figures (``paper_figures.json``, with source);
 * :mod:`geofm_hf.planner.validation` -- in-sample and leave-one-out errors against them;
@@ -9,9 +12,9 @@
 
 from __future__ import annotations
 
+from geofm_hf.planner.calibration import _PEAK_TFLOPS
 from geofm_hf.planner.cli import main
 from geofm_hf.planner.cost_model import (
-    _PEAK_TFLOPS,
     CALIBRATION,
     CONFIG_FOR_STRATEGY,
     DEFAULT_CONFIG,
@@ -19,15 +22,13 @@ from geofm_hf.planner.cost_model import (
     Calibration,
     Plan,
     StrategyEstimate,
-    _count,
-    _flops_per_image,
-    _resolve_shape,
     count_parameters,
     plan,
     plan_from_accelerate_config,
     rank_strategies,
     write_accelerate_config,
 )
+from geofm_hf.planner.shapes import _count, _resolve_shape
 from geofm_hf.planner.tables import (
     PAPER_BEST_STRATEGY,
     PAPER_IMAGES_PER_S,
@@ -36,6 +37,7 @@ from geofm_hf.planner.tables import (
     PAPER_SOURCE,
     paper_precision,
 )
+from geofm_hf.planner.throughput import _flops_per_image
 from geofm_hf.planner.validation import predict_paper_point
 
 __all__ = [

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from geofm_hf.planner.attention import PLATFORMS
-from geofm_hf.planner.cost_model import _BYTES, STRATEGIES, plan, write_accelerate_config
+from geofm_hf.planner.calibration import _BYTES
+from geofm_hf.planner.cost_model import STRATEGIES, plan, write_accelerate_config
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -55,6 +55,17 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic import atomic_write_text
+from .calibration import _BYTES, CALIBRATION, Calibration
+from .shapes import _count, _resolve_shape, _Shape, count_parameters
+from .throughput import (
+    _attention_terms,
+    _collective_cost,
+    _collectives,
+    _flops_per_image,
+    _shard_group,
+    _step_seconds,
+    _ThroughputTerms,
+)
 
 __all__ = [
     "CALIBRATION",
@@ -96,208 +107,9 @@ CONFIG_FOR_STRATEGY: dict[str, str] = {
 DEFAULT_CONFIG = "accelerate_configs/frontier_fsdp.yaml"
 
 _GIB = float(2**30)
-_PEAK_TFLOPS = {"bf16": 191.5, "fp32": 47.9}  # one MI250X GCD (half of 383 / 95.7)
-_BYTES = {"bf16": 2, "fp32": 4}
 # Strategies predicted within this fraction of the best are reported as "not told apart by the
 # model" (its out-of-sample error is larger); the ranking itself is by predicted images/s alone.
 _CLOSE_FRACTION = 0.05
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """The fitted constants (``benchmarks/planner_vs_paper.py --fit`` re-derives them).
-
-    Attributes:
-        efficiency_bf16: achieved fraction of the bf16 peak (MAE on 65 visible tokens per image
-            runs small GEMMs; the paper's 1-node HYBRID_1 figures give 7-9 %).
-        efficiency_fp32: the same for fp32 (the paper's DDP rows).
-        latency_intra_us: per ring step inside a node. Fitted at ~0.4 ms, far above the
-            link latency: it absorbs FSDP's per-call work (copy-in/out, stream syncs).
-        latency_inter_us: per-hop latency across nodes (ring steps and tree levels).
-        inter_node_gbs: effective bandwidth of one node's NICs for collectives (4 x 25 GB/s
-            Slingshot peak; the paper's FULL_SHARD collapse fits ~6.5 GB/s achieved).
-        exposed_fraction: share of the shorter of compute / communication that prefetch and
-            bucketing fail to hide.
-        runtime_overhead_gib: fixed per-GCD memory outside tensors the model accounts for.
-        queued_layers: fp32 gradient blocks held by a reduce-scatter that crosses nodes.
-        intra_node_gbs: GCD-to-GCD bandwidth inside a node (PAPER.md: 50-100; lower bound).
-        mi250x_pair_gbs: bandwidth between the two GCDs of one MI250X (PAPER.md).
-        hbm_gbs: memory bandwidth of one GCD (MI250X: 1.6 TB/s per GCD), for the unfused
-            attention path's score traffic.
-    """
-
-    efficiency_bf16: float = 0.0722
-    efficiency_fp32: float = 0.1323
-    latency_intra_us: float = 432.0
-    latency_inter_us: float = 37.1
-    inter_node_gbs: float = 6.48
-    exposed_fraction: float = 0.064
-    runtime_overhead_gib: float = 0.25
-    queued_layers: float = 3.0
-    intra_node_gbs: float = 50.0
-    mi250x_pair_gbs: float = 200.0
-    hbm_gbs: float = 1600.0
-
-
-CALIBRATION = Calibration()
-
-
-# --------------------------------------------------------------------------------------------
-# Model shape and parameter count
-# --------------------------------------------------------------------------------------------
-
-_CONFIG_DEFAULTS: dict[str, Any] = {
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "image_size": 224,
-    "patch_size": 16,
-    "num_channels": 3,
-    "qkv_bias": True,
-    "qk_norm": False,
-    "decoder_hidden_size": 512,
-    "decoder_num_hidden_layers": 8,
-    "decoder_num_attention_heads": 16,
-    "decoder_intermediate_size": 2048,
-    "mask_ratio": 0.75,
-    # Model options (issue 11): their input/output costs come from input_output_costs.
-    "num_frames": 1,
-    "tubelet_size": 1,
-    "patch_embedding": "conv",
-    "wavelength_embed_dim": 128,
-    "temporal_encoding": False,
-    "location_encoding": False,
-    "position_embedding": "sincos",
-    "metadata_encoding": "harmonics",
-}
-
-
-@dataclass(frozen=True)
-class _Shape:
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
-    image_size: int
-    patch_size: int
-    num_channels: int
-    qkv_bias: bool
-    qk_norm: bool
-    decoder_hidden_size: int
-    decoder_num_hidden_layers: int
-    decoder_num_attention_heads: int
-    decoder_intermediate_size: int
-    mask_ratio: float
-    name: str
-    num_frames: int = 1
-    tubelet_size: int = 1
-    patch_embedding: str = "conv"
-    wavelength_embed_dim: int = 128
-    temporal_encoding: bool = False
-    location_encoding: bool = False
-    position_embedding: str = "sincos"
-    metadata_encoding: str = "harmonics"
-
-    @property
-    def num_patches(self) -> int:
-        """Tokens per sample: patches per frame times tubelets."""
-        return (self.num_frames // self.tubelet_size) * (self.image_size // self.patch_size) ** 2
-
-    @property
-    def io_costs(self) -> dict[str, int]:
-        from geofm_hf.configuration_geofm import input_output_costs
-
-        return input_output_costs(self.__dict__)
-
-    @property
-    def kept_tokens(self) -> int:
-        """Tokens the encoder sees while pretraining: the kept patches plus cls."""
-        return int(self.num_patches * (1 - self.mask_ratio)) + 1
-
-
-def _resolve_shape(config_or_preset: Any, image_size: int | None = None) -> _Shape:
-    """Accepts a preset name, a ``GeoViTMAEConfig`` (or any object with its fields) or a dict."""
-    if isinstance(config_or_preset, str):
-        from geofm_hf.configuration_geofm import PRESETS
-
-        if config_or_preset not in PRESETS:
-            raise ValueError(
-                f"Unknown preset {config_or_preset!r}: expected one of {', '.join(PRESETS)}."
-            )
-        fields = {**_CONFIG_DEFAULTS, **PRESETS[config_or_preset]}
-        name = config_or_preset
-    elif isinstance(config_or_preset, dict):
-        fields = {**_CONFIG_DEFAULTS, **config_or_preset}
-        name = str(config_or_preset.get("preset") or "custom")
-    else:
-        fields = {k: getattr(config_or_preset, k, v) for k, v in _CONFIG_DEFAULTS.items()}
-        name = str(getattr(config_or_preset, "preset", None) or "custom")
-    if fields.get("num_channels") is None:
-        bands = fields.get("band_names")
-        fields["num_channels"] = len(bands) if bands else 3
-    if image_size is not None:
-        fields["image_size"] = image_size
-    for key in ("hidden_size", "num_attention_heads", "decoder_hidden_size"):
-        if not isinstance(fields[key], int) or fields[key] <= 0:
-            raise ValueError(f"{key} must be a positive integer: found {fields[key]!r}.")
-    if fields["hidden_size"] % fields["num_attention_heads"]:
-        raise ValueError(
-            f"num_attention_heads ({fields['num_attention_heads']}) must divide hidden_size "
-            f"({fields['hidden_size']})."
-        )
-    if fields["image_size"] % fields["patch_size"]:
-        raise ValueError(
-            f"image_size ({fields['image_size']}) must be a multiple of patch_size "
-            f"({fields['patch_size']})."
-        )
-    return _Shape(**{k: fields[k] for k in _CONFIG_DEFAULTS}, name=name)
-
-
-def _block_params(width: int, mlp: int, heads: int, qkv_bias: bool, qk_norm: bool) -> int:
-    qkv = 3 * width * width + (3 * width if qkv_bias else 0)
-    out = width * width + width
-    mlp_params = 2 * width * mlp + mlp + width
-    norms = 4 * width + (4 * (width // heads) if qk_norm else 0)
-    return qkv + out + mlp_params + norms
-
-
-def _count(shape: _Shape) -> dict[str, int]:
-    d, dd = shape.hidden_size, shape.decoder_hidden_size
-    enc_block = _block_params(
-        d, shape.intermediate_size, shape.num_attention_heads, shape.qkv_bias, shape.qk_norm
-    )
-    dec_block = _block_params(
-        dd,
-        shape.decoder_intermediate_size,
-        shape.decoder_num_attention_heads,
-        shape.qkv_bias,
-        shape.qk_norm,
-    )
-    io = shape.io_costs
-    encoder = io["encoder_input"] + d + shape.num_hidden_layers * enc_block + 2 * d
-    decoder = (d * dd + dd) + dd + shape.decoder_num_hidden_layers * dec_block + 2 * dd
-    decoder += io["decoder_output"]
-    return {
-        "encoder": encoder,
-        "decoder": decoder,
-        "total": encoder + decoder,
-        "encoder_block": enc_block,
-        "decoder_block": dec_block,
-    }
-
-
-def count_parameters(config_or_preset: Any, *, part: str = "encoder") -> int:
-    """Analytic parameter count without building the model (works for 15B on a laptop).
-
-    ``part``: ``"encoder"`` (what the paper reports, ``GeoViTMAEModel``) or ``"total"``
-    (encoder + MAE decoder, ``GeoViTMAEForPreTraining``). Positions are fixed sin-cos tables,
-    not parameters, except with ``position_embedding="learned"`` (stored tables, counted).
-    """
-    counts = _count(_resolve_shape(config_or_preset))
-    if part not in ("encoder", "total"):
-        raise ValueError(f"part must be 'encoder' or 'total': found {part!r}.")
-    return counts[part]
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,71 +215,6 @@ class Plan:
         return "\n".join(lines)
 
 
-def _shard_group(strategy: str, world: int) -> int:
-    if strategy in ("DDP", "NO_SHARD", "HYBRID_1"):
-        return 1
-    if strategy in ("FULL_SHARD", "SHARD_GRAD_OP"):
-        return world
-    return int(strategy.split("_")[1])
-
-
-def _flops_per_image(shape: _Shape, checkpointing: bool) -> float:
-    """Training FLOPs for one image: encoder on kept tokens, decoder on all tokens."""
-    counts = _count(shape)
-    s_enc, s_dec = shape.kept_tokens, shape.num_patches + 1
-    d, dd = shape.hidden_size, shape.decoder_hidden_size
-    io = shape.io_costs
-    pixels = io["pixels_per_token"] * shape.num_channels
-    fwd = io["hypernetwork_flops"]
-    fwd += 2 * counts["encoder_block"] * s_enc * shape.num_hidden_layers
-    fwd += 4 * s_enc * s_enc * d * shape.num_hidden_layers  # scores and weighted sum
-    fwd += 2 * counts["decoder_block"] * s_dec * shape.decoder_num_hidden_layers
-    fwd += 4 * s_dec * s_dec * dd * shape.decoder_num_hidden_layers
-    fwd += 2 * pixels * d * (s_enc - 1) + 2 * d * dd * s_enc + 2 * dd * pixels * s_dec
-    # backward = 2 x forward; checkpointing recomputes the blocks' forward once more.
-    return fwd * (4.0 if checkpointing else 3.0)
-
-
-def _attention_terms(
-    shape: _Shape, batch: int, precision: str, platform: str, checkpointing: bool
-) -> dict[str, Any]:
-    """What the SDPA kernel that really runs adds to the fused, unpadded baseline.
-
-    ``flops`` per image (the flash path's zero padding of the head dim), ``bytes`` of stored
-    scores and ``traffic`` bytes per step (the unfused path), and a ``kernel`` description.
-    """
-    from geofm_hf.planner.attention import sdpa_backend
-
-    out: dict[str, Any] = {"flops": 0.0, "bytes": 0.0, "traffic": 0.0}
-    low = _BYTES[precision]
-    passes = 4.0 if checkpointing else 3.0
-    kinds, largest = [], 0.0
-    for part, tokens, width, heads, layers in (
-        ("encoder", shape.kept_tokens, shape.hidden_size, shape.num_attention_heads,
-         shape.num_hidden_layers),
-        ("decoder", shape.num_patches + 1, shape.decoder_hidden_size,
-         shape.decoder_num_attention_heads, shape.decoder_num_hidden_layers),
-    ):  # fmt: skip
-        head_dim = width // heads
-        kernel, computed = sdpa_backend(head_dim, platform=platform, precision=precision)
-        kinds.append(
-            f"{part} {kernel}"
-            + (f" (head dim {head_dim}->{computed})" if computed != head_dim else "")
-        )
-        out["flops"] += passes * 4 * tokens * tokens * heads * (computed - head_dim) * layers
-        if kernel == "math":
-            scores = batch * heads * tokens * tokens
-            # Kept for backward: the fp32 softmax output and its low-precision copy.
-            kept = scores * (4 + low)
-            largest = max(largest, kept)
-            out["bytes"] += 0.0 if checkpointing else kept * layers
-            # Written and read: scores, fp32 softmax, low-precision weights; backward ~2x.
-            out["traffic"] += passes * scores * 2 * (2 * low + 4) * layers
-    out["bytes"] += largest if checkpointing else 0.0
-    out["kernel"] = ", ".join(kinds)
-    return out
-
-
 def _activation_bytes(shape: _Shape, batch: int, nbytes: int, checkpointing: bool) -> float:
     stacks = (
         (shape.kept_tokens, shape.hidden_size, shape.num_hidden_layers),
@@ -487,97 +234,6 @@ def _activation_bytes(shape: _Shape, batch: int, nbytes: int, checkpointing: boo
         total += largest_block
     pixels = batch * shape.num_frames * shape.num_channels * shape.image_size**2
     return total + 4 * pixels * 4  # input, target, normalised target, prediction in fp32
-
-
-@dataclass
-class _Collective:
-    kind: str  # "ring" (all-gather / reduce-scatter) or "allreduce"
-    group: int
-    members_per_node: int
-    nbytes: float  # per member, per call
-    calls: int
-
-
-def _collective_cost(c: _Collective, gcds_per_node: int, cal: Calibration) -> tuple[float, ...]:
-    """Seconds, intra-node bytes and inter-node bytes per GCD for ``calls`` calls."""
-    if c.group <= 1 or c.calls == 0:
-        return 0.0, 0.0, 0.0
-    g, m = c.group, c.members_per_node
-    passes = 2.0 if c.kind == "allreduce" else 1.0
-    moved = passes * c.nbytes * (g - 1) / g  # per member per call
-    spans_nodes = g > m
-    if not spans_nodes:
-        bw = cal.mi250x_pair_gbs if g == 2 else cal.intra_node_gbs
-        latency = passes * (g - 1) * cal.latency_intra_us * 1e-6
-        seconds = latency + moved / (bw * 1e9)
-        return seconds * c.calls, moved * c.calls, 0.0
-    if c.kind == "allreduce":
-        latency = 2 * math.ceil(math.log2(g)) * cal.latency_inter_us * 1e-6
-    else:
-        latency = (g - 1) * cal.latency_inter_us * 1e-6
-    # Every group with a member on this node pushes its ring's traffic through the node's NICs.
-    groups_on_node = gcds_per_node / m
-    inter_per_node = groups_on_node * moved
-    intra_share = moved * (m - 1) / m if m > 1 else 0.0
-    seconds = latency + max(
-        inter_per_node / (cal.inter_node_gbs * 1e9), intra_share / (cal.intra_node_gbs * 1e9)
-    )
-    return seconds * c.calls, intra_share * c.calls, (moved / m if m else moved) * c.calls
-
-
-@dataclass
-class _ThroughputTerms:
-    """Everything images/s depends on apart from the calibration (refitted in validation)."""
-
-    collectives: list[_Collective]
-    gcds_per_node: int
-    precision: str
-    flops: float
-    traffic: float
-    images: int
-
-
-def _step_seconds(t: _ThroughputTerms, cal: Calibration) -> tuple[float, float, float]:
-    """(compute, communication, step) seconds of one optimiser step."""
-    efficiency = cal.efficiency_bf16 if t.precision == "bf16" else cal.efficiency_fp32
-    compute = t.flops / (efficiency * _PEAK_TFLOPS[t.precision] * 1e12)
-    compute += t.traffic / (cal.hbm_gbs * 1e9)
-    comm = sum(_collective_cost(c, t.gcds_per_node, cal)[0] for c in t.collectives)
-    return compute, comm, max(compute, comm) + cal.exposed_fraction * min(compute, comm)
-
-
-def _collectives(
-    strategy: str,
-    p_total: int,
-    shape: _Shape,
-    world: int,
-    g: int,
-    gcds_per_node: int,
-    low: int,
-    red: int,
-) -> list[_Collective]:
-    units = shape.num_hidden_layers + shape.decoder_num_hidden_layers + 1
-    unit_bytes = p_total * low / units  # one block's parameters, all-gathered
-    grad_unit = p_total * red / units  # one block's gradients, reduced
-    collectives: list[_Collective] = []
-    if strategy == "DDP":
-        grad_bytes = 4 * p_total  # DDP reduces the fp32 .grad of fp32 parameters
-        buckets = max(1, math.ceil(grad_bytes / (25 * 2**20)))
-        collectives.append(
-            _Collective("allreduce", world, gcds_per_node, grad_bytes / buckets, buckets)
-        )
-    elif g == 1:
-        collectives.append(_Collective("allreduce", world, gcds_per_node, grad_unit, units))
-    else:
-        shard_per_node = min(g, gcds_per_node)
-        gathers = 1 if strategy == "SHARD_GRAD_OP" else 2
-        collectives.append(_Collective("ring", g, shard_per_node, unit_bytes, units * gathers))
-        collectives.append(_Collective("ring", g, shard_per_node, grad_unit, units))
-        replicas = world // g
-        if replicas > 1:
-            per_node = max(1, gcds_per_node // g) if g <= gcds_per_node else 1
-            collectives.append(_Collective("allreduce", replicas, per_node, grad_unit / g, units))
-    return collectives
 
 
 def _estimate(

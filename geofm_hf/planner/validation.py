@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from geofm_hf.planner import cost_model as cm
+from geofm_hf.planner import shapes, throughput
+from geofm_hf.planner.calibration import _BYTES
 from geofm_hf.planner.tables import (
     PAPER_BEST_STRATEGY,
     PAPER_IMAGES_PER_S,
@@ -84,13 +86,13 @@ def throughput_points() -> list[tuple[str, str, int, float]]:
     ]
 
 
-def _terms(preset: str, strategy: str, nodes: int) -> cm._ThroughputTerms:
-    shape = cm._resolve_shape(preset)
+def _terms(preset: str, strategy: str, nodes: int) -> throughput._ThroughputTerms:
+    shape = shapes._resolve_shape(preset)
     precision = paper_precision(strategy)
-    low = cm._BYTES[precision]
+    low = _BYTES[precision]
     world = nodes * 8
-    g = cm._shard_group(strategy, world)
-    attn = cm._attention_terms(
+    g = throughput._shard_group(strategy, world)
+    attn = throughput._attention_terms(
         shape,
         PAPER_SETTINGS["local_batch"],
         precision,
@@ -98,21 +100,24 @@ def _terms(preset: str, strategy: str, nodes: int) -> cm._ThroughputTerms:
         PAPER_SETTINGS["activation_checkpointing"],
     )
     batch = PAPER_SETTINGS["local_batch"]
-    return cm._ThroughputTerms(
-        collectives=cm._collectives(
-            strategy, cm._count(shape)["total"], shape, world, g, 8, low, low
+    return throughput._ThroughputTerms(
+        collectives=throughput._collectives(
+            strategy, shapes._count(shape)["total"], shape, world, g, 8, low, low
         ),
         gcds_per_node=8,
         precision=precision,
         flops=batch
-        * (cm._flops_per_image(shape, PAPER_SETTINGS["activation_checkpointing"]) + attn["flops"]),
+        * (
+            throughput._flops_per_image(shape, PAPER_SETTINGS["activation_checkpointing"])
+            + attn["flops"]
+        ),
         traffic=attn["traffic"],
         images=world * batch,
     )
 
 
 def _log_errors(points: Iterable[tuple[Any, float]], cal: cm.Calibration) -> list[float]:
-    return [math.log(t.images / cm._step_seconds(t, cal)[2] / y) for t, y in points]
+    return [math.log(t.images / throughput._step_seconds(t, cal)[2] / y) for t, y in points]
 
 
 def fit_throughput(points: list[tuple[str, str, int, float]], start: cm.Calibration = PRIOR):

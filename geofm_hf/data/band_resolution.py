@@ -1,0 +1,217 @@
+"""Band and sensor resolution: a scene's bands, their names, and the sensor that took them.
+
+A scene's bands are named by their files (per-band files), their band descriptions, or
+``band_names``; the sensor comes from ``sensor=`` or from evidence (product ids in file and folder
+names, metadata tags, band names only one family spells). :func:`resolve_band_names` then selects
+and orders the bands a caller asks for; the writer and every inference tool go through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+
+from ..bands import (
+    AmbiguousSensorError,
+    canonical_band_name,
+    get_sensor_bands,
+    identify_sensor,
+)
+from .format import BadInputError
+from .scenes import Scene, open_raster
+
+__all__ = ["resolve_band_names"]
+
+# Sentinel-2 processing baseline in a SAFE product name (..._N0400_...) or its metadata XML.
+_S2_BASELINE = re.compile(r"_N(\d{2})(\d{2})_")
+
+
+_S2_BASELINE_XML = re.compile(r"<PROCESSING_BASELINE>\s*(\d{2})\.(\d{2})\s*<")
+
+
+_S2_OFFSET_XML = re.compile(
+    r"<(?:RADIO|BOA)_ADD_OFFSET\s+band_id=\"(\d+)\"\s*>\s*(-?\d+(?:\.\d+)?)\s*<"
+)
+
+
+def _scene_evidence(scene: Scene, srcs) -> list[str]:
+    """File names, folder names and metadata tags: what may name the sensor."""
+    texts = [scene.scene_id, scene.source]
+    paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
+    for p in paths:
+        texts.extend(Path(p).parts[-4:])
+    for src in srcs:
+        with contextlib.suppress(Exception):
+            texts.extend(str(v) for v in src.tags().values())
+    return texts
+
+
+def _s2_offset(scene: Scene) -> dict[int, float] | None:
+    """Radiometric offset of a Sentinel-2 product of processing baseline >= 04.00.
+
+    From the product metadata XML (``MTD_MSIL1C.xml`` / ``MTD_MSIL2A.xml``: RADIO_ADD_OFFSET /
+    BOA_ADD_OFFSET per band id) when it sits above the band files, else from the baseline in
+    the SAFE name (``_N0400_``: -1000 for every band, as ESA specifies). ``None`` before 04.00
+    or when nothing states the baseline.
+    """
+    paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
+    first = Path(paths[0])
+    for parent in list(first.parents)[:6]:
+        for xml in sorted(parent.glob("MTD_MSIL*.xml")):
+            text = xml.read_text(errors="replace")
+            m = _S2_BASELINE_XML.search(text)
+            if m and int(m.group(1)) * 100 + int(m.group(2)) >= 400:
+                offsets = {int(b): float(v) for b, v in _S2_OFFSET_XML.findall(text)}
+                return offsets or dict.fromkeys(range(13), -1000.0)
+            if m:
+                return None
+    for part in first.parts:
+        m = _S2_BASELINE.search(part)
+        if m and part.startswith("S2"):
+            if int(m.group(1)) * 100 + int(m.group(2)) >= 400:
+                return dict.fromkeys(range(13), -1000.0)
+            return None
+    return None
+
+
+def _available_bands(scene: Scene, src_list, band_names, sensor):
+    """(default order, {name: (dataset, band index)}, named) of ``scene``'s bands.
+
+    Per-band files are named by their file (or ``band_files`` key); a multi-band file by its
+    band descriptions, else by ``band_names`` (``--band-names``), else ``B1..Bn`` placeholders
+    (``named`` False: placeholders are positions, never evidence of a sensor).
+    """
+    if scene.multiband is None:
+        available = {}
+        for name, src in zip(scene.band_files, src_list):
+            if src.count != 1:
+                raise BadInputError(
+                    "band_count_mismatch",
+                    f"{src.name} holds {src.count} bands; a per-band file must hold exactly 1",
+                )
+            available[name] = (src, 1)
+        named = True
+    else:
+        src = src_list[0]
+        descriptions = list(src.descriptions)
+        named = all(descriptions) and len(set(descriptions)) == len(descriptions)
+        if band_names is not None:
+            if len(band_names) != src.count:
+                raise BadInputError(
+                    "band_count_mismatch",
+                    f"band_names (--band-names) gives {len(band_names)} names {list(band_names)} "
+                    f"but {src.name} holds {src.count} bands; expected one name per band",
+                )
+            if named and descriptions != list(band_names):
+                raise BadInputError(
+                    "band_name_mismatch",
+                    f"{src.name} names its bands {descriptions}; band_names gives "
+                    f"{list(band_names)}. band_names only names unnamed bands: drop it, or "
+                    "use bands= (--bands) to select and reorder",
+                )
+            names, named = list(band_names), True
+        elif named:
+            names = descriptions
+        else:
+            names = [f"B{i}" for i in range(1, src.count + 1)]
+        available = {n: (src, i + 1) for i, n in enumerate(names)}
+    if sensor is not None and not named:
+        raise BadInputError(
+            "unnamed_bands",
+            f"{scene.multiband} has {len(available)} bands without names (no band descriptions); "
+            f"the {sensor} table cannot be applied by position. Name them in file order with "
+            "band_names=[...] (--band-names B3,B4,B5)",
+        )
+    if sensor is None or not named:
+        order = list(available) if scene.multiband else sorted(available)
+        return order, available, named
+    canon = {}
+    for key, value in available.items():
+        try:
+            canon[canonical_band_name(key, sensor)] = value
+        except ValueError:
+            raise BadInputError(
+                "band_name_mismatch",
+                f"scene {scene.source}: band {key!r} is not a {sensor} band; expected one of "
+                f"{[b.name for b in get_sensor_bands(sensor)]}",
+            ) from None
+    if scene.multiband:
+        order = list(canon)
+    else:
+        order = [b.name for b in get_sensor_bands(sensor) if b.name in canon]
+    return order, canon, named
+
+
+def resolve_band_names(scene: Scene, src_list, bands, sensor, band_names=None):
+    """Return (band_name, dataset, band_index) in output order for ``scene``.
+
+    ``bands`` only selects and reorders by name (or alias): the pixels follow the names.
+    """
+    order, available, named = _available_bands(scene, src_list, band_names, sensor)
+    if bands is None:
+        return [(n, *available[n]) for n in order]
+    wanted = []
+    for name in bands:
+        key = name
+        if key not in available and sensor is not None:
+            try:
+                key = canonical_band_name(name, sensor)
+            except ValueError:
+                key = name
+        if key not in available:
+            unnamed = scene.multiband is not None and not named
+            raise BadInputError(
+                "band_name_mismatch",
+                f"scene {scene.source} has no band {name!r}; it has {list(available)}"
+                + (
+                    " (placeholders: the file names no bands; bands= only selects, name them "
+                    "with band_names=[...] / --band-names)"
+                    if unnamed
+                    else ""
+                )
+                + (
+                    ""
+                    if sensor or unnamed
+                    else " (no sensor identified: aliases like 'red' need one)"
+                ),
+            )
+        wanted.append((key, *available[key]))
+    if len({w[0] for w in wanted}) != len(wanted):
+        raise ValueError(f"bands {list(bands)} name a band twice ({[w[0] for w in wanted]})")
+    return wanted
+
+
+def _identify_scene_sensors(
+    scenes: list[Scene], sensor, band_names, bands, on_error: str
+) -> dict[str, str | None]:
+    """Sensor of every scene (``sensor`` or evidence) and a check of the band selection.
+
+    Runs before the output folder is touched, so an ambiguous sensor, or (under
+    ``on_error="raise"``) a band selection a scene cannot satisfy, writes nothing.
+    """
+    out: dict[str, str | None] = {}
+    for scene in scenes:
+        paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
+        srcs = []
+        try:
+            for path in paths:
+                srcs.append(open_raster(path))
+            if sensor is not None:
+                out[scene.source] = sensor
+            else:
+                _, available, named = _available_bands(scene, srcs, band_names, None)
+                names = list(available) if named else []
+                try:
+                    out[scene.source] = identify_sensor(names, _scene_evidence(scene, []))
+                except AmbiguousSensorError:
+                    out[scene.source] = identify_sensor(names, _scene_evidence(scene, srcs))
+            resolve_band_names(scene, srcs, bands, out[scene.source], band_names)
+        except BadInputError:
+            out.setdefault(scene.source, None)
+            if on_error == "raise":
+                raise
+        finally:
+            for src in srcs:
+                src.close()
+    return out

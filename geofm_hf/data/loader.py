@@ -1,0 +1,207 @@
+"""The pretraining loader: a :class:`~geofm_hf.data.stream.GeoPretrainStream` in a ``DataLoader``,
+with exact resume (``state_dict()`` / ``load_state_dict()``), built by
+:func:`make_pretrain_dataloader`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+
+from .format import BadInputError
+from .stream import GeoPretrainStream
+
+__all__ = ["PretrainLoader", "make_pretrain_dataloader"]
+
+logger = logging.getLogger(__name__)
+
+# 2: contiguous stretches per reader. A version-1 position means other samples under this
+# layout, so it is refused rather than resumed into a different order.
+_STATE_VERSION = 2
+
+
+class PretrainLoader:
+    """Iterable of float32 batches with exact resume: ``state_dict()`` / ``load_state_dict()``.
+
+    Wraps ``torch.utils.data.DataLoader(stream, batch_size=None)``. Infinite: iterate it for
+    as many steps as the trainer needs. ``stats`` reports the layout and every dropped sample.
+    """
+
+    def __init__(self, stream: GeoPretrainStream, *, num_workers: int = 0,
+                 pin_memory: bool = False, prefetch_factor: int | None = 2):  # fmt: skip
+        self.stream = stream
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor if num_workers > 0 else None
+        self._consumed = 0
+        self.stats = stream.describe()
+        if num_workers > 0:
+            # Workers hold their own copies of the stream: what they skip is counted here.
+            stream._shared_counts = torch.multiprocessing.Array("q", len(stream.counts) + 1)
+        dropped = self.stats["dropped_per_epoch"]
+        if any(dropped.values()):
+            logger.info(
+                "pretrain stream %s:%s: %d samples per epoch dropped across all ranks "
+                "(%d to keep readers in step, %d by drop_last)", stream.name_or_path,
+                stream.split, sum(dropped.values()), dropped["to_balance_readers"],
+                dropped["by_drop_last"],
+            )  # fmt: skip
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches this rank yields per epoch."""
+        return self.stats["batches_per_epoch_per_rank"]
+
+    def __iter__(self):
+        self.stream.start_batch = self._consumed
+        if self.num_workers == 0:
+            iterator = iter(self.stream)
+        else:
+            loader = torch.utils.data.DataLoader(
+                self.stream, batch_size=None, num_workers=self.num_workers,
+                pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor,
+                persistent_workers=False,
+            )  # fmt: skip
+            iterator = iter(loader)
+        for batch in iterator:
+            self._consumed += 1
+            self.stats.update(self.stream.stats)  # bad shards met in this process, live
+            if self.stream._shared_counts is not None:
+                self._merge_worker_counts()
+            self.stats["batches_consumed"] = self._consumed
+            yield batch
+
+    def _merge_worker_counts(self) -> None:
+        shared, counts = self.stream._shared_counts, self.stream.counts
+        found = [i for i in range(len(counts)) if shared[i]]
+        bad = sorted(set(self.stats.get("bad_shards", [])) | set(found))
+        self.stats["bad_shards"] = bad
+        self.stats["rows_lost_to_bad_shards"] = sum(counts[i] for i in bad)
+        self.stats["batches_lost_to_bad_shards"] = self.stream.stats.get(
+            "batches_lost_to_bad_shards", 0
+        ) + int(shared[-1])
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able position of the stream (batches consumed + what fixes the order)."""
+        s = self.stream
+        return {
+            "version": _STATE_VERSION,
+            "batches_consumed": self._consumed,
+            "seed": s.seed,
+            "split": s.split,
+            "rank": s.rank,
+            "world_size": s.world_size,
+            "num_workers": s.num_workers,
+            "batch_size": s.batch_size,
+            "drop_last": s.drop_last,
+            "shard_rows": list(s.counts),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at ``state``; the loader must be built with the same order-defining settings."""
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(
+                f"cannot resume: the stream state has version {state.get('version')!r}, this "
+                f"geofm_hf reads version {_STATE_VERSION} (the reader layout changed, so the "
+                "saved position names other samples); resume with the geofm_hf that saved it, "
+                "or start the data stream afresh"
+            )
+        mine = self.state_dict()
+        keys = ("seed", "split", "world_size", "num_workers", "batch_size", "drop_last",
+                "shard_rows")  # fmt: skip
+        diff = {k: (state.get(k), mine[k]) for k in keys if state.get(k) != mine[k]}
+        if diff:
+            raise ValueError(
+                "cannot resume: the saved stream state differs from this loader in "
+                + ", ".join(f"{k} (saved {a!r}, now {b!r})" for k, (a, b) in diff.items())
+                + "; rebuild the loader with the saved settings"
+            )
+        self._consumed = int(state["batches_consumed"])
+
+
+def make_pretrain_dataloader(
+    name_or_path: str | os.PathLike,
+    *,
+    split: str = "train",
+    batch_size: int,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    crop_size: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    augment: bool = True,
+    revision: str | None = None,
+    drop_last: bool = True,
+    on_error: str = "raise",
+    max_error_fraction: float = 0.05,
+    return_chip_ids: bool = False,
+    pin_memory: bool = False,
+    device_transforms: bool = False,
+    return_masks: bool = False,
+    check_shards: bool = True,
+    num_frames: int | None = None,
+    return_metadata: bool = False,
+) -> PretrainLoader:
+    """Build the MAE pretraining loader for a Hub repo id or local folder.
+
+    Yields float32 tensors (B, C, crop, crop) normalised as ``(x - mean) / std`` per band
+    (mean/std default to ``geofm_dataset.json``) and, with ``augment``, randomly cropped,
+    flipped and rotated by multiples of 90 degrees as a function of (seed, epoch, sample).
+    ``return_chip_ids=True`` yields ``(tensor, chip_ids)`` (for tests/debugging).
+    ``device_transforms=True`` yields :class:`~geofm_hf.data.device_transforms.RawBatch` (uint16
+    crops + flips) instead; finish it on the device with ``apply_device_transforms``.
+    ``return_masks=True`` yields ``{"pixel_values", "pixel_mask"}`` dicts: ``pixel_mask``
+    ``(B, crop, crop)`` bool, True where the pixel is valid (stored ``valid_mask``: nodata,
+    fill, cloud/QA; and NaN/inf), augmented with the pixels; pass it to the model so the
+    loss ignores invalid pixels. Invalid pixels are 0 (the band mean) in ``pixel_values``.
+    Time-series datasets (``num_frames`` T in ``geofm_dataset.json``) yield ``(B, T, C, crop,
+    crop)`` pixels and ``(B, T, crop, crop)`` masks; ``num_frames`` T' < T keeps the T' frames
+    with the fewest invalid pixels in each crop, in date order.
+    ``return_metadata=True`` adds ``temporal_coords`` ``(B, T', 2)`` (year, day of year of each
+    frame) and ``location_coords`` ``(B, 2)`` (latitude, longitude of the chip centre) from the
+    shards' ``datetime`` / ``frame_datetimes``, ``crs`` and ``transform``; NaN where unknown.
+    ``check_shards`` reads every shard's footer first (split across ranks; collective when
+    ``world_size`` > 1): a bad shard is an error at once, or skipped and counted under
+    ``on_error="skip"``.
+    """
+    stream = GeoPretrainStream(
+        name_or_path, split=split, batch_size=batch_size, seed=seed, rank=rank,
+        world_size=world_size, num_workers=num_workers, crop_size=crop_size, mean=mean, std=std,
+        augment=augment, revision=revision, drop_last=drop_last, on_error=on_error,
+        max_error_fraction=max_error_fraction, return_chip_ids=return_chip_ids,
+        device_transforms=device_transforms,
+        return_masks=return_masks, num_frames=num_frames, return_metadata=return_metadata,
+    )  # fmt: skip
+    if check_shards and stream.info is not None:
+        from .verify import check_shard_footers_on_all_ranks
+
+        problems = check_shard_footers_on_all_ranks(
+            name_or_path, stream.info, split, revision=revision, rank=rank, world_size=world_size
+        )
+        missing = [p for p in problems if p["problem"] == "is missing"]
+        if missing:  # shards are addressed by position in the folder: a gap shifts them all
+            raise BadInputError(
+                "missing_shard",
+                f"{len(missing)} shard file(s) of {name_or_path}:{split} listed in "
+                f"geofm_dataset.json are missing ({', '.join(p['file'] for p in missing[:5])}); "
+                "a missing file cannot be skipped. Restore it or rewrite the dataset.",
+            )
+        if problems and on_error == "raise":
+            listed = "; ".join(
+                f"shard {p['shard']} ({p['file']}) {p['problem']}" for p in problems[:5]
+            )
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise BadInputError(
+                "bad_shard",
+                f"{len(problems)} of {len(stream.counts)} shards of {name_or_path}:{split} are "
+                f"bad: {listed}{more}. Rewrite them, or pass on_error='skip' to train on the rest.",
+            )
+        if problems:
+            stream.mark_bad_shards(problems)
+    loader = PretrainLoader(stream, num_workers=num_workers, pin_memory=pin_memory)
+    loader.stats.update(stream.stats)
+    return loader
