@@ -83,9 +83,8 @@ def load_pretrained(model_class, args, **from_pretrained_kwargs):
     ``model_class`` is a transformers class (``AutoModel``, ``GeoViTMAEForImageClassification``
     ...); ``from_pretrained_kwargs`` go to its ``from_pretrained`` (``num_labels``, ``config``).
     """
+    # The Auto classes are registered: importing this module ran geofm_hf/__init__.py first.
     from transformers import AutoImageProcessor
-
-    import geofm_hf  # noqa: F401 - registers the Auto classes
 
     model = model_class.from_pretrained(
         args.model_name_or_path, revision=args.revision, **from_pretrained_kwargs
