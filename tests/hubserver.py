@@ -580,7 +580,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
         if failure == "http500":
-            self._json(500, {"error": "simulated internal error"})
+            body = json.dumps({"error": "simulated internal error"}).encode()
+            # A HEAD answer has no body (one here would corrupt the kept-alive connection).
+            self._send(500, body, head=method == "HEAD")
             return
         auth = self.headers.get("Authorization")
         # validate-yaml is public on the Hub (ModelCard.validate sends no token); all else needs it.

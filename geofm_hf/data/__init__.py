@@ -8,14 +8,15 @@ from .format import (
     decode_image,
     read_dataset_info,
 )
-from .hub_access import load_geo_dataset
+from .hub_access import DatasetSource, load_geo_dataset
 from .loader import PretrainLoader, make_pretrain_dataloader
-from .stream import GeoPretrainStream
+from .stream import GeoPretrainStream, resolve_source
 from .writer import ChipMeta, WriteSummary, write_shards
 
 __all__ = [
     "BadInputError",
     "ChipMeta",
+    "DatasetSource",
     "GeoDatasetInfo",
     "GeoPretrainStream",
     "PretrainLoader",
@@ -26,6 +27,7 @@ __all__ = [
     "load_geo_dataset",
     "make_pretrain_dataloader",
     "read_dataset_info",
+    "resolve_source",
     "sample_dataset_path",
     "write_shards",
 ]

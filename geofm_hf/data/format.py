@@ -81,6 +81,10 @@ class BadInputError(ValueError):
         super().__init__(message)
         self.reason = reason
 
+    def __reduce__(self):
+        # Crosses processes whole (a broadcast from rank 0, a DataLoader worker's failure).
+        return type(self), (self.reason, str(self))
+
 
 class TooManyErrorsError(RuntimeError):
     """More bad items than ``max_error_fraction`` allows; the run stops."""

@@ -3,11 +3,15 @@ commit a run reads, byte-counted reads, and which failures are worth a retry."""
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import time
+from dataclasses import dataclass
 
-from .format import dataset_location
+from .format import GeoDatasetInfo, dataset_location
 
-__all__ = ["load_geo_dataset"]
+__all__ = ["DatasetSource", "HubRangeFile", "load_geo_dataset", "open_shard"]
 
 
 def load_geo_dataset(name_or_path: str | os.PathLike, split: str = "train",
@@ -38,10 +42,122 @@ def load_geo_dataset(name_or_path: str | os.PathLike, split: str = "train",
         raise
 
 
-def _hub_commit(repo_id: str, revision: str | None) -> str:
+@dataclass(frozen=True)
+class DatasetSource:
+    """What a reader needs before its first byte of pixels, resolved once for a whole job: the
+    commit every rank reads (None for a local folder), the dataset's ``geofm_dataset.json``,
+    the shard files in order and their row counts. Rank 0 resolves it
+    (:func:`geofm_hf.data.resolve_source`) and hands it to every rank, so a job makes the same
+    Hub requests at 8 ranks as at 8,192, and no rank can land on another commit."""
+
+    commit: str | None
+    info: GeoDatasetInfo | None
+    files: tuple[str, ...]
+    counts: tuple[int, ...]
+
+
+def _hub_commit(repo_id: str, revision: str | None, tries: int = 5) -> str:
+    """The commit ``revision`` points at now; a rate limit (429) or a server error is retried
+    with backoff (1, 2, 4, 8 s) before it fails the run."""
     from huggingface_hub import HfApi
 
-    return HfApi().dataset_info(repo_id, revision=revision).sha
+    for attempt in range(tries):
+        try:
+            return HfApi().dataset_info(repo_id, revision=revision).sha
+        except Exception as err:
+            if attempt == tries - 1 or not _is_transient(err):
+                raise
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
+_HF_PATH = re.compile(r"^hf://datasets/(?P<repo>[^@]+)@(?P<commit>[0-9a-f]{40})/(?P<file>.+)$")
+
+
+class HubRangeFile(io.RawIOBase):
+    """A read-only file of a dataset repo at a fixed commit, read by exact HTTP range requests.
+
+    No API call: the URL is built from (repo, commit, file), and the size comes from one
+    ``HEAD`` of the file itself when first needed. ``HfFileSystem`` instead asks the API for
+    the revision and lists the folder on every process that opens a file, requests that grow
+    with the ranks of a job."""
+
+    def __init__(self, repo_id: str, filename: str, commit: str) -> None:
+        from huggingface_hub import hf_hub_url
+
+        super().__init__()
+        self.url = hf_hub_url(repo_id, filename, repo_type="dataset", revision=commit)
+        self.name = f"{repo_id}@{commit}/{filename}"
+        self._pos = 0
+        self._size: int | None = None
+
+    @classmethod
+    def from_hf_path(cls, path: str) -> HubRangeFile | None:
+        """For an ``hf://datasets/REPO@COMMIT/FILE`` path pinned to a full commit, else None."""
+        match = _HF_PATH.match(path)
+        return None if match is None else cls(match["repo"], match["file"], match["commit"])
+
+    @property
+    def size(self) -> int:
+        if self._size is None:
+            from huggingface_hub import get_hf_file_metadata
+            from huggingface_hub.errors import EntryNotFoundError
+
+            try:
+                # Retried on 5xx/429 with backoff, as the range reads below are.
+                self._size = int(get_hf_file_metadata(self.url, retry_on_errors=True).size)
+            except EntryNotFoundError as err:
+                raise FileNotFoundError(f"{self.name} is not in the repository") from err
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = self.size if n is None or n < 0 else min(self.size, self._pos + n)
+        if end <= self._pos:
+            return b""
+        from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_backoff
+
+        headers = {**build_hf_headers(), "Range": f"bytes={self._pos}-{end - 1}"}
+        # Server errors, rate limits and dropped connections are retried with backoff (1-8 s);
+        # what still fails reaches the stream, which stops the run rather than skip good data.
+        response = http_backoff("GET", self.url, headers=headers, follow_redirects=True)
+        hf_raise_for_status(response)
+        data = response.content
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def open_shard(path: str):
+    """A shard for reading: a local file, a pinned Hub file (:class:`HubRangeFile`), or any
+    other ``hf://`` path through ``HfFileSystem`` (unpinned; no read-ahead)."""
+    if not path.startswith("hf://"):
+        return open(path, "rb")
+    pinned = HubRangeFile.from_hf_path(path)
+    if pinned is not None:
+        return pinned
+    from huggingface_hub import HfFileSystem
+
+    # Every read is one exact range request, and pyarrow coalesces the column chunks of the row
+    # groups asked for into as few reads as it can.
+    return HfFileSystem().open(path, "rb", cache_type="none")
 
 
 def _file_size(fh) -> int:

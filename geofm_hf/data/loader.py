@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .format import BadInputError
+from .hub_access import DatasetSource
 from .stream import GeoPretrainStream
 
 __all__ = ["PretrainLoader", "make_pretrain_dataloader"]
@@ -145,6 +146,7 @@ def make_pretrain_dataloader(
     check_shards: bool = True,
     num_frames: int | None = None,
     return_metadata: bool = False,
+    source: DatasetSource | None = None,
 ) -> PretrainLoader:
     """Build the MAE pretraining loader for a Hub repo id or local folder.
 
@@ -164,6 +166,8 @@ def make_pretrain_dataloader(
     ``return_metadata=True`` adds ``temporal_coords`` ``(B, T', 2)`` (year, day of year of each
     frame) and ``location_coords`` ``(B, 2)`` (latitude, longitude of the chip centre) from the
     shards' ``datetime`` / ``frame_datetimes``, ``crs`` and ``transform``; NaN where unknown.
+    ``source`` (:func:`~geofm_hf.data.stream.resolve_source`, resolved once on one process and
+    broadcast) replaces this reader's own Hub requests for the commit, metadata and shard list.
     ``check_shards`` reads every shard's footer first (split across ranks; collective when
     ``world_size`` > 1): a bad shard is an error at once, or skipped and counted under
     ``on_error="skip"``.
@@ -175,12 +179,18 @@ def make_pretrain_dataloader(
         max_error_fraction=max_error_fraction, return_chip_ids=return_chip_ids,
         device_transforms=device_transforms,
         return_masks=return_masks, num_frames=num_frames, return_metadata=return_metadata,
+        source=source,
     )  # fmt: skip
     if check_shards and stream.info is not None:
         from .verify import check_shard_footers_on_all_ranks
 
         problems = check_shard_footers_on_all_ranks(
-            name_or_path, stream.info, split, revision=revision, rank=rank, world_size=world_size
+            name_or_path,
+            stream.info,
+            split,
+            revision=stream.source.commit or revision,
+            rank=rank,
+            world_size=world_size,
         )
         missing = [p for p in problems if p["problem"] == "is missing"]
         if missing:  # shards are addressed by position in the folder: a gap shifts them all

@@ -49,7 +49,14 @@ from .format import (
     read_dataset_info,
     read_parquet_footer,
 )
-from .hub_access import _CountingFile, _file_size, _hub_commit, _is_transient
+from .hub_access import (
+    DatasetSource,
+    _CountingFile,
+    _file_size,
+    _hub_commit,
+    _is_transient,
+    open_shard,
+)
 from .layout import _Layout, augmentation_params
 
 __all__ = ["GeoPretrainStream"]
@@ -96,6 +103,7 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         return_masks: bool = False,
         num_frames: int | None = None,
         return_metadata: bool = False,
+        source: DatasetSource | None = None,
     ):
         super().__init__()
         # Yield device_transforms.RawBatch (uint16 crops + flips) for the device to finish.
@@ -130,36 +138,18 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         # Set by PretrainLoader when DataLoader workers read: their counts reach the main
         # process through this shared array (one flag per shard, then the batches lost).
         self._shared_counts = None
-        local = dataset_location(name_or_path) == "local"
+        if source is None:
+            source = self._resolve(name_or_path, revision, info, mean, std)
+        else:  # resolved once for the job (rank 0): no Hub request here
+            self._check_split(source.info)
         # One commit for the metadata and every shard, on every rank.
-        self._commit = None if local else _hub_commit(self.name_or_path, revision)
-        if info is None:
-            try:
-                info = read_dataset_info(name_or_path, revision=self._commit)
-            except (FileNotFoundError, EntryNotFoundError):
-                if mean is None or std is None:
-                    raise
-                info = None
+        self._commit = source.commit
+        info = source.info
         self.info = info
         self.chip_size = info.chip_size if info else None
-        if info is not None and split not in info.num_samples:
-            raise ValueError(
-                f"split {split!r} not in {self.name_or_path}; it has {sorted(info.num_samples)}"
-            )
-        self._files = self._data_files()
-        self.counts = None
-        if info is not None and split in info.shards:
-            counts = [int(s["num_rows"]) for s in info.shards[split]]
-        else:  # no geofm_dataset.json: each shard's footer says how many rows it holds
-            counts = []
-            for i, path in enumerate(self._files):
-                try:
-                    counts.append(self._footer(i)[0].num_rows)
-                except Exception as err:
-                    raise BadInputError(
-                        "bad_shard", f"{path}: cannot read its Parquet footer: {err}"
-                    ) from err
-        self.counts = counts
+        self._files = list(source.files)
+        self.counts = list(source.counts)
+        self.source = source
         self.mean = np.asarray(mean if mean is not None else info.mean, dtype=np.float32)
         self.std = np.asarray(std if std is not None else info.std, dtype=np.float32)
         if self.mean.shape != self.std.shape or (
@@ -183,13 +173,49 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         self.num_frames = num_frames or stored
         if self.chip_size is not None and self.crop_size > self.chip_size:
             raise ValueError(f"crop_size {self.crop_size} exceeds the chip size {self.chip_size}")
-        self.layout = _Layout(counts, self.seed, world_size, num_workers, batch_size, drop_last)
+        self.layout = _Layout(
+            self.counts, self.seed, world_size, num_workers, batch_size, drop_last
+        )
 
     def __getstate__(self):
         # DataLoader workers start with empty caches: each reads only its own row groups.
         state = dict(self.__dict__)
         state["_meta"], state["_groups"] = {}, OrderedDict()
         return state
+
+    def _check_split(self, info) -> None:
+        if info is not None and self.split not in info.num_samples:
+            raise ValueError(
+                f"split {self.split!r} not in {self.name_or_path}; it has {sorted(info.num_samples)}"
+            )
+
+    def _resolve(self, name_or_path, revision, info, mean, std) -> DatasetSource:
+        """The commit, ``geofm_dataset.json``, shard files and row counts (Hub requests)."""
+        local = dataset_location(name_or_path) == "local"
+        self._commit = None if local else _hub_commit(self.name_or_path, revision)
+        if info is None:
+            try:
+                info = read_dataset_info(name_or_path, revision=self._commit)
+            except (FileNotFoundError, EntryNotFoundError):
+                if mean is None or std is None:
+                    raise
+                info = None
+        self.info = info
+        self._check_split(info)
+        self._files = self._data_files()
+        self.counts = None
+        if info is not None and self.split in info.shards:
+            counts = [int(s["num_rows"]) for s in info.shards[self.split]]
+        else:  # no geofm_dataset.json: each shard's footer says how many rows it holds
+            counts = []
+            for i, path in enumerate(self._files):
+                try:
+                    counts.append(self._footer(i)[0].num_rows)
+                except Exception as err:
+                    raise BadInputError(
+                        "bad_shard", f"{path}: cannot read its Parquet footer: {err}"
+                    ) from err
+        return DatasetSource(self._commit, info, tuple(self._files), tuple(counts))
 
     # -- reading ---------------------------------------------------------------------------
     def _columns(self, schema_names: list[str]) -> list[str]:
@@ -199,14 +225,7 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         return [c for c in wanted if c in schema_names]
 
     def _open(self, shard: int):
-        path = self._files[shard]
-        if path.startswith("hf://"):
-            from huggingface_hub import HfFileSystem
-
-            # No read-ahead cache: every read is one exact range request, and pyarrow coalesces
-            # the column chunks of the row groups asked for into as few reads as it can.
-            return HfFileSystem().open(path, "rb", cache_type="none")
-        return open(path, "rb")
+        return open_shard(self._files[shard])
 
     def _footer(self, shard: int):
         """(Parquet metadata, first row of each row group + total) of one shard, read once."""
@@ -563,3 +582,19 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
             "batches_per_epoch_per_rank": self.layout.batches_per_epoch * max(self.num_workers, 1),
             "dropped_per_epoch": self.layout.dropped_per_epoch(),
         }
+
+
+def resolve_source(
+    name_or_path: str | os.PathLike,
+    split: str = "train",
+    revision: str | None = None,
+    *,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> DatasetSource:
+    """Resolve a dataset once (commit, ``geofm_dataset.json``, shards, row counts) for
+    ``make_pretrain_dataloader(..., source=)`` on every rank: call it on one process and
+    broadcast the result."""
+    return GeoPretrainStream(
+        name_or_path, split=split, batch_size=1, revision=revision, mean=mean, std=std
+    ).source

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from .format import SHARD_FOOTER_METADATA, SHARD_SCHEMA, GeoDatasetInfo, read_parquet_footer
+from .hub_access import HubRangeFile
 
 __all__ = ["check_shard_footers", "check_shard_footers_on_all_ranks"]
 
@@ -24,17 +26,17 @@ def _opener(name_or_path: str, revision: str | None):
     local = Path(name_or_path)
     if local.is_dir():
         return lambda rel: open(local / rel, "rb")
-    from urllib.parse import quote
-
-    from huggingface_hub import HfApi, HfFileSystem
+    from huggingface_hub import HfApi
 
     # Pinned to the commit the branch points at now: sizes and bytes then come from one
-    # version, even when the repo moves (or a listing was cached) during the check.
-    commit = HfApi().dataset_info(str(name_or_path), revision=revision).sha
-    fs = HfFileSystem()
-    base = f"datasets/{name_or_path}@{quote(commit, safe='')}"
-    # No read-ahead: the footer is read exactly (its length, then itself), as the stream does.
-    return lambda rel: fs.open(f"{base}/{rel}", "rb", cache_type="none")
+    # version, even when the repo moves (or a listing was cached) during the check. A run
+    # passes the commit its main process resolved: no API request on any rank.
+    if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision):
+        commit = revision
+    else:
+        commit = HfApi().dataset_info(str(name_or_path), revision=revision).sha
+    # The footer is read exactly (its length, then itself), as the stream does.
+    return lambda rel: HubRangeFile(str(name_or_path), rel, commit)
 
 
 def _check_one(handle, entry: dict[str, Any], full: bool = False) -> str | None:

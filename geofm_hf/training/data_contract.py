@@ -11,7 +11,7 @@ from transformers import AutoConfig
 
 import geofm_hf
 from geofm_hf import GeoViTMAEConfig, GeoViTMAEImageProcessor
-from geofm_hf.data import read_dataset_info, sample_dataset_path
+from geofm_hf.data import resolve_source, sample_dataset_path
 from geofm_hf.training.arguments import (
     ArgumentError,
 )
@@ -29,15 +29,28 @@ class DataContract:
     # Every dataset of a mixed-sensor run, (name_or_path, info); the first is the one above.
     datasets: list[tuple[str, object]] = field(default_factory=list)
     weights: dict[str, float] | None = None
+    # name -> DatasetSource (commit, metadata, shards, row counts) resolved by the main process.
+    sources: dict = field(default_factory=dict)
 
 
-def read_data_contract(data_args) -> DataContract:
+def read_data_contract(data_args, accelerator=None) -> DataContract:
+    """The run's datasets, resolved once: with an ``accelerator`` of several processes, the main
+    process alone asks the Hub (commit, ``geofm_dataset.json``, shard list) and every rank
+    receives its answer or its error, so start-up requests do not grow with the ranks and all
+    ranks read one commit."""
     names = [n.strip() for n in (data_args.dataset_name_or_path or "").split(",") if n.strip()] or [
         str(sample_dataset_path())
     ]
     if data_args.synthetic_data:
         return DataContract(names[0], None)
-    datasets = [(n, read_dataset_info(n, revision=data_args.dataset_revision)) for n in names]
+    sources = _on_main_process(
+        accelerator,
+        lambda: {
+            n: resolve_source(n, data_args.train_split, revision=data_args.dataset_revision)
+            for n in names
+        },
+    )
+    datasets = [(n, sources[n].info) for n in names]
     for name, info in datasets:
         bad = {k: v for k, v in (("mean", info.mean), ("std", info.std))
                if not all(math.isfinite(x) for x in v)}  # fmt: skip
@@ -56,7 +69,26 @@ def read_data_contract(data_args) -> DataContract:
                 f"{names}, found {len(values)}: {values}."
             )
         weights = dict(zip(names, values))
-    return DataContract(names[0], datasets[0][1], datasets, weights)
+    return DataContract(names[0], datasets[0][1], datasets, weights, sources)
+
+
+def _on_main_process(accelerator, compute):
+    """``compute()`` on the main process; every process gets its value, or raises its error."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return compute()
+    from accelerate.utils import broadcast_object_list
+
+    box: list = [None]
+    if accelerator.is_main_process:
+        try:
+            box = [("ok", compute())]
+        except Exception as err:  # re-raised below, on every rank alike
+            box = [("error", err)]
+    broadcast_object_list(box)
+    status, value = box[0]
+    if status == "error":
+        raise value
+    return value
 
 
 def build_model_config(model_args, data_args, data_info, datasets=()) -> GeoViTMAEConfig:

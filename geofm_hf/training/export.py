@@ -149,6 +149,7 @@ def plot_export_reconstructions(run: Run, model, config, data: DataContract, fol
     data_args = run.data_args
     sample = make_pretrain_dataloader(
         data.name_or_path,
+        source=data.sources.get(data.name_or_path),
         split=data_args.train_split,
         batch_size=3,
         seed=run.args.seed + 1,

@@ -79,6 +79,7 @@ def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEC
     # are the ones the model learnt with, not the new dataset's.
     return make_pretrain_dataloader(
         data.name_or_path,
+        source=data.sources.get(data.name_or_path),
         split=data_args.train_split,
         batch_size=batch,
         seed=run.args.seed,
@@ -125,6 +126,7 @@ def _mixed_loader(run: Run, data: DataContract, data_args, config) -> MixedPretr
     for name, info in data.datasets:
         loaders[name] = make_pretrain_dataloader(
             name,
+            source=data.sources.get(name),
             split=data_args.train_split,
             batch_size=run.args.per_device_train_batch_size,
             seed=run.args.seed,

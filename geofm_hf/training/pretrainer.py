@@ -29,13 +29,16 @@ def pretrain(argv: list[str] | None = None) -> int:
     :func:`~geofm_hf.training.arguments.run_recipe` turns them into one line and exit 2.
     """
     model_args, data_args, args = parse_arguments(argv)
-    data = read_data_contract(data_args)
-    config = build_model_config(model_args, data_args, data.info, data.datasets)
     if args.dry_run:
+        data = read_data_contract(data_args)
+        config = build_model_config(model_args, data_args, data.info, data.datasets)
         return dry_run(config, args)
 
     check_output_dir_writable(args.output_dir)
     run = start_run(model_args, data_args, args)
+    # After the process group exists: the main process resolves the datasets for every rank.
+    data = read_data_contract(data_args, run.accelerator)
+    config = build_model_config(model_args, data_args, data.info, data.datasets)
     check_activation_checkpointing(run, model_args)
     if run_already_finished(run):
         return 0
