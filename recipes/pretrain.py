@@ -66,6 +66,7 @@ from geofm_hf.training.reporting import (
     plot_loss_curve,
     plot_reconstructions,
 )
+from geofm_hf.training.run_status import write_run_status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         outcome = train(run, model, optimizer, loader, config, processor, start_step)
         if not outcome.stopped_by_signal:
             export(run, model, config, processor, data, outcome, loader)
+            if run.accelerator.is_main_process:
+                write_run_status(run.output_dir, "finished", step=outcome.step, signal=None)
     finally:
         if run.pusher is not None and not run.pusher.closed:
             # Stopped by a signal or an error: the job's end must not wait for the Hub (queued
@@ -813,6 +816,8 @@ def describe_run(run: Run, model, config, start_step: int) -> None:
             staging_dir=run.output_dir / ".hub_staging",
         )
     run.stop = _StopSignal()
+    if accelerator.is_main_process:
+        write_run_status(run.output_dir, "running", step=start_step, signal=None)
 
 
 # ---------------------------------------------------------------------------------- train
@@ -847,6 +852,7 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
     train_start, trained_images, last_loss = time.perf_counter(), 0, float("nan")
     skipped_steps = 0
     grad_norm = torch.zeros((), device=device)
+    step_s = None
     progress = tqdm(
         total=args.max_steps, initial=start_step, disable=not accelerator.is_local_main_process
     )
@@ -940,6 +946,7 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
             last_loss = vote.mean_loss
             elapsed = time.perf_counter() - window.start
             images_per_s = window.images / elapsed
+            step_s = elapsed * run.global_batch / window.images
             mfu = (
                 images_per_s * flops_img / (peak_flops * run.world) if peak_flops else float("nan")
             )
@@ -967,7 +974,19 @@ def train(run: Run, model, optimizer, loader, config, processor, start_step: int
         else:
             stopping = False
         if saving or stopping:
+            save_start = time.perf_counter()
             save_checkpoint(run, model, loader, step, config, processor)
+            if accelerator.is_main_process:
+                # The batch script asks for the stop signal this long (and a margin) before
+                # the time limit.
+                write_run_status(
+                    run.output_dir,
+                    "stopped_by_signal" if stopping else "running",
+                    step=step,
+                    checkpoint_save_s=time.perf_counter() - save_start,
+                    step_s=step_s,
+                    signal=run.stop.received if stopping else None,
+                )
         if stopping:
             run.log(
                 f"signal {run.stop.received or 'on another rank'}: checkpoint written at step "
