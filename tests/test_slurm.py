@@ -62,7 +62,7 @@ def slurm():
         pytest.skip(reason)
 
 
-def _run_job(tmp_path, recipe_args, env=(), timeout=480) -> tuple[dict, str]:
+def _run_job(tmp_path, recipe_args, env=(), sbatch_options=(), timeout=480) -> tuple[dict, str]:
     """Submit the sbatch (2 CPU processes, a 2-minute limit) and wait for its last state.
     Returns (scontrol's record of the job, its log)."""
     log = tmp_path / "job.log"
@@ -80,7 +80,7 @@ def _run_job(tmp_path, recipe_args, env=(), timeout=480) -> tuple[dict, str]:
     }
     sbatch = [
         "sbatch", "--parsable", "-N", "1", "-t", "2", "--exclusive", "--gpus-per-node=0",
-        "--signal=B:USR1@1", "-J", "geofm-slurm-test", "-o", str(log),
+        "--signal=B:USR1@1", "-J", "geofm-slurm-test", "-o", str(log), *sbatch_options,
         str(SBATCH),
         "--config", str(ROOT / "recipes" / "configs" / "demo.yaml"),
         "--report_to", "none", "--per_device_train_batch_size", "8", *recipe_args,
@@ -142,3 +142,27 @@ def test_a_failing_run_requeues_within_its_budget(slurm, tmp_path):
     assert int(job["Restarts"]) == 1, text
     assert "requeueing job" in text and "(failure 1 of 1)" in text, text
     assert "1 failure requeue(s) already (GEOFM_MAX_REQUEUES 1): not requeueing" in text, text
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_the_time_limit_requeues_and_resumes(slurm, tmp_path):
+    # No stop before the limit: Slurm's warning is a signal bash ignores (URG) and the watcher
+    # sleeps past the job's end. Slurm's SIGTERM at the limit is the first the job hears of it.
+    args = ("--max_steps", "200", "--save_steps", "10", "--logging_steps", "1")
+    job, text = _run_job(
+        tmp_path,
+        args,
+        env={"GEOFM_WATCH_INTERVAL_S": "600"},
+        sbatch_options=("-t", "1", "--signal=B:URG@1"),
+    )
+    assert job["JobState"] == "COMPLETED", text
+    assert int(job["Restarts"]) >= 1, text
+    assert "DUE TO TIME LIMIT" in text, text
+    assert "killed at the time limit; requeueing job" in text, text
+    assert "not requeueing (run status finished)" in text, text
+
+    pretrain(tmp_path / "whole", *args)
+    out = tmp_path / "slurm_run"
+    assert [(r["step"], r["loss"]) for r in metrics(out)] == [
+        (r["step"], r["loss"]) for r in metrics(tmp_path / "whole")
+    ]
