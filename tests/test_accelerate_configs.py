@@ -121,7 +121,9 @@ def test_sbatch_parses():
         assert var in env
 
 
-def _print_command(tmp_path: Path, nodes: int, config: str, *extra: str) -> tuple[str, str]:
+def _print_command(
+    tmp_path: Path, nodes: int, config: str, *extra: str, env: dict | None = None
+) -> tuple[str, str]:
     """Runs the sbatch in print-only mode with a stand-in `scontrol` (no Slurm here)."""
     fake = tmp_path / "bin"
     fake.mkdir(exist_ok=True)
@@ -129,8 +131,9 @@ def _print_command(tmp_path: Path, nodes: int, config: str, *extra: str) -> tupl
     hosts = "\n".join(f"frontier{i:05d}" for i in range(100, 100 + nodes))
     scontrol.write_text(f"#!/bin/sh\nprintf '%s\\n' {shlex.quote(hosts)}\n", encoding="utf-8")
     scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "GEOFM_"))}
     env = {
-        **os.environ,
+        **inherited,
         "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}",
         "GEOFM_PRINT_ONLY": "1",
         "GEOFM_REPO": str(REPO),
@@ -139,6 +142,7 @@ def _print_command(tmp_path: Path, nodes: int, config: str, *extra: str) -> tupl
         "SLURM_JOB_NUM_NODES": str(nodes),
         "SLURM_JOB_NODELIST": f"frontier[00100-{100 + nodes - 1:05d}]",
         "SLURM_JOB_ID": "4242",
+        **(env or {}),
     }
     proc = subprocess.run(
         ["bash", str(SBATCH), *extra], env=env, capture_output=True, text=True, check=False
@@ -205,3 +209,42 @@ def test_sbatch_refuses_a_missing_config(tmp_path):
     proc = subprocess.run(["bash", str(SBATCH)], env=env, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "accelerate config not found" in proc.stderr
+
+
+def _launch_args(node_cmd: str):
+    launch = node_cmd.split("exec ", 1)[1].replace('"${SLURM_NODEID}"', "0")
+    return launch_command_parser().parse_args(shlex.split(launch)[2:])
+
+
+def test_sbatch_defaults_to_a_frontier_node(tmp_path):
+    srun, node_cmd = _print_command(tmp_path, 2, "accelerate_configs/frontier_fsdp.yaml")
+    assert "--cpus-per-task=56 --gpus-per-node=8" in srun
+    assert _launch_args(node_cmd).num_processes == 16
+
+
+@pytest.mark.parametrize(
+    "env,cpus,gpus,procs",
+    [
+        # A CPU test cluster (tests/test_slurm.py): no GPU request at all.
+        ({"GEOFM_PROCS_PER_NODE": "2", "GEOFM_CPUS_PER_TASK": "2", "GEOFM_GPUS_PER_NODE": "0"},
+         2, None, 2),
+        # The allocation's own counts (sbatch --gpus-per-node=gpu:4 -c 32).
+        ({"SLURM_GPUS_PER_NODE": "gpu:4", "SLURM_CPUS_PER_TASK": "32"}, 32, 4, 4),
+        # The environment wins over the allocation.
+        ({"SLURM_GPUS_PER_NODE": "8", "GEOFM_GPUS_PER_NODE": "4", "GEOFM_PROCS_PER_NODE": "8"},
+         56, 4, 8),
+    ],
+)  # fmt: skip
+def test_sbatch_geometry_follows_the_allocation_or_environment(tmp_path, env, cpus, gpus, procs):
+    srun, node_cmd = _print_command(
+        tmp_path, 3, "accelerate_configs/frontier_full_shard.yaml", env=env
+    )
+    assert f"--cpus-per-task={cpus} " in srun
+    if gpus is None:
+        assert "--gpus-per-node" not in srun
+    else:
+        assert f"--gpus-per-node={gpus} " in srun
+    args = _launch_args(node_cmd)
+    assert args.num_processes == 3 * procs
+    # One shard group over the whole job, whatever its size.
+    assert args.parallelism_config_dp_shard_size == 3 * procs

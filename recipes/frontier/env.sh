@@ -37,9 +37,15 @@ else
 fi
 # OLCF: set the socket interface RCCL's bootstrap (and any socket fallback) uses to the first
 # high-speed NIC; the management network is slow and sometimes unreachable between nodes.
-export NCCL_SOCKET_IFNAME=hsn0
-# torch.distributed's TCP store (rendezvous) on the same network.
-export GLOO_SOCKET_IFNAME=hsn0
+# Elsewhere (a test cluster without Slingshot) the default interface is kept: naming one that
+# does not exist makes gloo and RCCL fail at start.
+if [[ -e /sys/class/net/hsn0 ]]; then
+    export NCCL_SOCKET_IFNAME=hsn0
+    # torch.distributed's TCP store (rendezvous) on the same network.
+    export GLOO_SOCKET_IFNAME=hsn0
+else
+    echo "env.sh: no hsn0 interface (not on Frontier?): keeping the default socket interface" >&2
+fi
 # aws-ofi-rccl README (Frontier): let RCCL use GPU-direct RDMA between GCD memory and NIC.
 # OLCF: "can improve performance, but remove this setting if you encounter a hang/crash".
 export NCCL_NET_GDR_LEVEL=3
@@ -68,5 +74,4 @@ export MIOPEN_CUSTOM_CACHE_DIR="${MIOPEN_USER_DB_PATH}"
 export HF_HOME="${HF_HOME:-/lustre/orion/${SLURM_JOB_ACCOUNT:-PROJECT}/scratch/${USER:-$(id -un)}/hf_home}"
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
-# Threads per rank: 56 usable cores per node (8 reserved for the OS on Frontier) / 8 GCDs.
-export OMP_NUM_THREADS=7
+# OMP_NUM_THREADS (cores per rank) is set by pretrain.sbatch from the job's geometry.
