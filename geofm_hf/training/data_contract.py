@@ -15,6 +15,7 @@ from geofm_hf.data import resolve_source, sample_dataset_path
 from geofm_hf.training.arguments import (
     ArgumentError,
 )
+from geofm_hf.training.collective import on_main_process
 
 if TYPE_CHECKING:
     pass
@@ -43,7 +44,7 @@ def read_data_contract(data_args, accelerator=None) -> DataContract:
     ]
     if data_args.synthetic_data:
         return DataContract(names[0], None)
-    sources = _on_main_process(
+    sources = on_main_process(
         accelerator,
         lambda: {
             n: resolve_source(n, data_args.train_split, revision=data_args.dataset_revision)
@@ -70,25 +71,6 @@ def read_data_contract(data_args, accelerator=None) -> DataContract:
             )
         weights = dict(zip(names, values))
     return DataContract(names[0], datasets[0][1], datasets, weights, sources)
-
-
-def _on_main_process(accelerator, compute):
-    """``compute()`` on the main process; every process gets its value, or raises its error."""
-    if accelerator is None or accelerator.num_processes == 1:
-        return compute()
-    from accelerate.utils import broadcast_object_list
-
-    box: list = [None]
-    if accelerator.is_main_process:
-        try:
-            box = [("ok", compute())]
-        except Exception as err:  # re-raised below, on every rank alike
-            box = [("error", err)]
-    broadcast_object_list(box)
-    status, value = box[0]
-    if status == "error":
-        raise value
-    return value
 
 
 def build_model_config(model_args, data_args, data_info, datasets=()) -> GeoViTMAEConfig:

@@ -20,7 +20,8 @@ from geofm_hf.training.arguments import (
     ArgumentError,
     as_flat_dict,
 )
-from geofm_hf.training.checkpointing import CheckpointManager
+from geofm_hf.training.checkpointing import CheckpointManager, list_checkpoints
+from geofm_hf.training.collective import on_main_process
 from geofm_hf.training.host_memory import pin_mmap_threshold
 from geofm_hf.training.inputs import frames_text, loader_settings
 from geofm_hf.training.optim import LearningRateRuleError, peak_learning_rate
@@ -96,9 +97,9 @@ def start_run(model_args, data_args, args) -> Run:
         output_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     checkpoints = CheckpointManager(accelerator, output_dir, args.save_total_limit)
+    if not args.resume_from_checkpoint:
+        on_main_process(accelerator, lambda: _refuse_starting_over(output_dir))
     removed = checkpoints.clean_partial()
-    if removed:
-        accelerator.print(f"removed unfinished checkpoint writes from a previous run: {removed}")
     world = accelerator.num_processes
     global_batch = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
     try:
@@ -108,6 +109,16 @@ def start_run(model_args, data_args, args) -> Run:
     data_args.dataloader_num_workers, _ = loader_settings(
         accelerator.device.type, data_args.dataloader_num_workers
     )
+    resume_path = checkpoints.resolve_resume(args.resume_from_checkpoint)
+    if removed:
+        accelerator.print(
+            f"removed unfinished checkpoint writes from a previous run: {removed}"
+            + (
+                ""
+                if resume_path
+                else f"; {output_dir} held no complete checkpoint: starting at step 0"
+            )
+        )
     return Run(
         model_args=model_args,
         data_args=data_args,
@@ -115,7 +126,7 @@ def start_run(model_args, data_args, args) -> Run:
         accelerator=accelerator,
         output_dir=output_dir,
         checkpoints=checkpoints,
-        resume_path=checkpoints.resolve_resume(args.resume_from_checkpoint),
+        resume_path=resume_path,
         bf16=bf16,
         rank=accelerator.process_index,
         world=world,
@@ -123,6 +134,19 @@ def start_run(model_args, data_args, args) -> Run:
         peak_lr=peak_lr,
         lr_rule=lr_rule,
     )
+
+
+def _refuse_starting_over(output_dir: Path) -> None:
+    """Without ``--resume_from_checkpoint``, a folder holding an earlier run's checkpoints is
+    not trained over from step 1 (its metrics log would be replaced, its checkpoints mixed)."""
+    found = list_checkpoints(output_dir)
+    if found:
+        raise ArgumentError(
+            f"--output_dir {output_dir} holds {len(found)} checkpoint(s) of an earlier run (newest "
+            f"{found[-1][1].name}) and --resume_from_checkpoint is not set: starting over would "
+            "train from step 1 on top of them. Pass --resume_from_checkpoint auto to continue "
+            "that run, or another --output_dir to start a new one."
+        )
 
 
 def check_activation_checkpointing(run: Run, model_args) -> None:
