@@ -60,6 +60,8 @@ def _full_record() -> dict:
         "hardware": "8x AMD MI250X GCD (Frontier)",
         "world_size": 8,
         "global_batch": 256,
+        "peak_learning_rate": 1.5e-4,
+        "learning_rate_rule": "linear: base 0.00015 x 256/256 (--lr_scaling auto)",
         "steps": 500,
         "wall_time_s": 3723.4,
         "images_per_s": 1201.5,
@@ -126,6 +128,7 @@ def test_full_record_renders_valid_metadata_and_every_section(tmp_path):
     assert results[0].metric_value == pytest.approx(0.8712)
     assert results[0].dataset_split == "test"
     assert validate_card_yaml(text) == ([], [])
+    assert "| Peak learning rate | 1.500e-04 (linear: base 0.00015 x 256/256" in body
 
     sections = _sections(body)
     for section in SECTIONS:

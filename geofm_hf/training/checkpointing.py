@@ -207,8 +207,10 @@ class CheckpointManager:
         self.accelerator.wait_for_everyone()
         return removed
 
-    def save(self, step: int, trainer_state: dict, data_state: dict) -> Path:
-        """Collective: every rank calls it. Returns the complete checkpoint's path."""
+    def save(self, step: int, trainer_state: dict, data_state: dict, extra=None) -> Path:
+        """Collective: every rank calls it. Returns the complete checkpoint's path. ``extra``
+        (a function of the folder being written) adds files on the main process, hashed and
+        swapped in with the rest."""
         acc = self.accelerator
         final = self.output_dir / checkpoint_name(step)
         tmp = self.output_dir / f".tmp-{checkpoint_name(step)}"
@@ -220,6 +222,8 @@ class CheckpointManager:
         write_json_atomic(tmp / f"data_state_rank{acc.process_index}.json", data_state)
         if acc.is_main_process:
             write_json_atomic(tmp / TRAINER_STATE, trainer_state)
+            if extra is not None:
+                extra(tmp)
         acc.wait_for_everyone()  # every rank's shards are on disk past this point
         # Last, with every file's hash: resume verifies them (a truncated or bit-flipped weight
         # file must not load silently). Each rank hashes its share.

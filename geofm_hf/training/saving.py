@@ -39,7 +39,15 @@ def save_checkpoint(run: Run, model, loader, step: int, config, processor=None) 
         "model": model_fingerprint(config),
         "argument_changes": run.argument_changes,
     }
-    path = run.checkpoints.save(step, trainer_state, loader.state_dict())
+
+    def describe(folder):
+        # What geofm-export needs to turn the (sharded) weights into a loadable export on one
+        # process, away from the job: the model's config and the image processor.
+        config.save_pretrained(folder)
+        if processor is not None:
+            processor.save_pretrained(folder)
+
+    path = run.checkpoints.save(step, trainer_state, loader.state_dict(), extra=describe)
     if args.push_to_hub:
         # Hub revisions hold loadable weights (safetensors + code), not optimiser shards.
         export_dir = path / "hub_export"
