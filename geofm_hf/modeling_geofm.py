@@ -745,6 +745,32 @@ _CUSTOM_PIPELINE = {
 }
 
 
+def write_remote_code(config: GeoViTMAEConfig, save_directory) -> None:
+    """Makes an export folder load with ``trust_remote_code=True`` where geofm_hf is absent.
+
+    Every export path calls it before writing ``config.json`` (``save_pretrained``, the
+    streaming save of pretraining, hence the converters and every recipe): it copies this file,
+    ``configuration_geofm.py`` and ``pipeline_geofm.py`` into ``save_directory``, names every
+    head in ``config.auto_map`` (transformers only records the class being saved; a pretraining
+    export must also load through ``AutoModel``) and the pipeline in ``config.custom_pipelines``,
+    so ``pipeline("image-feature-extraction", trust_remote_code=True)`` takes multispectral
+    arrays. The image processor's file travels with ``processor.save_pretrained``.
+    """
+    save_directory = Path(save_directory)
+    save_directory.mkdir(parents=True, exist_ok=True)
+    here = Path(__file__).parent
+    config.auto_map = {**dict(getattr(config, "auto_map", None) or {}), **_AUTO_MAP}
+    shutil.copyfile(here / "configuration_geofm.py", save_directory / "configuration_geofm.py")
+    shutil.copyfile(Path(__file__), save_directory / "modeling_geofm.py")
+    # Code loaded from an export without the pipeline (an old one) has no file to pass on.
+    if (here / "pipeline_geofm.py").is_file():
+        shutil.copyfile(here / "pipeline_geofm.py", save_directory / "pipeline_geofm.py")
+        config.custom_pipelines = {
+            **dict(getattr(config, "custom_pipelines", None) or {}),
+            "image-feature-extraction": _CUSTOM_PIPELINE,
+        }
+
+
 class GeoViTMAEPreTrainedModel(PreTrainedModel):
     """Weight init, the Auto-class glue and the FSDP wrap unit shared by all heads."""
 
@@ -761,22 +787,11 @@ class GeoViTMAEPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """``PreTrainedModel.save_pretrained``, with every head in ``auto_map``.
-
-        transformers only records the class being saved; a pretraining checkpoint must also load
-        through ``AutoModel`` (the encoder) with ``trust_remote_code=True``.
-        """
-        auto_map = dict(getattr(self.config, "auto_map", None) or {})
-        auto_map.update(_AUTO_MAP)
-        self.config.auto_map = auto_map
-        # The feature-extraction pipeline for multispectral arrays travels with the weights.
-        pipeline_file = Path(__file__).with_name("pipeline_geofm.py")
-        if pipeline_file.is_file():
-            self.config.custom_pipelines = {"image-feature-extraction": _CUSTOM_PIPELINE}
-        out = super().save_pretrained(save_directory, *args, **kwargs)
-        if pipeline_file.is_file():
-            shutil.copyfile(pipeline_file, Path(save_directory) / pipeline_file.name)
-        return out
+        """``PreTrainedModel.save_pretrained``, plus what :func:`write_remote_code` adds: every
+        head in ``auto_map`` and the feature-extraction pipeline next to the weights."""
+        if not Path(save_directory).is_file():  # transformers reports that case itself
+            write_remote_code(self.config, save_directory)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         # MAE's init: xavier-uniform linears (and the patch projection seen as a linear), zero
