@@ -16,7 +16,12 @@ from transformers import (
     AutoModelForSemanticSegmentation,
 )
 
-from .configuration_geofm import PAPER_PARAMETER_COUNTS, PRESETS, GeoViTMAEConfig
+from .configuration_geofm import (
+    PAPER_PARAMETER_COUNTS,
+    PRESETS,
+    GeoViTMAEConfig,
+    GeoViTMAEInputError,
+)
 from .convert import config_from_vitmae, convert_from, from_transformers_vitmae, to_timm
 from .image_processing_geofm import GeoViTMAEImageProcessor
 from .modeling_geofm import (
@@ -88,6 +93,7 @@ __all__ = [
     "GeoViTMAEForPreTraining",
     "GeoViTMAEForSemanticSegmentation",
     "GeoViTMAEImageProcessor",
+    "GeoViTMAEInputError",
     "GeoViTMAEModel",
     "GeoViTMAEPreTrainedModel",
     "config_from_vitmae",
