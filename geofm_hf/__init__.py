@@ -17,7 +17,12 @@ from transformers import (
 )
 
 from ._version import __version__ as __version__
-from .configuration_geofm import PAPER_PARAMETER_COUNTS, PRESETS, GeoViTMAEConfig
+from .configuration_geofm import (
+    PAPER_PARAMETER_COUNTS,
+    PRESETS,
+    GeoViTMAEConfig,
+    GeoViTMAEInputError,
+)
 from .convert import config_from_vitmae, convert_from, from_transformers_vitmae, to_timm
 from .image_processing_geofm import GeoViTMAEImageProcessor
 from .modeling_geofm import (
@@ -87,6 +92,7 @@ __all__ = [
     "GeoViTMAEForPreTraining",
     "GeoViTMAEForSemanticSegmentation",
     "GeoViTMAEImageProcessor",
+    "GeoViTMAEInputError",
     "GeoViTMAEModel",
     "GeoViTMAEPreTrainedModel",
     "config_from_vitmae",

@@ -106,6 +106,16 @@ PAPER_PARAMETER_COUNTS: dict[str, int] = {
 }
 
 
+class GeoViTMAEInputError(ValueError):
+    """An input the model cannot take (dtype, shape, bands, non-finite pixels, labels), raised
+    before any compute with one message: what was expected, what was found, what to do.
+
+    Defined here, in a file every export carries as remote code, so ``except
+    GeoViTMAEInputError`` works with or without geofm_hf installed; a ``ValueError`` so code that
+    caught the earlier errors still does.
+    """
+
+
 class GeoViTMAEConfig(PreTrainedConfig):
     r"""Configuration of a geospatial ViT-MAE (encoder, MAE decoder and the band contract).
 
@@ -436,4 +446,10 @@ def input_output_costs(config: Any) -> dict[str, int]:
     }
 
 
-__all__ = ["PAPER_PARAMETER_COUNTS", "PRESETS", "GeoViTMAEConfig", "input_output_costs"]
+__all__ = [
+    "PAPER_PARAMETER_COUNTS",
+    "PRESETS",
+    "GeoViTMAEConfig",
+    "GeoViTMAEInputError",
+    "input_output_costs",
+]

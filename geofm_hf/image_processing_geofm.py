@@ -116,17 +116,21 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             (e.g. Sentinel-2 L1C digital numbers). Required with ``do_normalize``.
         image_std (`list[float]`, *optional*): per-band standard deviation, same units.
         do_normalize (`bool`, defaults to `True`): apply ``(x - mean) / std`` per band.
-        size (`int`, *optional*): resize the (square-cropped) image to ``size x size`` pixels.
-        crop_size (`int`, *optional*): centre-crop to ``crop_size x crop_size`` after resizing.
+        size (`int`, *optional*): the side in pixels of the model's input (``crop_size`` when
+            that is set). See "Sizes" below: only ``do_resize`` resamples to it.
+        crop_size (`int`, *optional*): centre-crop larger images to ``crop_size x crop_size`` (at
+            their own resolution; after resampling to ``size`` with ``do_resize``).
         resample (`str`, defaults to `"bilinear"`): ``"bilinear"``, ``"bicubic"`` or
             ``"nearest"`` (antialiased when shrinking, except nearest).
         nodata (`float`, *optional*): raw value marking missing pixels (besides NaN, always missing).
         nodata_policy (`str`, defaults to `"fill_mean"`): ``"fill_mean"`` replaces missing pixels
             (nodata, NaN, +-inf) by the band mean (0 after normalisation); ``"error"`` raises.
             ``pixel_mask`` ``(B, H, W)`` (1 = valid) is always returned and the models accept it.
-        do_resize (`bool`, defaults to `False`): resize images larger than ``size``. Without it
-            (and without ``crop_size``) a larger image is an error pointing at tiling: a scene is
-            never shrunk or cropped to one chip silently.
+        do_resize (`bool`, defaults to `False`): resample images of any other size to
+            ``size x size`` (a non-square image is centre-cropped to a square first).
+        pad (`bool`, defaults to `False`): pad images smaller than the model's input at the
+            bottom and right edges (pixel coordinates keep their origin) with pixels marked
+            invalid in ``pixel_mask`` (and 0, the normalised band mean, in ``pixel_values``).
         wavelengths_um (`list[float]`, *optional*): centre wavelength of each model band; inputs
             that give theirs (``wavelengths_um=`` at call time) are matched by wavelength.
             The processed ``wavelengths`` are returned for the model (wavelength models need
@@ -138,6 +142,13 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         return_bandwidths (`bool`, defaults to `False`): return ``bandwidths`` (um) of the input
             bands, for wavelength models with ``wavelength_bandwidths``: ``bandwidths_um=`` at
             call time, or the sensor table's for named bands.
+
+    Sizes are never changed silently, larger or smaller: with ``size`` set, an image whose side
+    differs from the model's input (``crop_size`` or ``size``) is an error naming both sizes and
+    the choices, unless it is asked for: ``do_resize=True`` resamples it (changing its ground
+    sample distance, which ``gsd`` then reports), ``crop_size`` centre-crops a larger one,
+    ``pad=True`` pads a smaller one with invalid pixels. A larger scene is best cut into tiles
+    (a sliding window, or ``geofm_hf.data.write_shards(chip_size=...)``).
     """
 
     model_input_names = ["pixel_values"]
@@ -158,9 +169,11 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         return_gsd: bool = False,
         num_frames: int = 1,
         return_bandwidths: bool = False,
+        pad: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.pad = pad
         self.return_bandwidths = return_bandwidths
         self.return_gsd = return_gsd
         self.num_frames = int(num_frames)
@@ -266,7 +279,11 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         return None
 
     def _stack_bands(
-        self, images: Any, band_names: Sequence[str] | None, channels_last: bool = False
+        self,
+        images: Any,
+        band_names: Sequence[str] | None,
+        channels_last: bool = False,
+        resize: bool = False,
     ) -> tuple[torch.Tensor, list[str] | None]:
         """Any accepted input -> ``(B, C, H, W)`` float32 plus the input's band names."""
         pil = _is_pil(images) or (
@@ -334,11 +351,13 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
                     "separately."
                 )
             if len({tuple(t.shape) for t in tensors}) != 1:
-                # Resize each image on its own before stacking when a size is set.
-                if self.size is None:
+                # Resampled each on its own before stacking, when asked for.
+                if self.size is None or not resize:
                     raise ValueError(
-                        "Images of different sizes need `size` to be resized to a common one: "
-                        f"found {[tuple(t.shape) for t in tensors]}."
+                        "The images of one list have different sizes "
+                        f"{[tuple(t.shape[-2:]) for t in tensors]}: sizes are never changed "
+                        "silently. Pass do_resize=True (with a processor size) to resample each "
+                        "to one size, or process each image alone."
                     )
                 tensors = [self._resize(t.unsqueeze(0))[0] for t in tensors]
             stacked = torch.stack(tensors)
@@ -438,6 +457,66 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         kwargs = {} if mode == "nearest" else {"align_corners": False, "antialias": antialias}
         return F.interpolate(pixels, size=(self.size, self.size), mode=mode, **kwargs)
 
+    def _target_side(self) -> int | None:
+        """The side of what the model receives: ``crop_size``, else ``size``."""
+        return self.crop_size if self.crop_size is not None else self.size
+
+    def _check_size(self, height: int, width: int, resize: bool, pad: bool) -> None:
+        """Refuses an image of another size than the model's input unless the change is asked
+        for, naming the sizes and the choices (before any work, and before any warning)."""
+        side = self._target_side()
+        if side is None or (height, width) == (side, side):
+            return
+        if resize and self.size is not None:
+            if self.crop_size is not None and self.crop_size > self.size:
+                raise ValueError(
+                    f"crop_size {self.crop_size} is larger than size {self.size}: expected a crop "
+                    "inside the resized image."
+                )
+            return
+        larger = height > side or width > side
+        smaller = height < side or width < side
+        if (not larger or self.crop_size is not None) and (not smaller or pad):
+            return
+        choices = []
+        if larger and self.crop_size is None:
+            choices.append(
+                f"cut the scene into {side}x{side} tiles (a sliding window, or "
+                f"geofm_hf.data.write_shards(chip_size={side})), or crop_size={side} (centre crop)"
+            )
+        if smaller and not pad:
+            choices.append(
+                f"pad=True (pad the bottom and right edges to {side}x{side} with pixels marked "
+                "invalid in pixel_mask)"
+            )
+        if self.size is not None:
+            choices.append(
+                f"do_resize=True (resample to {self.size}x{self.size}, which changes the ground "
+                "sample distance)"
+            )
+        raise ValueError(
+            f"The image is {height}x{width} px; the model takes {side}x{side}. Sizes are never "
+            "changed silently: " + "; or ".join(choices) + "."
+        )
+
+    def _crop_or_pad(
+        self, pixels: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centre-crops sides larger than the model's input and pads smaller ones (bottom and
+        right; ``mask`` 1 = invalid there), as :meth:`_check_size` allowed."""
+        side = self._target_side()
+        if side is None:
+            return pixels, mask
+        height, width = pixels.shape[-2:]
+        top, left = max(height - side, 0) // 2, max(width - side, 0) // 2
+        pixels = pixels[..., top : top + side, left : left + side]
+        mask = mask[..., top : top + side, left : left + side]
+        below, right = side - pixels.shape[-2], side - pixels.shape[-1]
+        if below or right:
+            pixels = F.pad(pixels, (0, right, 0, below), value=0.0)  # 0 = the band mean
+            mask = F.pad(mask, (0, right, 0, below), value=1.0)
+        return pixels, mask
+
     def preprocess(
         self,
         images: Any,
@@ -451,6 +530,7 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         dates: Any = None,
         location: Any = None,
         bandwidths_um: Sequence[float] | None = None,
+        pad: bool | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Turn ``images`` into model inputs.
@@ -471,6 +551,7 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             bandwidths_um: the input bands' full widths, returned as ``bandwidths`` for models
                 that read them (default: the sensor table's, for named bands).
             do_resize: override the processor's ``do_resize`` for this call.
+            pad: override the processor's ``pad`` for this call.
             sensor: the input's sensor (a ``geofm_hf.bands.SENSORS`` key), to look up the
                 wavelengths and GSD of ``band_names`` when ``wavelengths_um`` is not given.
             gsd: the input's ground sample distance (metres per pixel); returned as ``gsd``,
@@ -501,7 +582,7 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             flat = self.preprocess(
                 stacked.flatten(0, 1), band_names=band_names, return_tensors="pt",
                 wavelengths_um=wavelengths_um, do_resize=do_resize, sensor=sensor, gsd=gsd,
-                bandwidths_um=bandwidths_um, _series=(batch, frames),
+                bandwidths_um=bandwidths_um, pad=pad, _series=(batch, frames),
             )  # fmt: skip
             data = dict(flat)
             data["pixel_values"] = data["pixel_values"].unflatten(0, (batch, frames))
@@ -515,25 +596,12 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
                 f"{input_data_format!r}."
             )
         resize = self.do_resize if do_resize is None else do_resize
+        pad = self.pad if pad is None else pad
         pixels, names = self._stack_bands(
-            images, band_names, channels_last=input_data_format == "channels_last"
+            images, band_names, channels_last=input_data_format == "channels_last", resize=resize
         )
         self._check_not_empty(pixels)
         height, width = pixels.shape[-2:]
-        if (
-            self.size is not None
-            and max(height, width) > self.size
-            and not resize
-            and self.crop_size is None
-        ):
-            raise ValueError(
-                f"The image is {height}x{width} px; the model takes {self.size}x{self.size}. "
-                "Shrinking or cropping a scene to one chip would silently change its ground "
-                "sample distance or drop most of it: cut it into "
-                f"{self.size}x{self.size} tiles (a sliding window, or geofm_hf.data.write_shards"
-                f"(chip_size={self.size})), or ask for it with do_resize=True (resize) or "
-                "crop_size=... (centre crop)."
-            )
         table = _table_lookup(names, sensor) if names is not None else (None, None, None)
         table_gsd = table[1]
         if wavelengths_um is None and self.band_names is None and names is not None:
@@ -545,6 +613,8 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             bandwidths_um = table[2] if same else None
         source_side = min(height, width)
         pixels = self._order_bands(pixels, names, wavelengths_um)
+        # After the band contract (a missing band is the first thing to fix), before any work.
+        self._check_size(height, width, resize, pad)
 
         invalid = ~torch.isfinite(pixels)
         if self.nodata is not None:
@@ -567,21 +637,11 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             mean = torch.tensor(self.image_mean, dtype=torch.float32).view(1, -1, 1, 1)
             std = torch.tensor(self.image_std, dtype=torch.float32).view(1, -1, 1, 1)
             pixels = (pixels - mean) / std
-        pixels = self._resize(pixels)
-        mask = invalid.any(dim=1, keepdim=True).float()
-        if has_invalid and self.size is not None:
-            mask = self._resize(mask)
-        elif self.size is not None:
-            mask = torch.zeros_like(pixels[:, :1])
-        if self.crop_size is not None:
-            height, width = pixels.shape[-2:]
-            if self.crop_size > min(height, width):
-                raise ValueError(
-                    f"crop_size {self.crop_size} is larger than the image ({height}x{width})."
-                )
-            top, left = (height - self.crop_size) // 2, (width - self.crop_size) // 2
-            pixels = pixels[..., top : top + self.crop_size, left : left + self.crop_size]
-            mask = mask[..., top : top + self.crop_size, left : left + self.crop_size]
+        mask = invalid.any(dim=1, keepdim=True).float()  # (B, 1, H, W), 1 = invalid
+        if resize and self.size is not None:
+            pixels = self._resize(pixels)
+            mask = self._resize(mask) if has_invalid else torch.zeros_like(pixels[:, :1])
+        pixels, mask = self._crop_or_pad(pixels, mask)
         data["pixel_values"] = pixels.contiguous()
         # A resized pixel is valid only when every source pixel under it was.
         data["pixel_mask"] = (mask[:, 0] <= 0).contiguous()
@@ -612,7 +672,7 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             if not float(gsd) > 0:
                 raise ValueError(f"gsd must be positive metres per pixel: found {gsd}.")
             # Resizing a side of S px to N px makes each output pixel S/N input pixels wide.
-            resized = self.size is not None and source_side != self.size
+            resized = resize and self.size is not None and source_side != self.size
             scale = source_side / self.size if resized else 1.0
             data["gsd"] = torch.full((pixels.shape[0],), float(gsd) * scale)
         if series is not None:

@@ -27,7 +27,7 @@ from transformers.modeling_outputs import ImageClassifierOutput, SemanticSegment
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .configuration_geofm import GeoViTMAEConfig, input_output_costs
+from .configuration_geofm import GeoViTMAEConfig, GeoViTMAEInputError, input_output_costs
 
 
 @dataclass
@@ -715,7 +715,7 @@ def random_masking(
     if noise is None:
         noise = torch.rand(batch, length, device=tokens.device)
     elif noise.shape != (batch, length):
-        raise ValueError(
+        raise GeoViTMAEInputError(
             f"noise must have shape (batch, num_patches) = {(batch, length)}: found "
             f"{tuple(noise.shape)}."
         )
@@ -745,6 +745,32 @@ _CUSTOM_PIPELINE = {
 }
 
 
+def write_remote_code(config: GeoViTMAEConfig, save_directory) -> None:
+    """Makes an export folder load with ``trust_remote_code=True`` where geofm_hf is absent.
+
+    Every export path calls it before writing ``config.json`` (``save_pretrained``, the
+    streaming save of pretraining, hence the converters and every recipe): it copies this file,
+    ``configuration_geofm.py`` and ``pipeline_geofm.py`` into ``save_directory``, names every
+    head in ``config.auto_map`` (transformers only records the class being saved; a pretraining
+    export must also load through ``AutoModel``) and the pipeline in ``config.custom_pipelines``,
+    so ``pipeline("image-feature-extraction", trust_remote_code=True)`` takes multispectral
+    arrays. The image processor's file travels with ``processor.save_pretrained``.
+    """
+    save_directory = Path(save_directory)
+    save_directory.mkdir(parents=True, exist_ok=True)
+    here = Path(__file__).parent
+    config.auto_map = {**dict(getattr(config, "auto_map", None) or {}), **_AUTO_MAP}
+    shutil.copyfile(here / "configuration_geofm.py", save_directory / "configuration_geofm.py")
+    shutil.copyfile(Path(__file__), save_directory / "modeling_geofm.py")
+    # Code loaded from an export without the pipeline (an old one) has no file to pass on.
+    if (here / "pipeline_geofm.py").is_file():
+        shutil.copyfile(here / "pipeline_geofm.py", save_directory / "pipeline_geofm.py")
+        config.custom_pipelines = {
+            **dict(getattr(config, "custom_pipelines", None) or {}),
+            "image-feature-extraction": _CUSTOM_PIPELINE,
+        }
+
+
 class GeoViTMAEPreTrainedModel(PreTrainedModel):
     """Weight init, the Auto-class glue and the FSDP wrap unit shared by all heads."""
 
@@ -761,22 +787,11 @@ class GeoViTMAEPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """``PreTrainedModel.save_pretrained``, with every head in ``auto_map``.
-
-        transformers only records the class being saved; a pretraining checkpoint must also load
-        through ``AutoModel`` (the encoder) with ``trust_remote_code=True``.
-        """
-        auto_map = dict(getattr(self.config, "auto_map", None) or {})
-        auto_map.update(_AUTO_MAP)
-        self.config.auto_map = auto_map
-        # The feature-extraction pipeline for multispectral arrays travels with the weights.
-        pipeline_file = Path(__file__).with_name("pipeline_geofm.py")
-        if pipeline_file.is_file():
-            self.config.custom_pipelines = {"image-feature-extraction": _CUSTOM_PIPELINE}
-        out = super().save_pretrained(save_directory, *args, **kwargs)
-        if pipeline_file.is_file():
-            shutil.copyfile(pipeline_file, Path(save_directory) / pipeline_file.name)
-        return out
+        """``PreTrainedModel.save_pretrained``, plus what :func:`write_remote_code` adds: every
+        head in ``auto_map`` and the feature-extraction pipeline next to the weights."""
+        if not Path(save_directory).is_file():  # transformers reports that case itself
+            write_remote_code(self.config, save_directory)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         # MAE's init: xavier-uniform linears (and the patch projection seen as a linear), zero
@@ -805,6 +820,10 @@ class GeoViTMAEPreTrainedModel(PreTrainedModel):
                 init.trunc_normal_(module.decoder_position_embeddings, std=std)
 
 
+# What the patch projection takes: anything else is raw counts (integers) or needs a cast.
+_PIXEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 @dataclass
 class _Inputs:
     """Validated optional inputs, shared by the encoder and the decoder of one forward."""
@@ -827,16 +846,16 @@ def _check_wavelengths(
 ) -> torch.Tensor:
     value = _as_tensor(value, device)
     if value.shape not in ((channels,), (batch, channels)):
-        raise ValueError(
+        raise GeoViTMAEInputError(
             f"{name} must have shape (C,) = ({channels},) or (B, C) = ({batch}, {channels}), one "
             f"value per input band in micrometres: found shape {tuple(value.shape)}."
         )
     if not torch.isfinite(value).all() or (value <= 0).any():
-        raise ValueError(
+        raise GeoViTMAEInputError(
             f"{name} must be positive and finite (micrometres): found {value.tolist()}."
         )
     if name == "wavelengths" and (value > 100).any():
-        raise ValueError(
+        raise GeoViTMAEInputError(
             f"wavelengths are in micrometres (0.4-15 for optical and thermal bands): found "
             f"{value.tolist()}, which look like nanometres; divide by 1000."
         )
@@ -853,34 +872,60 @@ def _check_inputs(
     temporal_coords=None,
     location_coords=None,
 ) -> _Inputs:
-    """Validates every input against the config and says what to do when one is wrong."""
+    """Validates every input against the config and says what to do when one is wrong, before
+    any compute: each problem is one :class:`GeoViTMAEInputError`."""
     frames = config.num_frames
     layout = "(batch, frames, channels, height, width)" if frames > 1 else (
         "(batch, channels, height, width)"
     )  # fmt: skip
+    if not isinstance(pixel_values, torch.Tensor):
+        raise GeoViTMAEInputError(
+            f"pixel_values must be a torch.Tensor {layout}: found {type(pixel_values).__name__}. "
+            "Use GeoViTMAEImageProcessor (it returns tensors), or torch.from_numpy(array) on "
+            "normalised float32 values."
+        )
+    if pixel_values.dtype not in _PIXEL_DTYPES:
+        raise GeoViTMAEInputError(
+            "pixel_values must be normalised floating-point values (float32, bfloat16 or "
+            f"float16): found {str(pixel_values.dtype).removeprefix('torch.')}. "
+            + (
+                "Call .float() on them."
+                if pixel_values.is_floating_point()
+                else "Raw digital numbers need the per-band normalisation: use "
+                "GeoViTMAEImageProcessor, or .float() and normalise with config.image_mean / "
+                "config.image_std."
+            )
+        )
     if pixel_values.ndim != (5 if frames > 1 else 4):
         hint = (
             f" This model takes time series of num_frames={frames} frames."
             if frames > 1
             else " Time series need a model with config.num_frames > 1."
             if pixel_values.ndim == 5
+            else " One image needs a batch dimension: pixel_values.unsqueeze(0)."
+            if pixel_values.ndim == 3
             else ""
         )
-        raise ValueError(
+        raise GeoViTMAEInputError(
             f"pixel_values must be {layout}: found shape {tuple(pixel_values.shape)}.{hint}"
         )
     if frames > 1 and pixel_values.shape[1] != frames:
-        raise ValueError(
+        raise GeoViTMAEInputError(
             f"Expected {frames} frames (config.num_frames), found {pixel_values.shape[1]} in "
             f"pixel_values of shape {tuple(pixel_values.shape)}."
         )
     batch = pixel_values.shape[0]
     channels, height, width = pixel_values.shape[-3:]
+    if 0 in pixel_values.shape:
+        raise GeoViTMAEInputError(
+            f"pixel_values must hold at least one image with at least one band and one pixel: "
+            f"found shape {tuple(pixel_values.shape)} {layout}."
+        )
     device = pixel_values.device
     out = _Inputs()
     if config.patch_embedding == "wavelength":
         if wavelengths is None:
-            raise ValueError(
+            raise GeoViTMAEInputError(
                 "This model embeds each band by its wavelength: pass wavelengths=[...] (one "
                 f"centre wavelength per input band, micrometres; shape (C,) or (B, C)) for the "
                 f"{channels} input bands. GeoViTMAEImageProcessor returns them from band names."
@@ -889,7 +934,7 @@ def _check_inputs(
             config, "wavelengths", wavelengths, batch, channels, device
         )
         if bandwidths is not None and not config.wavelength_bandwidths:
-            raise ValueError(
+            raise GeoViTMAEInputError(
                 "bandwidths were given, but this model was pretrained without them "
                 "(config.wavelength_bandwidths=False): its hypernetwork never saw a bandwidth, so "
                 "they would change its embeddings arbitrarily. Drop bandwidths."
@@ -910,7 +955,7 @@ def _check_inputs(
     else:
         if channels != config.num_channels:
             bands = f" ({', '.join(config.band_names)})" if config.band_names else ""
-            raise ValueError(
+            raise GeoViTMAEInputError(
                 f"Expected {config.num_channels} input bands{bands}, found {channels}. Use "
                 "GeoViTMAEImageProcessor to select and order bands by name."
             )
@@ -920,7 +965,7 @@ def _check_inputs(
             given = _check_wavelengths(config, "wavelengths", wavelengths, batch, channels, device)
             expected = torch.tensor(config.wavelengths_um, dtype=torch.float32, device=device)
             if not torch.allclose(given, expected.expand_as(given), atol=1e-3):
-                raise ValueError(
+                raise GeoViTMAEInputError(
                     f"The input's wavelengths {given.tolist()} are not the bands this model was "
                     f"trained on ({config.wavelengths_um} um, {config.band_names}). Reorder the "
                     "bands with GeoViTMAEImageProcessor, or use a patch_embedding='wavelength' "
@@ -928,36 +973,40 @@ def _check_inputs(
                 )
     patch = config.patch_size
     if height % patch or width % patch:
-        raise ValueError(
-            f"Image size must be divisible by the patch size {patch}: found {height}x{width}."
+        raise GeoViTMAEInputError(
+            f"Image height and width must be divisible by the patch size {patch}: found "
+            f"{height}x{width}. Crop or tile the input to {config.image_size}x{config.image_size} "
+            "(GeoViTMAEImageProcessor refuses other sizes unless asked to resize or pad)."
         )
     position = getattr(config, "position_embedding", "sincos")
     if position != "sincos" and (height, width) != (config.image_size, config.image_size):
-        raise ValueError(
+        raise GeoViTMAEInputError(
             f"This model's position_embedding={position!r} table is laid out for "
             f"{config.image_size}x{config.image_size} images: found {height}x{width}. It is not "
             "resampled (that would change the model's output): tile or crop the input to "
             f"{config.image_size}x{config.image_size}."
         )
     if not interpolate and (height, width) != (config.image_size, config.image_size):
-        raise ValueError(
+        raise GeoViTMAEInputError(
             f"Expected {config.image_size}x{config.image_size} images, found {height}x{width}; "
             "pass interpolate_pos_encoding=True to run at another size."
         )
     if gsd is not None:
         if config.reference_gsd_m is None:
-            raise ValueError(
+            raise GeoViTMAEInputError(
                 "gsd was given but config.reference_gsd_m (the pretraining GSD) is not set, so "
                 "positions cannot be scaled: set reference_gsd_m in the config or drop gsd."
             )
         gsd = _as_tensor(gsd, device)
         if gsd.ndim > 1 or gsd.numel() not in (1, batch):
-            raise ValueError(
+            raise GeoViTMAEInputError(
                 f"gsd must be a number or have shape (B,) = ({batch},) (metres per pixel): found "
                 f"shape {tuple(gsd.shape)}."
             )
         if not torch.isfinite(gsd).all() or (gsd <= 0).any():
-            raise ValueError(f"gsd must be positive metres per pixel: found {gsd.tolist()}.")
+            raise GeoViTMAEInputError(
+                f"gsd must be positive metres per pixel: found {gsd.tolist()}."
+            )
         out.gsd_scale = (gsd / config.reference_gsd_m).reshape(-1).expand(batch)
     for name, value, enabled, shape in (
         ("temporal_coords", temporal_coords, config.temporal_encoding, (batch, frames, 2)),
@@ -967,18 +1016,20 @@ def _check_inputs(
             continue
         flag = "temporal_encoding" if name == "temporal_coords" else "location_encoding"
         if not enabled:
-            raise ValueError(
+            raise GeoViTMAEInputError(
                 f"{name} was given but this model was built without config.{flag}=True, so it "
                 f"has no weights to encode it: drop {name} or use a model trained with it."
             )
         value = _as_tensor(value, device)
         if tuple(value.shape) != shape:
             what = "(year, day of year) per frame" if name == "temporal_coords" else "(lat, lon)"
-            raise ValueError(f"{name} must have shape {shape}, {what}: found {tuple(value.shape)}.")
+            raise GeoViTMAEInputError(
+                f"{name} must have shape {shape}, {what}: found {tuple(value.shape)}."
+            )
         if name == "location_coords":
             finite = value[~torch.isnan(value).any(dim=-1)]
             if (finite[:, 0].abs() > 90).any() or (finite[:, 1].abs() > 360).any():
-                raise ValueError(
+                raise GeoViTMAEInputError(
                     "location_coords must be (latitude, longitude) in degrees: found "
                     f"{value.tolist()}. Reproject from the raster CRS to EPSG:4326 first."
                 )
@@ -986,9 +1037,89 @@ def _check_inputs(
     return out
 
 
+def _valid_pixels(
+    config: GeoViTMAEConfig,
+    pixel_values: torch.Tensor,
+    pixel_mask: torch.Tensor | None,
+    check: bool,
+) -> torch.Tensor | None:
+    """The pixel mask the model uses: ``pixel_mask`` with non-finite pixels marked invalid too.
+
+    Without a mask, non-finite values would spread into every token through attention, so they
+    are refused (when ``check``: the callers skip it in training, where the test would cost a
+    host sync per step and a non-finite loss is caught anyway). With a mask the merge needs no
+    sync: NaN or inf under any band makes that pixel invalid.
+    """
+    if pixel_mask is not None:
+        expected = (*pixel_values.shape[:-3], *pixel_values.shape[-2:])  # (B, [T,] H, W)
+        if tuple(pixel_mask.shape) != expected:
+            raise GeoViTMAEInputError(
+                f"pixel_mask must be (B, [T,] H, W) = {expected} for pixel_values of shape "
+                f"{tuple(pixel_values.shape)}, 1 where a pixel is valid: found "
+                f"{tuple(pixel_mask.shape)}."
+            )
+        finite = torch.isfinite(pixel_values).all(dim=-3)  # (B, [T,] H, W)
+        return pixel_mask.to(device=pixel_values.device, dtype=torch.bool) & finite
+    if not check:
+        return None
+    bad = ~torch.isfinite(pixel_values)
+    if not bool(bad.any()):
+        return None
+    counts = bad.movedim(-3, 0).flatten(1).sum(dim=1).tolist()  # per band
+    names = config.band_names if config.band_names and len(config.band_names) == len(counts) else (
+        [f"channel {i}" for i in range(len(counts))]
+    )  # fmt: skip
+    per_band = ", ".join(f"{n} ({c})" for n, c in zip(names, counts) if c)
+    raise GeoViTMAEInputError(
+        f"pixel_values holds {sum(counts)} non-finite values (NaN or inf), in bands {per_band}: "
+        "expected finite normalised values, as one NaN spreads into every feature of its image. "
+        "Pass pixel_mask (B, [T,] H, W), 1 where a pixel is valid (non-finite pixels are then "
+        "masked too), or prepare the input with GeoViTMAEImageProcessor, which fills and masks "
+        "nodata."
+    )
+
+
+def _check_class_labels(
+    labels: torch.Tensor, shape: tuple[int, ...], what: str, multi_label: bool = False
+) -> torch.Tensor:
+    """Class-index ``labels`` of ``shape`` as int64, refusing what a cast would silently change
+    (fractional values, soft labels); multi-label targets as float."""
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(labels)
+    if multi_label:
+        if tuple(labels.shape) != shape:
+            raise GeoViTMAEInputError(
+                f"labels for problem_type='multi_label_classification' must be {what} of shape "
+                f"{shape}, one 0/1 (or probability) per class: found {tuple(labels.shape)}."
+            )
+        return labels.float()
+    if tuple(labels.shape) != shape:
+        soft = len(shape) == 1 and labels.ndim == 2 and labels.shape[0] == shape[0]
+        raise GeoViTMAEInputError(
+            f"labels must be {what} of shape {shape}: found shape {tuple(labels.shape)}."
+            + (
+                " The model takes class indices (labels.argmax(-1) of one-hot rows); for "
+                "several classes per image set config.problem_type="
+                "'multi_label_classification'."
+                if soft
+                else ""
+            )
+        )
+    if labels.is_floating_point() and bool((labels != labels.round()).any()):
+        fractional = labels[labels != labels.round()].flatten()[:3].tolist()
+        raise GeoViTMAEInputError(
+            f"labels must be {what}: found fractional values such as {fractional}, which a cast "
+            "to integers would silently change. Pass integer class indices; soft or one-hot "
+            "targets per class go with config.problem_type='multi_label_classification'."
+        )
+    if labels.is_complex() or labels.dtype == torch.bool:
+        raise GeoViTMAEInputError(f"labels must be {what} (integers): found dtype {labels.dtype}.")
+    return labels.long()
+
+
 def _check_metadata_noise(noise: torch.Tensor | None, batch: int) -> torch.Tensor | None:
     if noise is not None and tuple(noise.shape) != (batch, 2):
-        raise ValueError(
+        raise GeoViTMAEInputError(
             f"metadata_noise must have shape (batch, 2) = ({batch}, 2), one value for the time "
             f"and one for the place encoding of each sample: found {tuple(noise.shape)}."
         )
@@ -996,14 +1127,9 @@ def _check_metadata_noise(noise: torch.Tensor | None, batch: int) -> torch.Tenso
 
 
 def _apply_pixel_mask(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
-    """Zeroes invalid pixels: ``pixel_mask`` ``(B, [T,] H, W)``, 1 = valid, for all bands."""
-    expected = (*pixel_values.shape[:-3], *pixel_values.shape[-2:])  # (B, [T,] H, W)
-    if tuple(pixel_mask.shape) != expected:
-        raise ValueError(
-            f"pixel_mask must be (B, [T,] H, W) = {expected} for pixel_values of shape "
-            f"{tuple(pixel_values.shape)}: found {tuple(pixel_mask.shape)}."
-        )
-    valid = pixel_mask.to(device=pixel_values.device, dtype=torch.bool).unsqueeze(-3)
+    """Zeroes invalid pixels: ``pixel_mask`` ``(B, [T,] H, W)`` bool, 1 = valid, for all bands
+    (checked by :func:`_valid_pixels`)."""
+    valid = pixel_mask.unsqueeze(-3)
     return torch.where(valid, pixel_values, torch.zeros((), dtype=pixel_values.dtype,
                                                         device=pixel_values.device))  # fmt: skip
 
@@ -1075,6 +1201,7 @@ class GeoViTMAEModel(GeoViTMAEPreTrainedModel):
             temporal_coords,
             location_coords,
         )
+        pixel_mask = _valid_pixels(self.config, pixel_values, pixel_mask, not self.training)
         if pixel_mask is not None:
             pixel_values = _apply_pixel_mask(pixel_values, pixel_mask)
         if output_hidden_states is None:
@@ -1269,7 +1396,7 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
         grid_h, grid_w = height // p, width // p
         length = (frames // t) * grid_h * grid_w
         if length != patches.shape[1] or patches.shape[2] != per_token * channels:
-            raise ValueError(
+            raise GeoViTMAEInputError(
                 f"Expected patches of shape (B, {length}, {per_token * channels}) for a "
                 f"{height}x{width} image, found {tuple(patches.shape)}."
             )
@@ -1359,6 +1486,7 @@ class GeoViTMAEForPreTraining(GeoViTMAEPreTrainedModel):
             temporal_coords,
             location_coords,
         )
+        pixel_mask = _valid_pixels(self.config, pixel_values, pixel_mask, not self.training)
         if pixel_mask is not None:
             pixel_values = _apply_pixel_mask(pixel_values, pixel_mask)
         encoded = self.vit(
@@ -1432,7 +1560,23 @@ class GeoViTMAEForImageClassification(GeoViTMAEPreTrainedModel):
         pixel_mask: torch.Tensor | None = None,
     ) -> ImageClassifierOutput | tuple:
         """Class logits ``(B, num_labels)``; cross-entropy (or BCE for multi-label) with labels.
-        ``pixel_mask`` ``(B, H, W)`` (1 = valid) sets invalid pixels to the band mean."""
+        ``pixel_mask`` ``(B, H, W)`` (1 = valid) sets invalid pixels to the band mean.
+
+        ``labels``: ``(B,)`` class indices (integers, or floats holding integers); with
+        ``config.problem_type="multi_label_classification"`` ``(B, num_labels)`` 0/1 or soft
+        targets. Fractional class indices and soft labels for a single-label model are refused
+        (a cast to integers would silently change them), before any compute."""
+        if labels is not None:
+            labels = _check_class_labels(
+                labels,
+                (len(pixel_values),)
+                if self.config.problem_type != "multi_label_classification"
+                else (len(pixel_values), self.config.num_labels),
+                "class indices in 0..num_labels-1, one per image"
+                if self.config.problem_type != "multi_label_classification"
+                else "targets",
+                multi_label=self.config.problem_type == "multi_label_classification",
+            )
         encoded = self.vit(
             pixel_values,
             wavelengths=wavelengths,
@@ -1447,10 +1591,12 @@ class GeoViTMAEForImageClassification(GeoViTMAEPreTrainedModel):
         logits = self.classifier(encoded.pooler_output)  # (B, num_labels)
         loss = None
         if labels is not None:
-            if self.config.problem_type == "multi_label_classification":
+            multi = self.config.problem_type == "multi_label_classification"
+            labels = labels.to(logits.device)
+            if multi:
                 loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
             else:
-                loss = F.cross_entropy(logits.float(), labels.to(logits.device).long())
+                loss = F.cross_entropy(logits.float(), labels)
         output = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=encoded.hidden_states
         )
@@ -1680,14 +1826,23 @@ class GeoViTMAEForSemanticSegmentation(GeoViTMAEPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        pixel_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> SemanticSegmenterOutput | tuple:
         """Logits ``(B, num_labels, H, W)``; with ``labels`` ``(B, H, W)`` (class index, or
-        ``semantic_loss_ignore_index`` for unlabelled pixels) the mean cross-entropy."""
+        ``semantic_loss_ignore_index`` for unlabelled pixels) the mean cross-entropy. Fractional
+        labels are refused (a cast would silently change them). ``pixel_mask`` ``(B, H, W)``
+        (1 = valid) sets invalid pixels to the band mean."""
+        if labels is not None and isinstance(pixel_values, torch.Tensor):
+            shape = (len(pixel_values), *pixel_values.shape[-2:])
+            labels = _check_class_labels(labels, shape, "one class index per pixel (B, H, W)").to(
+                pixel_values.device
+            )
         encoded = self.vit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_hidden_states=True,
+            pixel_mask=pixel_mask,
         )
         p = self.config.patch_size
         grid_h, grid_w = pixel_values.shape[2] // p, pixel_values.shape[3] // p
@@ -1704,7 +1859,7 @@ class GeoViTMAEForSemanticSegmentation(GeoViTMAEPreTrainedModel):
         if labels is not None:
             loss = F.cross_entropy(
                 logits.float(),
-                labels.to(logits.device).long(),
+                labels.to(logits.device),
                 ignore_index=self.config.semantic_loss_ignore_index,
             )
         output = SemanticSegmenterOutput(

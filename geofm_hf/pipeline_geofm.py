@@ -3,8 +3,9 @@
 transformers' pipeline turns every input into a PIL image first, which cannot hold 13 uint16
 bands. This subclass hands arrays (``(C, H, W)`` numpy / torch, or ``{band: array}``) straight
 to the model's image processor, which orders and normalises the bands by name; anything else
-(PIL images, paths, URLs) takes the stock route. ``save_pretrained`` copies this file next to the
-weights and names it in ``config.custom_pipelines``, so
+(PIL images, paths, URLs) takes the stock route. Every export (``save_pretrained``, the
+pretraining export, the converters: ``modeling_geofm.write_remote_code``) copies this file next
+to the weights and names it in ``config.custom_pipelines``, so
 ``pipeline("image-feature-extraction", model=..., revision=..., trust_remote_code=True)`` picks
 it; with geofm_hf installed, ``pipeline_class=GeoViTMAEFeatureExtractionPipeline`` does too.
 
@@ -26,9 +27,13 @@ class GeoViTMAEFeatureExtractionPipeline(ImageFeatureExtractionPipeline):
 
     def preprocess(self, image, timeout=None, **image_processor_kwargs):
         if isinstance(image, (np.ndarray, torch.Tensor, Mapping)):
-            inputs = self.image_processor(image, return_tensors="pt", **image_processor_kwargs)
-            inputs = {k: v for k, v in inputs.items() if k == "pixel_values"}
-            return {"pixel_values": inputs["pixel_values"].to(self.dtype)}
+            inputs = dict(
+                self.image_processor(image, return_tensors="pt", **image_processor_kwargs)
+            )
+            # Everything the processor returns is a model input: pixel_mask keeps nodata and
+            # padding out of the features, wavelengths/gsd name the bands and the scale.
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+            return inputs
         return super().preprocess(image, timeout=timeout, **image_processor_kwargs)
 
 

@@ -53,6 +53,11 @@ def test_processor_rejects_with_clear_error(name):
         assert word in str(err.value), (word, str(err.value))
 
 
-def test_list_of_sizes_still_resized_when_bands_agree():
-    out = _processor()([np.ones((13, 8, 8)), np.ones((13, 16, 16))])
+def test_list_of_sizes_resized_when_asked_and_bands_agree():
+    images = [np.ones((13, 8, 8)), np.ones((13, 16, 16))]
+    out = _processor()(images, do_resize=True)
     assert tuple(out["pixel_values"].shape) == (2, 13, 32, 32)
+    with pytest.raises(
+        ValueError, match=r"different sizes \[\(8, 8\), \(16, 16\)\].*do_resize=True"
+    ):
+        _processor()(images)

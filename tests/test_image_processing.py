@@ -81,7 +81,10 @@ def test_resize_and_crop():
     out = processor(size=8, crop_size=6)(image).pixel_values
     assert out.shape == (1, 4, 6, 6)
     batch = np.stack([raster(size=16, seed=s) for s in range(3)])
-    assert processor(size=32)(batch).pixel_values.shape == (3, 4, 32, 32)
+    # Upsampling, like shrinking, only when asked for (issue 25.3).
+    assert processor(size=32, do_resize=True)(batch).pixel_values.shape == (3, 4, 32, 32)
+    with pytest.raises(ValueError, match="16x16 px; the model takes 32x32"):
+        processor(size=32)(batch)
 
 
 def test_batches_lists_and_numpy_output():

@@ -220,8 +220,6 @@ def save_safetensors_streaming(model: nn.Module, path: str | os.PathLike, write:
 def save_pretrained_streaming(model: nn.Module, save_directory: str | os.PathLike, write: bool):
     """Collective: what ``save_pretrained`` writes (config, remote code, safetensors weights),
     with the weights streamed by :func:`save_safetensors_streaming`. Files are 0644 (umask)."""
-    from transformers.dynamic_module_utils import custom_object_save
-
     unwrapped = model
     while hasattr(unwrapped, "module") and not hasattr(unwrapped, "config"):
         unwrapped = unwrapped.module
@@ -229,16 +227,11 @@ def save_pretrained_streaming(model: nn.Module, save_directory: str | os.PathLik
     if write:
         save_directory.mkdir(parents=True, exist_ok=True)
         config = unwrapped.config
-        from geofm_hf.modeling_geofm import _AUTO_MAP
+        from geofm_hf.modeling_geofm import write_remote_code
 
-        config.auto_map = {**dict(getattr(config, "auto_map", None) or {}), **_AUTO_MAP}
         config.architectures = [type(unwrapped).__name__.removeprefix("FSDP")]
         config.dtype = "float32"
-        # FSDP2 swaps the class for a generated FSDP<Name> defined in torch: the code to copy
-        # is that of the model class it derives from.
-        cls = next(c for c in type(unwrapped).__mro__ if c.__module__.startswith("geofm_hf"))
-        if cls._auto_class is not None:
-            with torch.device("meta"):
-                custom_object_save(cls(config), save_directory, config=config)
+        # The same remote code (every head, the pipeline) as save_pretrained writes.
+        write_remote_code(config, save_directory)
         config.save_pretrained(save_directory)
     save_safetensors_streaming(unwrapped, save_directory / "model.safetensors", write)
