@@ -25,7 +25,7 @@ import tomllib
 
 with open("pyproject.toml", "rb") as f:
     project = tomllib.load(f)["project"]
-print("\n".join(project["dependencies"] + project["optional-dependencies"].get("interop", [])))
+print("\n".join(project["dependencies"]))
 PY
 }
 
