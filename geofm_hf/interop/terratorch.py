@@ -148,20 +148,33 @@ class GeoFMTerraTorchBackbone(nn.Module):
                 f"out_indices {bad} are not layers of this {layers}-layer encoder: expected "
                 f"indices in [{-layers}, {layers - 1}]."
             )
-        wavelengths = self._bind_bands(model, bands, band_subset)
+        mean, std = config.image_mean, config.image_std  # before a band subset narrows them
+        wavelengths, order, index = self._bind_bands(model, bands, band_subset)
         self.model = model
         self.register_buffer("wavelengths", wavelengths, persistent=False)
+        self.register_buffer("input_order", order, persistent=False)
         self.gsd = gsd
         self.out_channels = [config.hidden_size] * len(self.out_indices)
         # TerraTorch's factory pads inputs to a multiple of the first `patch_size` it finds.
         self.patch_size = config.patch_size
-        self.image_mean = list(config.image_mean) if config.image_mean else None
-        self.image_std = list(config.image_std) if config.image_std else None
+        # The model's statistics in the order of `bands`, for the datamodule's means/stds.
+        self.image_mean, self.image_std = (
+            (None, None)
+            if mean is None or std is None or (index is not None and None in index)
+            else (list(mean), list(std))
+            if index is None
+            else ([mean[i] for i in index], [std[i] for i in index])
+        )
         self._grid: tuple[int, int] | None = None
 
     @staticmethod
-    def _bind_bands(model, bands, band_subset) -> torch.Tensor | None:
-        """Maps ``bands`` onto the model's; returns the wavelengths a wavelength model needs."""
+    def _bind_bands(model, bands, band_subset) -> tuple[Any, Any, list[int | None] | None]:
+        """Maps ``bands`` onto the model's (narrowing a conv model under ``band_subset``).
+
+        Returns the wavelengths a wavelength model needs, for a conv model the input channel to
+        take for each of its bands (``None`` when the input is in its order), and the model band
+        of each of ``bands`` (``None`` without ``bands``).
+        """
         config = model.config
         names = [_band_name(b) for b in bands] if bands is not None else None
         if config.patch_embedding == "wavelength":
@@ -184,9 +197,9 @@ class GeoFMTerraTorchBackbone(nn.Module):
                     f"Bands {unknown} have no known wavelength: expected TerraTorch band names "
                     f"({', '.join(_TERRATORCH_COMMON_NAMES)}) or sensor band names (B04, ...)."
                 )
-            return torch.tensor(waves, dtype=torch.float32)
+            return torch.tensor(waves, dtype=torch.float32), None, index
         if names is None:
-            return None  # the input comes in the model's own band order
+            return None, None, None  # the input comes in the model's own band order
         if not config.band_names and not config.wavelengths_um:
             raise ValueError(
                 "This model's config has no band_names or wavelengths_um, so bands= cannot be "
@@ -214,15 +227,13 @@ class GeoFMTerraTorchBackbone(nn.Module):
                 "given bands only (the model's own kernels for them), pass band_subset=True "
                 "(backbone_band_subset: true)."
             )
-        if index != list(range(config.num_channels)):
-            # Reorders (and narrows) the patch kernels once, instead of the input every step.
-            if not config.band_names:
-                raise ValueError(
-                    "Reordering bands needs the model's band_names: this config has only "
-                    "wavelengths_um. Feed the model's own band order."
-                )
-            select_input_bands(model, [config.band_names[i] for i in index])
-        return None
+        kept = sorted(index)
+        if missing:
+            select_input_bands(model, [config.band_names[k] for k in kept])
+        # The input is gathered into the model's band order (rather than the kernels permuted)
+        # so features equal the model's on the same bands bit for bit.
+        order = [index.index(k) for k in kept]
+        return None, (None if order == list(range(len(order))) else torch.tensor(order)), index
 
     def forward(
         self,
@@ -234,6 +245,8 @@ class GeoFMTerraTorchBackbone(nn.Module):
         """``(B, C, H, W)`` -> per-layer tokens ``[(B, 1 + H/p * W/p, D)]``."""
         if x.ndim == 5 and x.shape[2] == 1:
             x = x[:, :, 0]  # TerraTorch's (B, C, T=1, H, W) layout for single images
+        if self.input_order is not None:
+            x = x.index_select(1, self.input_order)
         config = self.model.config
         height, width = x.shape[-2:]
         self._grid = (height // config.patch_size, width // config.patch_size)
