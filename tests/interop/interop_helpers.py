@@ -80,10 +80,12 @@ def ndvi(images: np.ndarray) -> np.ndarray:
 
 def write_tif(path: Path, array: np.ndarray) -> None:
     import rasterio
+    from rasterio.transform import from_origin
 
     array = array if array.ndim == 3 else array[None]
     profile = dict(driver="GTiff", width=array.shape[-1], height=array.shape[-2],
-                   count=array.shape[0], dtype=array.dtype)  # fmt: skip
+                   count=array.shape[0], dtype=array.dtype,
+                   transform=from_origin(0, array.shape[-2], 1, 1))  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(path, "w", **profile) as out:
         out.write(array)
