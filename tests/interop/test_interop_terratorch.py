@@ -20,7 +20,7 @@ require("terratorch")
 from terratorch.models import EncoderDecoderFactory  # noqa: E402
 from terratorch.registry import BACKBONE_REGISTRY  # noqa: E402
 
-from geofm_hf import GeoViTMAEModel, select_input_bands  # noqa: E402
+from geofm_hf import GeoViTMAEConfig, GeoViTMAEModel, select_input_bands  # noqa: E402
 from geofm_hf.interop import terratorch as plugin  # noqa: E402
 
 ATOL = 1e-5
@@ -121,6 +121,23 @@ def test_band_subset_uses_the_models_own_kernels(export):
 def test_band_mismatches_are_errors(export, bands, message):
     with pytest.raises(ValueError, match=message):
         plugin.load_backbone(export, bands=bands)
+
+
+def test_a_wavelength_model_takes_any_bands_by_their_wavelengths():
+    config = GeoViTMAEConfig.from_preset(
+        "tiny", patch_embedding="wavelength", image_size=16, patch_size=4
+    )
+    torch.manual_seed(0)
+    model = GeoViTMAEModel(config).eval()
+    backbone = plugin.GeoFMTerraTorchBackbone(model, bands=SIX).eval()
+    wavelengths = [0.49, 0.56, 0.665, 0.865, 1.61, 2.19]  # Sentinel-2 B02 B03 B04 B8A B11 B12
+    assert backbone.wavelengths.tolist() == pytest.approx(wavelengths)
+    x = torch.randn(2, 6, 16, 16)
+    with torch.no_grad():
+        out = model(x, wavelengths=torch.tensor(wavelengths), output_hidden_states=True)
+        _close(backbone(x), [*out.hidden_states[1:-1], out.last_hidden_state])
+    with pytest.raises(ValueError, match=r"\['mystery'\] have no known wavelength"):
+        plugin.GeoFMTerraTorchBackbone(model, bands=[*SIX, "mystery"])
 
 
 def test_hub_id_and_revision(local_hub, tmp_path):
