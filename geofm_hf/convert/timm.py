@@ -3,10 +3,15 @@
 A timm module is read through its attributes and ``state_dict()``; :func:`to_timm` returns a
 timm-layout state dict and the ``VisionTransformer`` keyword arguments that rebuild it, so
 ``timm.create_model(name, **kwargs).load_state_dict(state_dict)`` works where timm is installed.
+:func:`save_timm_folder` writes timm's own hub format (``config.json`` + ``model.safetensors``),
+which ``timm.create_model("local-dir:<folder>", pretrained=True)`` loads, or ``push_to_hub`` of
+that folder makes an ``hf-hub:`` model.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -161,4 +166,91 @@ def to_timm(model: GeoViTMAEPreTrainedModel) -> tuple[dict[str, torch.Tensor], d
     return {k: v.detach().clone() for k, v in out.items()}, kwargs
 
 
-__all__ = ["from_timm_module", "is_timm_vit", "to_timm"]
+# timm's registered ViTs, by (width, depth, heads, patch, image size): an encoder of one of these
+# shapes is named as it; any other is built from `vit_base_patch16_224`, whose defaults the model
+# arguments of `to_timm` all override.
+_TIMM_NAMES = {
+    (192, 12, 3, 16, 224): "vit_tiny_patch16_224",
+    (192, 12, 3, 16, 384): "vit_tiny_patch16_384",
+    (384, 12, 6, 8, 224): "vit_small_patch8_224",
+    (384, 12, 6, 16, 224): "vit_small_patch16_224",
+    (384, 12, 6, 32, 224): "vit_small_patch32_224",
+    (768, 12, 12, 8, 224): "vit_base_patch8_224",
+    (768, 12, 12, 16, 224): "vit_base_patch16_224",
+    (768, 12, 12, 32, 224): "vit_base_patch32_224",
+    (1024, 24, 16, 16, 224): "vit_large_patch16_224",
+    (1024, 24, 16, 32, 224): "vit_large_patch32_224",
+    (1280, 32, 16, 14, 224): "vit_huge_patch14_224",
+}
+
+
+def timm_architecture(model: GeoViTMAEPreTrainedModel) -> str:
+    """The timm model name to build ``model``'s encoder with (plus :func:`to_timm`'s kwargs)."""
+    c = model.config
+    shape = (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.patch_size, c.image_size)
+    return _TIMM_NAMES.get(shape, "vit_base_patch16_224")
+
+
+def timm_pretrained_cfg(model: GeoViTMAEPreTrainedModel) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` for ``model``: input size, our per-band mean/std, the bands.
+
+    timm's ``PretrainedCfg`` has no field for band names, so they go in ``description`` (and
+    :func:`save_timm_folder` keeps them as a list beside it). Without statistics the mean is 0
+    and the std 1: the encoder then takes its input as given, already normalised.
+    """
+    c = model.config
+    bands = c.band_names or [f"channel {i}" for i in range(c.num_channels)]
+    return {
+        "architecture": timm_architecture(model),
+        "input_size": (c.num_channels, c.image_size, c.image_size),
+        "fixed_input_size": True,
+        "mean": tuple(c.image_mean) if c.image_mean else (0.0,) * c.num_channels,
+        "std": tuple(c.image_std) if c.image_std else (1.0,) * c.num_channels,
+        "num_classes": 0,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "description": "geofm_hf GeoViTMAE encoder; input bands, in order: " + ", ".join(bands),
+    }
+
+
+def save_timm_folder(model: GeoViTMAEPreTrainedModel, folder: str | Path) -> Path:
+    """Writes ``model``'s encoder in timm's hub format: ``config.json`` + ``model.safetensors``.
+
+    ``timm.create_model(f"local-dir:{folder}", pretrained=True)`` rebuilds it (architecture,
+    ``in_chans``, image size) with our weights and ``pretrained_cfg`` (mean/std per band);
+    ``config.json`` also keeps the band contract (``geofm_hf``: band names, wavelengths) that
+    timm itself ignores. Refuses what :func:`to_timm` refuses.
+    """
+    from safetensors.torch import save_file
+
+    state, kwargs = to_timm(model)
+    pretrained_cfg = timm_pretrained_cfg(model)
+    c = model.config
+    config = {
+        "architecture": pretrained_cfg["architecture"],
+        "num_classes": 0,
+        "num_features": c.hidden_size,
+        "model_args": kwargs,
+        "pretrained_cfg": pretrained_cfg,
+        "geofm_hf": {
+            "band_names": c.band_names,
+            "wavelengths_um": c.wavelengths_um,
+            "image_mean": c.image_mean,
+            "image_std": c.image_std,
+        },
+    }
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    return folder
+
+
+__all__ = [
+    "from_timm_module",
+    "is_timm_vit",
+    "save_timm_folder",
+    "timm_architecture",
+    "timm_pretrained_cfg",
+    "to_timm",
+]

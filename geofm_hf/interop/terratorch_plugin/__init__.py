@@ -1,0 +1,1 @@
+"""Holds TerraTorch plugin folders (custom_modules_path), one per plugin."""
