@@ -25,7 +25,7 @@ def main(out: str, *extra: str) -> None:
     data = pretrain.read_data_contract(data_args)
     config = pretrain.build_model_config(model_args, data_args, data.info)
     run = pretrain.start_run(model_args, data_args, args)
-    model = pretrain.build_model(config, model_args, args.seed)
+    model, _ = pretrain.build_model(run, config)
     on_meta = all(p.is_meta for p in model.parameters())
     model = prepare_model(run.accelerator, model, args.seed, args.gradient_reduce_dtype)
     local = sum(
