@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from pretrain_utils import CPU_FSDP_CONFIG, ROOT, launch, records
+from pretrain_utils import CPU_FSDP_CONFIG, CPU_HSDP_CONFIG, ROOT, launch, records
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 
@@ -41,7 +41,7 @@ def make_export(folder, max_shard_size="5GB", cls=GeoViTMAEForPreTraining):
     return folder
 
 
-def run_worker(reference, out, *extra, config=None):
+def run_worker(reference, out, *extra, config=None, world=2):
     result = launch(
         WORKER, reference, "--config", DEMO, "--output_dir", out, "--report_to", "none",
         "--per_device_train_batch_size", "4", "--logging_steps", "1", *ARGS, *extra,
@@ -51,7 +51,7 @@ def run_worker(reference, out, *extra, config=None):
     for line in records(result.stdout, "CONTINUE"):
         fields = dict(item.split("=") for item in line.split()[1:])
         found[int(fields["rank"])] = fields
-    assert len(found) == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert len(found) == world, result.stdout[-3000:] + result.stderr[-3000:]
     return found, result.stdout + result.stderr
 
 
@@ -103,6 +103,20 @@ def test_resuming_reads_no_export_and_initialises_nothing(fsdp_continued):
     for fields in found.values():
         assert fields["read"] == "0", fields
         assert fields["init_calls"] == "0" and fields["from_pretrained_calls"] == "0", fields
+
+
+def test_hsdp_each_replica_reads_the_export_once_in_shards(tmp_path):
+    # 2 replicas x 2 shards, with activation checkpointing (wrapped module names): each rank
+    # reads its shard of the export, so each replica group reads it once.
+    export = make_export(tmp_path / "export")
+    found, _ = run_worker(
+        export / "model.safetensors", tmp_path / "run", "--model_name_or_path", export,
+        "--max_steps", "1", config=CPU_HSDP_CONFIG, world=4,
+    )  # fmt: skip
+    assert_exact(found)
+    total = int(found[0]["total"])
+    reads = [int(fields["read"]) for fields in found.values()]
+    assert sum(reads) == 2 * total and max(reads) < 0.55 * total, (reads, total)
 
 
 def test_ddp_rank0_reads_the_export_and_ddp_broadcasts_it(tmp_path):
