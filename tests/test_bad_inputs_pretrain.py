@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
-from pretrain_utils import pretrain
+from pretrain_utils import CPU_FSDP_CONFIG, pretrain
 from rasterio.transform import from_origin
+from safetensors.torch import load_file, save_file
 
-from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining
 from geofm_hf.data import sample_dataset_path, write_shards
 from geofm_hf.training.arguments import (
     ArgumentError,
@@ -32,7 +31,6 @@ from geofm_hf.training.arguments import (
 from geofm_hf.training.checkpointing import list_checkpoints
 from geofm_hf.training.data_contract import read_data_contract
 from geofm_hf.training.health import diagnose_nan
-from geofm_hf.training.model_setup import build_model
 from geofm_hf.training.signals import StopSignal, StopWhileWaitingForData
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,15 +157,19 @@ def test_non_finite_dataset_statistics_refused_at_start(tmp_path):
         read_data_contract(data_args)
 
 
-def test_continuing_from_weights_holding_nan_is_refused(tmp_path):
-    config = GeoViTMAEConfig.from_preset("tiny", num_channels=3, image_size=32)
-    model = GeoViTMAEForPreTraining(config)
-    with torch.no_grad():
-        next(iter(model.parameters())).fill_(float("nan"))
-    model.save_pretrained(tmp_path / "nan_export")
-    model_args, _, _ = parse_arguments(["--model_name_or_path", str(tmp_path / "nan_export")])
-    with pytest.raises(ValueError, match="hold NaN/inf in 1 tensors"):
-        build_model(config, model_args, seed=0)
+def test_continuing_from_weights_holding_nan_is_refused_on_every_rank(tmp_path):
+    from test_pretrain_continue import make_export
+
+    export = make_export(tmp_path / "nan_export")
+    tensors = load_file(export / "model.safetensors")
+    # One value in the last row: under FSDP2 only rank 1 reads it, and both ranks must stop.
+    tensors["vit.encoder.layers.0.mlp.fc1.weight"][-1, 0] = float("nan")
+    save_file(tensors, export / "model.safetensors", metadata={"format": "pt"})
+    result = pretrain(tmp_path / "run", "--model_name_or_path", export, "--max_steps", "1",
+                      "--bf16", "false", *FAST, config=CPU_FSDP_CONFIG, check=False)  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.count("hold NaN/inf in 1 tensors") == 2, result.stderr[-3000:]
+    assert "vit.encoder.layers.0.mlp.fc1.weight" in result.stderr
 
 
 def test_unwritable_output_dir_exits_2(tmp_path, monkeypatch, capsys):

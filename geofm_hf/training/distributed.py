@@ -11,6 +11,12 @@ No rank ever holds the whole fp32 model while training a model from scratch unde
 3. :func:`save_pretrained_streaming` writes ``model.safetensors`` while gathering one tensor at a
    time; the writing rank holds at most one full tensor.
 
+Continuing from an export, or resuming a checkpoint, builds on ``meta`` too: after sharding, each
+rank reads only its own slices of ``model.safetensors`` (:func:`load_safetensors_shards`; the
+bytes it reads and holds are ~1/world of the model), or leaves its shards uninitialised for the
+checkpoint's ``load_state`` to fill. A replicated (DDP) run loads the export on rank 0 only and
+DDP's construction broadcasts rank 0's parameters to the others.
+
 Initialisation is a function of ``(seed, module name)`` only: each module's parameters are drawn
 at full size from their own seeded generator with the model's ``_init_weights``, and each rank
 keeps its slice. The initial full weights are therefore identical at any world size, sharding
@@ -24,6 +30,7 @@ import json
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -95,26 +102,178 @@ def _fsdp2_shard(accelerator, model: nn.Module, reduce_dtype: str) -> nn.Module:
 
 
 def prepare_model(
-    accelerator, model: nn.Module, seed: int, reduce_dtype: str = "float32"
+    accelerator,
+    model: nn.Module,
+    seed: int,
+    reduce_dtype: str = "float32",
+    *,
+    weights: SafetensorsWeights | None = None,
+    loaded_later: bool = False,
 ) -> nn.Module:
-    """Shard (FSDP2/HSDP) or wrap (DDP) ``model``; a ``meta`` model is materialised per shard and
-    initialised from ``seed``. Returns the prepared model; build the optimiser from it next."""
+    """Shard (FSDP2/HSDP) or wrap (DDP) ``model``. A ``meta`` model is materialised per shard and
+    filled from ``weights`` (an export: each rank reads its own slices), or left for a checkpoint
+    to fill (``loaded_later``: ``accelerator.load_state`` follows), or else initialised from
+    ``seed``. Returns the prepared model; build the optimiser from it next. Collective."""
     on_meta = any(p.is_meta for p in model.parameters())
+    if (weights is not None or loaded_later) and not on_meta:
+        raise ValueError("weights= and loaded_later= need a model built on the meta device.")
     if is_fsdp2(accelerator):
         model = _fsdp2_shard(accelerator, model, reduce_dtype)
         if on_meta:
             model.to_empty(device=accelerator.device)
-            init_weights(model, seed)
+            _fill(accelerator, model, seed, weights, loaded_later)
         return model
     if on_meta:
         model.to_empty(device=accelerator.device)
-        init_weights(model, seed)
+        if weights is not None and not accelerator.is_main_process:
+            # Replicated: rank 0 alone reads the export. DDP's construction (init_sync, which
+            # accelerate leaves on) broadcasts rank 0's parameters over these empty tensors.
+            _check_finite(accelerator, weights, {})
+        else:
+            _fill(accelerator, model, seed, weights, loaded_later)
     return accelerator.prepare_model(model)
+
+
+def _fill(accelerator, model, seed, weights, loaded_later) -> None:
+    if weights is not None:
+        _check_finite(accelerator, weights, load_safetensors_shards(model, weights))
+    elif not loaded_later:
+        init_weights(model, seed)
 
 
 def prepare_optimizer(accelerator, optimizer):
     """Register an optimiser built from the prepared (sharded) parameters."""
     return accelerator.prepare_optimizer(optimizer)
+
+
+@dataclass(frozen=True)
+class SafetensorsWeights:
+    """An export's weights: which safetensors file holds each tensor, and each tensor's shape
+    (read from the files' headers only). ``source`` names the export in messages."""
+
+    source: str
+    files: dict[str, Path]
+    shapes: dict[str, tuple[int, ...]]
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike, source: str | None = None):
+        """``folder/model.safetensors``, or the files ``model.safetensors.index.json`` maps."""
+        from safetensors import safe_open
+
+        folder = Path(folder)
+        source = source or str(folder)
+        index = folder / "model.safetensors.index.json"
+        if (folder / "model.safetensors").is_file():
+            names = None
+            files = [folder / "model.safetensors"]
+        elif index.is_file():
+            names = json.loads(index.read_text())["weight_map"]
+            files = sorted({folder / f for f in names.values()})
+        else:
+            raise ValueError(
+                f"{source} holds no model.safetensors (nor model.safetensors.index.json): "
+                "continue from a save_pretrained export of GeoViTMAEForPreTraining."
+            )
+        where, shapes = {}, {}
+        for file in files:
+            with safe_open(file, framework="pt") as handle:
+                for name in handle.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
+                    where[name] = file
+                    shapes[name] = tuple(handle.get_slice(name).get_shape())
+        if names is not None and set(names) != set(where):
+            raise ValueError(
+                f"{index} does not match its files: {len(set(names) ^ set(where))} tensors are "
+                "in one but not the other. Save the export again."
+            )
+        return cls(source, where, shapes)
+
+    def check_matches(self, model: nn.Module) -> None:
+        """Raise naming every tensor the model has and the files lack, the files have and the
+        model lacks, or that differs in shape (an export of another model or size)."""
+        expected = {canonical_name(n): tuple(t.shape) for n, t in model.state_dict().items()}
+        missing = sorted(set(expected) - set(self.shapes))
+        unexpected = sorted(set(self.shapes) - set(expected))
+        reshaped = [
+            f"{n} {self.shapes[n]} in the file, {expected[n]} in the model"
+            for n in sorted(set(expected) & set(self.shapes))
+            if self.shapes[n] != expected[n]
+        ]
+        problems = [
+            f"{label} {len(names)}: {_first(names)}"
+            for label, names in (
+                ("missing from the export", missing),
+                ("not in the model", unexpected),
+                ("with another shape", reshaped),
+            )
+            if names
+        ]
+        if problems:
+            raise ValueError(
+                f"The weights of {self.source} do not match a GeoViTMAEForPreTraining with its "
+                f"config.json: {'; '.join(problems)}. Continue from a full pretraining export "
+                "(save_pretrained of GeoViTMAEForPreTraining, config and weights together)."
+            )
+
+
+def _first(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+@torch.no_grad()
+def load_safetensors_shards(model: nn.Module, weights: SafetensorsWeights) -> dict[str, bool]:
+    """Copy the export's values into the materialised ``model``; each rank reads only its own
+    slice of each sharded (DTensor) parameter, and a plain tensor in full. Returns, per tensor
+    read, whether this rank's part of it is finite."""
+    from safetensors import safe_open
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    targets = {}
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        targets.setdefault(canonical_name(name), tensor)
+    finite = {}
+    for file in sorted(set(weights.files.values())):
+        with safe_open(file, framework="pt") as handle:
+            for name in [n for n, f in weights.files.items() if f == file and n in targets]:
+                target = targets[name]
+                if isinstance(target, DTensor):
+                    local = target.to_local()
+                    shape, offset = compute_local_shape_and_global_offset(
+                        target.shape, target.device_mesh, target.placements
+                    )
+                    if local.numel() == 0:
+                        continue  # an uneven split left this rank no rows
+                    region = tuple(slice(o, o + n) for o, n in zip(offset, shape))
+                    part = handle.get_slice(name)[region] if region else handle.get_tensor(name)
+                else:
+                    local = target.data
+                    part = handle.get_tensor(name)
+                if part.shape != local.shape:  # copy_ would broadcast a wrong slice silently
+                    raise RuntimeError(
+                        f"{name}: read {tuple(part.shape)} for a local shard of "
+                        f"{tuple(local.shape)} (placements {getattr(target, 'placements', None)})."
+                    )
+                local.copy_(part)
+                finite[name] = bool(torch.isfinite(part).all())
+    return finite
+
+
+def _check_finite(accelerator, weights: SafetensorsWeights, finite: dict[str, bool]) -> None:
+    """Collective: raise on every rank if any rank read NaN/inf, naming how many tensors."""
+    names = sorted(weights.shapes)
+    bad = torch.tensor(
+        [0.0 if finite.get(n, True) else 1.0 for n in names], device=accelerator.device
+    )
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    damaged = [n for n, flag in zip(names, bad.tolist()) if flag]
+    if damaged:
+        raise ValueError(
+            f"The weights loaded from {weights.source} hold NaN/inf in {len(damaged)} tensors "
+            f"(first: {damaged[0]}); continuing from them would train on nothing. Use an "
+            "earlier export or checkpoint."
+        )
 
 
 def _module_seed(seed: int, name: str) -> int:

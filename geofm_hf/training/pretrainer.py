@@ -43,10 +43,10 @@ def pretrain(argv: list[str] | None = None) -> int:
     if run_already_finished(run):
         return 0
     check_resume_compatibility(run, config, data)
-    model = build_model(config, model_args, args.seed)
+    model, weights = build_model(run, config)
     processor = build_processor(config, data)
     loader = build_dataloader(run, data, data_args, config)
-    model, optimizer = build_optimizer(run, model)
+    model, optimizer = build_optimizer(run, model, weights)
     start_step = resume(run, loader)
     describe_run(run, model, config, start_step)
 

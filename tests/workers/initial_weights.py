@@ -7,25 +7,25 @@ the recipe's own config, model and sharding functions, then its streaming export
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "recipes"))
 # Also run through runpy by the CPU FSDP launcher, where this folder is not on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pretrain  # noqa: E402
-from record import emit  # noqa: E402
+from record import emit
 
-from geofm_hf.training.arguments import parse_arguments  # noqa: E402
-from geofm_hf.training.distributed import prepare_model, save_pretrained_streaming  # noqa: E402
+from geofm_hf.training.arguments import parse_arguments
+from geofm_hf.training.data_contract import build_model_config, read_data_contract
+from geofm_hf.training.distributed import prepare_model, save_pretrained_streaming
+from geofm_hf.training.model_setup import build_model
+from geofm_hf.training.run import start_run
 
 
 def main(out: str, *extra: str) -> None:
     argv = ["--preset", "tiny", "--output_dir", out, "--report_to", "none", "--bf16", "false"]
     model_args, data_args, args = parse_arguments([*argv, *extra])
-    data = pretrain.read_data_contract(data_args)
-    config = pretrain.build_model_config(model_args, data_args, data.info)
-    run = pretrain.start_run(model_args, data_args, args)
-    model = pretrain.build_model(config, model_args, args.seed)
+    data = read_data_contract(data_args)
+    config = build_model_config(model_args, data_args, data.info)
+    run = start_run(model_args, data_args, args)
+    model, _ = build_model(run, config)
     on_meta = all(p.is_meta for p in model.parameters())
     model = prepare_model(run.accelerator, model, args.seed, args.gradient_reduce_dtype)
     local = sum(
