@@ -42,8 +42,10 @@ LAYERS: dict[str, int] = {
     "classification": 3,
     "segmentation": 3,
     "convert": 3,
-    # 4: whole-scene inference (embed, segment, search) on trained checkpoints
+    # 4: whole-scene inference (embed, segment, search) and other toolkits (TerraTorch) on
+    # trained checkpoints
     "inference": 4,
+    "interop": 4,
     # 5: the public API (geofm_hf/__init__.py)
     "__init__": 5,
 }
