@@ -235,7 +235,7 @@ def embed(
     if not tally.per_scene:
         raise BadInputError("no_output", f"no scene could be embedded; skipped: {policy.summary()}")
     meta = {"model_id": loaded.model_id, "model_revision": loaded.revision, "pooling": pooling,
-            "window": window, "stride": stride}  # fmt: skip
+            "window": window, "stride": stride, "scene_bands": tally.bands}  # fmt: skip
     outputs: list[str] = []
     preview_path = None
     if format == "parquet":
@@ -375,6 +375,7 @@ class _Tally:
     per_scene: dict[str, int] = field(default_factory=dict)
     crs: Any = None
     grids: dict[int, dict[str, Any]] = field(default_factory=dict)
+    bands: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _embed_scenes(scenes: list[tuple[int, Any]], sensors: dict[str, str | None],
@@ -403,6 +404,7 @@ def _embed_scenes(scenes: list[tuple[int, Any]], sensors: dict[str, str | None],
                                 "width": grid.width, "height": grid.height,
                                 "source": grid.source, "scene_id": grid.scene.scene_id}  # fmt: skip
             (staging / f"s{idx:05d}.grid.json").write_text(json.dumps(tally.grids[idx]))
+            tally.bands[scene.source] = _scene_bands(grid)
             items = _raster_items(grid, window, stride, done)
             n, n_empty = parts.write(items, idx, first_part)
             tally.windows += n
@@ -416,6 +418,16 @@ def _embed_scenes(scenes: list[tuple[int, Any]], sensors: dict[str, str | None],
             if grid is not None:
                 grid.close()
     return tally
+
+
+def _scene_bands(grid: SceneGrid) -> dict[str, Any]:
+    """What fed the model from one scene: its sensor, and the scene band (with wavelength) that
+    went into each model band. Logged, and kept in the output's metadata."""
+    fed = {"sensor": grid.sensor, "bands": dict(zip(grid.band_names, grid.input_bands)),
+           "wavelengths_um": grid.wavelengths_um}  # fmt: skip
+    logger.info("%s (%s): scene bands %s -> model bands %s", grid.source,
+                grid.sensor or "sensor unknown", grid.input_bands, grid.band_names)  # fmt: skip
+    return fed
 
 
 def _raster_items(grid: SceneGrid, window: int, stride: int, done: set[tuple[str, int, int]]):

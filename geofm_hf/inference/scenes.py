@@ -105,6 +105,9 @@ class SceneGrid:
     width: int
     height: int
     band_names: list[str]
+    sensor: str | None = None  # the scene's sensor, as the shard writer identifies it
+    input_bands: list[str] = field(default_factory=list)  # scene band fed to each model band
+    wavelengths_um: list[float] | None = None  # of input_bands, from the sensor's table
     _vrts: list[Any] = field(default_factory=list)
     _bidx: list[int] = field(default_factory=list)
     _nodata: list[list[float]] = field(default_factory=list)
@@ -223,6 +226,7 @@ def open_grid(scene, model, sensor: str | None = None, reading: SceneReading | N
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 
+    from ..bands import band_wavelengths
     from ..data.band_resolution import band_fill_values, qa_mask_sources, resolve_model_bands
     from ..data.grid import target_grid
     from ..data.scenes import open_raster
@@ -260,6 +264,9 @@ def open_grid(scene, model, sensor: str | None = None, reading: SceneReading | N
         width=width,
         height=height,
         band_names=list(model.names),
+        sensor=sensor,
+        input_bands=[n for n, _, _ in selected],
+        wavelengths_um=band_wavelengths([n for n, _, _ in selected], sensor) if sensor else None,
         _vrts=vrts,
         _bidx=[i for _, _, i in selected],
         _nodata=[band_fill_values(s, i, sensor, reading.nodata) for _, s, i in selected],

@@ -208,7 +208,10 @@ def segment(
                     out.write_colormap(1, {i: (*map(int, colors[i]), 255) for i in range(k)})
                     out.update_tags(class_names=",".join(names), model_id=loaded.model_id,
                                     model_revision=str(loaded.revision), stride=stride,
-                                    window=window, source=grid.source)  # fmt: skip
+                                    window=window, source=grid.source,
+                                    sensor=str(grid.sensor), input_bands=",".join(grid.input_bands),
+                                    model_bands=",".join(grid.band_names),
+                                    wavelengths_um=",".join(map(str, grid.wavelengths_um or [])))  # fmt: skip
                     blender = _Blender(grid, out, k, window, weight, loaded.processor, net,
                                        torch_device, bf16)  # fmt: skip
                     current = None
