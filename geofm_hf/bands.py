@@ -566,12 +566,13 @@ class BandSet:
         return Band(self.names[i], None, w, None, bw)
 
     def describe(self) -> str:
-        """``B3 (0.66 um), B4 (0.835 um) of landsat7-etm``: for messages."""
+        """``B3 (0.66 um), B4 (0.835 um) of landsat7-etm`` (the sensor when known): for
+        messages."""
         if self.wavelengths_um is None:
             bands = ", ".join(self.names)
         else:
             bands = ", ".join(f"{n} ({w:g} um)" for n, w in zip(self.names, self.wavelengths_um))
-        return f"{bands} of {self.sensor or 'an unnamed sensor'}"
+        return f"{bands} of {self.sensor}" if self.sensor else bands
 
 
 def _table_width(name: str, wavelength: float) -> float | None:

@@ -502,7 +502,7 @@ def _shard_items(source, revision, window, done, model_bands):
 def _shard_band_index(source, revision, names: list[str], model_bands) -> list[int]:
     """The chip channel of each model band: the dataset's bands identified by the sensor and
     wavelengths its ``geofm_dataset.json`` records, matched by the one rule."""
-    from ..bands import BandMatchError, BandSet, match_bands
+    from ..bands import BandMatchError, BandSet, match_bands, unknown_band_names
     from ..data import read_dataset_info
 
     info = read_dataset_info(source, revision=revision)
@@ -510,6 +510,7 @@ def _shard_band_index(source, revision, names: list[str], model_bands) -> list[i
     wavelengths = info.wavelengths_um if list(info.band_names) == names else None
     try:
         have = BandSet.of(names, None if wavelengths else sensor, wavelengths,
+                          named=names != unknown_band_names(len(names)),
                           label=f"dataset {source}",
                           hint="write it with geofm-make-shards --sensor")  # fmt: skip
         hits = match_bands(model_bands, have)
