@@ -113,15 +113,18 @@ def map_dataset_bands(
         hits = match_bands(have, model)
     except BandMatchError as err:
         raise BandMismatchError(str(err)) from None
-    unmatched = [have.names[j] + (f" ({have.wavelengths_um[j]} um)" if have.wavelengths_um else "")
-                 for j, i in enumerate(hits) if i is None]  # fmt: skip
-    if unmatched:
+    missing = [j for j, i in enumerate(hits) if i is None]
+    if missing:
+        known = have.wavelengths_um
+        unmatched = [have.names[j] + (f" ({known[j]} um)" if known else "") for j in missing]
+        # Asking for the sensor only helps when the dataset's wavelengths are not known.
+        sensor_hint = "" if known else "give the dataset's sensor (--dataset_sensor), "
         raise BandMismatchError(
-            f"Dataset bands {unmatched} have no model band of that sensor and wavelength; the "
-            f"model has {model.describe()}. Bands are matched by sensor and wavelength (band "
-            "numbers differ between sensors): give the dataset's sensor (--dataset_sensor), use "
-            "only the matching dataset bands with dataset_bands=[...] (--dataset_bands), or a "
-            "model trained on them."
+            f"Dataset band {have.names[missing[0]]!r} is not among the model's bands by sensor "
+            f"and wavelength: {', '.join(unmatched)} {'have' if len(missing) > 1 else 'has'} no "
+            f"model band there; the model has {model.describe()}; band numbers differ between "
+            f"sensors: {sensor_hint}use only the matching dataset bands with dataset_bands=[...] "
+            "(--dataset_bands), or a model trained on them."
         )
     mapped = [model_bands[i] for i in hits]
     if len(set(mapped)) != len(mapped):
