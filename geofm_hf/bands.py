@@ -27,6 +27,8 @@ __all__ = [
     "SENSOR_ALIASES",
     "AmbiguousSensorError",
     "Band",
+    "BandMatchError",
+    "BandSet",
     "band_bandwidths",
     "band_gsd",
     "band_wavelengths",
@@ -34,12 +36,14 @@ __all__ = [
     "detect_sensor",
     "get_sensor_bands",
     "identify_sensor",
+    "match_bands",
     "match_bands_by_wavelength",
     "qa_invalid",
     "resolve_sensor",
     "rgb_band_indices",
     "sensor_fill_values",
     "sensor_from_evidence",
+    "unknown_band_names",
 ]
 
 
@@ -483,3 +487,202 @@ def rgb_band_indices(band_names, sensor: str | None = None) -> tuple[int, int, i
             )
         out.append(common.index(colour))
     return out[0], out[1], out[2]
+
+
+# ---------------------------------------------------------------------------- the matching rule
+class BandMatchError(ValueError):
+    """Two band sets cannot be matched: a band is missing, unnamed, or its name alone cannot say
+    which wavelength it is (a user error: the tools exit 2 with its one line)."""
+
+
+def unknown_band_names(count: int) -> list[str]:
+    """Names for the bands of a file that names none: ``band_1 .. band_n``.
+
+    No sensor table spells them, so they never match a model's or a dataset's band by name.
+    """
+    return [f"band_{i}" for i in range(1, count + 1)]
+
+
+@dataclass(frozen=True)
+class BandSet:
+    """Bands identified by (sensor, name), with the wavelengths that say what they are.
+
+    Build one with :meth:`of`. Attributes:
+        names: band names, in channel order.
+        sensor: the :data:`SENSORS` key they belong to, or ``None`` when nothing names it.
+        wavelengths_um: centre wavelength of each band, or ``None`` when unknown.
+        bandwidths_um: full width of each band (``None`` entries where unknown).
+        named: ``False`` for :func:`unknown_band_names` placeholders: positions, never names.
+        label: what the bands belong to, for messages (``"the model"``, ``"scene X"``).
+        hint: how the user tells the sensor, for messages (``"pass --sensor"``).
+    """
+
+    names: tuple[str, ...]
+    sensor: str | None = None
+    wavelengths_um: tuple[float, ...] | None = None
+    bandwidths_um: tuple[float | None, ...] | None = None
+    named: bool = True
+    label: str = "the input"
+    hint: str = "pass sensor= (--sensor)"
+
+    @classmethod
+    def of(cls, names, sensor=None, wavelengths_um=None, bandwidths_um=None, *, named=True,
+           label="the input", hint="pass sensor= (--sensor)") -> BandSet:  # fmt: skip
+        """Bands ``names`` of ``sensor``: wavelengths from its table unless given. Without a
+        sensor or wavelengths the names are looked up in every table, and taken as that
+        sensor's only when every sensor spelling them agrees on their wavelengths."""
+        names = tuple(str(n) for n in names)
+        if wavelengths_um is not None and len(wavelengths_um) != len(names):
+            raise BandMatchError(
+                f"{label}: {len(wavelengths_um)} wavelengths for {len(names)} bands {list(names)}"
+            )
+        if sensor is None and wavelengths_um is None and named:
+            try:
+                sensor = identify_sensor(names)
+            except AmbiguousSensorError:
+                sensor = None
+        if sensor is not None and named:
+            sensor = resolve_sensor(sensor)
+            table = {b.name: b for b in SENSORS[sensor]}
+            try:
+                bands = [table[canonical_band_name(n, sensor)] for n in names]
+            except ValueError as err:
+                raise BandMatchError(f"{label}: {err}") from None
+            if wavelengths_um is None:
+                wavelengths_um = [b.wavelength_um for b in bands]
+            if bandwidths_um is None:
+                bandwidths_um = [b.bandwidth_um for b in bands]
+        if wavelengths_um is not None and bandwidths_um is None:
+            bandwidths_um = [_table_width(n, w) for n, w in zip(names, wavelengths_um)]
+        return cls(
+            names, sensor,
+            None if wavelengths_um is None else tuple(float(w) for w in wavelengths_um),
+            None if bandwidths_um is None else tuple(bandwidths_um), named, label, hint,
+        )  # fmt: skip
+
+    def band(self, i: int) -> Band:
+        w = self.wavelengths_um[i] if self.wavelengths_um is not None else None
+        bw = self.bandwidths_um[i] if self.bandwidths_um is not None else None
+        return Band(self.names[i], None, w, None, bw)
+
+    def describe(self) -> str:
+        """``B3 (0.66 um), B4 (0.835 um) of landsat7-etm`` (the sensor when known): for
+        messages."""
+        if self.wavelengths_um is None:
+            bands = ", ".join(self.names)
+        else:
+            bands = ", ".join(f"{n} ({w:g} um)" for n, w in zip(self.names, self.wavelengths_um))
+        return f"{bands} of {self.sensor}" if self.sensor else bands
+
+
+def _table_width(name: str, wavelength: float) -> float | None:
+    """Bandwidth of the table band spelled ``name`` at ``wavelength`` (a model's config carries
+    names and centres, not widths)."""
+    for bands in SENSORS.values():
+        for b in bands:
+            if b.name.upper() == name.upper() and b.wavelength_um is not None and (
+                abs(b.wavelength_um - wavelength) <= 0.005
+            ):  # fmt: skip
+                return b.bandwidth_um
+    return None
+
+
+def _name_wavelengths(name: str) -> dict[str, Band]:
+    """Every sensor table that spells ``name`` -> its band of that name."""
+    out = {}
+    for key, bands in SENSORS.items():
+        for b in bands:
+            if b.name.upper() == name.strip().upper():
+                out[key] = b
+    return out
+
+
+def _name_is_one_band(name: str, wavelength: float | None) -> tuple[bool, str]:
+    """Whether the bare name ``name`` means one wavelength (and ``wavelength``, when given);
+    else why not. Names no table spells (``VV``, ``elevation``) mean what they say."""
+    spelled = _name_wavelengths(name)
+    if wavelength is not None:
+        spelled = dict(spelled, given=Band(name, None, wavelength, None, None))
+    bands = list(spelled.items())
+    for key, b in bands[1:]:
+        if not _same_wavelength(bands[0][1], b):
+            first = bands[0]
+            return False, (
+                f"{name!r} is {first[1].wavelength_um} um on {first[0]} and {b.wavelength_um} um "
+                f"on {key}"
+            )
+    return True, ""
+
+
+def match_bands(target: BandSet, source: BandSet) -> list[int | None]:
+    """For each band of ``target``, the index of the same band in ``source``, or ``None``.
+
+    Bands are identified by (sensor, name) and compared by wavelength: when both sides know
+    their wavelengths, each target band takes the source band at the nearest centre within the
+    wider half-bandwidth (one source band per target band, nearest pairs first). Otherwise only
+    names that mean one wavelength match: both sides of one sensor, or a name whose every
+    sensor agrees on its wavelength (``B8A``, ``B02``, ``VV``). A name that two sensors use for
+    different wavelengths (Landsat ``B4``: NIR on Landsat 5/7, red on Landsat 8) is never a
+    match by itself: :class:`BandMatchError` asks for the sensor. So does a placeholder name
+    (:func:`unknown_band_names`): unnamed bands match nothing.
+    """
+    for side in (source, target):
+        if not side.named:
+            raise BandMatchError(
+                f"{side.label} names none of its bands (placeholders {list(side.names)}); bands "
+                "are matched by name and wavelength, never by position: name them in file "
+                "order with band_names=[...] (--band-names B1,B2,...) and give the sensor "
+                "(--sensor)"
+            )
+    if target.wavelengths_um is not None and source.wavelengths_um is not None:
+        return _nearest_within_bandwidth(target, source)
+    out: list[int | None] = []
+    same_sensor = target.sensor is not None and target.sensor == source.sensor
+    for j, name in enumerate(target.names):
+        hits = [i for i, n in enumerate(source.names) if _same_name(n, name, same_sensor,
+                                                                     target.sensor)]  # fmt: skip
+        if not hits:
+            out.append(None)
+            continue
+        if not same_sensor:
+            known = target if target.wavelengths_um is not None else source
+            unknown = source if known is target else target
+            k = j if known is target else hits[0]
+            wl = known.wavelengths_um[k] if known.wavelengths_um is not None else None
+            one, why = _name_is_one_band(name, wl)
+            if not one:
+                raise BandMatchError(
+                    f"band {name!r} of {unknown.label} could be any of several bands ({why}) "
+                    f"and nothing names {unknown.label}'s sensor: {unknown.hint} (one of "
+                    f"{sorted(_name_wavelengths(name))}); bands are never matched by a bare name"
+                )
+        out.append(hits[0])
+    return out
+
+
+def _same_name(a: str, b: str, same_sensor: bool, sensor: str | None) -> bool:
+    if a == b:
+        return True
+    if same_sensor and sensor is not None:
+        try:
+            return canonical_band_name(a, sensor) == canonical_band_name(b, sensor)
+        except ValueError:
+            return False
+    return False
+
+
+def _nearest_within_bandwidth(target: BandSet, source: BandSet) -> list[int | None]:
+    pairs = []
+    for j in range(len(target.names)):
+        t = target.band(j)
+        for i in range(len(source.names)):
+            s = source.band(i)
+            if _same_wavelength(s, t):
+                pairs.append((abs(s.wavelength_um - t.wavelength_um), j, i))
+    out: list[int | None] = [None] * len(target.names)
+    taken: set[int] = set()
+    for _, j, i in sorted(pairs):
+        if out[j] is None and i not in taken:
+            out[j] = i
+            taken.add(i)
+    return out

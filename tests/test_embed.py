@@ -294,11 +294,11 @@ def test_windows_read_in_narrow_blocks_equal_full_width_reads(crop, model, monke
     """Reads are bounded in width (scenes.MAX_BLOCK_COLS): the windows are the same pixels."""
     from geofm_hf.inference import scenes
 
-    band_names = scenes.load_model(model).band_names
+    bands = scenes.model_band_set(scenes.load_model(model))
 
     def windows():
-        (scene,) = scenes.open_scenes([crop])
-        grid = scenes.open_grid(scene, band_names)
+        (scene,), sensors = scenes.open_scenes([crop])
+        grid = scenes.open_grid(scene, bands, sensors[scene.source])
         try:
             return [(r, c, pix.copy()) for r, c, pix in scenes.iter_windows(grid, 64, 48)]
         finally:

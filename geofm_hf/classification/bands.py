@@ -1,11 +1,12 @@
 """Band mapping between a dataset and a model, through the band contract.
 
 Bands are matched by sensor and wavelength, never by band number: Sentinel-2 ``B05`` (red edge,
-0.705 um) is not Landsat ``B5`` (NIR or SWIR). When both sides' wavelengths are known (the
-model's ``config.wavelengths_um``; the dataset's from its ``geofm_dataset.json``, its sensor or
-generic colour names) each dataset band goes to the model band at the nearest centre wavelength
-within the bands' bandwidth. Without wavelengths only exact names and aliases of one sensor
-match. A dataset with fewer bands is an *explicit* subset (:func:`geofm_hf.select_input_bands`
+0.705 um) is not Landsat ``B5`` (NIR or SWIR). The rule is the one every door uses
+(:func:`geofm_hf.bands.match_bands`): when both sides' wavelengths are known (the model's
+``config.wavelengths_um`` or its names' sensor; the dataset's from its ``geofm_dataset.json``,
+its sensor or generic colour names) each dataset band goes to the model band at the nearest
+centre wavelength within the bands' bandwidth. Without wavelengths only names that mean one
+wavelength match. A dataset with fewer bands is an *explicit* subset (:func:`geofm_hf.select_input_bands`
 narrows model and processor together); extra dataset bands must be dropped explicitly
 (``dataset_bands``). Missing bands are never zero-filled.
 """
@@ -18,10 +19,11 @@ import numpy as np
 
 from ..bands import (
     Band,
+    BandMatchError,
+    BandSet,
     canonical_band_name,
-    detect_sensor,
     get_sensor_bands,
-    match_bands_by_wavelength,
+    match_bands,
 )
 from ..data.format import BadInputError
 
@@ -34,6 +36,8 @@ __all__ = [
     "prepare_dataset_bands",
     "restrict_to_bands",
 ]
+
+_DATASET_HINT = "give the dataset's sensor (--dataset_sensor)"
 
 # Generic colour names: wavelength (um) and a broad bandwidth.
 _GENERIC = {"red": (0.665, 0.1), "green": (0.56, 0.1), "blue": (0.49, 0.1), "nir": (0.842, 0.15)}
@@ -78,19 +82,6 @@ def dataset_band_table(
     return None
 
 
-def _model_table(model_bands: list[str], model_wavelengths) -> list[Band] | None:
-    if not model_wavelengths or len(model_wavelengths) != len(model_bands):
-        return None
-    sensor = detect_sensor(model_bands)
-    widths: dict[str, float | None] = {}
-    if sensor:
-        for b in get_sensor_bands(sensor):
-            widths[b.name] = b.bandwidth_um
-    return [
-        Band(n, None, float(w), None, widths.get(n)) for n, w in zip(model_bands, model_wavelengths)
-    ]
-
-
 def map_dataset_bands(
     dataset_bands: list[str],
     model_bands: list[str],
@@ -100,48 +91,42 @@ def map_dataset_bands(
 ) -> list[str]:
     """The model's name for each dataset band (``"red"`` -> ``"B04"`` on a Sentinel-2 model).
 
-    With ``dataset_table`` (see :func:`dataset_band_table`) and the model's wavelengths, by
-    nearest wavelength within bandwidth; otherwise by exact name or an alias of the model's
-    sensor (``red``, ``nir08``; not a bare band number: ``B5`` is not ``B05``). Raises
-    :class:`BandMismatchError` for a dataset band the model does not have.
+    The one matching rule of every door (:func:`geofm_hf.bands.match_bands`): with the dataset's
+    wavelengths (``dataset_table``, see :func:`dataset_band_table`) and the model's (its
+    ``wavelengths_um``, or its names' sensor table), by nearest wavelength within bandwidth;
+    otherwise by a name that means one wavelength (never a bare band number: ``B5`` is not
+    ``B05``, and Landsat ``B4`` is NIR or red by sensor). Raises :class:`BandMismatchError` for
+    a dataset band the model does not have.
     """
-    model_table = _model_table(model_bands, model_wavelengths)
-    if dataset_table is not None and model_table is not None:
-        # For each dataset band, the model band at its wavelength.
-        hits = match_bands_by_wavelength(model_table, dataset_table)
-        unmatched = [
-            f"{b.name} ({b.wavelength_um} um)" for b, i in zip(dataset_table, hits) if i is None
-        ]
-        if unmatched:
-            raise BandMismatchError(
-                f"Dataset bands {unmatched} have no model band at their wavelength; the model "
-                f"has {list(zip(model_bands, model_wavelengths))}. Use only the matching dataset "
-                "bands with dataset_bands=[...] (--dataset_bands), or a model trained on them."
-            )
-        mapped = [model_bands[i] for i in hits]
-    else:
-        sensor = detect_sensor(list(model_bands))
-        mapped = []
-        for name in dataset_bands:
-            if name in model_bands:
-                mapped.append(name)
-                continue
-            candidate = None
-            if sensor is not None:
-                key = name.strip().lower()
-                for band in get_sensor_bands(sensor):
-                    if key == (band.common_name or "").lower() or key in band.aliases:
-                        candidate = band.name
-                        break
-            if candidate is None or candidate not in model_bands:
-                raise BandMismatchError(
-                    f"Dataset band {name!r} is not among the model's bands {model_bands} (by "
-                    "name or alias; band numbers differ between sensors). Give the dataset's "
-                    "sensor (--dataset_sensor) so bands are matched by wavelength, select bands "
-                    "with --dataset_bands, or name the channels with the model's names "
-                    "(--band_names)."
-                )
-            mapped.append(candidate)
+    try:
+        if dataset_table is not None and all(b.wavelength_um is not None for b in dataset_table):
+            have = BandSet.of(dataset_bands, wavelengths_um=[b.wavelength_um for b in dataset_table],
+                              bandwidths_um=[b.bandwidth_um for b in dataset_table],
+                              label="the dataset", hint=_DATASET_HINT)  # fmt: skip
+        else:
+            have = BandSet.of(dataset_bands, label="the dataset", hint=_DATASET_HINT)
+        wavelengths = model_wavelengths
+        if wavelengths is not None and len(wavelengths) != len(model_bands):
+            wavelengths = None
+        model = BandSet.of(model_bands, wavelengths_um=wavelengths or None, label="the model",
+                           hint="record its bands' wavelengths in its config (wavelengths_um)")  # fmt: skip
+        hits = match_bands(have, model)
+    except BandMatchError as err:
+        raise BandMismatchError(str(err)) from None
+    missing = [j for j, i in enumerate(hits) if i is None]
+    if missing:
+        known = have.wavelengths_um
+        unmatched = [have.names[j] + (f" ({known[j]} um)" if known else "") for j in missing]
+        # Asking for the sensor only helps when the dataset's wavelengths are not known.
+        sensor_hint = "" if known else "give the dataset's sensor (--dataset_sensor), "
+        raise BandMismatchError(
+            f"Dataset band {have.names[missing[0]]!r} is not among the model's bands by sensor "
+            f"and wavelength: {', '.join(unmatched)} {'have' if len(missing) > 1 else 'has'} no "
+            f"model band there; the model has {model.describe()}; band numbers differ between "
+            f"sensors: {sensor_hint}use only the matching dataset bands with dataset_bands=[...] "
+            "(--dataset_bands), or a model trained on them."
+        )
+    mapped = [model_bands[i] for i in hits]
     if len(set(mapped)) != len(mapped):
         raise BandMismatchError(f"Dataset bands {dataset_bands} map to duplicates {mapped}.")
     return mapped

@@ -2,26 +2,44 @@
 
 A scene's bands are named by their files (per-band files), their band descriptions, or
 ``band_names``; the sensor comes from ``sensor=`` or from evidence (product ids in file and folder
-names, metadata tags, band names only one family spells). :func:`resolve_band_names` then selects
-and orders the bands a caller asks for; the writer and every inference tool go through it.
+names, metadata tags, band names only one family spells). :func:`discover_scenes` finds the
+scenes and their sensors, :func:`resolve_band_names` selects and orders the bands a caller asks
+for by name, :func:`resolve_model_bands` the bands a model takes by (sensor, name) and
+wavelength, and :func:`band_fill_values` / :func:`qa_mask_sources` say which pixels are invalid.
+The writer and every inference tool go through here, so each door reads a scene the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from pathlib import Path
 
 from ..bands import (
     AmbiguousSensorError,
+    BandMatchError,
+    BandSet,
     canonical_band_name,
     get_sensor_bands,
     identify_sensor,
+    match_bands,
+    sensor_fill_values,
+    unknown_band_names,
 )
 from .format import BadInputError
-from .scenes import Scene, open_raster
+from .scenes import Scene, _check_unnamed_singles, find_scenes, open_raster
 
-__all__ = ["resolve_band_names"]
+__all__ = [
+    "band_fill_values",
+    "discover_scenes",
+    "qa_mask_sources",
+    "resolve_band_names",
+    "resolve_model_bands",
+    "scene_band_set",
+]
+
+logger = logging.getLogger(__name__)
 
 # Sentinel-2 processing baseline in a SAFE product name (..._N0400_...) or its metadata XML.
 _S2_BASELINE = re.compile(r"_N(\d{2})(\d{2})_")
@@ -79,8 +97,8 @@ def _available_bands(scene: Scene, src_list, band_names, sensor):
     """(default order, {name: (dataset, band index)}, named) of ``scene``'s bands.
 
     Per-band files are named by their file (or ``band_files`` key); a multi-band file by its
-    band descriptions, else by ``band_names`` (``--band-names``), else ``B1..Bn`` placeholders
-    (``named`` False: placeholders are positions, never evidence of a sensor).
+    band descriptions, else by ``band_names`` (``--band-names``), else ``band_1..band_n``
+    placeholders (``named`` False: positions, never evidence of a sensor, never a match).
     """
     if scene.multiband is None:
         available = {}
@@ -114,7 +132,7 @@ def _available_bands(scene: Scene, src_list, band_names, sensor):
         elif named:
             names = descriptions
         else:
-            names = [f"B{i}" for i in range(1, src.count + 1)]
+            names = unknown_band_names(src.count)
         available = {n: (src, i + 1) for i, n in enumerate(names)}
     if sensor is not None and not named:
         raise BadInputError(
@@ -182,6 +200,18 @@ def resolve_band_names(scene: Scene, src_list, bands, sensor, band_names=None):
     return wanted
 
 
+def discover_scenes(inputs, band_files=None, filename_pattern=None, band_names=None, bands=None,
+                    sensor=None, on_error="raise"):  # fmt: skip
+    """The scenes of ``inputs`` and ``band_files`` and the sensor of each, as every door reads
+    them: files grouped into scenes (``filename_pattern``, ``<scene>_B<n>``, ``band_files``),
+    unnamed one-band files refused, each scene's sensor from ``sensor`` or evidence, and the
+    band selection ``bands`` checked. Reads headers only. Returns
+    ``(scenes, {scene.source: sensor or None})``."""
+    scenes = find_scenes(inputs, band_files, filename_pattern)
+    _check_unnamed_singles(scenes, band_names)
+    return scenes, _identify_scene_sensors(scenes, sensor, band_names, bands, on_error)
+
+
 def _identify_scene_sensors(
     scenes: list[Scene], sensor, band_names, bands, on_error: str
 ) -> dict[str, str | None]:
@@ -202,6 +232,13 @@ def _identify_scene_sensors(
             else:
                 _, available, named = _available_bands(scene, srcs, band_names, None)
                 names = list(available) if named else []
+                if not named:
+                    logger.warning(
+                        "%s names none of its %d bands (no band descriptions, no --band-names): "
+                        "they are %s, with no sensor and no wavelengths, and match no model or "
+                        "dataset band. Name them in file order with --band-names (band_names=)",
+                        scene.multiband, len(available), ", ".join(available),
+                    )  # fmt: skip
                 try:
                     out[scene.source] = identify_sensor(names, _scene_evidence(scene, []))
                 except AmbiguousSensorError:
@@ -214,4 +251,61 @@ def _identify_scene_sensors(
         finally:
             for src in srcs:
                 src.close()
+    return out
+
+
+def scene_band_set(scene: Scene, names, sensor: str | None, named: bool = True) -> BandSet:
+    """The bands ``names`` of ``scene`` as a :class:`~geofm_hf.bands.BandSet`: identified by
+    (sensor, name), with the sensor table's wavelengths when the sensor is known."""
+    try:
+        return BandSet.of(names, sensor, named=named, label=f"scene {scene.source}",
+                          hint="pass sensor= (--sensor)")  # fmt: skip
+    except BandMatchError as err:
+        raise BadInputError("band_name_mismatch", str(err)) from None
+
+
+def resolve_model_bands(scene: Scene, src_list, model: BandSet, sensor, band_names=None):
+    """Return (scene band name, dataset, band index) for each band of ``model``, in its order.
+
+    The one matching rule (:func:`geofm_hf.bands.match_bands`): by wavelength within bandwidth
+    when both sides know their sensor or wavelengths, by a name only when it means one
+    wavelength; extra scene bands are left out; a missing model band is never zero-filled.
+    """
+    _, available, named = _available_bands(scene, src_list, band_names, sensor)
+    have = scene_band_set(scene, list(available), sensor, named)
+    try:
+        hits = match_bands(model, have)
+    except BandMatchError as err:
+        raise BadInputError("band_mismatch", str(err)) from None
+    missing = [n for n, i in zip(model.names, hits) if i is None]
+    if missing:
+        raise BadInputError(
+            "band_mismatch",
+            f"scene {scene.source} has no band for {model.label}'s {missing}: the model takes "
+            f"{model.describe()}, the scene has {have.describe()}. Bands are matched by sensor "
+            "and wavelength, never by bare name, and missing bands are never zero-filled: give "
+            "the scene's sensor (--sensor) if it is wrong, or use a model trained on its bands",
+        )
+    names = list(available)
+    return [(names[i], *available[names[i]]) for i in hits]
+
+
+def band_fill_values(src, bidx: int, sensor: str | None, nodata: float | None) -> list[float]:
+    """The values that mark band ``bidx`` of ``src`` invalid: its declared nodata, ``nodata``
+    (``--nodata``) and the sensor's fill values (NaN and +-inf are always invalid)."""
+    import math
+
+    values = {float(v) for v in (src.nodatavals[bidx - 1], nodata, *sensor_fill_values(sensor))
+              if v is not None and not math.isnan(v)}  # fmt: skip
+    return sorted(values)
+
+
+def qa_mask_sources(scene: Scene, sensor: str | None) -> list[tuple[str, str]]:
+    """``(kind, path)`` of ``scene``'s cloud/QA masks, ``kind`` a key of
+    :data:`geofm_hf.bands.QA_MASKS` (an HLS Fmask is bit-coded, unlike CFmask)."""
+    out = []
+    for kind, path in sorted(scene.masks.items()):
+        if kind == "fmask" and sensor and sensor.startswith("hls"):
+            kind = "hls_fmask"
+        out.append((kind, path))
     return out

@@ -11,7 +11,7 @@ import sys
 from .format import BadInputError, TooManyErrorsError
 from .writer import write_shards
 
-__all__ = ["main", "push_dataset_to_hub"]
+__all__ = ["add_scene_arguments", "main", "push_dataset_to_hub", "scene_arguments"]
 
 
 def _parse_split(text: str):
@@ -74,6 +74,56 @@ _POSITIVE_INT = _number(int, low=0, low_open=True, name="positive int")
 _FRACTION = _number(float, low=0.0, high=1.0, name="fraction in [0, 1]")
 
 
+def add_scene_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that say how input rasters are read, shared by every door that reads them
+    (``geofm-make-shards``, ``geofm-embed``, ``geofm-segment``): one meaning, one spelling."""
+    g = p.add_argument_group(
+        "reading scenes", "how input rasters become named bands (the same in every geofm tool)"
+    )
+    g.add_argument(
+        "--band-names",
+        type=_names,
+        default=None,
+        help="name the bands of multi-band files that carry no band descriptions",
+    )
+    g.add_argument(
+        "--band-files",
+        nargs="+",
+        action="append",
+        default=None,
+        metavar="NAME=PATH",
+        help="one scene from one file per band (repeat the flag for more scenes)",
+    )
+    g.add_argument(
+        "--filename-pattern",
+        default=None,
+        help="regex with a named 'band' group (optionally 'scene') grouping "
+        r"one-file-per-band inputs, e.g. '(?P<scene>.+)_(?P<band>\d)0\.tif$'",
+    )
+    g.add_argument(
+        "--ignore-qa-masks",
+        action="store_true",
+        help="do not apply <scene>_fmask/_SCL/_QA_PIXEL cloud masks to validity",
+    )
+    g.add_argument("--nodata", type=float, default=None,
+                   help="a value that is nodata in every band, besides each file's declared "
+                   "nodata and the sensor's fill values")  # fmt: skip
+    g.add_argument(
+        "--sensor",
+        default=None,
+        help="band table, e.g. landsat7, landsat5, landsat8, sentinel2-l2a, hls-s30; "
+        "default: identified from product ids / metadata, else an error if ambiguous",
+    )
+
+
+def scene_arguments(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`add_scene_arguments`' flags (``band_files`` parsed)."""
+    band_files = [_parse_band_files(g) for g in args.band_files] if args.band_files else None
+    return {"band_names": args.band_names, "band_files": band_files,
+            "filename_pattern": args.filename_pattern, "qa_masks": not args.ignore_qa_masks,
+            "nodata": args.nodata, "sensor": args.sensor}  # fmt: skip
+
+
 def push_dataset_to_hub(folder: str, repo_id: str, *, private: bool = False,
                         revision: str | None = None, token: str | None = None) -> str:  # fmt: skip
     """Upload a shard folder as a dataset repo (``upload_folder``); returns the commit URL.
@@ -108,36 +158,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output-dir", required=True)
     p.add_argument("--chip-size", type=_POSITIVE_INT, default=64)
     p.add_argument("--stride", type=_POSITIVE_INT, default=None, help="default: chip size")
+    add_scene_arguments(p)
     p.add_argument(
         "--bands",
         type=_names,
         default=None,
         help="select and reorder bands by name/alias, e.g. B4,B3,B2 (pixels follow)",
-    )
-    p.add_argument(
-        "--band-names",
-        type=_names,
-        default=None,
-        help="name the bands of multi-band files that carry no band descriptions",
-    )
-    p.add_argument(
-        "--band-files",
-        nargs="+",
-        action="append",
-        default=None,
-        metavar="NAME=PATH",
-        help="one scene from one file per band (repeat the flag for more scenes)",
-    )
-    p.add_argument(
-        "--filename-pattern",
-        default=None,
-        help="regex with a named 'band' group (optionally 'scene') grouping "
-        r"one-file-per-band inputs, e.g. '(?P<scene>.+)_(?P<band>\d)0\.tif$'",
-    )
-    p.add_argument(
-        "--ignore-qa-masks",
-        action="store_true",
-        help="do not apply <scene>_fmask/_SCL/_QA_PIXEL cloud masks to validity",
     )
     p.add_argument(
         "--resolution",
@@ -146,7 +172,6 @@ def _build_parser() -> argparse.ArgumentParser:
         help="target GSD (default finest)",
     )
     p.add_argument("--resampling", default="nearest")
-    p.add_argument("--nodata", type=float, default=None)
     p.add_argument(
         "--max-nodata-fraction",
         type=_FRACTION,
@@ -171,12 +196,6 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--on-error", choices=["skip", "raise"], default="raise")
     p.add_argument("--max-error-fraction", type=_FRACTION, default=0.05)
-    p.add_argument(
-        "--sensor",
-        default=None,
-        help="band table, e.g. landsat7, landsat5, landsat8, sentinel2-l2a, hls-s30; "
-        "default: identified from product ids / metadata, else an error if ambiguous",
-    )
     p.add_argument("--name", default=None, help="dataset card title")
     p.add_argument("--license", default="other")
     p.add_argument("--overwrite", action="store_true")
@@ -216,19 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
     try:
-        band_files = [_parse_band_files(g) for g in args.band_files] if args.band_files else None
-        if not args.inputs and not band_files:
+        reading = scene_arguments(args)
+        if not args.inputs and not reading["band_files"]:
             raise ValueError("no inputs: give raster files/folders/globs or --band-files")
         summary = write_shards(
             args.inputs, args.output_dir, chip_size=args.chip_size, stride=args.stride,
-            bands=args.bands, band_names=args.band_names, band_files=band_files,
-            filename_pattern=args.filename_pattern, qa_masks=not args.ignore_qa_masks,
-            resolution=args.resolution,
-            resampling=args.resampling, nodata=args.nodata,
+            bands=args.bands, **reading, resolution=args.resolution,
+            resampling=args.resampling,
             max_nodata_fraction=args.max_nodata_fraction, target_shard_mb=args.target_shard_mb,
             rows_per_shard=args.rows_per_shard, compression_level=args.compression_level,
             split=args.split, on_error=args.on_error, max_error_fraction=args.max_error_fraction,
-            sensor=args.sensor, overwrite=args.overwrite, dataset_name=args.name,
+            overwrite=args.overwrite, dataset_name=args.name,
             license=args.license, label_raster=args.labels, label_vector=args.labels_vector,
             label_field=args.label_field, num_frames=args.num_frames,
         )  # fmt: skip

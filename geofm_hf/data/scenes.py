@@ -118,8 +118,9 @@ def _expand_inputs(inputs) -> list[Path]:
             files.append(Path(text))
         else:
             raise FileNotFoundError(f"input {text!r} is not a file, folder or matching glob")
-    unique = list(dict.fromkeys(p.resolve() for p in files))
-    return unique
+    # Absolute, not resolved: a symlink's own name (LC08_..._SR_B4.tif) is what names its band
+    # and sensor, whatever the file it points to is called.
+    return list(dict.fromkeys(Path(os.path.abspath(p)) for p in files))
 
 
 def _datetime_from_name(name: str) -> str | None:
@@ -215,7 +216,7 @@ def _group_scenes(files: list[Path], band_files, filename_pattern=None) -> list[
             paths, qa_paths = {}, {}
             for k, v in group.items():
                 target = qa_paths if str(k).lower() in _QA_NAMES else paths
-                target[_QA_NAMES.get(str(k).lower(), _band_key(str(k)))] = str(Path(v).resolve())
+                target[_QA_NAMES.get(str(k).lower(), _band_key(str(k)))] = os.path.abspath(v)
             if not paths:
                 raise ValueError(f"band_files group {dict(group)} names no band, only masks")
             first = Path(next(iter(paths.values())))

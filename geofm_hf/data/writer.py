@@ -30,12 +30,12 @@ from ..bands import (
     resolve_sensor,
     sensor_fill_values,
 )
-from .band_resolution import _identify_scene_sensors
+from .band_resolution import discover_scenes
 from .chips import ChipMeta, _ChipSpec, _DatasetState, _scene_chips
 from .error_policy import ErrorPolicy
 from .format import STAGING_DIR, BadInputError, GeoDatasetInfo, TooManyErrorsError
 from .publish import _clean_up_on_failure, _prepare_output, _publish, _ShardSink
-from .scenes import Scene, _check_unnamed_singles, find_scenes
+from .scenes import Scene
 from .time_series import _time_series_chips
 
 __all__ = ["ChipMeta", "WriteSummary", "write_shards"]
@@ -254,9 +254,8 @@ def _discover_scenes(inputs, band_files=None, filename_pattern=None, band_names=
     """Scene discovery: the input rasters grouped into scenes (band files, QA masks, date) and
     the sensor of each, with the band selection checked. Reads headers only; writes nothing.
     Returns ``(scenes, {scene.source: sensor or None})``."""
-    scenes = find_scenes(inputs, band_files, filename_pattern)
-    _check_unnamed_singles(scenes, band_names)
-    return scenes, _identify_scene_sensors(scenes, sensor, band_names, bands, on_error)
+    return discover_scenes(inputs, band_files, filename_pattern, band_names, bands, sensor,
+                           on_error)  # fmt: skip
 
 
 def _cut_chips(scenes: list[Scene], scene_sensors: dict[str, str | None], spec: _ChipSpec,

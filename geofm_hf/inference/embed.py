@@ -31,10 +31,20 @@ import torch
 from .._atomic import atomic_path
 from ..data.error_policy import ErrorPolicy
 from ..data.format import BadInputError
+from ._cli import USER_ERRORS, Parser, fraction, positive_int, report
 from .encoder import WindowEncoder, use_bf16
 from .geometry import embedding_transform
 from .geoparquet import BBOX_TYPE, bbox_polygons_wkb, geo_metadata
-from .scenes import LoadedModel, SceneGrid, iter_windows, load_model, open_grid, open_scenes
+from .scenes import (
+    SceneGrid,
+    SceneReading,
+    check_scenes,
+    iter_windows,
+    load_model,
+    model_band_set,
+    open_grid,
+    open_scenes,
+)
 
 __all__ = ["EmbedSummary", "embed", "embedding_transform", "main"]
 
@@ -74,18 +84,18 @@ def _part_schema(dim: int) -> pa.Schema:
     ])  # fmt: skip
 
 
-def _window_sources(inputs, band_files) -> tuple[str, list[Any]]:
-    """``("rasters", scenes)`` or ``("shards", [dataset path or id])``."""
+def _window_sources(inputs, reading: SceneReading, on_error: str):
+    """``("rasters", scenes, {source: sensor})`` or ``("shards", [dataset path or id], {})``."""
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     from ..data.format import DATASET_INFO_FILE
 
-    if len(items) == 1 and not band_files:
+    if len(items) == 1 and not reading.band_files:
         text = str(items[0])
         if Path(text).is_dir() and (Path(text) / DATASET_INFO_FILE).exists():
-            return "shards", [Path(text)]
+            return "shards", [Path(text)], {}
         if not Path(text).exists() and text.count("/") == 1 and not any(c in text for c in "*?["):
-            return "shards", [text]  # a Hub dataset repo id
-    return "rasters", open_scenes(items, band_files)
+            return "shards", [text], {}  # a Hub dataset repo id
+    return "rasters", *open_scenes(items, reading, on_error)
 
 
 def _iter_shard_chips(source, revision, window: int) -> Iterator[tuple[str, dict, np.ndarray]]:
@@ -133,6 +143,11 @@ def embed(
     on_error: str = "raise",
     max_error_fraction: float = 0.05,
     band_files=None,
+    band_names=None,
+    sensor: str | None = None,
+    filename_pattern: str | None = None,
+    nodata: float | None = None,
+    qa_masks: bool = True,
     part_rows: int = 4096,
     progress: bool = True,
     preview: bool = True,
@@ -141,10 +156,14 @@ def embed(
 
     Args:
         model: local export folder or Hub model repo id; ``revision`` pins the Hub commit.
-        inputs: raster files / folders / globs (per-band files are grouped by scene as
-            ``geofm-make-shards`` groups them; ``band_files`` maps bands explicitly), or one
-            shard dataset made by ``geofm-make-shards`` (folder or Hub dataset id, at
-            ``dataset_revision``; its chips are the windows).
+        inputs: raster files / folders / globs, read as ``geofm-make-shards`` reads them:
+            per-band files grouped by scene (``<scene>_B<n>``, ``filename_pattern``, or
+            ``band_files`` mapping bands explicitly), multi-band files named by their band
+            descriptions or ``band_names``, the sensor from ``sensor`` or evidence (product ids),
+            invalid pixels from nodata, ``nodata``, the sensor's fill values and (``qa_masks``)
+            the scene's cloud/QA masks. Or one shard dataset made by ``geofm-make-shards``
+            (folder or Hub dataset id, at ``dataset_revision``; its chips are the windows).
+            Scene bands feed the model's by sensor and wavelength, never by bare name.
         output: ``OUT.parquet`` (GeoParquet 1.1) or, with ``format="cog"``, ``OUT.tif``.
         stride: step between windows in pixels (default: the window size; smaller overlaps).
         pooling: ``cls`` token, ``mean`` of patch tokens, or ``patch`` (one embedding per patch:
@@ -163,7 +182,9 @@ def embed(
     loaded = load_model(model, revision)
     window = loaded.image_size
     stride = _check_stride(stride or window, pooling, loaded.patch_size)
-    kind, sources = _window_sources(inputs, band_files)
+    reading = SceneReading(band_names, sensor, filename_pattern, band_files, nodata, qa_masks)
+    kind, sources, sensors = _window_sources(inputs, reading, on_error)
+    model_bands = model_band_set(loaded)
     if kind == "shards" and format == "cog":
         raise ValueError(
             "format='cog' needs raster scenes (one regular grid per scene); a shard dataset "
@@ -178,6 +199,11 @@ def embed(
     g = window // loaded.patch_size
 
     scene_keys = [s.source for s in sources] if kind == "rasters" else [str(sources[0])]
+    policy = ErrorPolicy(on_error, max_error_fraction, len(scene_keys))
+    if kind == "rasters":
+        # Every scene's bands are matched to the model before OUT.partial/ exists: a scene that
+        # cannot feed the model writes nothing.
+        check_scenes(sources, sensors, model_bands, reading, policy)
     manifest = {
         "model_id": loaded.model_id, "model_revision": loaded.revision, "window": window,
         "stride": stride, "pooling": pooling, "dim": dim, "scenes": scene_keys,
@@ -188,18 +214,28 @@ def embed(
     from tqdm.auto import tqdm
 
     bar = tqdm(desc="embed", unit="win", disable=not progress, total=0)
-    policy = ErrorPolicy(on_error, max_error_fraction, len(scene_keys))
     parts = _PartWriter(encoder, staging, dim * g * g if pooling == "patch" else dim,
                         batch_size, part_rows, bar)  # fmt: skip
-    if kind == "rasters":
-        tally = _embed_scenes(sources, loaded, window, stride, format, parts, policy)
-    else:
-        tally = _embed_shards(sources[0], dataset_revision, loaded, window, parts, policy)
-    bar.close()
+    try:
+        if kind == "rasters":
+            bad = {item["item"] for item in policy.items}
+            todo = [(i, s) for i, s in enumerate(sources) if s.source not in bad]
+            tally = _embed_scenes(todo, sensors, reading, model_bands, window, stride, format,
+                                  parts, policy)  # fmt: skip
+        else:
+            tally = _embed_shards(sources[0], dataset_revision, model_bands, window, parts,
+                                  policy)  # fmt: skip
+    except Exception:
+        # What --resume would keep is the finished parts; a run that finished none leaves none.
+        if not any(staging.glob("s*-*.parquet")):
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
     if not tally.per_scene:
         raise BadInputError("no_output", f"no scene could be embedded; skipped: {policy.summary()}")
     meta = {"model_id": loaded.model_id, "model_revision": loaded.revision, "pooling": pooling,
-            "window": window, "stride": stride}  # fmt: skip
+            "window": window, "stride": stride, "scene_bands": tally.bands}  # fmt: skip
     outputs: list[str] = []
     preview_path = None
     if format == "parquet":
@@ -339,21 +375,23 @@ class _Tally:
     per_scene: dict[str, int] = field(default_factory=dict)
     crs: Any = None
     grids: dict[int, dict[str, Any]] = field(default_factory=dict)
+    bands: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _embed_scenes(scenes: list[Any], loaded: LoadedModel, window: int, stride: int, format: str,
+def _embed_scenes(scenes: list[tuple[int, Any]], sensors: dict[str, str | None],
+                  reading: SceneReading, model_bands, window: int, stride: int, format: str,
                   parts: _PartWriter, policy: ErrorPolicy) -> _Tally:  # fmt: skip
-    """Every window of every raster scene into parts; a bad scene loses its parts and is
+    """Every window of every ``(index, scene)`` into parts; a bad scene loses its parts and is
     recorded in ``policy``."""
     tally = _Tally()
     staging = parts.staging
-    for idx, scene in enumerate(scenes):
+    for idx, scene in scenes:
         done = _done_windows(staging, idx)
         tally.resumed += len(done)
         first_part = len(list(staging.glob(f"s{idx:05d}-*.parquet")))
         grid = None
         try:
-            grid = open_grid(scene, loaded.band_names)
+            grid = open_grid(scene, model_bands, sensors.get(scene.source), reading)
             if tally.crs is None:
                 tally.crs = grid.crs
             elif grid.crs != tally.crs and format == "parquet":
@@ -366,6 +404,7 @@ def _embed_scenes(scenes: list[Any], loaded: LoadedModel, window: int, stride: i
                                 "width": grid.width, "height": grid.height,
                                 "source": grid.source, "scene_id": grid.scene.scene_id}  # fmt: skip
             (staging / f"s{idx:05d}.grid.json").write_text(json.dumps(tally.grids[idx]))
+            tally.bands[scene.source] = _scene_bands(grid)
             items = _raster_items(grid, window, stride, done)
             n, n_empty = parts.write(items, idx, first_part)
             tally.windows += n
@@ -379,6 +418,16 @@ def _embed_scenes(scenes: list[Any], loaded: LoadedModel, window: int, stride: i
             if grid is not None:
                 grid.close()
     return tally
+
+
+def _scene_bands(grid: SceneGrid) -> dict[str, Any]:
+    """What fed the model from one scene: its sensor, and the scene band (with wavelength) that
+    went into each model band. Logged, and kept in the output's metadata."""
+    fed = {"sensor": grid.sensor, "bands": dict(zip(grid.band_names, grid.input_bands)),
+           "wavelengths_um": grid.wavelengths_um}  # fmt: skip
+    logger.info("%s (%s): scene bands %s -> model bands %s", grid.source,
+                grid.sensor or "sensor unknown", grid.input_bands, grid.band_names)  # fmt: skip
+    return fed
 
 
 def _raster_items(grid: SceneGrid, window: int, stride: int, done: set[tuple[str, int, int]]):
@@ -396,7 +445,7 @@ def _raster_items(grid: SceneGrid, window: int, stride: int, done: set[tuple[str
         yield (src, r, c, grid.datetime), bounds(r, c), pix
 
 
-def _embed_shards(source, revision, loaded: LoadedModel, window: int, parts: _PartWriter,
+def _embed_shards(source, revision, model_bands, window: int, parts: _PartWriter,
                   policy: ErrorPolicy) -> _Tally:  # fmt: skip
     """Every chip of a shard dataset into parts (its chips are the windows)."""
     tally = _Tally()
@@ -405,7 +454,7 @@ def _embed_shards(source, revision, loaded: LoadedModel, window: int, parts: _Pa
     tally.resumed += len(done)
     first_part = len(list(parts.staging.glob("s00000-*.parquet")))
     try:
-        items = _shard_items(source, revision, window, done, loaded.band_names)
+        items = _shard_items(source, revision, window, done, model_bands)
         n, n_empty = parts.write(items, 0, first_part)
         tally.crs = _shard_crs(source, revision, window)
         tally.windows += n
@@ -428,14 +477,11 @@ def _shard_items(source, revision, window, done, model_bands):
 
     crs_ref = None
     pattern = re.compile(r"_r(\d+)_c(\d+)$")
+    take = None
     for _, meta, pixels in _iter_shard_chips(source, revision, window):
         names = list(meta["band_names"])
-        missing = [b for b in model_bands if b not in names]
-        if missing:
-            raise BadInputError(
-                "band_name_mismatch",
-                f"{source}: chips lack the model's bands {missing} (have {names}).",
-            )
+        if take is None:
+            take = _shard_band_index(source, revision, names, model_bands)
         crs = CRS.from_user_input(meta["crs"])
         if crs_ref is None:
             crs_ref = crs
@@ -449,8 +495,35 @@ def _shard_items(source, revision, window, done, model_bands):
         r, c = (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
         if (meta["source"], r, c) in done:
             continue
-        pix = pixels[[names.index(b) for b in model_bands]].astype(np.float32)
+        pix = pixels[take].astype(np.float32)
         yield (meta["source"], r, c, meta["datetime"]), tuple(meta["bounds"]), pix
+
+
+def _shard_band_index(source, revision, names: list[str], model_bands) -> list[int]:
+    """The chip channel of each model band: the dataset's bands identified by the sensor and
+    wavelengths its ``geofm_dataset.json`` records, matched by the one rule."""
+    from ..bands import BandMatchError, BandSet, match_bands, unknown_band_names
+    from ..data import read_dataset_info
+
+    info = read_dataset_info(source, revision=revision)
+    sensor = info.sensor if info.sensor and "+" not in info.sensor else None
+    wavelengths = info.wavelengths_um if list(info.band_names) == names else None
+    try:
+        have = BandSet.of(names, None if wavelengths else sensor, wavelengths,
+                          named=names != unknown_band_names(len(names)),
+                          label=f"dataset {source}",
+                          hint="write it with geofm-make-shards --sensor")  # fmt: skip
+        hits = match_bands(model_bands, have)
+    except BandMatchError as err:
+        raise BadInputError("band_mismatch", str(err)) from None
+    missing = [n for n, i in zip(model_bands.names, hits) if i is None]
+    if missing:
+        raise BadInputError(
+            "band_mismatch",
+            f"{source}: chips have no band for the model's {missing}: the model takes "
+            f"{model_bands.describe()}, the chips have {have.describe()}.",
+        )
+    return [int(i) for i in hits]
 
 
 def _shard_crs(source, revision, window):
@@ -556,47 +629,73 @@ def _assemble_parquet(staging: Path, output: Path, crs, dim: int, g: int, loaded
 
 # ---------------------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from ..data.cli import add_scene_arguments
+
+    p = Parser(
         prog="geofm-embed",
         description="Embed every window of whole scenes with a geofm_hf model: GeoParquet "
         "(polygon per window, CRS as PROJJSON) or a Cloud-Optimised GeoTIFF.",
     )
     p.add_argument("model", help="local export folder or Hub model repo id")
-    p.add_argument("inputs", nargs="+", help="rasters (files, folders, globs), or one shard "
+    p.add_argument("inputs", nargs="*", help="rasters (files, folders, globs), or one shard "
                    "dataset (folder or Hub dataset id)")  # fmt: skip
     p.add_argument(
         "-o", "--output", required=True, help="OUT.parquet, or OUT.tif with --format cog"
     )
     p.add_argument("--revision", help="model revision (Hub branch, tag or commit)")
     p.add_argument("--dataset-revision", help="dataset revision (Hub shard datasets)")
-    p.add_argument("--stride", type=int, help="window step in pixels (default: window size)")
+    p.add_argument("--stride", type=positive_int,
+                   help="window step in pixels (default: window size)")  # fmt: skip
     p.add_argument("--pooling", choices=POOLINGS, default="cls")
     p.add_argument("--format", choices=FORMATS, default="parquet")
-    p.add_argument("--pca", type=int, help="COG: keep this many principal components")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--pca", type=positive_int, help="COG: keep this many principal components")
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise")
-    p.add_argument("--max-error-fraction", type=float, default=0.05)
-    p.add_argument("--checkpoint-every", type=int, default=4096, metavar="N",
+    p.add_argument("--max-error-fraction", type=fraction, default=0.05)
+    p.add_argument("--checkpoint-every", type=positive_int, default=4096, metavar="N",
                    help="windows per part file: what --resume keeps of a killed run")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
+    add_scene_arguments(p)
     return p
 
 
+# The output file's extension for each --format.
+_EXTENSIONS = {"parquet": (".parquet", ".geoparquet"), "cog": (".tif", ".tiff")}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from ..data.cli import scene_arguments
+
+    parser = _parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if Path(args.output).suffix.lower() not in _EXTENSIONS[args.format]:
+        parser.error(
+            f"argument -o/--output: --format {args.format} writes "
+            f"{' or '.join(_EXTENSIONS[args.format])}, found {args.output!r}; rename the output "
+            "or pass the --format it names"
+        )
+    if args.pca is not None and args.format != "cog":
+        parser.error("argument --pca: applies to --format cog (a component raster)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = embed(
-        args.model, args.inputs, args.output, revision=args.revision,
-        dataset_revision=args.dataset_revision, stride=args.stride, pooling=args.pooling,
-        format=args.format, pca=args.pca, batch_size=args.batch_size, device=args.device,
-        dtype=args.dtype, resume=args.resume, overwrite=args.overwrite, on_error=args.on_error,
-        max_error_fraction=args.max_error_fraction, progress=not args.no_progress,
-        part_rows=args.checkpoint_every,
-    )  # fmt: skip
+    try:
+        reading = scene_arguments(args)
+        if not args.inputs and not reading["band_files"]:
+            raise ValueError("no inputs: give raster files/folders/globs, --band-files or a "
+                             "shard dataset")  # fmt: skip
+        summary = embed(
+            args.model, args.inputs, args.output, revision=args.revision,
+            dataset_revision=args.dataset_revision, stride=args.stride, pooling=args.pooling,
+            format=args.format, pca=args.pca, batch_size=args.batch_size, device=args.device,
+            dtype=args.dtype, resume=args.resume, overwrite=args.overwrite,
+            on_error=args.on_error, max_error_fraction=args.max_error_fraction,
+            progress=not args.no_progress, part_rows=args.checkpoint_every, **reading,
+        )  # fmt: skip
+    except USER_ERRORS as err:
+        return report("geofm-embed", err)
     print(
         f"{summary.num_windows} windows ({summary.num_windows_resumed} resumed, "
         f"{summary.empty_windows} empty skipped) -> {', '.join(summary.output)}"

@@ -1,7 +1,8 @@
 """Whole-scene inference plumbing: load a checkpoint, lay windows over scenes, read them lazily.
 
-Scenes are discovered exactly as ``geofm-make-shards`` discovers them (files, folders, globs,
-per-band files grouped by scene prefix); each scene is brought onto one grid (the finest band's)
+Scenes are discovered and their bands named exactly as ``geofm-make-shards`` does it (the same
+flags, sensor evidence, fill values and QA masks: :mod:`geofm_hf.data.band_resolution`); the
+model's bands are taken by sensor and wavelength (:func:`geofm_hf.bands.match_bands`); each scene is brought onto one grid (the finest band's)
 through a ``WarpedVRT`` and read one block of windows at a time (one window row high, at most
 :data:`MAX_BLOCK_COLS` columns wide), so what is held is bounded whatever the scene's size.
 """
@@ -20,7 +21,17 @@ from affine import Affine
 from ..data.format import BadInputError
 from .geometry import window_origins
 
-__all__ = ["LoadedModel", "SceneGrid", "load_model", "open_scenes", "window_origins"]
+__all__ = [
+    "LoadedModel",
+    "SceneGrid",
+    "SceneReading",
+    "check_scenes",
+    "load_model",
+    "model_band_set",
+    "open_grid",
+    "open_scenes",
+    "window_origins",
+]
 
 # Widest block of windows read at once: 13 bands x 64 rows x 2048 columns of float32 is 6.8 MB,
 # and GDAL's warp buffers follow the request, so a 10980-px Sentinel-2 tile costs what a small
@@ -94,18 +105,24 @@ class SceneGrid:
     width: int
     height: int
     band_names: list[str]
+    sensor: str | None = None  # the scene's sensor, as the shard writer identifies it
+    input_bands: list[str] = field(default_factory=list)  # scene band fed to each model band
+    wavelengths_um: list[float] | None = None  # of input_bands, from the sensor's table
     _vrts: list[Any] = field(default_factory=list)
     _bidx: list[int] = field(default_factory=list)
-    _nodata: list[float | None] = field(default_factory=list)
+    _nodata: list[list[float]] = field(default_factory=list)
     _srcs: list[Any] = field(default_factory=list)
+    _qa: list[tuple[str, Any]] = field(default_factory=list)
 
     def read_block(
         self, row0: int, rows: int, col0: int = 0, cols: int | None = None
     ) -> np.ndarray:
         """Rows ``row0 .. row0 + rows``, columns ``col0 .. col0 + cols`` (default: to the right
-        edge) of every band, float32 ``(C, rows, cols)``; pixels outside the scene or equal to
-        nodata are NaN."""
+        edge) of every band, float32 ``(C, rows, cols)``; pixels outside the scene, equal to a
+        fill value of their band, or flagged by a QA mask are NaN (in every band)."""
         from rasterio.windows import Window
+
+        from ..bands import qa_invalid
 
         cols = self.width - col0 if cols is None else cols
         out = np.full((len(self._vrts), rows, cols), np.nan, dtype=np.float32)
@@ -113,9 +130,10 @@ class SceneGrid:
         take_cols = max(0, min(cols, self.width - col0))
         if take == 0 or take_cols == 0:
             return out
-        for b, (vrt, bidx, nd) in enumerate(zip(self._vrts, self._bidx, self._nodata)):
+        window = Window(col0, row0, take_cols, take)
+        for b, (vrt, bidx, fills) in enumerate(zip(self._vrts, self._bidx, self._nodata)):
             try:
-                data = vrt.read(bidx, window=Window(col0, row0, take_cols, take))
+                data = vrt.read(bidx, window=window)
             except Exception as err:
                 raise BadInputError(
                     "unreadable_band",
@@ -123,47 +141,116 @@ class SceneGrid:
                     f"{row0}..{row0 + take}, columns {col0}..{col0 + take_cols}: {err}",
                 ) from err
             block = data.astype(np.float32)
-            if nd is not None and not np.isnan(nd):
-                block[data == nd] = np.nan
+            for value in fills:
+                block[data == value] = np.nan
+            block[~np.isfinite(block)] = np.nan
             out[b, :take, :take_cols] = block
+        for kind, vrt in self._qa:
+            flagged = qa_invalid(kind, vrt.read(1, window=window))
+            out[:, :take, :take_cols][:, flagged] = np.nan
         return out
 
     def close(self) -> None:
-        for handle in (*self._vrts, *self._srcs):
+        for handle in (*self._vrts, *(v for _, v in self._qa), *self._srcs):
             handle.close()
-        self._vrts, self._srcs = [], []
+        self._vrts, self._srcs, self._qa = [], [], []
 
 
-def open_scenes(inputs, band_files=None) -> list[Any]:
-    """The scenes of ``inputs`` (files, folders, globs), grouped as the shard writer groups them."""
-    from ..data.scenes import find_scenes
+@dataclass(frozen=True)
+class SceneReading:
+    """How the input rasters are read: the flags ``geofm-make-shards`` takes, with its meaning
+    (:func:`geofm_hf.data.cli.add_scene_arguments`)."""
 
-    return find_scenes(inputs, band_files)
+    band_names: Sequence[str] | None = None
+    sensor: str | None = None
+    filename_pattern: str | None = None
+    band_files: Any = None
+    nodata: float | None = None
+    qa_masks: bool = True
 
 
-def open_grid(scene, band_names: Sequence[str], resolution: float | None = None) -> SceneGrid:
-    """Open ``scene`` and bring the bands ``band_names`` (model order) onto one grid."""
+def open_scenes(inputs, reading: SceneReading | None = None,
+                on_error: str = "raise") -> tuple[list[Any], dict[str, str | None]]:  # fmt: skip
+    """The scenes of ``inputs`` (files, folders, globs) and the sensor of each, discovered as the
+    shard writer discovers them (:func:`geofm_hf.data.band_resolution.discover_scenes`)."""
+    from ..bands import resolve_sensor
+    from ..data.band_resolution import discover_scenes
+
+    reading = reading or SceneReading()
+    sensor = resolve_sensor(reading.sensor) if reading.sensor else None
+    return discover_scenes(inputs, reading.band_files, reading.filename_pattern,
+                           reading.band_names, None, sensor, on_error)  # fmt: skip
+
+
+def model_band_set(loaded: LoadedModel):
+    """The model's bands as a :class:`~geofm_hf.bands.BandSet`: its names, and the wavelengths
+    its config records (else its names' sensor table, where the names say which sensor)."""
+    from ..bands import BandMatchError, BandSet
+
+    wavelengths = getattr(loaded.model.config, "wavelengths_um", None)
+    if wavelengths is not None and len(wavelengths) != len(loaded.band_names):
+        wavelengths = None
+    try:
+        return BandSet.of(loaded.band_names, wavelengths_um=wavelengths, label="the model",
+                          hint="record its bands' wavelengths in its config (wavelengths_um)")  # fmt: skip
+    except BandMatchError as err:
+        raise BadInputError("band_mismatch", str(err)) from None
+
+
+def check_scenes(scenes, sensors: dict[str, str | None], model, reading: SceneReading,
+                 policy) -> None:  # fmt: skip
+    """Match every scene's bands to ``model`` from the headers, before anything is written:
+    a scene that cannot feed the model is recorded in ``policy`` (raised under ``raise``)."""
+    from ..data.band_resolution import resolve_model_bands
+    from ..data.scenes import open_raster
+
+    for scene in scenes:
+        srcs = []
+        try:
+            for path in [scene.multiband] if scene.multiband else scene.band_files.values():
+                srcs.append(open_raster(path))
+            resolve_model_bands(scene, srcs, model, sensors.get(scene.source),
+                                reading.band_names)  # fmt: skip
+        except BadInputError as err:
+            policy.record(err, scene.source)
+        finally:
+            for src in srcs:
+                src.close()
+
+
+def open_grid(scene, model, sensor: str | None = None, reading: SceneReading | None = None,
+              resolution: float | None = None) -> SceneGrid:  # fmt: skip
+    """Open ``scene`` and bring the bands ``model`` takes (a :class:`~geofm_hf.bands.BandSet`,
+    matched by sensor and wavelength) onto one grid, in the model's order, with the writer's
+    validity: nodata, the sensor's fill values and the scene's QA masks read as NaN."""
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 
-    from ..bands import detect_sensor
-    from ..data.band_resolution import resolve_band_names
+    from ..bands import band_wavelengths
+    from ..data.band_resolution import band_fill_values, qa_mask_sources, resolve_model_bands
     from ..data.grid import target_grid
     from ..data.scenes import open_raster
 
+    reading = reading or SceneReading()
     srcs = []
     try:
         paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
         for path in paths:
             srcs.append(open_raster(path))
-        sensor = None if scene.multiband else detect_sensor(list(scene.band_files))
-        selected = resolve_band_names(scene, srcs, list(band_names), sensor)
+        selected = resolve_model_bands(scene, srcs, model, sensor, reading.band_names)
         crs, transform, width, height, _ = target_grid([s for _, s, _ in selected], resolution)
-        vrts = [
-            WarpedVRT(s, crs=crs, transform=transform, width=width, height=height,
-                      resampling=Resampling.nearest)
-            for _, s, _ in selected
-        ]  # fmt: skip
+        qa = []
+        if reading.qa_masks:
+            for kind, path in qa_mask_sources(scene, sensor):
+                srcs.append(open_raster(path))
+                qa.append((kind, srcs[-1]))
+
+        def warp(src):
+            return WarpedVRT(src, crs=crs, transform=transform, width=width, height=height,
+                             resampling=Resampling.nearest)  # fmt: skip
+
+        vrts = [warp(s) for _, s, _ in selected]
+        qa_vrts = [(kind, warp(q)) for kind, q in qa]
     except BaseException:
         for src in srcs:
             src.close()
@@ -176,11 +263,15 @@ def open_grid(scene, band_names: Sequence[str], resolution: float | None = None)
         transform=transform,
         width=width,
         height=height,
-        band_names=list(band_names),
+        band_names=list(model.names),
+        sensor=sensor,
+        input_bands=[n for n, _, _ in selected],
+        wavelengths_um=band_wavelengths([n for n, _, _ in selected], sensor) if sensor else None,
         _vrts=vrts,
         _bidx=[i for _, _, i in selected],
-        _nodata=[s.nodatavals[i - 1] for _, s, i in selected],
+        _nodata=[band_fill_values(s, i, sensor, reading.nodata) for _, s, i in selected],
         _srcs=srcs,
+        _qa=qa_vrts,
     )
 
 

@@ -23,7 +23,16 @@ import numpy as np
 import torch
 
 from ..data.format import BadInputError
-from .scenes import iter_windows, load_model, open_grid, open_scenes
+from ._cli import USER_ERRORS, Parser, fraction, positive_int, report
+from .scenes import (
+    SceneReading,
+    check_scenes,
+    iter_windows,
+    load_model,
+    model_band_set,
+    open_grid,
+    open_scenes,
+)
 
 __all__ = ["SegmentSummary", "main", "segment"]
 
@@ -119,6 +128,11 @@ def segment(
     on_error: str = "raise",
     max_error_fraction: float = 0.05,
     band_files=None,
+    band_names=None,
+    sensor: str | None = None,
+    filename_pattern: str | None = None,
+    nodata: float | None = None,
+    qa_masks: bool = True,
     overwrite: bool = False,
     preview: bool = True,
     progress: bool = True,
@@ -127,7 +141,11 @@ def segment(
 
     ``output`` is ``PRED.tif`` (one scene) or the stem of ``PRED_<scene>.tif`` (several): uint8
     COG, class index per pixel, 255 = no prediction, the class names in its tags and colour
-    table; plus ``PRED.png`` (colours + legend) of the first scene.
+    table; plus ``PRED.png`` (colours + legend) of the first scene. ``inputs`` and the
+    scene-reading arguments (``band_files``, ``band_names``, ``sensor``, ``filename_pattern``,
+    ``nodata``, ``qa_masks``) mean what they mean to :func:`geofm_hf.embed`: scenes are read as
+    ``geofm-make-shards`` reads them, their bands matched to the model's by sensor and
+    wavelength; invalid pixels get no prediction.
     """
     import rasterio
     from tqdm.auto import tqdm
@@ -152,7 +170,9 @@ def segment(
     if not 0 < stride <= window:
         raise ValueError(f"stride must be in 1..{window} (windows must overlap or touch): "
                          f"found {stride}.")  # fmt: skip
-    scenes = open_scenes(inputs, band_files)
+    reading = SceneReading(band_names, sensor, filename_pattern, band_files, nodata, qa_masks)
+    scenes, sensors = open_scenes(inputs, reading, on_error)
+    model_bands = model_band_set(loaded)
     torch_device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     )
@@ -161,6 +181,8 @@ def segment(
     weight = _taper(window)
     k = len(names)
     policy = ErrorPolicy(on_error, max_error_fraction, len(scenes))
+    check_scenes(scenes, sensors, model_bands, reading, policy)
+    bad = {item["item"] for item in policy.items}
     outputs: list[str] = []
     preview_path = None
     fractions: dict[str, float] = {}
@@ -169,11 +191,13 @@ def segment(
     work = Path(tempfile.mkdtemp(prefix=".geofm-segment-", dir=output.parent))
     try:
         for scene in scenes:
+            if scene.source in bad:
+                continue
             grid = None
             dst = output if len(scenes) == 1 else output.with_name(
                 f"{output.stem}_{scene.scene_id}{output.suffix or '.tif'}")  # fmt: skip
             try:
-                grid = open_grid(scene, loaded.band_names)
+                grid = open_grid(scene, model_bands, sensors.get(scene.source), reading)
                 final = work / f"{scene.scene_id}.final.tif"
                 profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=1,
                                dtype="uint8", nodata=NODATA, crs=grid.crs,
@@ -184,7 +208,10 @@ def segment(
                     out.write_colormap(1, {i: (*map(int, colors[i]), 255) for i in range(k)})
                     out.update_tags(class_names=",".join(names), model_id=loaded.model_id,
                                     model_revision=str(loaded.revision), stride=stride,
-                                    window=window, source=grid.source)  # fmt: skip
+                                    window=window, source=grid.source,
+                                    sensor=str(grid.sensor), input_bands=",".join(grid.input_bands),
+                                    model_bands=",".join(grid.band_names),
+                                    wavelengths_um=",".join(map(str, grid.wavelengths_um or [])))  # fmt: skip
                     blender = _Blender(grid, out, k, window, weight, loaded.processor, net,
                                        torch_device, bf16)  # fmt: skip
                     current = None
@@ -238,35 +265,51 @@ def _save_map_png(cog: Path, names: list[str], path: str, max_side: int = 2048) 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from ..data.cli import add_scene_arguments
+
+    p = Parser(
         prog="geofm-segment",
         description="Georeferenced class map (COG) of whole scenes with a geofm_hf segmentation "
         "model: overlapping windows, blended probabilities.",
     )
     p.add_argument("model", help="local export folder or Hub model repo id")
-    p.add_argument("inputs", nargs="+", help="rasters: files, folders or globs")
+    p.add_argument("inputs", nargs="*", help="rasters: files, folders or globs")
     p.add_argument("-o", "--output", required=True, help="PRED.tif")
     p.add_argument("--revision", help="model revision (Hub branch, tag or commit)")
-    p.add_argument("--stride", type=int, help="window step in pixels (default: half a window)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--stride", type=positive_int,
+                   help="window step in pixels (default: half a window)")  # fmt: skip
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise")
-    p.add_argument("--max-error-fraction", type=float, default=0.05)
+    p.add_argument("--max-error-fraction", type=fraction, default=0.05)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    add_scene_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from ..data.cli import scene_arguments
+
+    parser = _parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if Path(args.output).suffix.lower() not in (".tif", ".tiff"):
+        parser.error(f"argument -o/--output: a class map is a GeoTIFF (.tif), found "
+                     f"{args.output!r}")  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    summary = segment(
-        args.model, args.inputs, args.output, revision=args.revision, stride=args.stride,
-        batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-        on_error=args.on_error, max_error_fraction=args.max_error_fraction,
-        overwrite=args.overwrite, progress=not args.no_progress,
-    )  # fmt: skip
+    try:
+        reading = scene_arguments(args)
+        if not args.inputs and not reading["band_files"]:
+            raise ValueError("no inputs: give raster files/folders/globs or --band-files")
+        summary = segment(
+            args.model, args.inputs, args.output, revision=args.revision, stride=args.stride,
+            batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+            on_error=args.on_error, max_error_fraction=args.max_error_fraction,
+            overwrite=args.overwrite, progress=not args.no_progress, **reading,
+        )  # fmt: skip
+    except USER_ERRORS as err:
+        return report("geofm-segment", err)
     shares = ", ".join(f"{n} {100 * f:.0f}%" for n, f in summary.class_fractions.items())
     print(f"{summary.num_windows} windows -> {', '.join(summary.output)}"
           + (f" + {summary.preview}" if summary.preview else "")
