@@ -34,7 +34,7 @@ noise = torch.rand(GLOBAL_BATCH, config.num_patches, generator=generator)
 mine = slice(rank * per_rank, (rank + 1) * per_rank)
 
 
-def same_noise_whatever_the_split(seed, step, micro, rank_, shape, stream=0):
+def same_noise_whatever_the_split(seed, step, micro, rank_, shape, stream=0, device="cpu"):
     start = rank_ * per_rank + micro * shape[0]
     return noise[start : start + shape[0]]
 
