@@ -14,13 +14,22 @@ from .format import BadInputError
 from .hub_access import DatasetSource
 from .stream import GeoPretrainStream
 
-__all__ = ["PretrainLoader", "make_pretrain_dataloader"]
+__all__ = ["DataLoaderTimeoutError", "PretrainLoader", "make_pretrain_dataloader"]
 
 logger = logging.getLogger(__name__)
 
 # 2: contiguous stretches per reader. A version-1 position means other samples under this
 # layout, so it is refused rather than resumed into a different order.
 _STATE_VERSION = 2
+
+
+class DataLoaderTimeoutError(TimeoutError):
+    """A data worker produced no batch within the loader's ``timeout_s``.
+
+    A read that never returns (a Hub request or a file system that stops answering) would hold
+    its rank, and every other rank waiting for it in the next collective, until the job's time
+    limit. Raised instead, it ends this rank's process, and the launcher stops the job.
+    """
 
 
 class PretrainLoader:
@@ -31,9 +40,15 @@ class PretrainLoader:
     """
 
     def __init__(self, stream: GeoPretrainStream, *, num_workers: int = 0,
-                 pin_memory: bool = False, prefetch_factor: int | None = 2):  # fmt: skip
+                 pin_memory: bool = False, prefetch_factor: int | None = 2,
+                 timeout_s: float = 600.0):  # fmt: skip
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0 seconds: found {timeout_s!r}")
         self.stream = stream
         self.num_workers = num_workers
+        # Waits longer than this for a worker's batch raise DataLoaderTimeoutError (workers only:
+        # in the main process a stalled read cannot be interrupted from the same thread).
+        self.timeout_s = timeout_s
         self.pin_memory = pin_memory
         self.prefetch_factor = prefetch_factor if num_workers > 0 else None
         self._consumed = 0
@@ -56,23 +71,53 @@ class PretrainLoader:
         return self.stats["batches_per_epoch_per_rank"]
 
     def __iter__(self):
-        self.stream.start_batch = self._consumed
+        start = self.stream.start_batch = self._consumed
         if self.num_workers == 0:
             iterator = iter(self.stream)
         else:
             loader = torch.utils.data.DataLoader(
                 self.stream, batch_size=None, num_workers=self.num_workers,
                 pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor,
-                persistent_workers=False,
+                persistent_workers=False, timeout=self.timeout_s,
             )  # fmt: skip
             iterator = iter(loader)
-        for batch in iterator:
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError as err:
+                # DataLoader's own words when `timeout` passes without a batch.
+                if not str(err).startswith("DataLoader timed out"):
+                    raise
+                raise DataLoaderTimeoutError(self._timeout_message(start)) from err
             self._consumed += 1
             self.stats.update(self.stream.stats)  # bad shards met in this process, live
             if self.stream._shared_counts is not None:
                 self._merge_worker_counts()
             self.stats["batches_consumed"] = self._consumed
             yield batch
+
+    def _timeout_message(self, start: int) -> str:
+        s = self.stream
+        waited = self._consumed - start  # batches this iterator yielded: the next is missing
+        worker, nw = waited % self.num_workers, self.num_workers
+        # Which samples that worker was reading: the same arithmetic as GeoPretrainStream.__iter__
+        # (worker w of a loader resumed after `start` batches plays logical worker (w+start)%nw).
+        logical = (worker + start) % nw
+        index = ((start - logical + nw - 1) // nw if start > logical else 0) + waited // nw
+        epoch, batch = divmod(index, s.layout.batches_per_epoch)
+        shards, _ = s.layout.reader_positions(epoch, s.rank * nw + logical)
+        wanted = sorted({int(i) for i in shards[batch * s.batch_size : (batch + 1) * s.batch_size]})
+        files = ", ".join(f"shard {i} ({s._files[i]})" for i in wanted)
+        return (
+            f"rank {s.rank}: data worker {worker} produced no batch in {self.timeout_s:g} s "
+            f"(--dataloader_timeout_s) while reading {files} of {s.name_or_path}:{s.split}. A "
+            "stalled read (a Hub request or a file that stopped answering) ends the run rather "
+            "than hang every rank: check that shard and the storage or Hub serving it, then rerun "
+            "(training resumes from the last checkpoint), or raise --dataloader_timeout_s if "
+            "reads are only slow."
+        )
 
     def _merge_worker_counts(self) -> None:
         shared, counts = self.stream._shared_counts, self.stream.counts
@@ -147,6 +192,7 @@ def make_pretrain_dataloader(
     num_frames: int | None = None,
     return_metadata: bool = False,
     source: DatasetSource | None = None,
+    timeout_s: float = 600.0,
 ) -> PretrainLoader:
     """Build the MAE pretraining loader for a Hub repo id or local folder.
 
@@ -170,7 +216,9 @@ def make_pretrain_dataloader(
     broadcast) replaces this reader's own Hub requests for the commit, metadata and shard list.
     ``check_shards`` reads every shard's footer first (split across ranks; collective when
     ``world_size`` > 1): a bad shard is an error at once, or skipped and counted under
-    ``on_error="skip"``.
+    ``on_error="skip"``. With ``num_workers`` > 0, a worker that yields no batch in
+    ``timeout_s`` seconds (a stalled read) raises :class:`DataLoaderTimeoutError` naming the
+    rank and the shards it was reading, instead of hanging the job.
     """
     stream = GeoPretrainStream(
         name_or_path, split=split, batch_size=batch_size, seed=seed, rank=rank,
@@ -212,6 +260,8 @@ def make_pretrain_dataloader(
             )
         if problems:
             stream.mark_bad_shards(problems)
-    loader = PretrainLoader(stream, num_workers=num_workers, pin_memory=pin_memory)
+    loader = PretrainLoader(
+        stream, num_workers=num_workers, pin_memory=pin_memory, timeout_s=timeout_s
+    )
     loader.stats.update(stream.stats)
     return loader

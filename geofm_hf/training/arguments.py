@@ -49,6 +49,7 @@ _RANGES = {
     "image_size": ("> 0 (or unset for the preset's)", lambda v: v > 0),
     "mask_ratio": ("in (0, 1)", lambda v: 0 < v < 1),
     "dataloader_num_workers": (">= 0", lambda v: v >= 0),
+    "dataloader_timeout_s": ("> 0", lambda v: v > 0),
     "synthetic_channels": ("> 0", lambda v: v > 0),
     "max_error_fraction": ("in [0, 1]", lambda v: 0 <= v <= 1),
     "num_train_epochs": ("> 0", lambda v: v > 0),
@@ -302,6 +303,14 @@ class DataArguments:
     dataloader_num_workers: int | None = field(
         default=None,
         metadata={"help": "Data worker processes per rank; default: 4 on GPUs, 0 on CPU."},
+    )
+    dataloader_timeout_s: float = field(
+        default=600.0,
+        metadata={
+            "help": "Seconds a rank waits for a data worker's batch before it stops the run with "
+            "an error naming the rank and shard (a stalled Hub or file read must not hang the "
+            "job); with data workers only."
+        },
     )
     synthetic_data: bool = field(
         default=False,

@@ -95,6 +95,7 @@ def build_dataloader(run: Run, data: DataContract, data_args, config: GeoViTMAEC
         revision=data_args.dataset_revision,
         on_error=data_args.on_error,
         max_error_fraction=data_args.max_error_fraction,
+        timeout_s=data_args.dataloader_timeout_s,
         device_transforms=resolve_device_transforms(
             data_args.device_transforms, run.accelerator.device
         ),
@@ -137,6 +138,7 @@ def _mixed_loader(run: Run, data: DataContract, data_args, config) -> MixedPretr
             revision=data_args.dataset_revision,
             on_error=data_args.on_error,
             max_error_fraction=data_args.max_error_fraction,
+            timeout_s=data_args.dataloader_timeout_s,
             # Pinned like the single-dataset stream, so the copy to the GPU is asynchronous.
             pin_memory=loader_settings(
                 run.accelerator.device.type, data_args.dataloader_num_workers
