@@ -138,13 +138,15 @@ def _phase(name, fn):
 
 
 from geofm_hf.data import loader as _loader  # noqa: E402
-from geofm_hf.training import checkpointing, data_contract  # noqa: E402
+from geofm_hf.training import checkpointing, data_contract, run  # noqa: E402
 
 checkpointing.CheckpointManager.save = _phase("save", checkpointing.CheckpointManager.save)
 checkpointing.CheckpointManager.resolve_resume = _phase(
     "resume", checkpointing.CheckpointManager.resolve_resume
 )
-data_contract._on_main_process = _phase("startup", data_contract._on_main_process)
+# The start-up work the main process does for every rank (dataset resolution, output checks).
+data_contract.on_main_process = _phase("startup", data_contract.on_main_process)
+run.on_main_process = _phase("startup", run.on_main_process)
 _loader_init = _loader.PretrainLoader.__init__
 
 
