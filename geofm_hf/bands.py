@@ -597,6 +597,14 @@ def _name_wavelengths(name: str) -> dict[str, Band]:
     return out
 
 
+def bare_name_problem(name: str, wavelength_um: float | None = None) -> str | None:
+    """Why the bare band name ``name`` (no sensor, no wavelength) cannot identify a band that
+    should be at ``wavelength_um``, or ``None`` when it can: the rule :func:`match_bands`
+    applies, for callers that match by name (the image processor)."""
+    ok, why = _name_is_one_band(name, wavelength_um)
+    return None if ok else why
+
+
 def _name_is_one_band(name: str, wavelength: float | None) -> tuple[bool, str]:
     """Whether the bare name ``name`` means one wavelength (and ``wavelength``, when given);
     else why not. Names no table spells (``VV``, ``elevation``) mean what they say."""

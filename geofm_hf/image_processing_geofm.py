@@ -381,11 +381,44 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
                 f"(B, C, H, W) = {tuple(pixels.shape)}."
             )
 
+    def _check_names_mean_the_models_bands(self, matched, names, sensor) -> None:
+        """Bands matched by name must be the model's bands, not another sensor's band of the
+        same name (Landsat 8 ``B4`` is red, Landsat 7's NIR). With the package installed, its
+        one rule decides (``geofm_hf.bands``): with ``sensor=``, the input band's wavelength
+        must be the model band's; without, the bare name must mean one wavelength. Remote code
+        without the package keeps matching by name."""
+        try:
+            from geofm_hf import bands as tables
+        except ImportError:
+            return
+        for b, i in enumerate(matched):
+            if i is None or self.wavelengths_um is None:
+                continue
+            model_um = self.wavelengths_um[b]
+            if sensor is not None:
+                (input_um,) = tables.band_wavelengths([names[i]], sensor)
+                if input_um is not None and abs(input_um - model_um) > 0.05:
+                    raise ValueError(
+                        f"Input band {names[i]!r} of {sensor} is at {input_um} um, but the model's "
+                        f"{self.band_names[b]!r} is at {model_um} um: the same name, another band. "
+                        "Pass the input's bands under the model's names for the same wavelengths, "
+                        "or use a wavelength model."
+                    )
+                continue
+            problem = tables.bare_name_problem(names[i], model_um)
+            if problem is not None:
+                raise ValueError(
+                    f"Input band {names[i]!r} is matched to the model's by name alone, but {problem}: "
+                    "pass sensor=... (or wavelengths_um=...) so that bands are compared by "
+                    "wavelength."
+                )
+
     def _order_bands(
         self,
         pixels: torch.Tensor,
         names: list[str] | None,
         wavelengths: Sequence[float] | None = None,
+        sensor: str | None = None,
     ) -> torch.Tensor:
         channels = pixels.shape[1]
         if wavelengths is not None and len(wavelengths) != channels:
@@ -428,6 +461,8 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             if not hits:
                 hits = [i for i, n in enumerate(names) if _same_band(n, band)]
             matched.append(hits[0] if hits else None)
+        if wavelengths is None:
+            self._check_names_mean_the_models_bands(matched, names, sensor)
         missing = [b for b, i in zip(self.band_names, matched) if i is None]
         if missing:
             how = " at the same wavelength" if wavelengths is not None else ""
@@ -612,7 +647,7 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             same = given.shape == (len(table[0]),) and np.allclose(given, table[0], atol=1e-3)
             bandwidths_um = table[2] if same else None
         source_side = min(height, width)
-        pixels = self._order_bands(pixels, names, wavelengths_um)
+        pixels = self._order_bands(pixels, names, wavelengths_um, sensor)
         # After the band contract (a missing band is the first thing to fix), before any work.
         self._check_size(height, width, resize, pad)
 
