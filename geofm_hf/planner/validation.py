@@ -43,7 +43,7 @@ __all__ = [
 THROUGHPUT_CONSTANTS = (
     "efficiency_bf16",
     "efficiency_fp32",
-    "latency_intra_us",
+    "collective_overhead_us",
     "latency_inter_us",
     "inter_node_gbs",
     "exposed_fraction",
@@ -54,7 +54,7 @@ PRIOR = dataclasses.replace(
     cm.CALIBRATION,
     efficiency_bf16=0.1,
     efficiency_fp32=0.1,
-    latency_intra_us=20.0,
+    collective_overhead_us=20.0,
     latency_inter_us=20.0,
     inter_node_gbs=25.0,
     exposed_fraction=0.1,
@@ -113,6 +113,7 @@ def _terms(preset: str, strategy: str, nodes: int) -> throughput._ThroughputTerm
         ),
         traffic=attn["traffic"],
         images=world * batch,
+        forward_share=0.25 if PAPER_SETTINGS["activation_checkpointing"] else 1 / 3,
     )
 
 
@@ -306,9 +307,7 @@ def recommendation_leave_one_out(
                 PRIOR, **{n: getattr(cal, n) for n in ("runtime_overhead_gib", "queued_layers")}
             ),
         )
-        measured = {
-            s: y for p, s, n, y in all_tp if p == preset and n == point_nodes
-        }
+        measured = {s: y for p, s, n, y in all_tp if p == preset and n == point_nodes}
         result = cm.plan(preset, num_nodes=point_nodes, calibration=cal, **PAPER_SETTINGS)
         pick = next((s for s in result.ranking if s in measured), None)
         best = max(measured, key=measured.get)
