@@ -79,3 +79,29 @@ def test_the_sbatch_default_is_the_planners_choice_at_scale():
     for claim in _claims(ROOT / default):
         _check(claim["preset"], int(claim["nodes"]), claim["strategy"], ROOT / default)
     assert {c["preset"] for c in _claims(ROOT / default)} == {"vit-5b", "vit-15b"}
+
+
+@pytest.mark.parametrize(
+    ("config", "verdict"),
+    [
+        ("frontier_hybrid8.yaml", "why HYBRID_8: HYBRID_8 fits"),
+        ("frontier_shard_grad_op.yaml", "why not SHARD_GRAD_OP: the planner prefers HYBRID_8 on"),
+    ],
+)
+def test_dry_run_says_why_the_launched_strategy_wins_or_not(config, verdict, capsys):
+    from geofm_hf import GeoViTMAEConfig
+    from geofm_hf.training.arguments import parse_arguments
+    from geofm_hf.training.dry_run import dry_run
+
+    _, _, args = parse_arguments(
+        [
+            *("--config", str(ROOT / "recipes/configs/vit-15b.yaml"), "--dry_run", "true"),
+            # 1,024 nodes x 8 GCDs x 32 is past where the default lr rule holds: choose one.
+            *("--dry_run_nodes", "1024", "--lr_scaling", "sqrt"),
+            *("--accelerate_config", str(ROOT / "accelerate_configs" / config)),
+        ]
+    )
+    assert dry_run(GeoViTMAEConfig.from_preset("vit-15b"), args) == 0
+    out = capsys.readouterr().out
+    assert verdict in out
+    assert "peak learning rate" in out and "chosen strategy" in out  # the lines kept
