@@ -20,13 +20,18 @@ class Calibration:
         efficiency_bf16: achieved fraction of the bf16 peak (MAE on 65 visible tokens per image
             runs small GEMMs; the paper's 1-node HYBRID_1 figures give 7-9 %).
         efficiency_fp32: the same for fp32 (the paper's DDP rows).
-        latency_intra_us: per ring step inside a node. Fitted at ~0.4 ms, far above the
-            link latency: it absorbs FSDP's per-call work (copy-in/out, stream syncs).
-        latency_inter_us: per-hop latency across nodes (ring steps and tree levels).
+        collective_overhead_us: fixed cost of one FSDP collective call (flat-parameter copy-in /
+            copy-out, stream syncs, RCCL launch), whatever the group; fitted at ~2 ms. Counting it
+            per call, not per ring step, is what makes HYBRID_2 / HYBRID_4 (an extra all-reduce
+            per unit) no faster than FULL_SHARD / SHARD_GRAD_OP on one node, as measured.
+        latency_intra_us: per ring step inside a node (xGMI; a physical value, not fitted).
+        latency_inter_us: per-hop latency across nodes (ring steps and tree levels); fitted at
+            ~37 us, which is what makes a ring over the whole job collapse.
         inter_node_gbs: effective bandwidth of one node's NICs for collectives (4 x 25 GB/s
-            Slingshot peak; the paper's FULL_SHARD collapse fits ~6.5 GB/s achieved).
-        exposed_fraction: share of the shorter of compute / communication that prefetch and
-            bucketing fail to hide.
+            Slingshot peak; the paper's scaling fits ~10 GB/s achieved).
+        exposed_fraction: share of the shorter of compute / communication, per phase (forward,
+            backward), that prefetch and separate streams fail to hide (RCCL kernels also take
+            compute units from the GEMMs they overlap).
         runtime_overhead_gib: fixed per-GCD memory outside tensors the model accounts for.
         queued_layers: fp32 gradient blocks held by a reduce-scatter that crosses nodes.
         intra_node_gbs: GCD-to-GCD bandwidth inside a node (PAPER.md: 50-100; lower bound).
@@ -35,12 +40,13 @@ class Calibration:
             attention path's score traffic.
     """
 
-    efficiency_bf16: float = 0.0722
-    efficiency_fp32: float = 0.1323
-    latency_intra_us: float = 432.0
-    latency_inter_us: float = 37.1
-    inter_node_gbs: float = 6.48
-    exposed_fraction: float = 0.064
+    efficiency_bf16: float = 0.0807
+    efficiency_fp32: float = 0.1459
+    collective_overhead_us: float = 2026.0
+    latency_intra_us: float = 5.0
+    latency_inter_us: float = 36.7
+    inter_node_gbs: float = 10.05
+    exposed_fraction: float = 0.252
     runtime_overhead_gib: float = 0.25
     queued_layers: float = 3.0
     intra_node_gbs: float = 50.0

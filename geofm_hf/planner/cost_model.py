@@ -34,13 +34,19 @@ Throughput model (per step, per GCD):
 
 * compute = local batch x training FLOPs per image (forward x 3, x 4 with recomputation) /
   (``efficiency`` x peak). Peak is 191.5 TFLOP/s in bf16 and 47.9 in fp32 on one MI250X GCD;
-* communication = sum over collectives of latency + bytes / bandwidth. RCCL's all-gather and
-  reduce-scatter are rings (latency grows with the group), all-reduce across nodes uses trees
-  (latency grows with log2 of the group) -- the reason FULL_SHARD collapses across nodes while
-  HYBRID (shard in node, all-reduce across) keeps scaling. Inside a node the two GCDs of one
-  MI250X share 200 GB/s, other pairs 50 GB/s; across nodes each node's NICs give ``inter_node_gbs``;
-* step = max(compute, comm) + ``exposed_fraction`` x min(compute, comm): FSDP prefetch hides most
-  of the smaller of the two, not all of it.
+* communication = sum over collectives of a fixed per-call overhead + latency + bytes / bandwidth.
+  RCCL's all-gather and reduce-scatter are rings (latency grows with the group: a ring over the
+  whole job waits ~37 us per hop, 1,023 hops at 128 nodes); an all-reduce is priced as a ring and
+  as a tree (latency log2 of the group, half the bandwidth) and the cheaper is taken, as RCCL's
+  tuner does -- the reason FULL_SHARD collapses across nodes while HYBRID (shard in the node,
+  all-reduce across) keeps scaling. A ring crosses each node boundary once, so a node's NICs
+  carry one copy per ring on it (``inter_node_gbs``); inside a node the two GCDs of one MI250X
+  share 200 GB/s, other pairs 50 GB/s;
+* FULL_SHARD and HYBRID gather each unit in forward and again in backward; SHARD_GRAD_OP keeps
+  it from forward to backward (no re-gather) -- one collective fewer per unit, and its gathers
+  hide behind forward compute only;
+* step = per phase (forward, backward) max(compute, comm) + ``exposed_fraction`` x min(compute,
+  comm): a collective hides behind the compute of its own phase, not all of it.
 
 The paper's DDP baseline is 2-2.7x slower than NO_SHARD on one node for the >= 0.6B models,
 which no communication term explains: it ran in fp32, so the comparison models DDP with
@@ -311,6 +317,7 @@ def _estimate(
         flops=local_batch * (_flops_per_image(shape, checkpointing) + attn["flops"]),
         traffic=attn["traffic"],
         images=world * local_batch,
+        forward_share=0.25 if checkpointing else 1 / 3,
     )
     est.collectives_per_step = sum(c.calls for c in terms.collectives if c.group > 1)
     intra = inter = 0.0

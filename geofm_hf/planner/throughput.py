@@ -1,7 +1,8 @@
 """Throughput model: training FLOPs per image, the attention kernel's extra cost, and the
-collectives of each strategy, priced by ring/tree latency and link bandwidth; one optimiser step
-is ``max(compute, comm) + exposed_fraction x min(compute, comm)`` (see
-:mod:`geofm_hf.planner.cost_model` for the derivation and units)."""
+collectives of each strategy, priced by a per-call overhead, ring/tree latency and link
+bandwidth; one optimiser step is, per phase (forward, backward), ``max(compute, comm) +
+exposed_fraction x min(compute, comm)`` (see :mod:`geofm_hf.planner.cost_model` for the
+derivation and units)."""
 
 from __future__ import annotations
 
@@ -78,13 +79,19 @@ def _attention_terms(
     return out
 
 
+# NCCL/RCCL's double binary tree carries each byte about twice through a node's NICs (up the
+# reduce tree, down the broadcast tree) where a ring carries it once: half the ring's bandwidth.
+_TREE_BANDWIDTH_FRACTION = 0.5
+
+
 @dataclass
 class _Collective:
-    kind: str  # "ring" (all-gather / reduce-scatter) or "allreduce"
+    kind: str  # "allgather", "reducescatter" (rings) or "allreduce" (ring or tree)
     group: int
     members_per_node: int
-    nbytes: float  # per member, per call
+    nbytes: float  # per member, per call: the unsharded unit (AG / RS) or the buffer (AR)
     calls: int
+    phase: str = "backward"  # the compute it can hide behind: "forward" or "backward"
 
 
 def _collective_cost(c: _Collective, gcds_per_node: int, cal: Calibration) -> tuple[float, ...]:
@@ -94,24 +101,28 @@ def _collective_cost(c: _Collective, gcds_per_node: int, cal: Calibration) -> tu
     g, m = c.group, c.members_per_node
     passes = 2.0 if c.kind == "allreduce" else 1.0
     moved = passes * c.nbytes * (g - 1) / g  # per member per call
-    spans_nodes = g > m
-    if not spans_nodes:
+    overhead = cal.collective_overhead_us * 1e-6
+    if g <= m:  # inside one node: a ring over Infinity Fabric
         bw = cal.mi250x_pair_gbs if g == 2 else cal.intra_node_gbs
         latency = passes * (g - 1) * cal.latency_intra_us * 1e-6
-        seconds = latency + moved / (bw * 1e9)
+        seconds = overhead + latency + moved / (bw * 1e9)
         return seconds * c.calls, moved * c.calls, 0.0
+    # A ring crosses each node boundary once, so a node's NICs carry ``moved`` per ring that has
+    # members on it -- whatever the group size: what differs between strategies is how many
+    # rings share the NICs, how many hops each waits for, and how much compute hides them.
+    rings_on_node = gcds_per_node / m
+    nic = rings_on_node * moved / (cal.inter_node_gbs * 1e9)
+    intra = moved / (cal.intra_node_gbs * 1e9) if m > 1 else 0.0
+    ring = passes * (g - 1) * cal.latency_inter_us * 1e-6 + max(nic, intra)
+    seconds = ring
     if c.kind == "allreduce":
-        latency = 2 * math.ceil(math.log2(g)) * cal.latency_inter_us * 1e-6
-    else:
-        latency = (g - 1) * cal.latency_inter_us * 1e-6
-    # Every group with a member on this node pushes its ring's traffic through the node's NICs.
-    groups_on_node = gcds_per_node / m
-    inter_per_node = groups_on_node * moved
-    intra_share = moved * (m - 1) / m if m > 1 else 0.0
-    seconds = latency + max(
-        inter_per_node / (cal.inter_node_gbs * 1e9), intra_share / (cal.intra_node_gbs * 1e9)
-    )
-    return seconds * c.calls, intra_share * c.calls, (moved / m if m else moved) * c.calls
+        # RCCL picks per call: ring (bandwidth-optimal, latency linear in the group) or tree
+        # (latency logarithmic, half the bandwidth) -- small buffers over many GCDs go by tree.
+        tree = 2 * math.ceil(math.log2(g)) * cal.latency_inter_us * 1e-6
+        tree += max(nic / _TREE_BANDWIDTH_FRACTION, intra)
+        seconds = min(ring, tree)
+    intra_share = moved * (m - 1) / m
+    return (overhead + seconds) * c.calls, intra_share * c.calls, moved / m * c.calls
 
 
 @dataclass
@@ -124,15 +135,28 @@ class _ThroughputTerms:
     flops: float
     traffic: float
     images: int
+    forward_share: float = 0.25  # forward's part of the compute (1/4 with recomputation)
 
 
 def _step_seconds(t: _ThroughputTerms, cal: Calibration) -> tuple[float, float, float]:
-    """(compute, communication, step) seconds of one optimiser step."""
+    """(compute, communication, step) seconds of one optimiser step.
+
+    Forward and backward are priced apart: a collective can only hide behind the compute of its
+    own phase (FSDP prefetches the next unit's all-gather during this unit's forward; gradient
+    reductions run during the rest of backward). Per phase: ``max(compute, comm) +
+    exposed_fraction x min(compute, comm)``.
+    """
     efficiency = cal.efficiency_bf16 if t.precision == "bf16" else cal.efficiency_fp32
     compute = t.flops / (efficiency * _PEAK_TFLOPS[t.precision] * 1e12)
     compute += t.traffic / (cal.hbm_gbs * 1e9)
-    comm = sum(_collective_cost(c, t.gcds_per_node, cal)[0] for c in t.collectives)
-    return compute, comm, max(compute, comm) + cal.exposed_fraction * min(compute, comm)
+    comm = {"forward": 0.0, "backward": 0.0}
+    for c in t.collectives:
+        comm[c.phase] += _collective_cost(c, t.gcds_per_node, cal)[0]
+    step = 0.0
+    for phase, share in (("forward", t.forward_share), ("backward", 1 - t.forward_share)):
+        a, b = compute * share, comm[phase]
+        step += max(a, b) + cal.exposed_fraction * min(a, b)
+    return compute, sum(comm.values()), step
 
 
 def _collectives(
@@ -159,9 +183,12 @@ def _collectives(
         collectives.append(_Collective("allreduce", world, gcds_per_node, grad_unit, units))
     else:
         shard_per_node = min(g, gcds_per_node)
-        gathers = 1 if strategy == "SHARD_GRAD_OP" else 2
-        collectives.append(_Collective("ring", g, shard_per_node, unit_bytes, units * gathers))
-        collectives.append(_Collective("ring", g, shard_per_node, grad_unit, units))
+        collectives.append(
+            _Collective("allgather", g, shard_per_node, unit_bytes, units, phase="forward")
+        )
+        if strategy != "SHARD_GRAD_OP":  # it keeps the gathered parameters for backward
+            collectives.append(_Collective("allgather", g, shard_per_node, unit_bytes, units))
+        collectives.append(_Collective("reducescatter", g, shard_per_node, grad_unit, units))
         replicas = world // g
         if replicas > 1:
             per_node = max(1, gcds_per_node // g) if g <= gcds_per_node else 1

@@ -48,4 +48,16 @@ def dry_run(config: GeoViTMAEConfig, args) -> int:
         f"({'fits' if estimate.fits else 'does NOT fit'}), about {estimate.images_per_s:,.0f} "
         "images/s predicted"
     )
+    # The table's last line says why its top strategy wins; say it about the one being launched.
+    if strategy == plan.recommended_strategy:
+        print(f"why {strategy}: {plan.why}")
+    else:
+        best = plan.recommended_strategy
+        ahead = (
+            plan.strategies[best].images_per_s / max(estimate.images_per_s, 1e-9) - 1 if best else 0
+        )
+        print(
+            f"why not {strategy}: the planner prefers {best} on {plan.num_nodes} node(s), "
+            f"{ahead:.0%} ahead ({plan.recommended or 'geofm-plan --write-config FILE'}): {plan.why}"
+        )
     return 0
