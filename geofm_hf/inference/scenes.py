@@ -76,7 +76,20 @@ def load_model(model: str | os.PathLike, revision: str | None = None, cls=None) 
         local = Path(snapshot_download(str(model), revision=revision))
         model_id = str(model)
         revision = local.name  # snapshots/<commit sha>
-    loaded = cls.from_pretrained(local)
+    loaded, info = cls.from_pretrained(local, output_loading_info=True)
+    # A head that was not in the export was initialised at random: its outputs would look like
+    # a map and mean nothing (a pretraining export given to geofm-segment).
+    prefix = f"{loaded.base_model_prefix}."
+    untrained = sorted(k for k in info.get("missing_keys", []) if not k.startswith(prefix))
+    if cls is not GeoViTMAEModel and untrained:
+        architectures = ", ".join(getattr(loaded.config, "architectures", None) or ["?"])
+        raise BadInputError(
+            "untrained_head",
+            f"{model} is a {architectures} export without the {cls.__name__} head this tool "
+            f"needs ({len(untrained)} tensors missing, first: {untrained[0]}); a head "
+            "initialised at random would give a map that means nothing. Train one first "
+            "(recipes/segment.py --model_name_or_path ...) and pass its output folder.",
+        )
     loaded.eval()
     processor = GeoViTMAEImageProcessor.from_pretrained(local)
     # Windows are cut at the model's input size: the processor must never resize or crop them.
