@@ -45,6 +45,8 @@ from typing import Any
 from huggingface_hub import CommitOperationAdd, HfApi, get_token, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 
+from ._errors import user_error_exit
+
 try:  # huggingface_hub >= 2 ships httpx2; 1.x used httpx
     import httpx2 as _httpx
 except ImportError:  # pragma: no cover
@@ -348,6 +350,7 @@ def resolve_model_source(name_or_path: str | os.PathLike, revision: str | None =
     return Path(snapshot_download(name, revision=revision))
 
 
+@user_error_exit("geofm-push")
 def main(argv: list[str] | None = None) -> int:
     """``geofm-push FOLDER ORG/NAME [--branch B] [--revision-tag T] [--private] [--commit-message M]``."""
     p = argparse.ArgumentParser(

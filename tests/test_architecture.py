@@ -23,6 +23,7 @@ PACKAGE = ROOT / "geofm_hf"
 LAYERS: dict[str, int] = {
     # 0: band tables, the config, atomic writes -- no other geofm_hf import
     "_atomic": 0,
+    "_errors": 0,
     "_version": 0,
     "bands": 0,
     "configuration_geofm": 0,

@@ -312,7 +312,7 @@ def test_convert_from_transformers_vitmae_in_memory(tmp_path):
     from test_modeling import hf_vitmae
 
     theirs = hf_vitmae()
-    model = convert_from(theirs, tmp_path / "out")
+    model = convert_from(theirs, tmp_path / "out", no_normalization=True)
     x, noise = torch.randn(1, 3, 32, 32), torch.rand(1, 16)
     with torch.no_grad():
         _close(model(x, noise=noise).loss, theirs(x, noise=noise).loss)
@@ -418,7 +418,8 @@ def test_cli_pushes_the_export_to_the_hub(tmp_path, local_hub):
     path = tmp_path / "vit.pth"
     torch.save(_timm().state_dict(), path)
     out = tmp_path / "export"
-    assert main([str(path), "-o", str(out), "--num-heads", "4", "--push-to-hub", "org/vit"]) == 0
+    assert main([str(path), "-o", str(out), "--num-heads", "4", "--push-to-hub", "org/vit",
+                 "--no-normalization"]) == 0  # fmt: skip
     files = local_hub.repo("org/vit").files_at("main")
     assert "model.safetensors" in files and "README.md" in files and "config.json" in files
 
@@ -498,9 +499,9 @@ def test_converted_exports_load_without_the_package(tmp_path):
     prithvi, timm_vit = _prithvi(coords_encoding=("time", "location")), _timm(num_classes=0)
     convert_from(
         prithvi.state_dict(), tmp_path / "prithvi", num_heads=4, decoder_num_heads=4,
-        num_frames=3, layer_norm_eps=1e-5,
+        num_frames=3, layer_norm_eps=1e-5, no_normalization=True,
     )  # fmt: skip
-    convert_from(timm_vit, tmp_path / "timm")
+    convert_from(timm_vit, tmp_path / "timm", no_normalization=True)
     torch.manual_seed(3)
     frames, image = torch.randn(1, 6, 3, 32, 32), torch.randn(1, 4, 32, 32)
     time, place = torch.tensor([[[2020.0, 5.0], [2020.0, 50.0], [2021.0, 9.0]]]), torch.ones(1, 2)
@@ -540,7 +541,7 @@ def test_transformers_vitmae_folder_converts_through_the_cli(tmp_path):
 
     theirs = hf_vitmae()
     theirs.save_pretrained(tmp_path / "vitmae")
-    assert main([str(tmp_path / "vitmae"), "-o", str(tmp_path / "out")]) == 0
+    assert main([str(tmp_path / "vitmae"), "-o", str(tmp_path / "out"), "--no-normalization"]) == 0
     ours = AutoModelForPreTraining.from_pretrained(tmp_path / "out").eval()
     x, noise = torch.randn(1, 3, 32, 32), torch.rand(1, 16)
     with torch.no_grad():

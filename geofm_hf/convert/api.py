@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import pickle
 import shutil
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .._errors import BadInputError, user_error_exit
 from ..configuration_geofm import GeoViTMAEConfig
 from ..image_processing_geofm import GeoViTMAEImageProcessor
 from ..modeling_geofm import GeoViTMAEPreTrainedModel
@@ -136,6 +138,7 @@ def convert_from(
     image_std: list[float] | None = None,
     license: str | None = None,
     citation: str | None = None,
+    no_normalization: bool = False,
 ) -> GeoViTMAEPreTrainedModel:
     """Converts ``source`` to a geofm_hf model and, with ``output_dir``, writes the export.
 
@@ -158,6 +161,10 @@ def convert_from(
     :class:`GeoViTMAEModel`. Anything without an exact counterpart raises
     :class:`UnsupportedSourceError` and nothing is written. ``push_to_hub`` (``ORG/NAME``)
     uploads the export with ``geofm-push``'s uploader.
+
+    Weights with NaN or infinity are refused. An export whose processor would not normalise
+    (no ``image_mean``/``image_std`` for a fixed-band model) is refused unless
+    ``no_normalization=True`` (``--no-normalization``) says the model takes raw values.
     """
     if sensor is not None:
         if band_names is None:
@@ -241,7 +248,9 @@ def convert_from(
             f"{type(source).__name__}."
         )
     model = conversion.model
+    _check_finite(model, record.get("name") or "the source")
     if output_dir is not None:
+        _check_normalisation(model.config, no_normalization)
         export(model, output_dir, record=record, notes=conversion.notes)
         if push_to_hub:
             from ..hub import main as push_main
@@ -366,6 +375,45 @@ def _card(config: GeoViTMAEConfig, record: dict[str, Any], notes: list[str], kin
     return "\n".join(lines)
 
 
+def _check_finite(model, name: str) -> None:
+    """Refuse weights holding NaN or infinity: every output of the model would be NaN."""
+    bad = []
+    for key, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            count = int((~torch.isfinite(tensor)).sum())
+            if count:
+                bad.append(f"{key} ({count} of {tensor.numel()})")
+    if bad:
+        raise BadInputError(
+            "non_finite_weights",
+            f"{name}: {len(bad)} tensors hold NaN or infinite values: {', '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}; expected finite weights. The checkpoint is "
+            "damaged or was saved after a diverged step: convert an earlier one",
+        )
+    for field in ("image_mean", "image_std"):
+        values = getattr(model.config, field, None)
+        if values is not None and not all(math.isfinite(v) for v in values):
+            raise BadInputError("bad_statistics", f"--{field.replace('_', '-')} {values}: "
+                                "expected finite numbers")  # fmt: skip
+    std = getattr(model.config, "image_std", None)
+    if std is not None and any(v <= 0 for v in std):
+        raise BadInputError("bad_statistics", f"--image-std {std}: every value must be > 0")
+
+
+def _check_normalisation(config, no_normalization: bool) -> None:
+    """An export's processor normalises with the source's statistics, or the user says not to."""
+    if getattr(config, "patch_embedding", "conv") == "wavelength" or no_normalization:
+        return
+    if config.image_mean is None or config.image_std is None:
+        raise BadInputError(
+            "missing_statistics",
+            "the source records no per-band statistics, so the exported processor would pass "
+            "raw values to a model trained on normalised ones; give the source's --image-mean "
+            "and --image-std (one per band), or pass --no-normalization "
+            "(no_normalization=True) if the model takes raw values",
+        )
+
+
 def export(
     model: GeoViTMAEPreTrainedModel,
     output_dir: str | os.PathLike,
@@ -429,9 +477,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image-mean", nargs="+", type=float, default=None)
     p.add_argument("--image-std", nargs="+", type=float, default=None)
     p.add_argument("--license", default=None, help="license of the source weights (card)")
+    p.add_argument(
+        "--no-normalization",
+        action="store_true",
+        help="export without per-band statistics: the processor passes raw values",
+    )
     return p.parse_args(argv)
 
 
+@user_error_exit("geofm-convert")
 def main(argv: list[str] | None = None) -> int:
     """``geofm-convert SOURCE -o OUT [--push-to-hub ORG/NAME]``."""
     args = _parse_args(argv)
@@ -452,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             image_mean=args.image_mean,
             image_std=args.image_std,
             license=args.license,
+            no_normalization=args.no_normalization,
         )
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         print(f"geofm-convert: {e}", file=sys.stderr)

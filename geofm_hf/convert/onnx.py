@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_path
+from .._errors import user_error_exit
 
 __all__ = ["OnnxExport", "OnnxExportError", "export_onnx", "main"]
 
@@ -560,6 +561,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@user_error_exit("geofm-export-onnx")
 def main(argv: list[str] | None = None) -> int:
     """``geofm-export-onnx MODEL -o OUT.onnx [--revision REV] [--encoder-only]``."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)

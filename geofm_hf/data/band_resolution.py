@@ -93,6 +93,22 @@ def _s2_offset(scene: Scene) -> dict[int, float] | None:
     return None
 
 
+def _refuse_duplicate_names(names: list[str], sensor: str | None, where: str) -> None:
+    """One rule for every way a band gets its name (``--band-names``, band descriptions, file
+    names, aliases of one sensor band): two bands of one name would leave one of them behind."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = canonical_band_name(name, sensor) if sensor else name
+        if key in seen:
+            same = f" ({seen[key]!r} and {name!r} are both {key})" if seen[key] != name else ""
+            raise BadInputError(
+                "duplicate_band_name",
+                f"{where} name band {key!r} twice{same} in {names}; give each band its own "
+                "name, in file order, with band_names=[...] (--band-names B2,B3,B4)",
+            )
+        seen[key] = name
+
+
 def _available_bands(scene: Scene, src_list, band_names, sensor):
     """(default order, {name: (dataset, band index)}, named) of ``scene``'s bands.
 
@@ -114,6 +130,10 @@ def _available_bands(scene: Scene, src_list, band_names, sensor):
         src = src_list[0]
         descriptions = list(src.descriptions)
         named = all(descriptions) and len(set(descriptions)) == len(descriptions)
+        if band_names is not None:
+            _refuse_duplicate_names(list(band_names), None, "band_names (--band-names)")
+        elif all(descriptions):
+            _refuse_duplicate_names(descriptions, None, f"the band descriptions of {src.name}")
         if band_names is not None:
             if len(band_names) != src.count:
                 raise BadInputError(
@@ -154,6 +174,7 @@ def _available_bands(scene: Scene, src_list, band_names, sensor):
                 f"scene {scene.source}: band {key!r} is not a {sensor} band; expected one of "
                 f"{[b.name for b in get_sensor_bands(sensor)]}",
             ) from None
+    _refuse_duplicate_names(list(available), sensor, f"scene {scene.source}")
     if scene.multiband:
         order = list(canon)
     else:

@@ -72,6 +72,8 @@ class _DatasetState:
     sensors: Counter[str] = field(default_factory=Counter)
     offset_scenes: int = 0
     bytes_read: int = 0
+    # Pixels of each class in the kept chips' masks (index IGNORE_INDEX: unlabelled).
+    mask_pixels: Counter[int] = field(default_factory=Counter)
 
 
 @dataclass
@@ -284,13 +286,19 @@ def _scene_chips(scene: Scene, scene_sensor: str | None, spec: _ChipSpec,
                                           is_error=False)  # fmt: skip
                             continue
                         if not 0 <= int(label) < len(spec.label_names):
-                            raise ValueError(
+                            raise BadInputError(
+                                "bad_labels",
                                 f"labels() returned {label} for {chip_id}; expected 0.."
-                                f"{len(spec.label_names) - 1}"
+                                f"{len(spec.label_names) - 1}",
                             )
                     chip_invalid = invalid[:, cols]
-                    extra_cols = {} if mask_strip is None else {
-                        "mask": np.ascontiguousarray(mask_strip[:, cols]).tobytes()}  # fmt: skip
+                    extra_cols = {}
+                    if mask_strip is not None:
+                        chip_mask = np.ascontiguousarray(mask_strip[:, cols])
+                        extra_cols["mask"] = chip_mask.tobytes()
+                        counts = np.bincount(chip_mask.ravel(), minlength=256)
+                        state.mask_pixels.update({int(k): int(counts[k])
+                                                  for k in np.flatnonzero(counts)})  # fmt: skip
                     yield _Chip(
                         split=_split_of(spec.split, c, n_cols),
                         row={

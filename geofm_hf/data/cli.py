@@ -8,7 +8,8 @@ import logging
 import re
 import sys
 
-from .format import BadInputError, TooManyErrorsError
+from .._errors import UserInputError, user_error_exit
+from .format import BadInputError
 from .writer import write_shards
 
 __all__ = ["add_scene_arguments", "main", "push_dataset_to_hub", "scene_arguments"]
@@ -34,12 +35,13 @@ def _parse_band_files(values: list[str]) -> dict[str, str]:
     for item in values:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise argparse.ArgumentTypeError(
+            raise BadInputError(
+                "bad_band_files",
                 f"--band-files expects NAME=PATH ... (e.g. red=ls7_30.tif nir=ls7_40.tif); "
-                f"got {item!r}"
+                f"got {item!r}",
             )
         if name in out:
-            raise argparse.ArgumentTypeError(f"--band-files names band {name!r} twice")
+            raise BadInputError("bad_band_files", f"--band-files names band {name!r} twice")
         out[name] = path
     return out
 
@@ -216,28 +218,23 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _report(err: BaseException, text: str | None = None) -> None:
-    print(f"geofm-make-shards: error: {text or err}", file=sys.stderr)
-    notes = getattr(err, "__notes__", ())
-    for note in notes:
-        print(f"geofm-make-shards: {note}", file=sys.stderr)
-    if notes:
-        return
-    print(
-        "geofm-make-shards: nothing was written; the output folder is as it was before the run",
-        file=sys.stderr,
-    )
-
-
+@user_error_exit("geofm-make-shards")
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the process exit code."""
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    reading = scene_arguments(args)
+    if not args.inputs and not reading["band_files"]:
+        raise BadInputError("no_inputs", "no inputs: give raster files/folders/globs or "
+                            "--band-files")  # fmt: skip
+    if args.filename_pattern is not None:
+        try:
+            re.compile(args.filename_pattern)
+        except re.error as err:
+            raise BadInputError("bad_pattern", f"--filename-pattern {args.filename_pattern!r} "
+                                f"is not a valid regular expression: {err}") from None  # fmt: skip
     try:
-        reading = scene_arguments(args)
-        if not args.inputs and not reading["band_files"]:
-            raise ValueError("no inputs: give raster files/folders/globs or --band-files")
         summary = write_shards(
             args.inputs, args.output_dir, chip_size=args.chip_size, stride=args.stride,
             bands=args.bands, **reading, resolution=args.resolution,
@@ -249,14 +246,19 @@ def main(argv: list[str] | None = None) -> int:
             license=args.license, label_raster=args.labels, label_vector=args.labels_vector,
             label_field=args.label_field, num_frames=args.num_frames,
         )  # fmt: skip
-    except (BadInputError, TooManyErrorsError, FileNotFoundError, FileExistsError,
-            ValueError, argparse.ArgumentTypeError, re.error) as err:  # fmt: skip
-        _report(err)
-        return 2
-    except OSError as err:  # e.g. a read-only or full output folder
-        what = "cannot write" if isinstance(err, PermissionError) else "I/O error in"
-        _report(err, f"{what} {args.output_dir}: {err.strerror or err}")
-        return 2
+    except (UserInputError, ValueError, OSError) as err:
+        user = err
+        if not isinstance(err, (UserInputError, OSError)):
+            # The scene and band checks below the writer raise ValueError for what a user gave.
+            user = BadInputError("bad_input", str(err))
+        elif isinstance(err, OSError) and err.errno is None and not isinstance(err, UserInputError):
+            # GDAL's read errors (rasterio's RasterioIOError) carry the file in their message.
+            user = BadInputError("unreadable", f"I/O error: {err}")
+        if not getattr(err, "__notes__", None):
+            user.add_note("nothing was written; the output folder is as it was before the run")
+        if user is err:
+            raise
+        raise user from None
     print(json.dumps({
         "output_dir": summary.output_dir, "num_samples": summary.num_samples,
         "num_shards": summary.num_shards, "skipped": summary.skipped,

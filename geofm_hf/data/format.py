@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from .._atomic import atomic_write_text
+from .._errors import BadInputError, InputNotFoundError, NotAFolderError, TooManyErrorsError
 
 __all__ = [
     "DATASET_INFO_FILE",
@@ -74,22 +75,6 @@ SHARD_FOOTER_METADATA = {b"geofm.page_checksums": b"crc32"}
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 
 
-class BadInputError(ValueError):
-    """An input (file, band, chip or shard) that cannot be used; ``reason`` is a short key."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-    def __reduce__(self):
-        # Crosses processes whole (a broadcast from rank 0, a DataLoader worker's failure).
-        return type(self), (self.reason, str(self))
-
-
-class TooManyErrorsError(RuntimeError):
-    """More bad items than ``max_error_fraction`` allows; the run stops."""
-
-
 @dataclass
 class GeoDatasetInfo:
     """Contents of ``geofm_dataset.json`` (see docs/data.md for each field)."""
@@ -129,9 +114,10 @@ class GeoDatasetInfo:
         """Build from a parsed ``geofm_dataset.json``; unknown keys go to ``extra``."""
         version = data.get("format_version")
         if version != FORMAT_VERSION:
-            raise ValueError(
+            raise BadInputError(
+                "bad_dataset_info",
                 f"{DATASET_INFO_FILE}: format_version {version!r} is not supported; expected "
-                f"{FORMAT_VERSION}. Upgrade geofm_hf or rewrite the shards."
+                f"{FORMAT_VERSION}. Upgrade geofm_hf or rewrite the shards.",
             )
         names = {f.name for f in fields(cls)}
         missing = [
@@ -140,15 +126,20 @@ class GeoDatasetInfo:
             if k not in data
         ]
         if missing:
-            raise ValueError(f"{DATASET_INFO_FILE} lacks required keys {missing}")
+            raise BadInputError(
+                "bad_dataset_info",
+                f"{DATASET_INFO_FILE} lacks required keys {missing}: not a dataset written by "
+                "geofm-make-shards (or a damaged one); write it again",
+            )
         known = {k: v for k, v in data.items() if k in names}
         extra = {k: v for k, v in data.items() if k not in names}
         info = cls(**known)
         info.extra.update(extra)
         if not (len(info.mean) == len(info.std) == len(info.band_names)):
-            raise ValueError(
+            raise BadInputError(
+                "bad_dataset_info",
                 f"{DATASET_INFO_FILE}: mean ({len(info.mean)}), std ({len(info.std)}) and "
-                f"band_names ({len(info.band_names)}) must have the same length"
+                f"band_names ({len(info.band_names)}) must have the same length",
             )
         return info
 
@@ -185,9 +176,10 @@ def dataset_location(name_or_path: str | os.PathLike) -> str:
     if local.is_dir():
         return "local"
     if local.exists():
-        raise NotADirectoryError(
+        raise NotAFolderError(
+            "not_a_dataset",
             f"{text} is a file; expected a dataset folder written by geofm-make-shards "
-            "(holding geofm_dataset.json and data/*.parquet) or a Hub dataset repo id"
+            "(holding geofm_dataset.json and data/*.parquet) or a Hub dataset repo id",
         )
     path_like = (
         isinstance(name_or_path, os.PathLike)
@@ -198,9 +190,10 @@ def dataset_location(name_or_path: str | os.PathLike) -> str:
         or text.endswith("/")
     )
     if path_like:
-        raise FileNotFoundError(
+        raise InputNotFoundError(
+            "missing_dataset",
             f"dataset folder {text} does not exist (resolved to {local.absolute()}); "
-            "check the path, or pass a Hub dataset repo id as org/name"
+            "check the path, or pass a Hub dataset repo id as org/name",
         )
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -213,9 +206,10 @@ def dataset_location(name_or_path: str | os.PathLike) -> str:
         except HFValidationError as err:
             problem = str(err)
     if problem:
-        raise ValueError(
+        raise BadInputError(
+            "not_a_dataset",
             f"{text!r} is neither an existing folder (no {local.absolute()}) nor a Hub dataset "
-            f"repo id of the form org/name ({problem}); fix the path or the repo id"
+            f"repo id of the form org/name ({problem}); fix the path or the repo id",
         )
     return "hub"
 
@@ -232,9 +226,10 @@ def read_dataset_info(
     if dataset_location(name_or_path) == "local":
         path = local / DATASET_INFO_FILE
         if not path.is_file():
-            raise FileNotFoundError(
+            raise InputNotFoundError(
+                "not_a_dataset",
                 f"{local} has no {DATASET_INFO_FILE}; expected a folder written by "
-                "geofm-make-shards (or pass mean/std explicitly)"
+                "geofm-make-shards (or pass mean/std explicitly)",
             )
     else:
         from huggingface_hub import hf_hub_download
@@ -248,7 +243,7 @@ def read_dataset_info(
         try:
             data = json.load(fh)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
+            raise BadInputError("bad_dataset_info", f"{path} is not valid JSON: {err}") from err
     return GeoDatasetInfo.from_dict(data)
 
 

@@ -14,9 +14,15 @@ from typing import Any
 import numpy as np
 from affine import Affine
 
-__all__ = ["IGNORE_INDEX", "MaskSource"]
+from .._errors import BadInputError, InputNotFoundError
+
+__all__ = ["IGNORE_INDEX", "MIN_LABEL_OVERLAP", "MaskSource"]
 
 IGNORE_INDEX = 255
+# A scene whose area the labels' footprint covers less than this fraction of is refused: its
+# masks would be (almost) all IGNORE_INDEX, a dataset that trains nothing. Labels on another CRS
+# are compared after reprojecting their bounds.
+MIN_LABEL_OVERLAP = 0.01
 
 
 class MaskSource:
@@ -27,30 +33,43 @@ class MaskSource:
                  vector: str | os.PathLike | None = None, field: str | None = None,
                  label_names: list[str] | None = None) -> None:  # fmt: skip
         if (raster is None) == (vector is None):
-            raise ValueError("give exactly one of a label raster (--labels) or a label vector "
+            raise BadInputError("bad_labels", "give exactly one of a label raster (--labels) or a label vector "
                              "file (--labels-vector)")  # fmt: skip
         self.raster = str(raster) if raster is not None else None
         self.vector = str(vector) if vector is not None else None
         self.max_class = -1
         if self.vector is not None:
             if not field:
-                raise ValueError("--labels-vector needs --label-field (the attribute naming the "
+                raise BadInputError("bad_labels", "--labels-vector needs --label-field (the attribute naming the "
                                  "class of each polygon)")  # fmt: skip
             import pyogrio
 
             if not os.path.exists(self.vector):
-                raise FileNotFoundError(f"label vector file {self.vector} does not exist")
-            meta, _, geometry, values = pyogrio.raw.read(self.vector, columns=[field])
+                raise InputNotFoundError(
+                    "missing_labels", f"label vector file {self.vector} does not exist"
+                )
+            try:
+                meta, _, geometry, values = pyogrio.raw.read(self.vector, columns=[field])
+            except Exception as err:  # pyogrio's DataSourceError and friends
+                raise BadInputError(
+                    "unreadable_labels",
+                    f"label vector file {self.vector} (--labels-vector) is not a vector file "
+                    f"GDAL can read ({err}); expected GeoPackage, GeoJSON, shapefile ...",
+                ) from None
             if field not in list(meta["fields"]):
-                raise ValueError(f"{self.vector} has no field {field!r}: found "
+                raise BadInputError("bad_labels", f"{self.vector} has no field {field!r}: found "
                                  f"{list(meta['fields'])}")  # fmt: skip
             classes = [str(v) for v in values[0]]
             self.label_names = list(label_names) if label_names else sorted(set(classes))
             unknown = sorted(set(classes) - set(self.label_names))
             if unknown:
-                raise ValueError(f"{self.vector}: classes {unknown} are not in label_names")
+                raise BadInputError(
+                    "bad_labels", f"{self.vector}: classes {unknown} are not in label_names"
+                )
             if len(self.label_names) >= IGNORE_INDEX:
-                raise ValueError(f"at most {IGNORE_INDEX} classes: found {len(self.label_names)}")
+                raise BadInputError(
+                    "bad_labels", f"at most {IGNORE_INDEX} classes: found {len(self.label_names)}"
+                )
             import shapely
 
             self._crs = meta["crs"]
@@ -61,11 +80,56 @@ class MaskSource:
             ]
         else:
             if not os.path.exists(self.raster):
-                raise FileNotFoundError(f"label raster {self.raster} does not exist")
+                raise InputNotFoundError(
+                    "missing_labels", f"label raster {self.raster} does not exist"
+                )
+            with _open_label_raster(self.raster) as src:  # refused now, before any scene
+                self._raster_footprint = src.crs, tuple(src.bounds)
             self.label_names = list(label_names) if label_names else None
 
     def open_scene(self, crs, transform: Affine, width: int, height: int) -> _SceneMask:
+        """The scene's masks, read strip by strip; refuses a scene the labels barely cover."""
+        self._check_overlap(crs, transform, width, height)
         return _SceneMask(self, crs, transform, width, height)
+
+    def _footprint(self):
+        """``(crs, (left, bottom, right, top))`` of the labels."""
+        if self.raster is not None:
+            return self._raster_footprint
+        import shapely
+
+        if not self._shapes:
+            return None, None
+        return self._crs, tuple(shapely.total_bounds([shapely.geometry.shape(g)
+                                                      for g, _ in self._shapes]))  # fmt: skip
+
+    def _check_overlap(self, crs, transform: Affine, width: int, height: int) -> None:
+        from rasterio.crs import CRS
+        from rasterio.warp import transform_bounds
+
+        left, top = transform.c, transform.f
+        right, bottom = left + width * transform.a, top + height * transform.e
+        label_crs, box = self._footprint()
+        what = f"labels {self.raster or self.vector}"
+        if box is None:
+            raise BadInputError("labels_no_overlap", f"{what} hold no polygon")
+        if label_crs is not None:
+            try:
+                box = transform_bounds(CRS.from_user_input(label_crs), crs, *box, densify_pts=21)
+            except Exception as err:  # bounds that do not exist in the scene's CRS
+                raise BadInputError("labels_no_overlap", f"{what} cannot be placed on the "
+                                    f"scene's CRS {crs}: {err}") from None  # fmt: skip
+        ix = max(0.0, min(right, box[2]) - max(left, box[0]))
+        iy = max(0.0, min(top, box[3]) - max(bottom, box[1]))
+        fraction = ix * iy / max((right - left) * (top - bottom), 1e-300)
+        if fraction < MIN_LABEL_OVERLAP:
+            raise BadInputError(
+                "labels_no_overlap",
+                f"{what} cover {fraction:.2%} of the scene (bounds {box} vs the scene's "
+                f"{(left, bottom, right, top)} in {crs}); at least {MIN_LABEL_OVERLAP:.0%} "
+                "(MIN_LABEL_OVERLAP) is needed, or every mask is unlabelled. Check that the "
+                "labels are for these scenes and declare the right CRS",
+            )
 
     def names(self) -> list[str]:
         """Class names: given, from the vector field, or ``"0" .. str(max class seen)``."""
@@ -74,21 +138,36 @@ class MaskSource:
         return [str(i) for i in range(self.max_class + 1)]
 
 
+def _open_label_raster(path: str):
+    """The label raster, open; a file GDAL cannot read or one with no CRS is refused naming it."""
+    import rasterio
+
+    try:
+        src = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as err:
+        raise BadInputError(
+            "unreadable_labels",
+            f"label raster {path} (--labels) is not a raster GDAL can read ({err}); expected a "
+            "GeoTIFF of class values (or pass polygons with --labels-vector)",
+        ) from None
+    if src.crs is None:
+        src.close()
+        raise BadInputError(
+            "bad_labels", f"label raster {path} has no CRS; expected a georeferenced class raster"
+        )
+    return src
+
+
 class _SceneMask:
     def __init__(self, source: MaskSource, crs, transform, width, height):
         self.source, self.transform, self.width = source, transform, width
         self._vrt = self._src = None
         self._shapes: list[tuple[Any, int]] = []
         if source.raster is not None:
-            import rasterio
             from rasterio.enums import Resampling
             from rasterio.vrt import WarpedVRT
 
-            self._src = rasterio.open(source.raster)
-            if self._src.crs is None:
-                self._src.close()
-                raise ValueError(f"label raster {source.raster} has no CRS; expected a "
-                                 "georeferenced class raster")  # fmt: skip
+            self._src = _open_label_raster(source.raster)
             nodata = self._src.nodata
             self._vrt = WarpedVRT(self._src, crs=crs, transform=transform, width=width,
                                   height=height, resampling=Resampling.nearest,
@@ -114,9 +193,19 @@ class _SceneMask:
             valid = data != self._nodata
             values = data[valid]
             if values.size and (values.min() < 0 or values.max() >= IGNORE_INDEX):
-                raise ValueError(
+                raise BadInputError(
+                    "bad_labels",
                     f"label raster {self.source.raster}: class values must be 0..{IGNORE_INDEX - 1}"
-                    f" (nodata marks unlabelled pixels): found {values.min()}..{values.max()}"
+                    f" (nodata marks unlabelled pixels): found {values.min()}..{values.max()}",
+                )
+            if values.size and values.dtype.kind == "f" and (values != np.round(values)).any():
+                fractional = np.unique(values[values != np.round(values)])[:5].tolist()
+                raise BadInputError(
+                    "non_integer_labels",
+                    f"label raster {self.source.raster} holds non-integer class values (e.g. "
+                    f"{fractional}); class values must be whole numbers 0..{IGNORE_INDEX - 1}. "
+                    "Map them to class indices first (e.g. rasterio / gdal_calc.py), they "
+                    "are not truncated here",
                 )
             out[valid] = values
             if values.size:

@@ -166,7 +166,9 @@ def write_shards(
                      label_names, num_frames, label_raster, label_vector, sensor)  # fmt: skip
     masks = _mask_source(label_raster, label_vector, label_field, mask_label_names)
     if bands is not None and isinstance(bands, str):
-        raise ValueError(f"bands must be a list of names; got the string {bands!r}")
+        raise BadInputError(
+            "bad_argument", f"bands must be a list of names; got the string {bands!r}"
+        )
     sensor = resolve_sensor(sensor) if sensor else None
     output_dir = Path(output_dir)
     scenes, scene_sensors = _discover_scenes(inputs, band_files, filename_pattern, band_names,
@@ -185,6 +187,8 @@ def write_shards(
     sources = _cut_chips(scenes, scene_sensors, spec, state, policy, sink, num_frames)
     num_samples = sink.close()
     _check_chips_kept(state, num_samples, policy, len(scenes))
+    if masks is not None:
+        _check_masks_labelled(state, masks)
 
     # Finalise: staged shards get their final names (moved by _publish), hashes recorded.
     shards, moves = sink.shards()
@@ -216,24 +220,35 @@ def _check_arguments(chip_size, stride, max_nodata_fraction, split, resampling, 
     from rasterio.enums import Resampling
 
     if chip_size <= 0 or stride <= 0:
-        raise ValueError(f"chip_size and stride must be positive; got {chip_size}, {stride}")
+        raise BadInputError(
+            "bad_argument", f"chip_size and stride must be positive; got {chip_size}, {stride}"
+        )
     if not 0.0 <= max_nodata_fraction <= 1.0:
-        raise ValueError(f"max_nodata_fraction must be in [0, 1]; got {max_nodata_fraction}")
+        raise BadInputError(
+            "bad_argument", f"max_nodata_fraction must be in [0, 1]; got {max_nodata_fraction}"
+        )
     if not isinstance(split, str):
         total = sum(split.values())
         if not split or abs(total - 1.0) > 1e-6 or min(split.values()) <= 0:
-            raise ValueError(f"split fractions must be positive and sum to 1; got {dict(split)}")
+            raise BadInputError(
+                "bad_argument", f"split fractions must be positive and sum to 1; got {dict(split)}"
+            )
     if resampling not in Resampling.__members__:
-        raise ValueError(f"unknown resampling {resampling!r}")
+        raise BadInputError("bad_argument", f"unknown resampling {resampling!r}")
     if labels is not None and not label_names:
-        raise ValueError("labels needs label_names (the class names, index = label)")
+        raise BadInputError(
+            "bad_argument", "labels needs label_names (the class names, index = label)"
+        )
     if num_frames is not None:
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-            raise ValueError(f"num_frames must be a positive integer; got {num_frames!r}")
+            raise BadInputError(
+                "bad_argument", f"num_frames must be a positive integer; got {num_frames!r}"
+            )
         if labels is not None or label_raster is not None or label_vector is not None:
-            raise ValueError(
+            raise BadInputError(
+                "bad_argument",
                 "num_frames (time series) cannot be combined with labels: scene labels and "
-                "masks are written for single-date chips only"
+                "masks are written for single-date chips only",
             )
     if sensor is not None:
         get_sensor_bands(sensor)  # an unknown sensor fails here, before any raster is read
@@ -295,9 +310,10 @@ def _check_chips_kept(state: _DatasetState, num_samples: dict[str, int], policy:
             f"no usable scene among {num_scenes} inputs; skipped: {policy.summary()}"
         )
     if not any(num_samples.values()):
-        raise ValueError(
+        raise BadInputError(
+            "no_chips",
             f"every chip was dropped (skipped: {policy.summary()}); check nodata, "
-            "max_nodata_fraction and chip_size"
+            "max_nodata_fraction and chip_size",
         )
     empty = [s for s, n in num_samples.items() if n == 0]
     if empty:
@@ -307,6 +323,29 @@ def _check_chips_kept(state: _DatasetState, num_samples: dict[str, int], policy:
             "column feeds only the first split). Use wider scenes, a smaller chip size or "
             "stride, or one split name.", empty, num_samples,
         )  # fmt: skip
+
+
+def _check_masks_labelled(state: _DatasetState, masks) -> None:
+    """Refuse segmentation shards whose masks hold no labelled pixel: they train nothing."""
+    from .masks import IGNORE_INDEX
+
+    labelled = sum(n for k, n in state.mask_pixels.items() if k != IGNORE_INDEX)
+    if not labelled:
+        raise BadInputError(
+            "no_labelled_pixels",
+            f"no kept chip has a labelled pixel: every mask pixel is unlabelled ({IGNORE_INDEX})."
+            f" The labels ({masks.raster or masks.vector}) hold only nodata where the imagery "
+            "is, or fall outside it; check their extent, CRS and nodata value",
+        )
+
+
+def _mask_class_pixels(state: _DatasetState, names: list[str]) -> dict[str, int]:
+    """Labelled pixels per class name in the kept chips, and ``"unlabelled"``."""
+    from .masks import IGNORE_INDEX
+
+    out = {name: int(state.mask_pixels.get(i, 0)) for i, name in enumerate(names)}
+    out["unlabelled"] = int(state.mask_pixels.get(IGNORE_INDEX, 0))
+    return out
 
 
 def _dataset_info(spec: _ChipSpec, state: _DatasetState, sink: _ShardSink, policy: ErrorPolicy,
@@ -342,6 +381,7 @@ def _dataset_info(spec: _ChipSpec, state: _DatasetState, sink: _ShardSink, polic
                             "qa_masks": spec.qa_masks},
                "radiometric_offset_scenes": state.offset_scenes,
                "resampling": spec.resampling, "max_nodata_fraction": spec.max_nodata_fraction,
-               **({"mask_label_names": masks.names(), "mask_ignore_index": 255}
+               **({"mask_label_names": masks.names(), "mask_ignore_index": 255,
+                   "mask_class_pixels": _mask_class_pixels(state, masks.names())}
                   if masks is not None else {})},
     )  # fmt: skip

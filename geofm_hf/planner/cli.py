@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from geofm_hf._errors import BadInputError, user_error_exit
 from geofm_hf.planner.attention import PLATFORMS
 from geofm_hf.planner.calibration import _BYTES
 from geofm_hf.planner.cost_model import STRATEGIES, plan, write_accelerate_config
@@ -48,6 +49,7 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@user_error_exit("geofm-plan")
 def main(argv: list[str] | None = None) -> int:
     """Console script ``geofm-plan``."""
     args = _build_parser().parse_args(argv)
@@ -56,11 +58,31 @@ def main(argv: list[str] | None = None) -> int:
         try:
             source: Any = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            print(f"geofm-plan: config file not found: {path}", file=sys.stderr)
-            return 2
-        except json.JSONDecodeError as exc:
-            print(f"geofm-plan: {path} is not valid JSON: {exc}", file=sys.stderr)
-            return 2
+            raise BadInputError("missing_config", f"--config-json {path}: file not found") from None
+        except IsADirectoryError:
+            raise BadInputError(
+                "bad_config", f"--config-json {path} is a folder; expected a model config.json"
+            ) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadInputError(
+                "bad_config", f"--config-json {path} is not valid JSON: {exc}"
+            ) from None
+        if not isinstance(source, dict):
+            raise BadInputError(
+                "bad_config",
+                f"--config-json {path} holds a JSON {type(source).__name__}; expected an object "
+                "of model config fields (hidden_size, num_hidden_layers, ...)",
+            )
+        from geofm_hf.configuration_geofm import GeoViTMAEConfig
+
+        if not set(source) & set(GeoViTMAEConfig().to_dict()):
+            # Planning the default model for an empty or foreign file would answer another
+            # question than the one asked.
+            raise BadInputError(
+                "bad_config",
+                f"--config-json {path} names no model config field (found {sorted(source)}); "
+                "expected a config.json with hidden_size, num_hidden_layers, ... (or --preset)",
+            )
     else:
         source = args.preset
     try:

@@ -23,6 +23,13 @@ class SegmentationDataError(BadInputError):
         super().__init__("segmentation_data", message)
 
 
+_UNLABELLED = (
+    "{source}: its masks hold no labelled pixel (every pixel is the ignore index): the labels "
+    "given to geofm-make-shards did not overlap the imagery (another place or CRS) or were all "
+    "nodata. Check the label file against the scenes and write the shards again."
+)
+
+
 @dataclass
 class SegmentationSplit:
     """One split: ``images`` ``(N, C, H, W)``, ``masks`` ``(N, H, W)`` uint8 (``ignore_index`` =
@@ -52,6 +59,9 @@ def load_segmentation_split(source: str | Path, split: str, revision: str | None
     source = local if local.is_dir() else str(source)
     info = read_dataset_info(source, revision=revision)
     names = info.extra.get("mask_label_names")
+    if "mask_label_names" in info.extra and not names:
+        # Written with labels that gave no class anywhere: the masks exist, all unlabelled.
+        raise SegmentationDataError(_UNLABELLED.format(source=source))
     if not names:
         raise SegmentationDataError(
             f"{source}: geofm_dataset.json has no mask_label_names, so its shards hold no masks; "
@@ -83,12 +93,17 @@ def load_segmentation_split(source: str | Path, split: str, revision: str | None
     side = images.shape[-1]
     masks = np.frombuffer(b"".join(table.column(mask_column).to_pylist()), dtype=np.uint8)
     masks = masks.reshape(len(images), images.shape[-2], side).copy()
+    ignore_index = int(info.extra.get("mask_ignore_index", 255))
+    if (masks == ignore_index).all():
+        raise SegmentationDataError(
+            _UNLABELLED.format(source=source).replace("its masks", f"the masks of split {split!r}")
+        )
     offsets = []
     for chip_id in table.column("chip_id").to_pylist():
         m = _CHIP.search(chip_id)
         offsets.append((int(m.group(1)), int(m.group(2))) if m else (-1, -1))
     return SegmentationSplit(
         images=images, masks=masks, label_names=list(names), band_names=list(info.band_names),
-        ignore_index=int(info.extra.get("mask_ignore_index", 255)),
+        ignore_index=ignore_index,
         offsets=np.array(offsets, dtype=np.int64), sources=table.column("source").to_pylist(),
     )  # fmt: skip

@@ -17,8 +17,10 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from .._errors import UserInputError
 
-class ArgumentError(ValueError):
+
+class ArgumentError(UserInputError):
     """A recipe argument (command line or YAML config) that cannot be used; names it."""
 
 
