@@ -384,25 +384,31 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
     def _check_names_mean_the_models_bands(self, matched, names, sensor) -> None:
         """Bands matched by name must be the model's bands, not another sensor's band of the
         same name (Landsat 8 ``B4`` is red, Landsat 7's NIR). With the package installed, its
-        one rule decides (``geofm_hf.bands``): with ``sensor=``, the input band's wavelength
-        must be the model band's; without, the bare name must mean one wavelength. Remote code
-        without the package keeps matching by name."""
+        one rule decides (``geofm_hf.bands``): the input's sensor (``sensor=``, or the one its
+        band names identify together, as ``B02 .. B12`` do) gives each input band a wavelength
+        that must be the model band's; a bare name no sensor pins down must mean one wavelength.
+        Remote code without the package keeps matching by name."""
         try:
             from geofm_hf import bands as tables
         except ImportError:
             return
+        if self.wavelengths_um is None:
+            return
+        try:
+            known = tables.BandSet.of(names, sensor=sensor).wavelengths_um
+        except ValueError:  # names outside the tables (aliases, custom bands): checked one by one
+            known = None
         for b, i in enumerate(matched):
-            if i is None or self.wavelengths_um is None:
+            if i is None:
                 continue
             model_um = self.wavelengths_um[b]
-            if sensor is not None:
-                (input_um,) = tables.band_wavelengths([names[i]], sensor)
-                if input_um is not None and abs(input_um - model_um) > 0.05:
+            if known is not None:
+                if abs(known[i] - model_um) > 0.05:
                     raise ValueError(
-                        f"Input band {names[i]!r} of {sensor} is at {input_um} um, but the model's "
-                        f"{self.band_names[b]!r} is at {model_um} um: the same name, another band. "
-                        "Pass the input's bands under the model's names for the same wavelengths, "
-                        "or use a wavelength model."
+                        f"Input band {names[i]!r}{f' of {sensor}' if sensor else ''} is at "
+                        f"{known[i]} um, but the model's {self.band_names[b]!r} is at {model_um} "
+                        "um: the same name, another band. Pass the input's bands under the "
+                        "model's names for the same wavelengths, or use a wavelength model."
                     )
                 continue
             problem = tables.bare_name_problem(names[i], model_um)

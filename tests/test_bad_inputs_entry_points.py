@@ -17,6 +17,8 @@ import pytest
 import rasterio
 from affine import Affine
 
+from geofm_hf.data import sample_dataset_path
+
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {
     "geofm-make-shards": "geofm_hf.data.cli",
@@ -117,6 +119,11 @@ RECIPE_CASES = {
     "dataset_info_future_version": (
         lambda t: ["--dataset_name_or_path", str(_dataset(t, {"format_version": 99}))],
         ["format_version 99"]),
+    # The bundled sample given as a model, and a file given as a checkpoint.
+    "dataset_as_model": (lambda t: ["--model_name_or_path", sample_dataset_path()],
+                         ["--model_name_or_path", "is not a model export", "OUTPUT_DIR/final"]),
+    "checkpoint_is_a_file": (lambda t: ["--resume_from_checkpoint", _text(t, "ckpt.bin")],
+                             ["ckpt.bin", "is not a complete checkpoint"]),
 }  # fmt: skip
 
 

@@ -167,13 +167,13 @@ def run_recipe(main) -> int:
     """Run a recipe's ``main`` for the command line and return the exit code. Bad arguments and
     bad data print one line and give 2, as argparse does for its own checks; a run stopped on a
     non-finite loss prints its diagnosis and gives 1. Anything else keeps its traceback."""
-    from ..data.format import BadInputError, TooManyErrorsError
+    from .._errors import UserInputError
 
     name = Path(sys.argv[0]).name
     try:
         result = main()
-    except (ArgumentError, BadInputError, TooManyErrorsError) as err:
-        print(f"{name}: error: {err}", file=sys.stderr)
+    except UserInputError as err:  # arguments, files, bands, shards: one type for them all
+        print(f"{name}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except FloatingPointError as err:
         print(f"{name}: stopped: {err}", file=sys.stderr)

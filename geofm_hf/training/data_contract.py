@@ -80,9 +80,16 @@ def build_model_config(model_args, data_args, data_info, datasets=()) -> GeoViTM
     preset's shape with the dataset's band contract and statistics.
     """
     if model_args.model_name_or_path:
-        config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path, revision=model_args.model_revision
-        )
+        try:
+            config = AutoConfig.from_pretrained(
+                model_args.model_name_or_path, revision=model_args.model_revision
+            )
+        except (OSError, ValueError) as err:  # a dataset folder, a typo, no config.json
+            raise ArgumentError(
+                f"--model_name_or_path {model_args.model_name_or_path} is not a model export "
+                f"(a folder or Hub repo with config.json): {' '.join(str(err).split())[:300]}. "
+                "Pass an export folder (OUTPUT_DIR/final) or an ORG/NAME model repo."
+            ) from None
         if not isinstance(config, GeoViTMAEConfig):
             raise ValueError(
                 f"{model_args.model_name_or_path} holds a {type(config).__name__}; continuing "

@@ -109,7 +109,10 @@ def start_run(model_args, data_args, args) -> Run:
     data_args.dataloader_num_workers, _ = loader_settings(
         accelerator.device.type, data_args.dataloader_num_workers
     )
-    resume_path = checkpoints.resolve_resume(args.resume_from_checkpoint)
+    try:
+        resume_path = checkpoints.resolve_resume(args.resume_from_checkpoint)
+    except ValueError as err:  # not a checkpoint, or a damaged one: the user's to choose
+        raise ArgumentError(str(err)) from None
     if removed:
         accelerator.print(
             f"removed unfinished checkpoint writes from a previous run: {removed}"
