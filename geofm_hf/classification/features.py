@@ -45,6 +45,18 @@ def check_feature(feature: str, num_layers: int | None = None) -> int:
 
 
 @torch.no_grad()
+def band_arguments(processor, band_names: list[str]) -> dict:
+    """The processor's band arguments for bands already matched to the model's (by
+    :func:`~geofm_hf.classification.bands.match_splits_to_model`): their names and, where the
+    model records them, its own wavelengths, so the processor compares by wavelength instead
+    of asking which sensor a bare name such as Landsat ``B4`` belongs to."""
+    names = list(band_names)
+    model_names, model_um = processor.band_names, processor.wavelengths_um
+    if not model_names or model_um is None or not set(names) <= set(model_names):
+        return {"band_names": names}
+    return {"band_names": names, "wavelengths_um": [model_um[model_names.index(n)] for n in names]}
+
+
 def extract_features(
     model,
     processor,
@@ -72,7 +84,9 @@ def extract_features(
             batch = batch.astype(np.float32)
         else:
             batch = [np.asarray(b, dtype=np.float32) for b in batch]
-        pixels = processor(batch, band_names=band_names)["pixel_values"].to(device)
+        pixels = processor(batch, **band_arguments(processor, band_names))["pixel_values"].to(
+            device
+        )
         output = model(
             pixels, interpolate_pos_encoding=True, output_hidden_states=feature.startswith("mean_")
         )

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..training.optim import learning_rate_at
+from .features import band_arguments
 from .finetune import param_groups_layer_decay
 
 __all__ = ["LoopResult", "flip_rotate", "predict", "preprocess_split", "train_loop"]
@@ -28,7 +29,7 @@ def preprocess_split(processor, images, band_names: list[str], batch_size: int) 
         batch = images[start : start + batch_size]
         batch = (batch.astype(np.float32) if isinstance(batch, np.ndarray)
                  else [np.asarray(b, np.float32) for b in batch])  # fmt: skip
-        out.append(processor(batch, band_names=band_names)["pixel_values"])
+        out.append(processor(batch, **band_arguments(processor, band_names))["pixel_values"])
     return torch.cat(out)
 
 
