@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..classification.bands import match_splits_to_model
@@ -32,9 +33,10 @@ from .results import mean_target_baseline, regression_metrics, regression_record
 __all__ = ["run_regression"]
 
 
-def _load_model(args: SegmentArguments):
+def _load_model(args: SegmentArguments, train):
     from .. import GeoViTMAEConfig, GeoViTMAEForSemanticSegmentation
 
+    base = GeoViTMAEConfig.from_pretrained(args.model_name_or_path, revision=args.revision)
     config = GeoViTMAEConfig.from_pretrained(
         args.model_name_or_path, revision=args.revision, num_labels=1,
         id2label={0: args.target_column}, label2id={args.target_column: 0},
@@ -44,6 +46,14 @@ def _load_model(args: SegmentArguments):
     model, processor = load_pretrained(GeoViTMAEForSemanticSegmentation, args, config=config)
     if args.random_init:
         model = GeoViTMAEForSemanticSegmentation(model.config)
+    if args.random_init or base.problem_type != "regression":
+        # A new head starts as the baseline, the training mean everywhere: its random init
+        # would start off by the target's offset (metres, kg/m2) plus noise as large as the
+        # signal, and the first epochs would go on undoing that. The zero weights still learn:
+        # their gradient is the features times the error.
+        with torch.no_grad():
+            model.decode_head.classifier.weight.zero_()
+            model.decode_head.classifier.bias.fill_(float(np.nanmean(train.masks)))
     processor.size = processor.crop_size = None  # chips are used as cut: never resized
     return model, processor
 
@@ -79,7 +89,7 @@ def run_regression(args: SegmentArguments) -> dict:
     load = dict(revision=args.dataset_revision, target_column=args.target_column)
     train = load_regression_split(args.dataset_name_or_path, args.train_split, **load)
     test = load_regression_split(args.dataset_name_or_path, args.test_split, **load)
-    model, processor = _load_model(args)
+    model, processor = _load_model(args, train)
     bands = match_splits_to_model(model, processor, (train, test), args)
     batch = args.per_device_eval_batch_size
     train_x = preprocess_split(processor, train.images, bands.band_names, batch)
