@@ -208,3 +208,32 @@ def test_regression_recipe_learns_and_geofm_segment_writes_a_float_cog(ndvi_shar
     assert np.isfinite(values).mean() > 0.9
     assert len(np.unique(values[np.isfinite(values)])) > 100  # a continuous map, not classes
     assert not pred.with_suffix(".png").exists()
+
+
+def test_task_and_dataset_mismatches_exit_2_with_one_line(ndvi_shards, tmp_path, monkeypatch,
+                                                          capsys):  # fmt: skip
+    """A regression dataset given to the segmentation task, a dataset without targets given to
+    the regression task, and an unknown task: one line naming what to do, exit 2."""
+    from geofm_hf.training.arguments import run_recipe
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    try:
+        import segment
+    finally:
+        sys.path.pop(0)
+    base, _ = ndvi_shards
+    write_shards(base / "scene", tmp_path / "plain", chip_size=32)
+    model = make_model(tmp_path / "m", image_size=32)
+    capsys.readouterr()
+    cases = [
+        ("segmentation", base / "shards", "(its shards suit --task regression)"),
+        ("regression", tmp_path / "plain", "geofm-make-shards --targets RASTER"),
+        ("depth", base / "shards", "--task must be segmentation or regression"),
+    ]
+    for task, data, expected in cases:
+        argv = ["segment.py", "--task", task, "--model_name_or_path", str(model),
+                "--dataset_name_or_path", str(data), "--output_dir", str(tmp_path / task)]  # fmt: skip
+        monkeypatch.setattr(sys, "argv", argv)
+        assert run_recipe(segment.main) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err

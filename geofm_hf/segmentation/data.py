@@ -78,10 +78,13 @@ def _read_split(source, split, revision, key: str, writer: str):
     source = local if local.is_dir() else str(source)
     info = read_dataset_info(source, revision=revision)
     if not info.extra.get(key):
+        other = "mask_label_names" if key == "regression_target" else "regression_target"
+        task = "segmentation" if key == "regression_target" else "regression"
         raise SegmentationDataError(
             f"{source}: geofm_dataset.json has no {key}, so its shards hold no per-pixel "
             f"{'targets' if key == 'regression_target' else 'masks'}; expected shards written "
-            f"with {writer}."
+            f"with {writer}"
+            + (f" (its shards suit --task {task})." if info.extra.get(other) else ".")
         )
     if split not in info.shards:
         raise SegmentationDataError(
