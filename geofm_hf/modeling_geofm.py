@@ -1777,6 +1777,25 @@ class GeoViTMAESegmentationHead(nn.Module):
         return self.classifier(self.dropout(self.fuse(torch.cat(outs, dim=1))))
 
 
+def _check_regression_targets(
+    labels: torch.Tensor, pixel_values: torch.Tensor, num_labels: int
+) -> torch.Tensor:
+    """Per-pixel regression targets ``(B, H, W)`` as float32 on the pixels' device."""
+    if num_labels != 1:
+        raise GeoViTMAEInputError(
+            f"problem_type='regression' predicts one value per pixel: expected num_labels=1, "
+            f"found {num_labels}. Build the config with num_labels=1."
+        )
+    labels = torch.as_tensor(labels)
+    shape = (len(pixel_values), *pixel_values.shape[-2:])
+    if tuple(labels.shape) != shape:
+        raise GeoViTMAEInputError(
+            f"labels for problem_type='regression' must be one float per pixel of shape "
+            f"{shape} (NaN where unknown): found shape {tuple(labels.shape)}."
+        )
+    return labels.to(device=pixel_values.device, dtype=torch.float32)
+
+
 class GeoViTMAEForSemanticSegmentation(GeoViTMAEPreTrainedModel):
     """Encoder (no masking) + :class:`GeoViTMAESegmentationHead`; per-pixel class logits at the
     input resolution. Config fields (defaults written into the config on first use):
@@ -1832,8 +1851,16 @@ class GeoViTMAEForSemanticSegmentation(GeoViTMAEPreTrainedModel):
         """Logits ``(B, num_labels, H, W)``; with ``labels`` ``(B, H, W)`` (class index, or
         ``semantic_loss_ignore_index`` for unlabelled pixels) the mean cross-entropy. Fractional
         labels are refused (a cast would silently change them). ``pixel_mask`` ``(B, H, W)``
-        (1 = valid) sets invalid pixels to the band mean."""
-        if labels is not None and isinstance(pixel_values, torch.Tensor):
+        (1 = valid) sets invalid pixels to the band mean.
+
+        With ``config.problem_type="regression"`` (and ``num_labels=1``) the logits ``(B, 1, H,
+        W)`` are per-pixel predictions of a continuous target, ``labels`` ``(B, H, W)`` floats
+        with NaN where the target is unknown, and the loss the mean squared error over the known
+        pixels only (0 for a batch without one)."""
+        regression = self.config.problem_type == "regression"
+        if regression and labels is not None:
+            labels = _check_regression_targets(labels, pixel_values, self.config.num_labels)
+        elif labels is not None and isinstance(pixel_values, torch.Tensor):
             shape = (len(pixel_values), *pixel_values.shape[-2:])
             labels = _check_class_labels(labels, shape, "one class index per pixel (B, H, W)").to(
                 pixel_values.device
@@ -1856,7 +1883,11 @@ class GeoViTMAEForSemanticSegmentation(GeoViTMAEPreTrainedModel):
             logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False
         )  # (B, K, H, W)
         loss = None
-        if labels is not None:
+        if labels is not None and regression:
+            known = torch.isfinite(labels)  # NaN targets (nodata) take no part in the loss
+            error = (logits[:, 0].float() - labels.nan_to_num()) ** 2
+            loss = (error * known).sum() / known.sum().clamp(min=1)
+        elif labels is not None:
             loss = F.cross_entropy(
                 logits.float(),
                 labels.to(logits.device),

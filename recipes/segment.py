@@ -15,6 +15,11 @@ layer-wise lr decay -> loop (joint flips/rotations of images and masks) -> evalu
 per-class IoU, pixel accuracy, and the majority-class baseline) -> save. OUTPUT_DIR holds the
 model (``AutoModelForSemanticSegmentation``), its image processor, ``results.json``,
 ``prediction.png`` and the model card with the scores in its model-index.
+
+``--task regression`` fits a continuous value per pixel instead (shards written with
+``geofm-make-shards --targets RASTER``; :func:`~geofm_hf.segmentation.run_regression`): the same
+model with one output and ``problem_type="regression"``, masked MSE (NaN targets unknown), and
+RMSE, MAE and R2 with bootstrap intervals over chips in ``results.json``.
 """
 
 from __future__ import annotations

@@ -57,6 +57,7 @@ class _ChipSpec:
     labels: Callable[[ChipMeta], int | None] | None = None
     label_names: Sequence[str] | None = None
     masks: Any = None  # a masks.MaskSource: per-pixel class labels
+    targets: Any = None  # a masks.TargetSource: per-pixel continuous targets
 
 
 @dataclass
@@ -219,6 +220,8 @@ def _scene_chips(scene: Scene, scene_sensor: str | None, spec: _ChipSpec,
             state.gsd_m = gsd_m
         crs_text = crs.to_string() if crs.to_epsg() is None else f"EPSG:{crs.to_epsg()}"
         scene_mask = spec.masks.open_scene(crs, transform, width, height) if spec.masks else None
+        scene_target = (spec.targets.open_scene(crs, transform, width, height)
+                        if spec.targets else None)  # fmt: skip
         n_cols = (width - chip_size) // stride + 1
         n_rows = (height - chip_size) // stride + 1
         try:
@@ -238,6 +241,8 @@ def _scene_chips(scene: Scene, scene_sensor: str | None, spec: _ChipSpec,
                 state.bytes_read += strip.nbytes
                 mask_strip = (scene_mask.read_strip(y0, chip_size)
                               if scene_mask is not None else None)  # fmt: skip
+                target_strip = (scene_target.read_strip(y0, chip_size)
+                                if scene_target is not None else None)  # fmt: skip
                 band_invalid = np.zeros(strip.shape, dtype=bool)
                 non_finite = np.zeros(strip.shape, dtype=bool)
                 if np.issubdtype(out_dtype, np.floating):
@@ -299,6 +304,8 @@ def _scene_chips(scene: Scene, scene_sensor: str | None, spec: _ChipSpec,
                         counts = np.bincount(chip_mask.ravel(), minlength=256)
                         state.mask_pixels.update({int(k): int(counts[k])
                                                   for k in np.flatnonzero(counts)})  # fmt: skip
+                    if target_strip is not None:
+                        extra_cols["target"] = np.ascontiguousarray(target_strip[:, cols]).tobytes()
                     yield _Chip(
                         split=_split_of(spec.split, c, n_cols),
                         row={
@@ -333,6 +340,8 @@ def _scene_chips(scene: Scene, scene_sensor: str | None, spec: _ChipSpec,
                 qvrt.close()
             if scene_mask is not None:
                 scene_mask.close()
+            if scene_target is not None:
+                scene_target.close()
     finally:
         for src in srcs:
             src.close()

@@ -214,6 +214,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="polygons (GeoPackage, GeoJSON, shapefile ...) rasterised as the mask",
     )
     p.add_argument("--label-field", default=None, help="attribute naming each polygon's class")
+    p.add_argument("--targets", metavar="RASTER", default=None,
+                   help="continuous raster (first band; nodata/NaN = unknown), any grid: "
+                   "reprojected bilinear; adds a per-chip float32 target for regression")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -245,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite, dataset_name=args.name,
             license=args.license, label_raster=args.labels, label_vector=args.labels_vector,
             label_field=args.label_field, num_frames=args.num_frames,
+            target_raster=args.targets,
         )  # fmt: skip
     except (UserInputError, ValueError, OSError) as err:
         user = err

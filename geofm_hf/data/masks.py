@@ -1,4 +1,5 @@
-"""Per-pixel class masks for segmentation shards: a class raster or rasterised polygons.
+"""Per-pixel class masks for segmentation shards (a class raster or rasterised polygons), and
+continuous per-pixel targets for regression shards (a raster, :class:`TargetSource`).
 
 A :class:`MaskSource` is opened once per scene on the scene's target grid and read one strip at
 a time alongside the imagery, so masks never need the whole scene in memory. Pixels without a
@@ -16,7 +17,7 @@ from affine import Affine
 
 from .._errors import BadInputError, InputNotFoundError
 
-__all__ = ["IGNORE_INDEX", "MIN_LABEL_OVERLAP", "MaskSource"]
+__all__ = ["IGNORE_INDEX", "MIN_LABEL_OVERLAP", "TARGET_FIELD_NAME", "MaskSource", "TargetSource"]
 
 IGNORE_INDEX = 255
 # A scene whose area the labels' footprint covers less than this fraction of is refused: its
@@ -224,3 +225,52 @@ class _SceneMask:
         for handle in (self._vrt, self._src):
             if handle is not None:
                 handle.close()
+
+
+TARGET_FIELD_NAME = "target"
+
+
+class TargetSource:
+    """Continuous per-pixel targets (``--targets``) from the first band of ``raster`` on any
+    grid, reprojected bilinear onto each scene's grid; stored as float32, NaN where the target is
+    unknown (the raster's nodata, NaN, or outside it)."""
+
+    def __init__(self, raster: str | os.PathLike) -> None:
+        self.raster = str(raster)
+        if not os.path.exists(self.raster):
+            raise FileNotFoundError(f"target raster {self.raster} does not exist")
+
+    def open_scene(self, crs, transform: Affine, width: int, height: int) -> _SceneTarget:
+        return _SceneTarget(self, crs, transform, width, height)
+
+
+class _SceneTarget:
+    def __init__(self, source: TargetSource, crs, transform, width, height):
+        import rasterio
+        from rasterio.enums import Resampling
+        from rasterio.vrt import WarpedVRT
+
+        self.width = width
+        self._src = rasterio.open(source.raster)
+        if self._src.crs is None:
+            self._src.close()
+            raise ValueError(f"target raster {source.raster} has no CRS; expected a "
+                             "georeferenced raster")  # fmt: skip
+        # Bilinear, not nearest: a continuous field is interpolated onto the chip grid; GDAL
+        # leaves nodata out of the interpolation and marks outside pixels invalid in read_masks.
+        self._vrt = WarpedVRT(self._src, crs=crs, transform=transform, width=width,
+                              height=height, resampling=Resampling.bilinear)  # fmt: skip
+
+    def read_strip(self, row0: int, rows: int) -> np.ndarray:
+        """Targets ``(rows, width)`` float32, NaN where unknown."""
+        from rasterio.windows import Window
+
+        window = Window(0, row0, self.width, rows)
+        data = self._vrt.read(1, window=window).astype(np.float32)
+        data[self._vrt.read_masks(1, window=window) == 0] = np.nan
+        data[~np.isfinite(data)] = np.nan
+        return data
+
+    def close(self) -> None:
+        self._vrt.close()
+        self._src.close()

@@ -84,13 +84,15 @@ class _ShardSink:
     def __init__(self, split_names: Sequence[str], staging: Path, *, target_bytes: int,
                  rows_per_shard: int | None = None, compression_level: int = 3,
                  labelled: bool = False, masked: bool = False,
-                 time_series: bool = False):  # fmt: skip
+                 time_series: bool = False, targeted: bool = False):  # fmt: skip
         self.staging, self.target_bytes = staging, target_bytes
         self.rows_per_shard, self.compression_level = rows_per_shard, compression_level
         schema = SHARD_SCHEMA.append(LABEL_FIELD) if labelled else SHARD_SCHEMA
         schema = schema.append(VALID_MASK_FIELD)
         schema = schema.append(FRAME_DATETIMES_FIELD) if time_series else schema
-        self.schema = schema.append(MASK_FIELD) if masked else schema
+        schema = schema.append(MASK_FIELD) if masked else schema
+        # float32 bytes per pixel, NaN = unknown (masks.TargetSource)
+        self.schema = schema.append(pa.field("target", pa.binary())) if targeted else schema
         self.rows: dict[str, list[dict[str, Any]]] = {s: [] for s in split_names}
         self.nbytes = dict.fromkeys(split_names, 0)
         self.files: dict[str, list[dict[str, Any]]] = {s: [] for s in split_names}  # staged

@@ -98,6 +98,7 @@ def write_shards(
     label_field: str | None = None,
     mask_label_names: Sequence[str] | None = None,
     num_frames: int | None = None,
+    target_raster: str | os.PathLike | None = None,
 ) -> WriteSummary:
     r"""Cut rasters into chips and write a Hub-ready Parquet dataset to ``output_dir``.
 
@@ -148,6 +149,11 @@ def write_shards(
             distinct values, or ``mask_label_names``). Each chip then gets a ``mask`` column
             (uint8 bytes, 255 = unlabelled); the class names go to ``geofm_dataset.json``
             under ``mask_label_names``.
+        target_raster: a continuous raster (its first band: elevation, NDVI, biomass ...) for
+            pixel-wise regression, on this or any grid, reprojected bilinear. Each chip then
+            gets a ``target`` column (float32 bytes, chip_size x chip_size, NaN = unknown: the
+            raster's nodata, NaN or outside it); ``geofm_dataset.json`` describes it under
+            ``regression_target``.
         num_frames: write time series: the scenes on one grid are the dates of one footprint,
             and each chip is ``(num_frames, C, H, W)``, its frames in date order (dates from
             the file names), with a ``(T, H, W)`` ``valid_mask`` and ``frame_datetimes``. A
@@ -165,6 +171,14 @@ def write_shards(
     _check_arguments(chip_size, stride, max_nodata_fraction, split, resampling, labels,
                      label_names, num_frames, label_raster, label_vector, sensor)  # fmt: skip
     masks = _mask_source(label_raster, label_vector, label_field, mask_label_names)
+    targets = None
+    if target_raster is not None:
+        if num_frames is not None:
+            raise ValueError("num_frames (time series) cannot be combined with target_raster: "
+                             "targets are written for single-date chips only")  # fmt: skip
+        from .masks import TargetSource
+
+        targets = TargetSource(target_raster)
     if bands is not None and isinstance(bands, str):
         raise BadInputError(
             "bad_argument", f"bands must be a list of names; got the string {bands!r}"
@@ -180,9 +194,11 @@ def write_shards(
     sink = _ShardSink(split_names, output_dir / STAGING_DIR,
                       target_bytes=int(target_shard_mb * 1e6), rows_per_shard=rows_per_shard,
                       compression_level=compression_level, labelled=labels is not None,
-                      masked=masks is not None, time_series=num_frames is not None)  # fmt: skip
+                      masked=masks is not None, time_series=num_frames is not None,
+                      targeted=targets is not None)  # fmt: skip
     spec = _ChipSpec(chip_size, stride, max_nodata_fraction, bands, band_names, resolution,
-                     resampling, nodata, qa_masks, split, labels, label_names, masks)  # fmt: skip
+                     resampling, nodata, qa_masks, split, labels, label_names, masks,
+                     targets)  # fmt: skip
     state = _DatasetState()
     sources = _cut_chips(scenes, scene_sensors, spec, state, policy, sink, num_frames)
     num_samples = sink.close()
@@ -383,5 +399,9 @@ def _dataset_info(spec: _ChipSpec, state: _DatasetState, sink: _ShardSink, polic
                "resampling": spec.resampling, "max_nodata_fraction": spec.max_nodata_fraction,
                **({"mask_label_names": masks.names(), "mask_ignore_index": 255,
                    "mask_class_pixels": _mask_class_pixels(state, masks.names())}
-                  if masks is not None else {})},
+                  if masks is not None else {}),
+               **({"regression_target": {
+                   "column": "target", "dtype": "float32", "shape": "chip_size x chip_size",
+                   "nodata": "NaN", "source": Path(spec.targets.raster).name,
+                   "resampling": "bilinear"}} if spec.targets is not None else {})},
     )  # fmt: skip

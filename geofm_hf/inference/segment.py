@@ -4,6 +4,8 @@ Windows of the model's input size overlap (``stride`` < window); each window's l
 weighted by a taper that is highest at the window centre (predictions near a window edge see
 less context) and summed into a staged raster one strip of windows at a time; the class map is
 the argmax of the weighted mean. Pixels no valid window covered, or with a missing band, are 255.
+A regression model (``problem_type="regression"``, ``recipes/segment.py --task regression``)
+gets the weighted mean of its predictions instead: a float32 COG, NaN where nothing predicted.
 """
 
 from __future__ import annotations
@@ -63,8 +65,10 @@ class _Blender:
     """Weighted probability sums (k bands) and weights (1) of the rows some pending window still
     covers: at most window + stride rows of the scene are held."""
 
-    def __init__(self, grid, out, k, window, weight, processor, net, device, bf16):
+    def __init__(self, grid, out, k, window, weight, processor, net, device, bf16,
+                 regression=False):  # fmt: skip
         self.grid, self.out, self.k, self.window, self.weight = grid, out, k, window, weight
+        self.regression = regression
         self.processor, self.net, self.device, self.bf16 = processor, net, device, bf16
         self.acc = np.zeros((k + 1, 0, grid.width), np.float32)
         self.r0 = 0
@@ -86,7 +90,8 @@ class _Blender:
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                              enabled=self.bf16):  # fmt: skip
             logits = self.net(inp.to(self.device)).logits.float()
-        probs = torch.softmax(logits, 1).cpu().numpy()  # (B, K, S, S)
+        # Regression outputs are values, blended as they are; class logits as probabilities.
+        probs = (logits if self.regression else torch.softmax(logits, 1)).cpu().numpy()
         k, grid = self.k, self.grid
         for (r, c, _), p, v in zip(self.batch, probs, valid):
             h = min(self.window, grid.height - r)
@@ -107,6 +112,14 @@ class _Blender:
             return
         self.grow(upto)
         part = self.acc[:, :n]
+        if self.regression:
+            covered = part[self.k] > 0
+            values = np.full(part.shape[1:], np.nan, np.float32)
+            values[covered] = part[0][covered] / part[self.k][covered]
+            self.out.write(values, 1, window=Window(0, self.r0, self.grid.width, n))
+            self.acc = self.acc[:, n:]
+            self.r0 = upto
+            return
         classes = part[: self.k].argmax(0).astype(np.uint8)
         classes[part[self.k] <= 0] = NODATA
         self.counts += np.bincount(classes[classes != NODATA], minlength=self.k)[: self.k]
@@ -145,7 +158,9 @@ def segment(
     scene-reading arguments (``band_files``, ``band_names``, ``sensor``, ``filename_pattern``,
     ``nodata``, ``qa_masks``) mean what they mean to :func:`geofm_hf.embed`: scenes are read as
     ``geofm-make-shards`` reads them, their bands matched to the model's by sensor and
-    wavelength; invalid pixels get no prediction.
+    wavelength; invalid pixels get no prediction. A regression model
+    (``config.problem_type="regression"``) writes a float32 COG of its predicted values
+    instead, nodata NaN, the target's name in the ``target`` tag, and no PNG.
     """
     import rasterio
     from tqdm.auto import tqdm
@@ -163,6 +178,7 @@ def segment(
     loaded = load_model(model, revision, cls=GeoViTMAEForSemanticSegmentation)
     config = loaded.model.config
     names = [config.id2label[i] for i in range(config.num_labels)]
+    regression = config.problem_type == "regression"
     if len(names) >= NODATA:
         raise ValueError(f"at most {NODATA} classes fit a uint8 map: found {len(names)}.")
     window = loaded.image_size
@@ -203,9 +219,14 @@ def segment(
                                dtype="uint8", nodata=NODATA, crs=grid.crs,
                                transform=grid.transform, tiled=True, blockxsize=256,
                                blockysize=256, BIGTIFF="IF_SAFER")  # fmt: skip
+                if regression:
+                    profile.update(dtype="float32", nodata=float("nan"))
                 with rasterio.open(final, "w", **profile) as out:
-                    colors = (class_colors(k) * 255).astype(int)
-                    out.write_colormap(1, {i: (*map(int, colors[i]), 255) for i in range(k)})
+                    if regression:
+                        out.update_tags(target=names[0])
+                    else:
+                        colors = (class_colors(k) * 255).astype(int)
+                        out.write_colormap(1, {i: (*map(int, colors[i]), 255) for i in range(k)})
                     out.update_tags(class_names=",".join(names), model_id=loaded.model_id,
                                     model_revision=str(loaded.revision), stride=stride,
                                     window=window, source=grid.source,
@@ -213,7 +234,7 @@ def segment(
                                     model_bands=",".join(grid.band_names),
                                     wavelengths_um=",".join(map(str, grid.wavelengths_um or [])))  # fmt: skip
                     blender = _Blender(grid, out, k, window, weight, loaded.processor, net,
-                                       torch_device, bf16)  # fmt: skip
+                                       torch_device, bf16, regression)  # fmt: skip
                     current = None
                     for r, c, pix in iter_windows(grid, window, stride):
                         if r != current:
@@ -234,8 +255,9 @@ def segment(
                 write_cog(final, dst)
                 outputs.append(str(dst))
                 total = max(int(counts.sum()), 1)
-                fractions = fractions or {n: float(c / total) for n, c in zip(names, counts)}
-                if preview and preview_path is None:
+                if not regression:
+                    fractions = fractions or {n: float(c / total) for n, c in zip(names, counts)}
+                if preview and preview_path is None and not regression:
                     preview_path = str(dst.with_suffix(".png"))
                     _save_map_png(dst, names, preview_path)
             except BadInputError as err:
@@ -313,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     shares = ", ".join(f"{n} {100 * f:.0f}%" for n, f in summary.class_fractions.items())
     print(f"{summary.num_windows} windows -> {', '.join(summary.output)}"
           + (f" + {summary.preview}" if summary.preview else "")
-          + f" in {summary.seconds:.1f} s; classes: {shares}; skipped: {summary.skipped}")  # fmt: skip
+          + f" in {summary.seconds:.1f} s; "
+          + (f"classes: {shares}; " if shares else "")
+          + f"skipped: {summary.skipped}")  # fmt: skip
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Segmentation shards (``geofm-make-shards --labels / --labels-vector``) -> arrays in memory."""
+"""Segmentation shards (``geofm-make-shards --labels / --labels-vector``) and regression shards
+(``--targets``) -> arrays in memory."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import numpy as np
 
 from ..data.format import BadInputError
 
-__all__ = ["SegmentationDataError", "SegmentationSplit", "load_segmentation_split"]
+__all__ = [
+    "SegmentationDataError",
+    "SegmentationSplit",
+    "load_regression_split",
+    "load_segmentation_split",
+]
 
 _CHIP = re.compile(r"_r(\d+)_c(\d+)$")
 
@@ -33,7 +39,8 @@ _UNLABELLED = (
 @dataclass
 class SegmentationSplit:
     """One split: ``images`` ``(N, C, H, W)``, ``masks`` ``(N, H, W)`` uint8 (``ignore_index`` =
-    unlabelled), class and band names, and each chip's pixel offset in its scene."""
+    unlabelled; for regression float32 targets, NaN = unknown), class (or target) and band
+    names, and each chip's pixel offset in its scene."""
 
     images: np.ndarray
     masks: np.ndarray
@@ -50,22 +57,44 @@ class SegmentationSplit:
 def load_segmentation_split(source: str | Path, split: str, revision: str | None = None,
                             mask_column: str = "mask") -> SegmentationSplit:  # fmt: skip
     """Load ``split`` of a local folder or Hub dataset of segmentation shards."""
+    source, info, table = _read_split(source, split, revision, "mask_label_names",
+                                      "geofm-make-shards --labels or --labels-vector")  # fmt: skip
+    return _split_of(table, mask_column, np.uint8, list(info.extra["mask_label_names"]),
+                     info, int(info.extra.get("mask_ignore_index", 255)), source, split)  # fmt: skip
+
+
+def load_regression_split(source: str | Path, split: str, revision: str | None = None,
+                          target_column: str = "target") -> SegmentationSplit:  # fmt: skip
+    """Load ``split`` of a dataset of regression shards (``geofm-make-shards --targets``): the
+    split's ``masks`` are then the float32 targets, NaN where unknown, and ``label_names`` the
+    target's one name (its column)."""
+    source, info, table = _read_split(source, split, revision, "regression_target",
+                                      "geofm-make-shards --targets RASTER")  # fmt: skip
+    return _split_of(table, target_column, np.float32, [target_column], info, -1, source, split)
+
+
+def _read_split(source, split, revision, key: str, writer: str):
+    """``(source, dataset info, split table)``, refusing datasets without ``key`` in their info
+    (written without per-pixel labels) and empty or missing splits."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..data import decode_batch, read_dataset_info
+    from ..data import read_dataset_info
 
     local = Path(source)
     source = local if local.is_dir() else str(source)
     info = read_dataset_info(source, revision=revision)
-    names = info.extra.get("mask_label_names")
-    if "mask_label_names" in info.extra and not names:
+    if key == "mask_label_names" and key in info.extra and not info.extra[key]:
         # Written with labels that gave no class anywhere: the masks exist, all unlabelled.
         raise SegmentationDataError(_UNLABELLED.format(source=source))
-    if not names:
+    if not info.extra.get(key):
+        other = "mask_label_names" if key == "regression_target" else "regression_target"
+        task = "segmentation" if key == "regression_target" else "regression"
         raise SegmentationDataError(
-            f"{source}: geofm_dataset.json has no mask_label_names, so its shards hold no masks; "
-            "expected shards written with geofm-make-shards --labels or --labels-vector."
+            f"{source}: geofm_dataset.json has no {key}, so its shards hold no per-pixel "
+            f"{'targets' if key == 'regression_target' else 'masks'}; expected shards written "
+            f"with {writer}"
+            + (f" (its shards suit --task {task})." if info.extra.get(other) else ".")
         )
     if split not in info.shards:
         raise SegmentationDataError(
@@ -85,25 +114,28 @@ def load_segmentation_split(source: str | Path, split: str, revision: str | None
         raise SegmentationDataError(
             f"{source} split {split!r} is empty: expected at least one chip."
         )
-    if mask_column not in table.column_names:
-        raise SegmentationDataError(
-            f"{source}: no {mask_column!r} column; found {table.column_names}"
-        )
+    return source, info, table
+
+
+def _split_of(table, column: str, dtype, names: list[str], info, ignore_index: int,
+              source, split: str) -> SegmentationSplit:  # fmt: skip
+    from ..data import decode_batch
+
+    if column not in table.column_names:
+        raise SegmentationDataError(f"{source}: no {column!r} column; found {table.column_names}")
     images = decode_batch(table)
     side = images.shape[-1]
-    masks = np.frombuffer(b"".join(table.column(mask_column).to_pylist()), dtype=np.uint8)
+    masks = np.frombuffer(b"".join(table.column(column).to_pylist()), dtype=dtype)
     masks = masks.reshape(len(images), images.shape[-2], side).copy()
-    ignore_index = int(info.extra.get("mask_ignore_index", 255))
-    if (masks == ignore_index).all():
-        raise SegmentationDataError(
-            _UNLABELLED.format(source=source).replace("its masks", f"the masks of split {split!r}")
-        )
+    if dtype == np.uint8 and (masks == ignore_index).all():  # class masks, none labelled
+        raise SegmentationDataError(_UNLABELLED.format(source=source).replace(
+            "its masks", f"the masks of split {split!r}"))  # fmt: skip
     offsets = []
     for chip_id in table.column("chip_id").to_pylist():
         m = _CHIP.search(chip_id)
         offsets.append((int(m.group(1)), int(m.group(2))) if m else (-1, -1))
     return SegmentationSplit(
-        images=images, masks=masks, label_names=list(names), band_names=list(info.band_names),
-        ignore_index=ignore_index,
-        offsets=np.array(offsets, dtype=np.int64), sources=table.column("source").to_pylist(),
+        images=images, masks=masks, label_names=names, band_names=list(info.band_names),
+        ignore_index=ignore_index, offsets=np.array(offsets, dtype=np.int64),
+        sources=table.column("source").to_pylist(),
     )  # fmt: skip

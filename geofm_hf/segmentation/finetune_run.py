@@ -91,7 +91,16 @@ def _prediction_png(args, test, pred, metrics, output_dir: Path) -> str | None:
 
 def run_segmentation(args: SegmentArguments) -> dict:
     """Fine-tune ``args.model_name_or_path`` for segmentation, evaluate, save; returns the results
-    record (also in ``OUTPUT_DIR/results.json``; empty on other ranks)."""
+    record (also in ``OUTPUT_DIR/results.json``; empty on other ranks). ``--task regression``
+    runs :func:`~geofm_hf.segmentation.regression_run.run_regression` instead."""
+    from ..training.arguments import ArgumentError
+
+    if args.task == "regression":
+        from .regression_run import run_regression
+
+        return run_regression(args)
+    if args.task != "segmentation":
+        raise ArgumentError(f"--task must be segmentation or regression: found {args.task!r}.")
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 

@@ -1,5 +1,6 @@
 """Segmentation scores through the shipped ``mean_iou`` module, the majority-class baseline, the
-run's ``results.json`` record and the card's model-index."""
+run's ``results.json`` record and the card's model-index; for pixel-wise regression RMSE, MAE
+and R2 with bootstrap intervals over chips, and the mean-target baseline."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import numpy as np
 
 __all__ = [
     "majority_class_baseline",
+    "mean_target_baseline",
+    "regression_metrics",
+    "regression_record",
     "segmentation_metrics",
     "segmentation_record",
     "update_segmentation_card",
@@ -95,3 +99,81 @@ def update_segmentation_card(card_dir: str | os.PathLike, results: dict[str, Any
                                        ("pixel_accuracy", "accuracy", "Pixel accuracy"))
     ]  # fmt: skip
     return merge_eval_results(card_dir, rows, record=record)
+
+
+def _regression_sums(predictions: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Per chip ``(N, 5)``: known pixels, sum of squared and of absolute errors, sum of the
+    targets and of their squares (NaN targets unknown); what RMSE, MAE and R2 add up from."""
+    known = np.isfinite(references)
+    ref = np.where(known, references, 0.0).astype(np.float64)
+    err = np.where(known, predictions.astype(np.float64) - ref, 0.0)
+    axes = tuple(range(1, references.ndim))
+    return np.stack([known.sum(axes), (err**2).sum(axes), np.abs(err).sum(axes), ref.sum(axes),
+                     (ref**2).sum(axes)], axis=1)  # fmt: skip
+
+
+def _scores(sums: np.ndarray) -> np.ndarray:
+    """``(..., 5)`` pooled sums -> ``(..., 3)`` RMSE, MAE, R2 over every known pixel."""
+    n, sse, sae, s, s2 = np.moveaxis(sums, -1, 0)
+    n = np.maximum(n, 1)
+    total = s2 - s * s / n  # sum of squares about the mean
+    r2 = np.where(total > 0, 1 - sse / np.where(total > 0, total, 1), np.nan)
+    return np.stack([np.sqrt(sse / n), sae / n, r2], axis=-1)
+
+
+def regression_metrics(predictions, references, *, resamples: int | None = None,
+                       level: float = 0.95, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """``rmse``, ``mae`` and ``r2`` over the known pixels (finite references) of ``(N, H, W)``
+    predictions and references, each with a percentile-bootstrap interval over chips (pixels of
+    one chip are not independent, so chips, not pixels, are resampled), and ``num_pixels``."""
+    from ..classification.stats import BOOTSTRAP_RESAMPLES
+
+    sums = _regression_sums(np.asarray(predictions), np.asarray(references))
+    if sums[:, 0].sum() == 0:
+        raise ValueError("regression metrics need at least one known (finite) target pixel: "
+                         "found none.")  # fmt: skip
+    rmse, mae, r2 = _scores(sums.sum(0))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(sums), size=(resamples or BOOTSTRAP_RESAMPLES, len(sums)))
+    boot = _scores(sums[idx].sum(1))  # (resamples, 3)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.nanpercentile(boot, [tail, 100 - tail], axis=0)
+    out: dict[str, Any] = {"num_pixels": int(sums[:, 0].sum()), "bootstrap_level": level}
+    for i, name in enumerate(("rmse", "mae", "r2")):
+        value = (rmse, mae, r2)[i]
+        out[name] = None if np.isnan(value) else float(value)
+        out[f"{name}_ci"] = [float(lo[i]), float(hi[i])]
+    return out
+
+
+def mean_target_baseline(train, test) -> dict[str, Any]:
+    """The scores on ``test`` of predicting the training targets' mean everywhere: what a model
+    must beat to have learnt anything (its R2 is at most 0)."""
+    mean = float(np.nanmean(train.masks))
+    return {"mean": mean, **regression_metrics(np.full_like(test.masks, mean), test.masks)}
+
+
+def regression_record(*, metrics: dict[str, Any], baseline: dict[str, Any], args: Any, train,
+                      test, bands, **extra: Any) -> dict[str, Any]:  # fmt: skip
+    """The ``results.json`` record of a pixel-wise regression run, as
+    :func:`segmentation_record` is a segmentation run's."""
+    from ..classification.results import run_fields
+
+    return {
+        **metrics,
+        "task": "regression",
+        "mean_target": baseline["mean"],
+        "mean_target_rmse": baseline["rmse"],
+        "mean_target_mae": baseline["mae"],
+        "protocol": "pixel-wise regression fine-tune",
+        "random_init": args.random_init,
+        **run_fields(
+            args,
+            train=train,
+            test=test,
+            num_classes=1,
+            bands_used=bands.bands_used,
+            band_subset=bands.band_subset,
+        ),
+        **extra,
+    }
