@@ -239,7 +239,7 @@ def read_geobench_task(root, *, sensor: str | None = None) -> GeoBenchTask:
     if missing:
         raise GeoBenchError(f"{root / STATS_FILE} has no statistics for bands {missing}.")
     num_classes = None
-    if "label" in stats and segmentation:
+    if isinstance(stats.get("label"), dict) and "max" in stats["label"]:
         num_classes = int(stats["label"]["max"]) + 1
     return GeoBenchTask(
         root=root, name=root.name, partition={s: list(partition.get(s, [])) for s in SPLITS},
