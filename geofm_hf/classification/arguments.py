@@ -27,10 +27,17 @@ class ClassificationArguments:
     """Model, dataset and band options common to the probe, fine-tune and segmentation runs."""
 
     model_name_or_path: str = field(metadata={"help": "Local export or Hub model repo id."})
-    dataset_name_or_path: str = field(
-        metadata={"help": "geofm shards (folder/Hub), image folder, or a datasets repo."}
-    )
     output_dir: str = field(metadata={"help": "Where results.json, the PNG and any model go."})
+    # Optional only because --geobench_task can name the data instead: one of the two is needed.
+    dataset_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "geofm shards (folder/Hub), image folder, or a datasets repo."},
+    )
+    geobench_task: str | None = field(
+        default=None,
+        metadata={"help": "A GEO-Bench task folder (e.g. classification_v1.0/m-eurosat): its "
+                  "default partition's train/valid/test; results add GEO-Bench's IQM."},
+    )  # fmt: skip
     revision: str | None = field(default=None, metadata={"help": "Model revision (Hub only)."})
     dataset_revision: str | None = field(default=None, metadata={"help": "Dataset revision."})
     dataset_name: str | None = field(default=None, metadata={"help": "Display name of the data."})
@@ -59,6 +66,23 @@ class ClassificationArguments:
     feature: str = field(default="cls", metadata={"help": "'cls' token or 'mean' of patches."})
     per_device_eval_batch_size: int = 64
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        from ..training.arguments import ArgumentError
+
+        if self.geobench_task is not None:
+            if self.dataset_name_or_path not in (None, self.geobench_task):
+                raise ArgumentError(
+                    f"--geobench_task {self.geobench_task} and --dataset_name_or_path "
+                    f"{self.dataset_name_or_path} both name the data: expected one of them."
+                )
+            # The task folder is the run's dataset wherever a run names it (results, card, cache).
+            self.dataset_name_or_path = self.geobench_task
+        if self.dataset_name_or_path is None:
+            raise ArgumentError(
+                "no dataset: expected --dataset_name_or_path (shards, image folder or datasets "
+                "repo) or --geobench_task (a GEO-Bench task folder)."
+            )
 
 
 @dataclass

@@ -28,6 +28,7 @@ __all__ = [
     "ClassificationSplit",
     "check_splits",
     "load_classification_split",
+    "load_geobench_train_test",
     "load_train_test",
 ]
 
@@ -145,12 +146,53 @@ def check_splits(train: ClassificationSplit, test: ClassificationSplit) -> None:
 def load_train_test(args) -> tuple[ClassificationSplit, ClassificationSplit]:
     """The train and test splits a run's arguments name (a
     :class:`~geofm_hf.classification.ClassificationArguments`), checked by :func:`check_splits`."""
+    if getattr(args, "geobench_task", None):
+        train, test = load_geobench_train_test(args)
+        check_splits(train, test)
+        return train, test
     load = dict(revision=args.dataset_revision, image_column=args.image_column,
                 label_column=args.label_column, band_names=args.band_names)  # fmt: skip
     train = load_classification_split(args.dataset_name_or_path, args.train_split, **load)
     test = load_classification_split(args.dataset_name_or_path, args.test_split, **load)
     check_splits(train, test)
     return train, test
+
+
+def load_geobench_train_test(args) -> tuple[ClassificationSplit, ClassificationSplit]:
+    """The ``args.train_split`` and ``args.test_split`` of the GEO-Bench classification task
+    ``args.geobench_task`` (its ``default_partition.json``), bands in our sensor tables' names.
+
+    The task's sensor becomes ``args.dataset_sensor`` when none is given, so that the band
+    matching goes by the sensor's wavelengths. Classes are ``0 .. K-1``: K from
+    ``band_stats.json``'s ``label`` maximum, else from the labels of both splits.
+    """
+    from ..data.geobench import GeoBenchError, read_geobench_split
+
+    try:
+        read = [read_geobench_split(args.geobench_task, s, sensor=args.dataset_sensor)
+                for s in (args.train_split, args.test_split)]  # fmt: skip
+    except GeoBenchError as err:
+        raise ClassificationDataError(str(err)) from None
+    task = read[0].task
+    if task.label_type != "classification":
+        raise ClassificationDataError(
+            f"{task.root} is a GEO-Bench {task.label_type} task: expected a classification task "
+            "(one class a sample) here; run recipes/segment.py on it."
+        )
+    args.dataset_sensor = args.dataset_sensor or task.sensor
+    num_classes = task.num_classes or max(int(r.labels.max()) for r in read) + 1
+    out = []
+    for split, r in zip((args.train_split, args.test_split), read):
+        if r.labels.max() >= num_classes:
+            raise ClassificationDataError(
+                f"{task.root} (split {split!r}): labels up to {int(r.labels.max())} for "
+                f"{num_classes} classes ({task.root.name}/band_stats.json's label maximum)."
+            )
+        out.append(ClassificationSplit(
+            images=r.images, labels=r.labels, label_names=[str(k) for k in range(num_classes)],
+            band_names=list(task.band_names), source=f"{task.root} (split {split!r})",
+        ))  # fmt: skip
+    return out[0], out[1]
 
 
 def _is_geofm_hub_dataset(repo_id: str, revision: str | None) -> bool:

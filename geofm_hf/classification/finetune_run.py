@@ -21,6 +21,7 @@ from .bands import match_splits_to_model, restrict_to_bands
 from .data import load_train_test
 from .finetune import mixup_cutmix
 from .finetune_loop import flip_rotate, predict, preprocess_split, train_loop
+from .geobench import geobench_aggregate
 from .metrics import classification_metrics, confusion_matrix, save_confusion_matrix_png
 from .model_source import load_pretrained
 from .results import (
@@ -132,6 +133,11 @@ def run_finetune(args: FinetuneArguments) -> dict:
             steps=first.steps, global_batch=first.global_batch,
             seconds=round(time.perf_counter() - start, 2),
         )  # fmt: skip
+        if args.geobench_task:
+            results["geobench"] = geobench_aggregate(
+                args.geobench_task, "top1", summary["top1_per_seed"], seeds=seeds,
+                resamples=args.bootstrap_resamples, seed=args.seed,
+            )  # fmt: skip
         write_results(output_dir, results)
         record = fine_tuned_record(
             saved,

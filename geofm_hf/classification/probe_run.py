@@ -25,6 +25,7 @@ from .features import (
     feature_cache_key,
     load_or_extract_features,
 )
+from .geobench import geobench_aggregate
 from .knn import knn_scores
 from .metrics import classification_metrics, confusion_matrix, save_confusion_matrix_png
 from .model_source import ModelSource, load_pretrained
@@ -227,6 +228,11 @@ def run_probe(args: ProbeArguments) -> dict:
         seconds=round(time.perf_counter() - start, 2),
     )  # fmt: skip
     results["feature"] = feature  # the feature actually probed ("auto" is in args)
+    if args.geobench_task:
+        results["geobench"] = geobench_aggregate(
+            args.geobench_task, "top1", summaries[primary]["top1_per_seed"],
+            seeds=summaries[primary]["seeds"], resamples=args.bootstrap_resamples, seed=args.seed,
+        )  # fmt: skip
     write_results(output_dir, results)
 
     # ---- model card model-index

@@ -14,6 +14,7 @@ from ..data.format import BadInputError
 __all__ = [
     "SegmentationDataError",
     "SegmentationSplit",
+    "load_geobench_segmentation_split",
     "load_regression_split",
     "load_segmentation_split",
 ]
@@ -139,3 +140,37 @@ def _split_of(table, column: str, dtype, names: list[str], info, ignore_index: i
         ignore_index=ignore_index, offsets=np.array(offsets, dtype=np.int64),
         sources=table.column("source").to_pylist(),
     )  # fmt: skip
+
+
+def load_geobench_segmentation_split(
+    root: str | Path, split: str, sensor: str | None = None
+) -> tuple[SegmentationSplit, str | None]:
+    """``split`` of the GEO-Bench segmentation task folder ``root`` (its default partition), and
+    the sensor its bands belong to. Classes are ``0 .. K-1``, K from ``band_stats.json``'s
+    ``label`` maximum (else the masks'); GEO-Bench masks have no unlabelled value, so
+    ``ignore_index`` is 255, a value no class takes."""
+    from ..data.geobench import GeoBenchError, read_geobench_split
+
+    try:
+        read = read_geobench_split(root, split, sensor=sensor)
+    except GeoBenchError as err:
+        raise SegmentationDataError(str(err)) from None
+    task = read.task
+    if task.label_type != "segmentation":
+        raise SegmentationDataError(
+            f"{task.root} is a GEO-Bench {task.label_type} task: expected a segmentation task "
+            "(a label mask a sample) here; run recipes/linear_probe.py or finetune.py on it."
+        )
+    num_classes = task.num_classes or int(read.labels.max()) + 1
+    if num_classes > 255 or read.labels.min() < 0 or read.labels.max() >= num_classes:
+        raise SegmentationDataError(
+            f"{task.root} (split {split!r}): mask values {int(read.labels.min())}.."
+            f"{int(read.labels.max())}: expected class indices 0..{num_classes - 1} (< 255)."
+        )
+    out = SegmentationSplit(
+        images=read.images, masks=read.labels.astype(np.uint8),
+        label_names=[str(k) for k in range(num_classes)], band_names=list(task.band_names),
+        ignore_index=255, offsets=np.full((len(read), 2), -1, dtype=np.int64),
+        sources=[f"{task.root.name}/{n}" for n in read.sample_names],
+    )  # fmt: skip
+    return out, task.sensor

@@ -18,11 +18,16 @@ import torch
 
 from ..classification.bands import match_splits_to_model
 from ..classification.finetune_loop import flip_rotate, predict, preprocess_split, train_loop
+from ..classification.geobench import geobench_aggregate
 from ..classification.model_source import load_pretrained
 from ..classification.results import dataset_label, fine_tuned_record, write_results
 from ..training.arguments import check_output_dir_writable, end_training
 from .arguments import SegmentArguments
-from .data import SegmentationDataError, load_segmentation_split
+from .data import (
+    SegmentationDataError,
+    load_geobench_segmentation_split,
+    load_segmentation_split,
+)
 from .results import (
     majority_class_baseline,
     segmentation_metrics,
@@ -44,9 +49,19 @@ def _segmentation_loss(args: SegmentArguments):
 
 
 def _load_splits(args: SegmentArguments):
-    load = dict(revision=args.dataset_revision, mask_column=args.label_column)
-    train = load_segmentation_split(args.dataset_name_or_path, args.train_split, **load)
-    test = load_segmentation_split(args.dataset_name_or_path, args.test_split, **load)
+    if args.geobench_task:
+        train, sensor = load_geobench_segmentation_split(
+            args.geobench_task, args.train_split, args.dataset_sensor
+        )
+        test, _ = load_geobench_segmentation_split(
+            args.geobench_task, args.test_split, args.dataset_sensor
+        )
+        # The band matching reads the sensor here: GEO-Bench's bands go by its wavelengths.
+        args.dataset_sensor = args.dataset_sensor or sensor
+    else:
+        load = dict(revision=args.dataset_revision, mask_column=args.label_column)
+        train = load_segmentation_split(args.dataset_name_or_path, args.train_split, **load)
+        test = load_segmentation_split(args.dataset_name_or_path, args.test_split, **load)
     if train.label_names != test.label_names:
         raise SegmentationDataError(f"train and test classes differ: {train.label_names} vs "
                                     f"{test.label_names}")  # fmt: skip
@@ -143,6 +158,10 @@ def run_segmentation(args: SegmentArguments) -> dict:
             train_loss_per_epoch=loop.losses, steps=loop.steps,
             seconds=round(time.perf_counter() - start, 2),
         )  # fmt: skip
+        if args.geobench_task:
+            results["geobench"] = geobench_aggregate(
+                args.geobench_task, "mean_iou", [metrics["mean_iou"]], seeds=[args.seed]
+            )
         write_results(output_dir, results, required=("mean_iou", "pixel_accuracy"))
         record = fine_tuned_record(
             unwrapped,
