@@ -184,3 +184,40 @@ def test_missing_dates_exit_2_with_one_line(series, tmp_path):
     lines = [line for line in done.stderr.splitlines() if "temporal_encoding" in line]
     assert len(lines) == 1 and "Traceback" not in done.stderr
     assert "YYYYMMDD" in lines[0]
+
+
+def test_finetune_on_a_time_series_dataset_passes_dates_and_places(series, export, tmp_path):
+    import finetune
+
+    from geofm_hf import GeoViTMAEForImageClassification
+
+    out = tmp_path / "ft"
+    results = finetune.main([
+        "--model_name_or_path", str(export), "--dataset_name_or_path", str(series),
+        "--output_dir", str(out), "--num_train_epochs", "2", "--warmup_epochs", "1",
+        "--per_device_train_batch_size", "32", "--mixup_alpha", "0.2", "--seeds", "1",
+        "--bootstrap_resamples", "10",
+    ])  # fmt: skip
+    assert 0 <= results["top1"] <= 1
+    model = GeoViTMAEForImageClassification.from_pretrained(out).eval()
+    assert model.config.num_frames == FRAMES and model.config.temporal_encoding
+    # The saved classifier's logits depend on the dates it is given.
+    pixels = torch.randn(2, FRAMES, 3, 16, 16)
+    dates = torch.tensor([[[2008.0, 120], [2008, 150]]] * 2)
+    with torch.no_grad():
+        a = model(pixels, temporal_coords=dates).logits
+        b = model(pixels, temporal_coords=dates + torch.tensor([4.0, 90])).logits
+    assert not torch.allclose(a, b, atol=1e-5)
+
+
+def test_finetune_refuses_a_series_model_without_series(series, tmp_path):
+    import finetune
+
+    single = tmp_path / "single"
+    write_shards(sorted(LANDSAT.iterdir())[:2], single, chip_size=CHIP, stride=CHIP,
+                 max_nodata_fraction=1.0, split={"train": 0.5, "test": 0.5})  # fmt: skip
+    _label(single)
+    ts = _export(tmp_path / "ts", series)
+    with pytest.raises(ClassificationDataError, match=r"series of 2 frames .* --num-frames 2"):
+        finetune.main(["--model_name_or_path", str(ts), "--dataset_name_or_path", str(single),
+                       "--output_dir", str(tmp_path / "o")])  # fmt: skip
