@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -59,6 +60,19 @@ def series(tmp_path_factory):
     write_shards(LANDSAT, out, chip_size=CHIP, stride=CHIP, max_nodata_fraction=0.3,
                  num_frames=FRAMES, rows_per_shard=64, split={"train": 0.5, "test": 0.5})  # fmt: skip
     return _label(out)
+
+
+def _undate(series: Path, out: Path) -> Path:
+    """A copy of ``series`` whose chips have no date (as from file names without one)."""
+    shutil.copytree(series, out)
+    for file in (out / "data").glob("*.parquet"):
+        table = pq.read_table(file)
+        for name in ("frame_datetimes", "datetime"):
+            index = table.schema.get_field_index(name)
+            column = pa.nulls(table.num_rows, table.schema.field(name).type)
+            table = table.set_column(index, name, column)
+        pq.write_table(table, file)
+    return out
 
 
 def _export(path: Path, series: Path, **overrides) -> Path:
@@ -159,11 +173,7 @@ def test_a_model_that_needs_dates_says_so(series, tmp_path):
     with pytest.raises(ClassificationDataError, match=r"single images .* series of 2 frames"):
         linear_probe.main(_args(one, series, tmp_path / "b"))
     # Dates removed from the series: the date-encoding model names what is missing.
-    undated = tmp_path / "undated"
-    shutil.copytree(series, undated)
-    for file in (undated / "data").glob("*.parquet"):
-        table = pq.read_table(file)
-        pq.write_table(table.drop_columns(["frame_datetimes", "datetime"]), file)
+    undated = _undate(series, tmp_path / "undated")
     with pytest.raises(ClassificationDataError, match=r"encodes dates \(temporal_encoding=True\)"):
         linear_probe.main(_args(ts, undated, tmp_path / "c"))
 
@@ -171,11 +181,7 @@ def test_a_model_that_needs_dates_says_so(series, tmp_path):
 def test_missing_dates_exit_2_with_one_line(series, tmp_path):
     import subprocess
 
-    undated = tmp_path / "undated"
-    shutil.copytree(series, undated)
-    for file in (undated / "data").glob("*.parquet"):
-        table = pq.read_table(file)
-        pq.write_table(table.drop_columns(["frame_datetimes", "datetime"]), file)
+    undated = _undate(series, tmp_path / "undated")
     ts = _export(tmp_path / "ts", series)
     script = Path(__file__).resolve().parents[1] / "recipes" / "linear_probe.py"
     done = subprocess.run([sys.executable, str(script), *_args(ts, undated, tmp_path / "o")],
@@ -221,3 +227,56 @@ def test_finetune_refuses_a_series_model_without_series(series, tmp_path):
     with pytest.raises(ClassificationDataError, match=r"series of 2 frames .* --num-frames 2"):
         finetune.main(["--model_name_or_path", str(ts), "--dataset_name_or_path", str(single),
                        "--output_dir", str(tmp_path / "o")])  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- geofm-embed
+def _redate(series: Path, out: Path) -> Path:
+    """A copy of ``series`` whose every date is three years later."""
+    shutil.copytree(series, out)
+    for file in (out / "data").glob("*.parquet"):
+        table = pq.read_table(file)
+        dates = [[d.replace("2008", "2011") for d in row] for row in
+                 table.column("frame_datetimes").to_pylist()]  # fmt: skip
+        index = table.schema.get_field_index("frame_datetimes")
+        pq.write_table(table.set_column(index, "frame_datetimes", pa.array(dates)), file)
+    return out
+
+
+def _embeddings(path: Path) -> dict:
+    table = pq.read_table(path)
+    keys = zip(table.column("source").to_pylist(), table.column("row").to_pylist(),
+               table.column("col").to_pylist())  # fmt: skip
+    return dict(zip(keys, np.asarray(table.column("embedding").to_pylist())))
+
+
+def test_embed_a_time_series_shard_dataset_with_dates_and_places(series, export, tmp_path):
+    import geofm_hf
+
+    summary = geofm_hf.embed(export, series, tmp_path / "e.parquet", progress=False)
+    chips = sum(len(load_classification_split(series, s)) for s in ("train", "test"))
+    assert summary.num_windows == chips
+    base = _embeddings(tmp_path / "e.parquet")
+    geofm_hf.embed(export, _redate(series, tmp_path / "redated"), tmp_path / "r.parquet",
+                   progress=False)  # fmt: skip
+    redated = _embeddings(tmp_path / "r.parquet")
+    assert base.keys() == redated.keys()
+    changed = [not np.allclose(base[k], redated[k], atol=1e-4) for k in base]
+    # The chips with a 2008 frame were re-dated: their embeddings moved.
+    assert any(changed)
+
+
+def test_embed_refuses_what_the_model_cannot_take(series, tmp_path, capsys):
+    from geofm_hf.inference.embed import main
+
+    undated = _undate(series, tmp_path / "undated")
+    ts = _export(tmp_path / "ts", series)
+    one = _export(tmp_path / "one", series, num_frames=1)
+    cases = [
+        (ts, undated, r"encodes dates \(temporal_encoding=True\) .*YYYYMMDD"),
+        (one, series, r"takes single images .* holds series of 2 frames"),
+        (ts, sorted(LANDSAT.iterdir())[0], r"series of 2 frames and dates and places .* --num-frames 2"),
+    ]  # fmt: skip
+    for k, (model, data, message) in enumerate(cases):
+        assert main([str(model), str(data), "-o", str(tmp_path / f"{k}.parquet")]) == 2
+        lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("geofm-embed")]
+        assert len(lines) == 1 and re.search(message, lines[0]), lines
