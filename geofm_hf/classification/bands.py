@@ -262,7 +262,9 @@ def match_splits_to_model(model, processor, splits, args) -> BandMatch:
     )  # fmt: skip
     if channels != list(range(len(names))):
         for split in splits:
-            split.images = (split.images[:, channels] if isinstance(split.images, np.ndarray)
-                            else [im[channels] for im in split.images])  # fmt: skip
+            # Channels are the third axis from the end, in single images and series alike.
+            split.images = (split.images[..., channels, :, :]
+                            if isinstance(split.images, np.ndarray)
+                            else [im[..., channels, :, :] for im in split.images])  # fmt: skip
             split.band_names = [split.band_names[i] for i in channels]
     return BandMatch(mapped, used, bool(model_bands) and len(used) < len(model_bands))

@@ -30,6 +30,7 @@ __all__ = [
     "load_classification_split",
     "load_geobench_train_test",
     "load_train_test",
+    "metadata_for_model",
 ]
 
 _IMAGE_EXTENSIONS = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}
@@ -49,12 +50,17 @@ class ClassificationSplit:
     """One split in memory.
 
     Attributes:
-        images: ``(N, C, H, W)`` array, or a list of ``(C, H, W)`` arrays when sizes differ.
+        images: ``(N, C, H, W)`` array, or a list of ``(C, H, W)`` arrays when sizes differ;
+            time series (shards written with ``num_frames``) are ``(N, T, C, H, W)``.
         labels: ``(N,)`` int64 class indices into ``label_names``.
         label_names: class names, index = label.
         band_names: names of the image channels, in order.
         source: where the split came from (path or repo id, and split name).
         skipped: images that could not be read, ``{path: reason}`` (none under on_error="raise").
+        temporal_coords: ``(N, T, 2)`` (year, day of year) of each frame, NaN where unknown;
+            ``None`` for sources that carry no dates (only our shards do).
+        location_coords: ``(N, 2)`` (latitude, longitude) of each chip's centre, NaN where
+            unknown; ``None`` for sources that carry no places.
     """
 
     images: np.ndarray | list[np.ndarray]
@@ -63,9 +69,17 @@ class ClassificationSplit:
     band_names: list[str]
     source: str
     skipped: dict[str, str] = field(default_factory=dict)
+    temporal_coords: np.ndarray | None = None
+    location_coords: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def num_frames(self) -> int:
+        """Frames per sample: T of ``(N, T, C, H, W)`` time series, 1 for single images."""
+        ndim = self.images.ndim - 1 if isinstance(self.images, np.ndarray) else self.images[0].ndim
+        return self.images[0].shape[0] if ndim == 4 else 1
 
 
 def load_classification_split(
@@ -107,7 +121,7 @@ def load_classification_split(
         out = _load_hf_dataset(str(name_or_path), split, revision, image_column, label_column)
     if band_names is not None:
         out.band_names = list(band_names)
-    channels = out.images.shape[1] if isinstance(out.images, np.ndarray) else out.images[0].shape[0]
+    channels = out.images[0].shape[-3]  # (C, H, W) or a series' (T, C, H, W)
     if len(out.band_names) != channels:
         raise ClassificationDataError(
             f"{out.source}: {len(out.band_names)} band names {out.band_names} for images with "
@@ -132,6 +146,11 @@ def check_splits(train: ClassificationSplit, test: ClassificationSplit) -> None:
     if train.band_names != test.band_names:
         raise ClassificationDataError(
             f"train and test have different bands: {train.band_names} vs {test.band_names}."
+        )
+    if train.num_frames != test.num_frames:
+        raise ClassificationDataError(
+            f"train and test hold different series: {train.num_frames} vs {test.num_frames} "
+            "frame(s) per sample."
         )
     only_test = sorted(set(test.labels.tolist()) - set(train.labels.tolist()))
     if only_test:
@@ -216,6 +235,7 @@ def _load_geofm_shards(
     import pyarrow.parquet as pq
 
     from ..data import decode_batch, read_dataset_info
+    from ..data.format import chip_metadata
 
     info = read_dataset_info(source, revision=revision)
     where = f"{source} (split {split!r})"
@@ -245,14 +265,60 @@ def _load_geofm_shards(
             f"{where} has no label column {label_column!r}: found columns {table.column_names}."
         )
     labels = _class_indices(table.column(label_column).to_pylist(), info.label_names, where)
-    images = decode_batch(table)  # (N, C, H, W) stored dtype
+    images = decode_batch(table)  # (N, C, H, W) or (N, T, C, H, W), stored dtype
+    frames = images.shape[1] if images.ndim == 5 else 1
+    # The same dates and places the pretraining stream gives a time-series model.
+    temporal, location = chip_metadata(table, np.arange(table.num_rows), frames)
     return ClassificationSplit(
         images=images,
         labels=labels,
         label_names=list(info.label_names),
         band_names=list(info.band_names),
         source=where,
+        temporal_coords=np.stack(temporal),
+        location_coords=np.stack(location),
     )
+
+
+def metadata_for_model(config, split: ClassificationSplit) -> dict[str, np.ndarray]:
+    """The ``temporal_coords`` / ``location_coords`` of ``split`` that a model of ``config``
+    encodes (none for a model without ``temporal_encoding`` / ``location_encoding``).
+
+    Raises:
+        ClassificationDataError: the split's frames per sample differ from the model's
+            ``num_frames``, or the model encodes dates or places and the split carries none.
+    """
+    frames, found = int(getattr(config, "num_frames", 1) or 1), split.num_frames
+    if found != frames:
+        held = "single images" if found == 1 else f"series of {found} frames"
+        if frames == 1:
+            todo = (f"use a time-series model (config num_frames={found}), or single-date shards "
+                    "(geofm-make-shards without --num-frames)")  # fmt: skip
+        else:
+            todo = f"write time-series shards with geofm-make-shards --num-frames {frames}"
+        raise ClassificationDataError(
+            f"the model takes {'single images' if frames == 1 else f'series of {frames} frames'} "
+            f"(config num_frames={frames}) but {split.source} holds {held}: {todo}."
+        )
+    out = {}
+    wanted = (
+        ("temporal_encoding", "temporal_coords", split.temporal_coords, "dates",
+         "geofm shards whose file names carry each scene's date (YYYYMMDD, ISO or a Landsat "
+         "scene id), written by geofm-make-shards"),
+        ("location_encoding", "location_coords", split.location_coords, "places",
+         "geofm shards of georeferenced rasters (a CRS and transform per chip), written by "
+         "geofm-make-shards"),
+    )  # fmt: skip
+    for option, name, values, what, how in wanted:
+        if not getattr(config, option, False):
+            continue
+        if values is None or not np.isfinite(values).any():
+            raise ClassificationDataError(
+                f"the model encodes {what} ({option}=True) but {split.source} gives none: "
+                f"expected {how}."
+            )
+        out[name] = values
+    return out
 
 
 # ---------------------------------------------------------------------------- image folders

@@ -66,6 +66,7 @@ def extract_features(
     feature: str = "cls",
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    metadata: dict[str, np.ndarray] | None = None,
 ) -> torch.Tensor:
     """``(N, D)`` float32 features of ``images`` from a frozen :class:`GeoViTMAEModel`.
 
@@ -74,6 +75,10 @@ def extract_features(
     of the last K blocks, each through the final LayerNorm, averaged). Images go through ``processor`` (band order by
     name, per-band normalisation, resize to the model's size); other sizes than the model's
     ``image_size`` run with interpolated position embeddings.
+
+    Time series are ``(N, T, C, H, W)``; ``metadata`` holds what the model encodes of each
+    sample, ``temporal_coords`` ``(N, T, 2)`` and / or ``location_coords`` ``(N, 2)``
+    (:func:`~geofm_hf.classification.data.metadata_for_model`).
     """
     last_k = check_feature(feature, model.config.num_hidden_layers)
     model = model.to(device).eval()
@@ -84,11 +89,15 @@ def extract_features(
             batch = batch.astype(np.float32)
         else:
             batch = [np.asarray(b, dtype=np.float32) for b in batch]
-        pixels = processor(batch, **band_arguments(processor, band_names))["pixel_values"].to(
-            device
-        )
+        pixels = processor(batch, **band_arguments(processor, band_names))["pixel_values"]
+        pixels = pixels.to(device)
+        coords = {name: torch.as_tensor(values[start : start + batch_size], device=device)
+                  for name, values in (metadata or {}).items()}  # fmt: skip
         output = model(
-            pixels, interpolate_pos_encoding=True, output_hidden_states=feature.startswith("mean_")
+            pixels,
+            interpolate_pos_encoding=True,
+            output_hidden_states=feature.startswith("mean_"),
+            **coords,
         )
         hidden = output.last_hidden_state  # (B, 1 + L, D)
         if feature == "cls":

@@ -64,21 +64,25 @@ def train_loop(
     *,
     seed: int,
     banner: str,
+    metadata: dict[str, torch.Tensor] | None = None,
 ) -> LoopResult:
     """Train ``model`` on ``(train_x, train_y)`` for ``args.num_train_epochs``.
 
     ``args`` is a :class:`~geofm_hf.classification.FineTuneLoopArguments`. ``compute_loss(model,
     pixels, labels, generator, interpolate)`` returns the loss of one batch (its augmentation
     draws from ``generator``, seeded by ``seed`` and the process index). ``banner`` starts the
-    line printed once the step count is known.
+    line printed once the step count is known. ``metadata`` (``temporal_coords`` ``(N, T, 2)``,
+    ``location_coords`` ``(N, 2)``) travels with each sample and reaches ``compute_loss`` as
+    keyword arguments.
     """
     interpolate = train_x.shape[-1] != model.config.image_size
     global_batch = args.per_device_train_batch_size * accelerator.num_processes
     peak_lr = args.learning_rate * global_batch / 256
     groups = param_groups_layer_decay(model, args.weight_decay, args.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.999))
+    names = list(metadata or {})
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(train_x, train_y),
+        torch.utils.data.TensorDataset(train_x, train_y, *(metadata[n] for n in names)),
         batch_size=args.per_device_train_batch_size, shuffle=True,
         drop_last=len(train_x) > args.per_device_train_batch_size,
         generator=torch.Generator().manual_seed(seed),
@@ -94,11 +98,12 @@ def train_loop(
     step, losses = 0, []
     model.train()
     for epoch in range(args.num_train_epochs):
-        for pixels, labels in loader:
+        for pixels, labels, *coords in loader:
             scale = learning_rate_at(step, peak=1.0, warmup_steps=warmup, max_steps=total)
             for group in optimizer.param_groups:
                 group["lr"] = peak_lr * scale * group.get("lr_scale", 1.0)
-            loss = compute_loss(model, pixels, labels, generator, interpolate)
+            loss = compute_loss(model, pixels, labels, generator, interpolate,
+                                **dict(zip(names, coords)))  # fmt: skip
             accelerator.backward(loss)
             if args.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -112,15 +117,20 @@ def train_loop(
 
 
 @torch.no_grad()
-def predict(accelerator, model, pixels: torch.Tensor, batch_size: int, reduce=None) -> np.ndarray:
+def predict(
+    accelerator, model, pixels: torch.Tensor, batch_size: int, reduce=None, metadata=None
+) -> np.ndarray:
     """The model's logits on ``pixels`` in batches, as float32 numpy (or ``reduce(logits)`` of
     each batch, e.g. the per-pixel argmax, to keep segmentation logits out of memory). Every
-    process scores all of ``pixels``: test splits are small."""
+    process scores all of ``pixels``: test splits are small. ``metadata``: as for
+    :func:`train_loop`."""
     interpolate = pixels.shape[-1] != accelerator.unwrap_model(model).config.image_size
     model.eval()
     out = []
     for i in range(0, len(pixels), batch_size):
+        coords = {k: v[i : i + batch_size].to(accelerator.device)
+                  for k, v in (metadata or {}).items()}  # fmt: skip
         logits = model(pixels[i : i + batch_size].to(accelerator.device),
-                       interpolate_pos_encoding=interpolate).logits  # fmt: skip
+                       interpolate_pos_encoding=interpolate, **coords).logits  # fmt: skip
         out.append((reduce(logits) if reduce else logits.float()).cpu())
     return torch.cat(out).numpy()

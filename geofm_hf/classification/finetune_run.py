@@ -18,7 +18,7 @@ import torch
 from ..training.arguments import check_output_dir_writable, end_training
 from .arguments import FinetuneArguments
 from .bands import match_splits_to_model, restrict_to_bands
-from .data import load_train_test
+from .data import load_train_test, metadata_for_model
 from .finetune import mixup_cutmix
 from .finetune_loop import flip_rotate, predict, preprocess_split, train_loop
 from .geobench import geobench_aggregate
@@ -39,7 +39,7 @@ __all__ = ["run_finetune"]
 def _classification_loss(args: FinetuneArguments, num_classes: int):
     """The loss of one batch: flips/rotations, mixup/cutmix and label smoothing, cross-entropy."""
 
-    def compute_loss(model, pixels, labels, generator, interpolate):
+    def compute_loss(model, pixels, labels, generator, interpolate, **coords):
         if args.augment:
             (pixels,) = flip_rotate(generator, pixels)
         pixels, targets = mixup_cutmix(
@@ -47,7 +47,8 @@ def _classification_loss(args: FinetuneArguments, num_classes: int):
             cutmix_alpha=args.cutmix_alpha, label_smoothing=args.label_smoothing,
             generator=generator,
         )  # fmt: skip
-        logits = model(pixels, interpolate_pos_encoding=interpolate).logits
+        # A mixed sample keeps the dates and places of the sample the flipped batch was mixed into.
+        logits = model(pixels, interpolate_pos_encoding=interpolate, **coords).logits
         return torch.nn.functional.cross_entropy(logits.float(), targets)
 
     return compute_loss
@@ -81,6 +82,11 @@ def run_finetune(args: FinetuneArguments) -> dict:
 
     model, processor = build()
     bands = match_splits_to_model(model, processor, (train, test), args)
+    # Frames, dates and places the model needs, checked before any work.
+    train_meta, test_meta = (
+        {k: torch.from_numpy(v) for k, v in metadata_for_model(model.config, split).items()}
+        for split in (train, test)
+    )
     # Chips are resized to the model's input here on purpose (the probe/fine-tune protocol).
     processor.do_resize = True
     batch = args.per_device_eval_batch_size
@@ -101,8 +107,10 @@ def run_finetune(args: FinetuneArguments) -> dict:
             # band_names are already the model's names: the same restriction again.
             restrict_to_bands(model, fresh, bands.band_names, args.allow_band_subset)
         loop = train_loop(accelerator, model, train_x, train_y, args,
-                          _classification_loss(args, num_classes), seed=seed, banner=banner)  # fmt: skip
-        scores = predict(accelerator, loop.model, test_x, args.per_device_eval_batch_size)
+                          _classification_loss(args, num_classes), seed=seed, banner=banner,
+                          metadata=train_meta)  # fmt: skip
+        scores = predict(accelerator, loop.model, test_x, args.per_device_eval_batch_size,
+                         metadata=test_meta)  # fmt: skip
         per_seed.append({"metrics": classification_metrics(scores, test_y, num_classes),
                          "predictions": scores.argmax(1)})  # fmt: skip
         if i == 0:  # its scores give the confusion matrix

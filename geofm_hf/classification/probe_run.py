@@ -8,16 +8,18 @@ is any ``from_pretrained`` source: a local export or a Hub repo id + revision.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..training.arguments import ArgumentError, check_output_dir_writable
 from .arguments import PROBE_PROTOCOLS, ProbeArguments
 from .bands import match_splits_to_model
-from .data import load_train_test
+from .data import load_train_test, metadata_for_model
 from .features import (
     FEATURE_CHOICES,
     check_feature,
@@ -50,6 +52,11 @@ def _check_arguments(args: ProbeArguments) -> None:
         raise ArgumentError(f"seeds is a count of probe seeds (>= 1): found {args.seeds}.")
 
 
+def _digest(values) -> str:
+    """What a cache key keeps of an array of dates or places: its bytes' hash."""
+    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()[:16]
+
+
 class _Features:
     """Features of a split, from the cache when the same model, data and options made them."""
 
@@ -62,16 +69,18 @@ class _Features:
 
     def __call__(self, split_name: str, split, feature: str) -> torch.Tensor:
         args = self.args
+        metadata = metadata_for_model(self.model.config, split)
         key = feature_cache_key(
             **self.source.cache_identity(), dataset=args.dataset_name_or_path,
             dataset_revision=args.dataset_revision, split=split_name, n=len(split),
             feature=feature, bands=self.bands.bands_used, processor=self.processor.to_dict(),
+            metadata={k: _digest(v) for k, v in metadata.items()},
         )  # fmt: skip
 
         def compute():
             return extract_features(
                 self.model, self.processor, split.images, self.bands.band_names, feature=feature,
-                batch_size=args.per_device_eval_batch_size,
+                batch_size=args.per_device_eval_batch_size, metadata=metadata,
             )  # fmt: skip
 
         out, cached = load_or_extract_features(self.cache_dir, key, compute)
@@ -188,6 +197,8 @@ def run_probe(args: ProbeArguments) -> dict:
     card_record = RunRecord.from_model(model, processor)  # before any band restriction
     # Matched by sensor + wavelength (never band number); --dataset_bands picks the channels.
     bands = match_splits_to_model(model, processor, (train, test), args)
+    for split in (train, test):  # frames, dates and places the model needs: checked before work
+        metadata_for_model(model.config, split)
     # Chips are resized to the model's input here on purpose (the probe/fine-tune protocol).
     processor.do_resize = True
     num_parameters = sum(p.numel() for p in model.parameters())

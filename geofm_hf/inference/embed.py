@@ -99,8 +99,11 @@ def _window_sources(inputs, reading: SceneReading, on_error: str):
 
 
 def _iter_shard_chips(source, revision, window: int) -> Iterator[tuple[str, dict, np.ndarray]]:
-    """Chips of a geofm shard dataset (every split) as ``(split, meta, pixels)``."""
+    """Chips of a geofm shard dataset (every split) as ``(split, meta, pixels)``; ``meta`` holds
+    the chip's ``temporal_coords`` ``(T, 2)`` and ``location_coords`` ``(2,)`` (NaN = unknown)
+    beside its columns."""
     from ..data import decode_batch, read_dataset_info
+    from ..data.format import chip_metadata
 
     info = read_dataset_info(source, revision=revision)
     if info.chip_size != window:
@@ -118,9 +121,12 @@ def _iter_shard_chips(source, revision, window: int) -> Iterator[tuple[str, dict
                 file = hf_hub_download(str(source), shard["file"], repo_type="dataset",
                                        revision=revision)  # fmt: skip
             table = pq.read_table(file)
-            images = decode_batch(table)
+            images = decode_batch(table)  # (N, C, H, W) or a series' (N, T, C, H, W)
+            frames = images.shape[1] if images.ndim == 5 else 1
+            times, places = chip_metadata(table, np.arange(table.num_rows), frames)
             cols = table.select(["source", "chip_id", "bounds", "crs", "datetime", "band_names"])
             for i, meta in enumerate(cols.to_pylist()):
+                meta.update(temporal_coords=times[i], location_coords=places[i])
                 yield split, meta, images[i]
 
 
@@ -190,6 +196,7 @@ def embed(
             "format='cog' needs raster scenes (one regular grid per scene); a shard dataset "
             "holds separate chips: use format='parquet' for it."
         )
+    wanted = _check_metadata(loaded.model.config, kind, sources, dataset_revision)
     torch_device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     )
@@ -224,7 +231,7 @@ def embed(
                                   parts, policy)  # fmt: skip
         else:
             tally = _embed_shards(sources[0], dataset_revision, model_bands, window, parts,
-                                  policy)  # fmt: skip
+                                  policy, wanted)  # fmt: skip
     except Exception:
         # What --resume would keep is the finished parts; a run that finished none leaves none.
         if not any(staging.glob("s*-*.parquet")):
@@ -261,6 +268,58 @@ def embed(
         preview=preview_path,
         per_scene=tally.per_scene,
     )
+
+
+def _check_metadata(config, kind: str, sources, revision) -> tuple[str, ...]:
+    """What the model encodes beside pixels (``temporal_coords``, ``location_coords``), checked
+    against the input: frames per chip, and dates and places present. Raster scenes give one
+    frame and no coordinates to the model yet, so a model that needs more takes a shard dataset.
+    """
+    from ..data import read_dataset_info
+
+    frames = int(getattr(config, "num_frames", 1) or 1)
+    wanted = tuple(name for option, name in (("temporal_encoding", "temporal_coords"),
+                                             ("location_encoding", "location_coords"))
+                   if getattr(config, option, False))  # fmt: skip
+    if kind == "rasters":
+        if frames > 1 or wanted:
+            needs = [f"series of {frames} frames"] if frames > 1 else []
+            needs += [{"temporal_coords": "dates", "location_coords": "places"}[w] for w in wanted]
+            raise BadInputError(
+                "needs_metadata",
+                f"the model takes {' and '.join(needs)} (config num_frames / temporal_encoding / "
+                "location_encoding), which geofm-embed reads from shard datasets only: write the "
+                f"scenes with geofm-make-shards{f' --num-frames {frames}' if frames > 1 else ''}"
+                " and embed that dataset",
+            )
+        return ()
+    info = read_dataset_info(sources[0], revision=revision)
+    if info.num_frames != frames:
+        held = "single images" if info.num_frames == 1 else f"series of {info.num_frames} frames"
+        todo = (f"write time-series shards with geofm-make-shards --num-frames {frames}"
+                if frames > 1 else f"embed it with a time-series model (num_frames="
+                f"{info.num_frames}), or write single-date shards")  # fmt: skip
+        raise BadInputError(
+            "frames_mismatch",
+            f"the model takes {'single images' if frames == 1 else f'series of {frames} frames'}"
+            f" (config num_frames={frames}) but {sources[0]} holds {held}: {todo}",
+        )
+    if wanted:
+        # One chip tells whether the dataset records dates and places at all.
+        _, meta, _ = next(_iter_shard_chips(sources[0], revision, info.chip_size))
+        for name, what, how in (
+            ("temporal_coords", "dates", "shards whose file names carry each scene's date "
+             "(YYYYMMDD, ISO or a Landsat scene id)"),
+            ("location_coords", "places", "shards of georeferenced rasters (a CRS and transform)"),
+        ):  # fmt: skip
+            if name in wanted and not np.isfinite(meta[name]).any():
+                option = "temporal_encoding" if name == "temporal_coords" else "location_encoding"
+                raise BadInputError(
+                    "needs_metadata",
+                    f"the model encodes {what} ({option}=True) but {sources[0]} gives none: "
+                    f"expected {how}, written by geofm-make-shards",
+                )
+    return wanted
 
 
 def _check_options(pooling: str, format: str, pca: int | None) -> None:
@@ -319,15 +378,17 @@ class _PartWriter:
         """Embed ``(meta, bounds, pixels)`` items of scene ``scene_idx``, parts numbered from
         ``first_part``; returns (windows, empty windows). A window with no valid pixel is
         counted, not embedded."""
-        buf_meta, buf_pix, rows = [], [], []
+        buf_meta, buf_pix, buf_coords, rows = [], [], [], []
         part, written, n_empty = first_part, 0, 0
 
         def flush_batch():
-            emb = self.encoder(np.stack(buf_pix))
+            coords = {k: np.stack([c[k] for c in buf_coords]) for k in buf_coords[0]}
+            emb = self.encoder(np.stack(buf_pix), coords)
             for meta, vec in zip(buf_meta, emb):
                 rows.append((*meta, vec.reshape(-1)))
             buf_meta.clear()
             buf_pix.clear()
+            buf_coords.clear()
 
         def flush_part():
             nonlocal part
@@ -337,13 +398,15 @@ class _PartWriter:
             part += 1
             rows.clear()
 
-        for meta, bounds, pixels in items:
-            valid = float(np.isfinite(pixels).all(axis=0).mean())
+        for meta, bounds, pixels, *coords in items:
+            # Valid: finite in every band (and every frame of a series).
+            valid = float(np.isfinite(pixels).reshape(-1, *pixels.shape[-2:]).all(axis=0).mean())
             if valid == 0.0:
                 n_empty += 1
                 continue
             buf_meta.append((*meta, valid, *bounds))
             buf_pix.append(pixels)
+            buf_coords.append(coords[0] if coords else {})
             written += 1
             self.bar.update(1)
             if len(buf_pix) == self.batch_size:
@@ -446,7 +509,7 @@ def _raster_items(grid: SceneGrid, window: int, stride: int, done: set[tuple[str
 
 
 def _embed_shards(source, revision, model_bands, window: int, parts: _PartWriter,
-                  policy: ErrorPolicy) -> _Tally:  # fmt: skip
+                  policy: ErrorPolicy, wanted=()) -> _Tally:  # fmt: skip
     """Every chip of a shard dataset into parts (its chips are the windows)."""
     tally = _Tally()
     key = str(source)
@@ -454,7 +517,7 @@ def _embed_shards(source, revision, model_bands, window: int, parts: _PartWriter
     tally.resumed += len(done)
     first_part = len(list(parts.staging.glob("s00000-*.parquet")))
     try:
-        items = _shard_items(source, revision, window, done, model_bands)
+        items = _shard_items(source, revision, window, done, model_bands, wanted)
         n, n_empty = parts.write(items, 0, first_part)
         tally.crs = _shard_crs(source, revision, window)
         tally.windows += n
@@ -467,9 +530,10 @@ def _embed_shards(source, revision, model_bands, window: int, parts: _PartWriter
     return tally
 
 
-def _shard_items(source, revision, window, done, model_bands):
-    """Shard chips as ``((source, row, col, datetime), bounds, pixels)``; row/col are the
-    chip's offsets parsed from its id (``<scene>_rNNNNN_cNNNNN``). Every chip must share one
+def _shard_items(source, revision, window, done, model_bands, wanted=()):
+    """Shard chips as ``((source, row, col, datetime), bounds, pixels, coords)``; row/col are the
+    chip's offsets parsed from its id (``<scene>_rNNNNN_cNNNNN``); ``coords`` holds the
+    ``wanted`` metadata (``temporal_coords``, ``location_coords``). Every chip must share one
     CRS (one GeoParquet file has one)."""
     import re
 
@@ -495,8 +559,9 @@ def _shard_items(source, revision, window, done, model_bands):
         r, c = (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
         if (meta["source"], r, c) in done:
             continue
-        pix = pixels[take].astype(np.float32)
-        yield (meta["source"], r, c, meta["datetime"]), tuple(meta["bounds"]), pix
+        pix = pixels[..., take, :, :].astype(np.float32)  # bands are the third axis from the end
+        coords = {k: meta[k] for k in wanted}
+        yield (meta["source"], r, c, meta["datetime"]), tuple(meta["bounds"]), pix, coords
 
 
 def _shard_band_index(source, revision, names: list[str], model_bands) -> list[int]:

@@ -38,12 +38,18 @@ class WindowEncoder:
         self.grid = loaded.image_size // loaded.patch_size
 
     @torch.no_grad()
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        """``(B, C, S, S)`` raw values (NaN = missing) -> ``(B, D)`` or ``(B, D, g, g)``."""
+    def __call__(
+        self, pixels: np.ndarray, metadata: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """``(B, C, S, S)`` raw values (NaN = missing) -> ``(B, D)`` or ``(B, D, g, g)``.
+
+        A time-series model takes ``(B, T, C, S, S)``; ``metadata`` holds what the model encodes,
+        ``temporal_coords`` ``(B, T, 2)`` and / or ``location_coords`` ``(B, 2)``."""
         batch = self.loaded.processor(pixels, return_tensors="pt")["pixel_values"]
         batch = batch.to(self.device)
+        coords = {k: torch.as_tensor(v, device=self.device) for k, v in (metadata or {}).items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            hidden = self.model(batch).last_hidden_state  # (B, 1 + L, D)
+            hidden = self.model(batch, **coords).last_hidden_state  # (B, 1 + L, D)
         hidden = hidden.float()
         if self.pooling == "cls":
             out = hidden[:, 0]
