@@ -6,8 +6,13 @@ through torch.distributed.checkpoint."""
 from __future__ import annotations
 
 import json
+import shutil
 
+import numpy as np
 import pytest
+import torch
+from pretrain_utils import CPU_FSDP_CONFIG, metrics, pretrain
+from safetensors.torch import load_file
 
 from geofm_hf.data import make_pretrain_dataloader, sample_dataset_path
 
@@ -107,3 +112,47 @@ def test_same_settings_resume_keeps_the_remainder():
     tail, _ = _read(again, 4)
     assert head[:8] + tail[:16] == reference[:24]  # rank 0
     assert head[8:] + tail[16:] == reference[24:]  # rank 1
+
+
+# -- the recipe: FSDP2 on CPU, saved at one world size, resumed at another -------------------
+
+_RUN = ("--save_steps", "2", "--warmup_steps", "1", "--bf16", "false",
+        "--plot_reconstructions", "false")  # fmt: skip
+
+
+def _run(out, world, *extra, check=True):
+    per_device = str(8 // world)  # the global batch stays 8
+    return pretrain(out, *_RUN, "--per_device_train_batch_size", per_device, *extra,
+                    config=CPU_FSDP_CONFIG, launch_args=("--num_processes", str(world)),
+                    check=check)  # fmt: skip
+
+
+@pytest.mark.parametrize("saved_at,resumed_at", [(4, 2), (2, 4)])
+def test_fsdp2_resume_at_another_world_size_loads_the_saved_weights(tmp_path, saved_at, resumed_at):
+    out = tmp_path / "run"
+    _run(out, saved_at, "--max_steps", "4")
+    saved = load_file(out / "final" / "model.safetensors")
+    shutil.move(out / "final", tmp_path / "saved")
+    # Resumed at the saved step: the export is the weights as loaded, resharded by DCP.
+    resumed = _run(out, resumed_at, "--max_steps", "4")
+    assert f"world_size {saved_at} -> {resumed_at}" in resumed.stdout, resumed.stdout[-3000:]
+    loaded = load_file(out / "final" / "model.safetensors")
+    assert saved.keys() == loaded.keys()
+    for key in saved:
+        assert torch.equal(saved[key], loaded[key]), key
+    # Training goes on from there (optimiser state resharded too), the card says what changed.
+    more = _run(out, resumed_at, "--max_steps", "6")
+    assert "resumed from" in more.stdout
+    steps = [r for r in metrics(out) if "loss" in r]
+    assert steps[-1]["step"] == 6 and all(np.isfinite(r["loss"]) for r in steps)
+    card = (out / "final" / "README.md").read_text()
+    assert f"world_size {saved_at!r} -> {resumed_at!r}" in card
+
+
+def test_global_batch_change_is_refused_unless_allowed(tmp_path):
+    out = tmp_path / "run"
+    _run(out, 2, "--max_steps", "2")
+    refused = pretrain(out, *_RUN, "--max_steps", "4", "--per_device_train_batch_size", "2",
+                       config=CPU_FSDP_CONFIG, check=False)  # fmt: skip
+    assert refused.returncode != 0
+    assert "global batch" in refused.stderr and "--allow_global_batch_change" in refused.stderr
