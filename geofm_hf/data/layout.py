@@ -181,13 +181,15 @@ class _Remainder:
         if layout.drop_last:
             used = self.batches_per_epoch * layout.batch_size
         self.dropped = len(left) - used * layout.num_readers
-        self._readers = _stretches(layout.seed, epoch, len(history), left, layout.num_readers)
+        self.part = len(history)
 
     def reader_samples(self, reader: int) -> np.ndarray:
-        return self._readers[reader]
+        """``reader``'s samples of the rest of the epoch as global sample indices, in order."""
+        layout = self.layout
+        return _stretch(layout.seed, self.epoch, self.part, self.left, layout.num_readers, reader)
 
     def reader_positions(self, reader: int) -> tuple[np.ndarray, np.ndarray]:
-        samples = self._readers[reader]
+        samples = self.reader_samples(reader)
         shards = np.searchsorted(self.layout.offsets, samples, side="right") - 1
         return shards.astype(np.int64), samples - self.layout.offsets[shards]
 
@@ -204,10 +206,11 @@ def _settings(run: dict) -> dict:
     return {k: run[k] for k in ("world_size", "num_workers", "batch_size", "drop_last")}
 
 
-def _stretches(seed: int, epoch: int, part: int, left: np.ndarray, readers: int) -> list:
+def _stretch(seed: int, epoch: int, part: int, left: np.ndarray, readers: int, reader: int):
+    # One generator a reader: a rank builds its own readers' stretches, not every rank's.
     n = len(left) // readers
-    rng = np.random.Generator(np.random.PCG64([seed, epoch, 2, part]))
-    return [left[r * n : (r + 1) * n][rng.permutation(n)] for r in range(readers)]
+    rng = np.random.Generator(np.random.PCG64([seed, epoch, 2, part, reader]))
+    return left[reader * n : (reader + 1) * n][rng.permutation(n)]
 
 
 def _deal(counts, seed, epoch, left, before, run) -> list[np.ndarray]:
@@ -216,7 +219,8 @@ def _deal(counts, seed, epoch, left, before, run) -> list[np.ndarray]:
     layout = _Layout(counts, seed, **_settings(run))
     if not before:
         return [layout.reader_samples(epoch, r) for r in range(layout.num_readers)]
-    return _stretches(seed, epoch, len(before), left, layout.num_readers)
+    return [_stretch(seed, epoch, len(before), left, layout.num_readers, r)
+            for r in range(layout.num_readers)]  # fmt: skip
 
 
 def epoch_of(batches: int, layout: _Layout, start_epoch: int, remainder) -> tuple[int, int]:
