@@ -13,8 +13,10 @@ import pytest
 import torch
 from pretrain_utils import CPU_FSDP_CONFIG, metrics, pretrain
 from safetensors.torch import load_file
+from test_data_mixing import RGBN, rgbn_dataset
 
-from geofm_hf.data import make_pretrain_dataloader, sample_dataset_path
+from geofm_hf.data import make_pretrain_dataloader, read_dataset_info, sample_dataset_path
+from geofm_hf.data.mixing import MixedPretrainLoader
 
 SAMPLE = sample_dataset_path()
 TOTAL = 216  # the sample dataset: 4 train shards of 54 chips
@@ -156,3 +158,40 @@ def test_global_batch_change_is_refused_unless_allowed(tmp_path):
                        config=CPU_FSDP_CONFIG, check=False)  # fmt: skip
     assert refused.returncode != 0
     assert "global batch" in refused.stderr and "--allow_global_batch_change" in refused.stderr
+
+
+def test_a_mixture_resumes_at_another_world_size(tmp_path):
+    rgbn_dataset(tmp_path / "rgbn")
+
+    def mixture(rank, world):
+        loaders = {
+            "s2": make_pretrain_dataloader(SAMPLE, batch_size=8 // world, seed=1, rank=rank,
+                                           world_size=world, return_chip_ids=True),
+            "rgbn": make_pretrain_dataloader(tmp_path / "rgbn", batch_size=8 // world, seed=2,
+                                             rank=rank, world_size=world, mean=[1500.0] * 4,
+                                             std=[900.0] * 4, return_chip_ids=True),
+        }  # fmt: skip
+        wavelengths = {"s2": read_dataset_info(SAMPLE).wavelengths_um, "rgbn": RGBN}
+        return MixedPretrainLoader(loaders, wavelengths, {"s2": 1.0, "rgbn": 1.0}, seed=3)
+
+    seen = {"s2": [], "rgbn": []}
+    for rank in range(2):
+        mixed = mixture(rank, 2)
+        it = iter(mixed)
+        for _ in range(5):
+            batch = next(it)
+            seen[batch["dataset"]].extend(batch["pixel_values"][1])
+    state = json.loads(json.dumps(mixed.state_dict()))
+    resumed = mixture(0, 1)
+    resumed.load_state_dict(state)
+    for name, loader in resumed.loaders.items():
+        cursor = loader.state_dict()["cursor"]
+        assert cursor["samples_consumed"] == len(seen[name]) > 0
+        rest, it = [], iter(loader)
+        for _ in range(loader.stream.remainder.batches_per_epoch):
+            rest.extend(next(it)[1])
+        assert len(rest) == len(set(rest)) and not set(rest) & set(seen[name])
+        assert (
+            len(rest) + len(seen[name]) + loader.stream.remainder.dropped
+            == loader.stream.layout.total
+        )
