@@ -23,7 +23,10 @@ geofm-make-shards writes them) and reads only the Parquet row groups under its s
 ``IterableDataset``: shard and row offset, with its shuffle buffer not restored) or else replays and
 discards the samples already seen. Here the position is one integer (batches consumed) and every
 batch is a pure function of (seed, epoch, reader), so resume is exact, independent of worker timing,
-and re-reads only the shard pieces it was in the middle of.
+and re-reads only the shard pieces it was in the middle of. The samples every reader consumed are
+therefore computable too: a run resumed at another world size (or worker count, or batch size)
+deals the rest of the saved epoch over its own readers (``layout._Remainder``), and no sample of
+the epoch is read twice or skipped but for a counted tail.
 """
 
 from __future__ import annotations

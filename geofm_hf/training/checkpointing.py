@@ -6,7 +6,8 @@ Layout of ``OUTPUT_DIR``::
         COMPLETE                written last: a folder without it is never resumed from; JSON
                                 with the size and SHA-256 of every other file, verified on resume
         trainer_state.json      step, world size, seed, metrics position
-        data_state_rank{r}.json each rank's position in the data stream
+        data_state_rank{r}.json each rank's position in the data stream (at another world
+                                size every rank reads rank 0's; the rest of its epoch is re-split)
         model*/optimizer*/...   accelerate.save_state (model weights as safetensors or DCP shards)
     .tmp-checkpoint-000500/     a write in progress; renamed to checkpoint-000500 when complete
 
