@@ -75,7 +75,8 @@ def test_a_runs_life_rerun_foreign_resume_and_changed_arguments(tmp_path):
     err = other.stderr
     assert "written by another run" in err
     assert "model image_size: 48 in the checkpoint, 64 now" in err
-    assert "per_device_train_batch_size: 8 in the checkpoint, 4 now" in err
+    assert "global batch (per-device batch x world size x accumulation): 8 x" in err
+    assert "--allow_global_batch_change" in err
     assert "size mismatch" not in err and "Traceback" not in err.split("Cannot resume")[0][-200:]
 
     # 11: allowed changes (schedule) resume, and are recorded in the run record and the card

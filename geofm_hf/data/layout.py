@@ -121,3 +121,115 @@ class _Layout:
         shards = np.concatenate([np.full(b - a, s, dtype=np.int64) for s, a, b in pieces])
         rows = np.concatenate([self.piece_rows(epoch, p) for p in pieces]).astype(np.int64)
         return shards, rows
+
+    def sequence(self, epoch: int) -> np.ndarray:
+        """The epoch's samples as global sample indices (``offsets[shard] + row``), in sequence
+        order: the order every re-split of the epoch's remainder deals from."""
+        return np.concatenate(
+            [
+                self.offsets[s] + np.arange(self.counts[s], dtype=np.int64)
+                for s in self.shard_order(epoch)
+            ]
+        )
+
+    def reader_samples(self, epoch: int, reader: int) -> np.ndarray:
+        """``reader``'s samples of ``epoch`` as global sample indices, in reading order."""
+        shards, rows = self.reader_positions(epoch, reader)
+        return self.offsets[shards] + rows
+
+
+def reader_counts(batches: int, num_workers: int) -> list[int]:
+    """Batches each logical worker of a rank produced when the rank consumed ``batches``: the
+    DataLoader takes them round-robin from worker 0, so the first ``batches % nw`` have one more."""
+    nw = max(num_workers, 1)
+    return [(batches - w + nw - 1) // nw if batches > w else 0 for w in range(nw)]
+
+
+class _Remainder:
+    """The rest of one epoch, dealt over the readers of a run resumed at another world size (or
+    worker count, or batch size) in the middle of it.
+
+    ``history`` lists the runs that read this epoch before, oldest first, each as the layout
+    settings it ran with (``world_size``, ``num_workers``, ``batch_size``, ``drop_last``) and
+    ``batches_consumed``, the batches each of its ranks took of this epoch. The first ran on the
+    epoch's own :class:`_Layout`, each later one on the remainder left by those before it, so
+    the samples already consumed are computed, not stored. What is left, in the epoch's sequence
+    order, is cut into one contiguous stretch per new reader (``len // readers`` each; the tail
+    is dropped and counted) and each stretch is shuffled on its own: no sample of the epoch is
+    read twice or skipped beyond that counted tail.
+    """
+
+    def __init__(self, layout: _Layout, epoch: int, history: list[dict]):
+        self.epoch = epoch
+        self.layout = layout
+        left = _Layout(layout.counts, layout.seed, **_settings(history[0])).sequence(epoch)
+        for index, run in enumerate(history):
+            readers = _deal(layout.counts, layout.seed, epoch, left, history[:index], run)
+            counts = reader_counts(int(run["batches_consumed"]), run["num_workers"])
+            taken = [
+                samples[: counts[r % len(counts)] * run["batch_size"]]
+                for r, samples in enumerate(readers)
+            ]
+            left = left[~np.isin(left, np.concatenate(taken))]
+        self.left = left
+        self.samples_per_reader = len(left) // layout.num_readers
+        if layout.drop_last:
+            self.batches_per_epoch = self.samples_per_reader // layout.batch_size
+        else:
+            self.batches_per_epoch = math.ceil(self.samples_per_reader / layout.batch_size)
+        used = self.samples_per_reader
+        if layout.drop_last:
+            used = self.batches_per_epoch * layout.batch_size
+        self.dropped = len(left) - used * layout.num_readers
+        self.part = len(history)
+
+    def reader_samples(self, reader: int) -> np.ndarray:
+        """``reader``'s samples of the rest of the epoch as global sample indices, in order."""
+        layout = self.layout
+        return _stretch(layout.seed, self.epoch, self.part, self.left, layout.num_readers, reader)
+
+    def reader_positions(self, reader: int) -> tuple[np.ndarray, np.ndarray]:
+        samples = self.reader_samples(reader)
+        shards = np.searchsorted(self.layout.offsets, samples, side="right") - 1
+        return shards.astype(np.int64), samples - self.layout.offsets[shards]
+
+    def reader_pieces(self, reader: int) -> list[tuple[int, int, int]]:
+        # One piece a shard spanning the reader's rows there: a superset of the row groups needed.
+        shards, rows = self.reader_positions(reader)
+        return [
+            (int(s), int(rows[shards == s].min()), int(rows[shards == s].max()) + 1)
+            for s in np.unique(shards)
+        ]
+
+
+def _settings(run: dict) -> dict:
+    return {k: run[k] for k in ("world_size", "num_workers", "batch_size", "drop_last")}
+
+
+def _stretch(seed: int, epoch: int, part: int, left: np.ndarray, readers: int, reader: int):
+    # One generator a reader: a rank builds its own readers' stretches, not every rank's.
+    n = len(left) // readers
+    rng = np.random.Generator(np.random.PCG64([seed, epoch, 2, part, reader]))
+    return left[reader * n : (reader + 1) * n][rng.permutation(n)]
+
+
+def _deal(counts, seed, epoch, left, before, run) -> list[np.ndarray]:
+    """Every reader's samples of ``epoch`` for ``run``: the epoch's own layout for the first run
+    of the epoch, the remainder's stretches for a later one."""
+    layout = _Layout(counts, seed, **_settings(run))
+    if not before:
+        return [layout.reader_samples(epoch, r) for r in range(layout.num_readers)]
+    return [_stretch(seed, epoch, len(before), left, layout.num_readers, r)
+            for r in range(layout.num_readers)]  # fmt: skip
+
+
+def epoch_of(batches: int, layout: _Layout, start_epoch: int, remainder) -> tuple[int, int]:
+    """(epoch, batch in it) of a reader that produced ``batches`` since the start of
+    ``start_epoch`` (of its ``remainder`` when one is given)."""
+    if remainder is None:
+        epoch, batch = divmod(batches, layout.batches_per_epoch)
+        return start_epoch + epoch, batch
+    if batches < remainder.batches_per_epoch:
+        return start_epoch, batches
+    epoch, batch = divmod(batches - remainder.batches_per_epoch, layout.batches_per_epoch)
+    return start_epoch + 1 + epoch, batch

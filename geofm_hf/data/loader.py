@@ -12,6 +12,7 @@ import torch
 
 from .format import BadInputError
 from .hub_access import DatasetSource
+from .layout import _Layout, _Remainder, epoch_of, reader_counts
 from .stream import GeoPretrainStream
 
 __all__ = ["DataLoaderTimeoutError", "PretrainLoader", "make_pretrain_dataloader"]
@@ -52,6 +53,7 @@ class PretrainLoader:
         self.pin_memory = pin_memory
         self.prefetch_factor = prefetch_factor if num_workers > 0 else None
         self._consumed = 0
+        self._history: list[dict[str, Any]] = []
         self.stats = stream.describe()
         if num_workers > 0:
             # Workers hold their own copies of the stream: what they skip is counted here.
@@ -130,7 +132,10 @@ class PretrainLoader:
         ) + int(shared[-1])
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-able position of the stream (batches consumed + what fixes the order)."""
+        """JSON-able position of the stream: batches this rank consumed since ``start_epoch``
+        began (or, after a resume at another world size, since that epoch's rest was re-split:
+        ``history`` then lists the runs that read the epoch before), what fixes the order, and
+        ``cursor``, the job's global position (samples of the epoch consumed by all ranks)."""
         s = self.stream
         return {
             "version": _STATE_VERSION,
@@ -143,10 +148,30 @@ class PretrainLoader:
             "batch_size": s.batch_size,
             "drop_last": s.drop_last,
             "shard_rows": list(s.counts),
+            "start_epoch": s.start_epoch,
+            "history": list(self._history),
+            "cursor": self._cursor(),
         }
 
+    def _cursor(self) -> dict[str, int]:
+        s = self.stream
+        ends = [epoch_of(c, s.layout, s.start_epoch, s.remainder)
+                for c in reader_counts(self._consumed, s.num_workers)]  # fmt: skip
+        epoch = min(e for e, _ in ends)
+        before = 0
+        if s.remainder is not None and epoch == s.start_epoch:
+            before = s.layout.total - len(s.remainder.left)
+        per_reader = s.layout.samples_per_reader
+        if s.remainder is not None and epoch == s.start_epoch:
+            per_reader = s.remainder.samples_per_reader
+        mine = sum(min(b * s.batch_size, per_reader) if e == epoch else per_reader for e, b in ends)
+        return {"seed": s.seed, "epoch": epoch, "samples_consumed": before + mine * s.world_size}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at ``state``; the loader must be built with the same order-defining settings."""
+        """Resume at ``state``. The loader must be built with the same seed, split, shards and
+        ``drop_last``; at another world size, worker count or batch size, the rest of the
+        saved epoch is re-split over this loader's readers (each sample of the epoch is read
+        once across the two runs), and later epochs follow this loader's own layout."""
         if state.get("version") != _STATE_VERSION:
             raise ValueError(
                 f"cannot resume: the stream state has version {state.get('version')!r}, this "
@@ -155,8 +180,7 @@ class PretrainLoader:
                 "or start the data stream afresh"
             )
         mine = self.state_dict()
-        keys = ("seed", "split", "world_size", "num_workers", "batch_size", "drop_last",
-                "shard_rows")  # fmt: skip
+        keys = ("seed", "split", "drop_last", "shard_rows")
         diff = {k: (state.get(k), mine[k]) for k in keys if state.get(k) != mine[k]}
         if diff:
             raise ValueError(
@@ -164,7 +188,43 @@ class PretrainLoader:
                 + ", ".join(f"{k} (saved {a!r}, now {b!r})" for k, (a, b) in diff.items())
                 + "; rebuild the loader with the saved settings"
             )
-        self._consumed = int(state["batches_consumed"])
+        s = self.stream
+        start, history = int(state.get("start_epoch", 0)), list(state.get("history", []))
+        consumed = int(state["batches_consumed"])
+        settings = ("world_size", "num_workers", "batch_size")
+        if any(state[k] != mine[k] for k in settings):
+            start, history = _resplit(state, start, history, consumed)
+            consumed = 0
+        s.start_epoch = start
+        s.remainder = _Remainder(s.layout, start, history) if history else None
+        self._history = history
+        self._consumed = consumed
+
+
+def _resplit(state: dict[str, Any], start: int, history: list, consumed: int):
+    """(start epoch, history) that continue ``state``'s epoch at other settings: the epoch its
+    readers were in, and the runs that consumed part of it (the saved one last)."""
+    run = {k: state[k] for k in ("world_size", "num_workers", "batch_size", "drop_last")}
+    layout = _Layout(state["shard_rows"], state["seed"], **run)
+    remainder = _Remainder(layout, start, history) if history else None
+    counts = reader_counts(consumed, run["num_workers"])
+    ends = [epoch_of(c, layout, start, remainder) for c in counts]
+    if len({e for e, _ in ends}) > 1:
+        raise ValueError(
+            f"cannot resume at another world size, worker count or batch size: the checkpoint "
+            f"was saved while the data workers straddled the end of epoch {ends[-1][0]} "
+            f"(worker batches {counts}); resume at the saved settings (world_size "
+            f"{run['world_size']}, num_workers {run['num_workers']}, batch_size "
+            f"{run['batch_size']}) until the next checkpoint, then change them"
+        )
+    epoch, batch = ends[0]
+    # Batches each rank took of `epoch` alone: every worker is `offset` batches past its start.
+    offset = counts[0] - batch
+    in_epoch = consumed - offset * max(run["num_workers"], 1)
+    earlier = history if (remainder is not None and epoch == start) else []
+    if in_epoch == 0 and not earlier:
+        return epoch, []
+    return epoch, [*earlier, {**run, "batches_consumed": in_epoch}]
 
 
 def make_pretrain_dataloader(

@@ -23,7 +23,10 @@ geofm-make-shards writes them) and reads only the Parquet row groups under its s
 ``IterableDataset``: shard and row offset, with its shuffle buffer not restored) or else replays and
 discards the samples already seen. Here the position is one integer (batches consumed) and every
 batch is a pure function of (seed, epoch, reader), so resume is exact, independent of worker timing,
-and re-reads only the shard pieces it was in the middle of.
+and re-reads only the shard pieces it was in the middle of. The samples every reader consumed are
+therefore computable too: a run resumed at another world size (or worker count, or batch size)
+deals the rest of the saved epoch over its own readers (``layout._Remainder``), and no sample of
+the epoch is read twice or skipped but for a counted tail.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from .hub_access import (
     _is_transient,
     open_shard,
 )
-from .layout import _Layout, augmentation_params
+from .layout import _Layout, augmentation_params, epoch_of
 
 __all__ = ["GeoPretrainStream"]
 
@@ -130,6 +133,11 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         self.return_masks = return_masks
         self.return_metadata = return_metadata
         self.start_batch = 0
+        # Where start_batch counts from: the start of epoch ``start_epoch``, or with ``remainder``
+        # (a :class:`~geofm_hf.data.layout._Remainder`, set by a resume at another world size)
+        # the start of that epoch's rest, re-split over this run's readers.
+        self.start_epoch = 0
+        self.remainder = None
         self.cache_mb = cache_mb
         self.stats: dict[str, Any] = {}
         self._meta: dict[int, Any] = {}
@@ -540,13 +548,18 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         logical = (worker + k) % nw
         skip = (k - logical + nw - 1) // nw if k > logical else 0
         reader = self.rank * nw + logical
-        per_epoch = self.layout.batches_per_epoch
-        epoch, batch_in_epoch = divmod(skip, per_epoch)
+        epoch, batch_in_epoch = self.epoch_of(skip)
         self.stats.update(self.describe())
         empty_epochs = 0
         while True:
-            pieces = {p[0]: p for p in self.layout.reader_pieces(epoch, reader)}
-            shards, rows = self.layout.reader_positions(epoch, reader)
+            per_epoch = self.layout.batches_per_epoch
+            if self.remainder is not None and epoch == self.start_epoch:
+                per_epoch = self.remainder.batches_per_epoch
+                pieces = {p[0]: p for p in self.remainder.reader_pieces(reader)}
+                shards, rows = self.remainder.reader_positions(reader)
+            else:
+                pieces = {p[0]: p for p in self.layout.reader_pieces(epoch, reader)}
+                shards, rows = self.layout.reader_positions(epoch, reader)
             self.stats["epoch"] = epoch
             whole_epoch, produced = batch_in_epoch == 0, 0
             for b in range(batch_in_epoch, per_epoch):
@@ -571,6 +584,10 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
                 raise self._no_batch_error(epoch)
             batch_in_epoch = 0
             epoch += 1
+
+    def epoch_of(self, batches: int) -> tuple[int, int]:
+        """(epoch, batch in it) of a reader that produced ``batches`` since ``start_epoch``."""
+        return epoch_of(batches, self.layout, self.start_epoch, self.remainder)
 
     def describe(self) -> dict[str, Any]:
         """Static accounting of this rank's stream: layout, and samples dropped per epoch."""

@@ -395,6 +395,14 @@ class PretrainingArguments:
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "auto (newest complete checkpoint) or a checkpoint path."}
     )
+    allow_global_batch_change: bool = field(
+        default=False,
+        metadata={
+            "help": "On resume, accept a global batch (per-device batch x world size x "
+            "accumulation) other than the checkpoint's; the LR schedule then counts steps of "
+            "another size."
+        },
+    )
     nan_policy: str = field(default="stop", metadata={"help": "stop or skip on NaN/inf loss."})
     report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker, or none."})
     push_to_hub: bool = field(default=False)

@@ -6,7 +6,8 @@ Layout of ``OUTPUT_DIR``::
         COMPLETE                written last: a folder without it is never resumed from; JSON
                                 with the size and SHA-256 of every other file, verified on resume
         trainer_state.json      step, world size, seed, metrics position
-        data_state_rank{r}.json each rank's position in the data stream
+        data_state_rank{r}.json each rank's position in the data stream (at another world
+                                size every rank reads rank 0's; the rest of its epoch is re-split)
         model*/optimizer*/...   accelerate.save_state (model weights as safetensors or DCP shards)
     .tmp-checkpoint-000500/     a write in progress; renamed to checkpoint-000500 when complete
 
@@ -347,12 +348,6 @@ class CheckpointManager:
         """Collective: restores accelerate state; returns (trainer_state, this rank's data state)."""
         acc = self.accelerator
         trainer_state = json.loads((path / TRAINER_STATE).read_text())
-        if trainer_state["world_size"] != acc.num_processes:
-            raise ValueError(
-                f"Checkpoint {path} was written by {trainer_state['world_size']} processes, this "
-                f"run has {acc.num_processes}: the data stream's position is per rank, so exact "
-                "resume needs the same world size."
-            )
         try:
             acc.load_state(str(path))
         except Exception as err:  # safetensors/torch errors name no path
@@ -360,7 +355,13 @@ class CheckpointManager:
                 f"cannot load checkpoint {path}: {type(err).__name__}: {err}. Resume from an "
                 "earlier checkpoint or start afresh."
             ) from err
-        data_state = json.loads((path / f"data_state_rank{acc.process_index}.json").read_text())
+        # At another world size every rank reads rank 0's position: ranks step in lock-step, so
+        # it fixes every old rank's, and the loader re-splits the rest of the epoch from it.
+        # Model and optimiser shards were resharded above by torch.distributed.checkpoint's
+        # metadata; accelerate skips the RNG files of ranks the saving run did not have (the
+        # recipe's randomness is a function of seed, step and rank, so none is needed).
+        rank = acc.process_index if trainer_state["world_size"] == acc.num_processes else 0
+        data_state = json.loads((path / f"data_state_rank{rank}.json").read_text())
         return trainer_state, data_state
 
 

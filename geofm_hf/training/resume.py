@@ -59,8 +59,8 @@ _MODEL_KEYS = (
 
 
 _DATA_KEYS = (
-    "dataset_name_or_path", "dataset_revision", "train_split", "synthetic_data",
-    "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "model_name_or_path",
+    "dataset_name_or_path", "dataset_revision", "train_split", "synthetic_data", "seed",
+    "model_name_or_path",
 )  # fmt: skip
 
 
@@ -89,8 +89,7 @@ def check_resume_compatibility(run: Run, config, data: DataContract) -> None:
     for key in _DATA_KEYS:
         if key in before and before[key] != now.get(key):
             problems.append(f"{key}: {before[key]!r} in the checkpoint, {now.get(key)!r} now")
-    if state.get("world_size") not in (None, run.world):
-        problems.append(f"world size: {state['world_size']} in the checkpoint, {run.world} now")
+    problems += _global_batch_problems(run, before, now, state.get("world_size") or run.world)
     if problems:
         raise ArgumentError(
             f"Cannot resume {run.resume_path}: it was written by another run.\n  "
@@ -102,11 +101,38 @@ def check_resume_compatibility(run: Run, config, data: DataContract) -> None:
         for key in sorted(set(before) | set(now))
         if key not in _NOT_RECORDED and key not in _DATA_KEYS and before.get(key) != now.get(key)
     }
+    if state.get("world_size") not in (None, run.world):
+        # The data loader re-splits the rest of the epoch; weights reshard on load.
+        changes["world_size"] = [state["world_size"], run.world]
     run.argument_changes = list(state.get("argument_changes", []))
     if changes:
         run.argument_changes.append({"step": state["step"], "changes": changes})
         listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
         run.log(f"resuming at step {state['step']} with changed arguments: {listed}")
+
+
+def _global_batch_problems(run: Run, before: dict, now: dict, world: int) -> list[str]:
+    """The global batch (per-device batch x world size x accumulation) must stay as saved, so
+    the LR schedule's steps and the data cursor keep their meaning, unless the user allows it."""
+    keys = ("per_device_train_batch_size", "gradient_accumulation_steps")
+    if any(k not in before for k in keys):
+        return []
+    was = before[keys[0]] * world * before[keys[1]]
+    found = now[keys[0]] * run.world * now[keys[1]]
+    if was == found or now.get("allow_global_batch_change"):
+        return []
+    fits = was / (run.world * now[keys[1]])
+    hint = (
+        f" (--per_device_train_batch_size {int(fits)} at {run.world} processes)"
+        if fits.is_integer()
+        else ""
+    )
+    return [
+        f"global batch (per-device batch x world size x accumulation): {before[keys[0]]} x "
+        f"{world} x {before[keys[1]]} = {was} in the checkpoint, {now[keys[0]]} x {run.world} x "
+        f"{now[keys[1]]} = {found} now; keep it at {was}{hint} so the LR schedule and the data "
+        "cursor keep their meaning, or pass --allow_global_batch_change"
+    ]
 
 
 def _differences(before: dict, now: dict):
@@ -122,4 +148,11 @@ def resume(run: Run, loader) -> int:
     trainer_state, data_state = run.checkpoints.load(run.resume_path)
     loader.load_state_dict(data_state)
     run.log(f"resumed from {run.resume_path} at step {trainer_state['step']}")
+    if trainer_state["world_size"] != run.world and "cursor" in data_state:
+        cursor = data_state["cursor"]
+        run.log(
+            f"world size {trainer_state['world_size']} -> {run.world}: the rest of data epoch "
+            f"{cursor['epoch']} ({cursor['samples_consumed']} samples consumed by all ranks) is "
+            f"re-split over {run.world} ranks; weights and optimiser state resharded on load"
+        )
     return trainer_state["step"]
