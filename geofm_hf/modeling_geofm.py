@@ -1060,7 +1060,9 @@ def _valid_pixels(
             )
         finite = torch.isfinite(pixel_values).all(dim=-3)  # (B, [T,] H, W)
         return pixel_mask.to(device=pixel_values.device, dtype=torch.bool) & finite
-    if not check:
+    # A traced graph (torch.export, ONNX) has no data-dependent branch: the exported model
+    # checks nothing, its callers' inputs are checked where they are prepared.
+    if not check or torch.compiler.is_exporting() or torch.compiler.is_compiling():
         return None
     bad = ~torch.isfinite(pixel_values)
     if not bool(bad.any()):

@@ -255,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(err, (UserInputError, OSError)):
             # The scene and band checks below the writer raise ValueError for what a user gave.
             user = BadInputError("bad_input", str(err))
+        elif isinstance(err, PermissionError):  # a read-only output folder
+            user = BadInputError(
+                "not_writable", f"cannot write {args.output_dir}: {err.strerror or err}"
+            )
         elif isinstance(err, OSError) and err.errno is None and not isinstance(err, UserInputError):
             # GDAL's read errors (rasterio's RasterioIOError) carry the file in their message.
             user = BadInputError("unreadable", f"I/O error: {err}")
