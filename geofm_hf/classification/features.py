@@ -44,7 +44,6 @@ def check_feature(feature: str, num_layers: int | None = None) -> int:
     return k
 
 
-@torch.no_grad()
 def band_arguments(processor, band_names: list[str]) -> dict:
     """The processor's band arguments for bands already matched to the model's (by
     :func:`~geofm_hf.classification.bands.match_splits_to_model`): their names and, where the
@@ -57,6 +56,7 @@ def band_arguments(processor, band_names: list[str]) -> dict:
     return {"band_names": names, "wavelengths_um": [model_um[model_names.index(n)] for n in names]}
 
 
+@torch.no_grad()
 def extract_features(
     model,
     processor,

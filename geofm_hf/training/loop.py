@@ -43,7 +43,7 @@ class StepResult:
     skipped: bool
 
 
-def model_inputs(batch, config, device, loader, noise: torch.Tensor, metadata_noise=None) -> dict:
+def model_inputs(batch, config, device, loader) -> dict:
     """The forward's keyword arguments for one micro-batch of the stream (a dict with pixels,
     validity mask, band set, dates and places) or of the synthetic loader (a tensor)."""
     pixels, pixel_mask, wavelengths, metadata = batch, None, None, {}
@@ -57,15 +57,12 @@ def model_inputs(batch, config, device, loader, noise: torch.Tensor, metadata_no
         pixels, pixel_mask = batch["pixel_values"], batch["pixel_mask"]
         # An all-valid batch takes the unmasked loss (checked on the CPU: no sync).
         pixel_mask = None if bool(pixel_mask.all()) else pixel_mask.to(device, non_blocking=True)
-    if metadata_noise is not None:
-        metadata["metadata_noise"] = metadata_noise
     # Every copy to the device is asynchronous from pinned memory (the loader pins on GPUs):
     # the host queues the step's kernels instead of waiting for each copy.
     return {
         "pixel_values": batch_to_device(pixels, device, loader),
         "pixel_mask": pixel_mask,
         "wavelengths": wavelengths,
-        "noise": noise,
         **metadata,
     }
 
@@ -86,16 +83,15 @@ def train_step(run: Run, model, optimizer, data_iter, loader, config, step: int,
     loss_count = torch.zeros((), device=device)
     for micro in range(accumulation):
         batch = run.stop.next_batch(data_iter)
-        batch_size = (batch["pixel_values"] if isinstance(batch, dict) else batch).shape[0]
-        noise = mask_noise(
+        inputs = model_inputs(batch, config, device, loader)
+        batch_size = inputs["pixel_values"].shape[0]  # after the device transforms, if any
+        inputs["noise"] = mask_noise(
             args.seed, step, micro, run.rank, (batch_size, config.num_patches), device=device
         )
-        metadata_noise = None
         if config.metadata_dropout and (config.temporal_encoding or config.location_encoding):
-            metadata_noise = mask_noise(
+            inputs["metadata_noise"] = mask_noise(
                 args.seed, step, micro, run.rank, (batch_size, 2), stream=1, device=device
             )
-        inputs = model_inputs(batch, config, device, loader, noise, metadata_noise)
         if window.steps == 0 and micro == 0:
             window.check_weights(model)
         with accelerator.accumulate(model):
