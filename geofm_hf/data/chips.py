@@ -75,6 +75,9 @@ class _DatasetState:
     bytes_read: int = 0
     # Pixels of each class in the kept chips' masks (index IGNORE_INDEX: unlabelled).
     mask_pixels: Counter[int] = field(default_factory=Counter)
+    # A progress.Progress told of every strip's chips, kept or dropped: a sparse raster whose
+    # chips are all dropped still shows it is moving.
+    progress: Any = None
 
 
 @dataclass
@@ -239,6 +242,8 @@ def _scene_chips(scene: Scene, scene_sensor: str | None, spec: _ChipSpec,
                             f"read at rows {y0}..{y0 + chip_size}: {err}",
                         ) from err
                 state.bytes_read += strip.nbytes
+                if state.progress is not None:
+                    state.progress.update(n_cols)
                 mask_strip = (scene_mask.read_strip(y0, chip_size)
                               if scene_mask is not None else None)  # fmt: skip
                 target_strip = (scene_target.read_strip(y0, chip_size)

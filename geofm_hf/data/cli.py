@@ -10,6 +10,7 @@ import sys
 
 from .._errors import UserInputError, user_error_exit
 from .format import BadInputError
+from .progress import Progress, add_max_chips_argument
 from .writer import write_shards
 
 __all__ = ["add_scene_arguments", "main", "push_dataset_to_hub", "scene_arguments"]
@@ -217,6 +218,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", metavar="RASTER", default=None,
                    help="continuous raster (first band; nodata/NaN = unknown), any grid: "
                    "reprojected bilinear; adds a per-chip float32 target for regression")  # fmt: skip
+    add_max_chips_argument(p)
+    p.add_argument("--no-progress", action="store_true",
+                   help="print neither the plan nor progress lines")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -248,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite, dataset_name=args.name,
             license=args.license, label_raster=args.labels, label_vector=args.labels_vector,
             label_field=args.label_field, num_frames=args.num_frames,
-            target_raster=args.targets,
+            target_raster=args.targets, max_chips=args.max_chips,
+            progress=Progress("geofm-make-shards", enabled=not args.no_progress),
         )  # fmt: skip
     except (UserInputError, ValueError, OSError) as err:
         user = err

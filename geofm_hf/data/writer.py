@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._errors import _size
 from ..bands import (
     band_bandwidths,
     band_gsd,
@@ -34,6 +35,8 @@ from .band_resolution import discover_scenes
 from .chips import ChipMeta, _ChipSpec, _DatasetState, _scene_chips
 from .error_policy import ErrorPolicy
 from .format import STAGING_DIR, BadInputError, GeoDatasetInfo, TooManyErrorsError
+from .planning import plan_chips
+from .progress import Progress, check_max_chips
 from .publish import _clean_up_on_failure, _prepare_output, _publish, _ShardSink
 from .scenes import Scene
 from .time_series import _time_series_chips
@@ -99,6 +102,8 @@ def write_shards(
     mask_label_names: Sequence[str] | None = None,
     num_frames: int | None = None,
     target_raster: str | os.PathLike | None = None,
+    max_chips: int | None = None,
+    progress: Progress | None = None,
 ) -> WriteSummary:
     r"""Cut rasters into chips and write a Hub-ready Parquet dataset to ``output_dir``.
 
@@ -159,6 +164,12 @@ def write_shards(
             the file names), with a ``(T, H, W)`` ``valid_mask`` and ``frame_datetimes``. A
             frame over ``max_nodata_fraction`` invalid in a window is skipped there; frames
             short of a whole series are left over; both are counted in ``skipped``.
+        max_chips: refuse (:class:`BadInputError`, before any pixel is read or anything is
+            written) scenes whose grids hold more chips than this (every date of a time series
+            counts); ``None``: no limit. ``geofm-make-shards --max-chips`` defaults to
+            :data:`~geofm_hf.data.progress.DEFAULT_MAX_CHIPS`.
+        progress: a :class:`~geofm_hf.data.progress.Progress` told the plan (scenes, chips,
+            shards, bytes) before the run and every strip read during it; ``None``: silent.
 
     Returns:
         A :class:`WriteSummary`. The folder holds ``README.md``, ``geofm_dataset.json`` and
@@ -187,10 +198,15 @@ def write_shards(
     output_dir = Path(output_dir)
     scenes, scene_sensors = _discover_scenes(inputs, band_files, filename_pattern, band_names,
                                              bands, sensor, on_error)  # fmt: skip
+    split_names = [split] if isinstance(split, str) else list(split)
+    plan = plan_chips(scenes, scene_sensors, chip_size=chip_size, stride=stride, bands=bands,
+                      band_names=band_names, resolution=resolution, num_frames=num_frames,
+                      target_bytes=int(target_shard_mb * 1e6), rows_per_shard=rows_per_shard,
+                      num_splits=len(split_names))  # fmt: skip
+    check_max_chips(plan, max_chips, "a larger --stride or --chip-size")
     output_dir.mkdir(parents=True, exist_ok=True)
     _prepare_output(output_dir, overwrite)
     policy = ErrorPolicy(on_error, max_error_fraction, len(scenes))
-    split_names = [split] if isinstance(split, str) else list(split)
     sink = _ShardSink(split_names, output_dir / STAGING_DIR,
                       target_bytes=int(target_shard_mb * 1e6), rows_per_shard=rows_per_shard,
                       compression_level=compression_level, labelled=labels is not None,
@@ -199,9 +215,16 @@ def write_shards(
     spec = _ChipSpec(chip_size, stride, max_nodata_fraction, bands, band_names, resolution,
                      resampling, nodata, qa_masks, split, labels, label_names, masks,
                      targets)  # fmt: skip
-    state = _DatasetState()
-    sources = _cut_chips(scenes, scene_sensors, spec, state, policy, sink, num_frames)
-    num_samples = sink.close()
+    state = _DatasetState(progress=progress)
+    if progress is not None:
+        progress.plan(plan, lambda: f"read {_size(state.bytes_read)}, shards written: "
+                      f"{sum(map(len, sink.files.values()))}")  # fmt: skip
+    try:
+        sources = _cut_chips(scenes, scene_sensors, spec, state, policy, sink, num_frames)
+        num_samples = sink.close()
+    finally:
+        if progress is not None:
+            progress.close()
     _check_chips_kept(state, num_samples, policy, len(scenes))
     if masks is not None:
         _check_masks_labelled(state, masks)

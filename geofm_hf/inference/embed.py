@@ -35,6 +35,7 @@ from ._cli import USER_ERRORS, Parser, fraction, positive_int, report
 from .encoder import WindowEncoder, use_bf16
 from .geometry import embedding_transform
 from .geoparquet import BBOX_TYPE, bbox_polygons_wkb, geo_metadata
+from .planning import start_progress
 from .scenes import (
     SceneGrid,
     SceneReading,
@@ -157,6 +158,7 @@ def embed(
     part_rows: int = 4096,
     progress: bool = True,
     preview: bool = True,
+    max_chips: int | None = None,
 ) -> EmbedSummary:
     """Embed every window of ``inputs`` with ``model`` and write ``output``.
 
@@ -179,6 +181,9 @@ def embed(
         resume: continue an interrupted run from ``OUT.partial/`` (same model and settings).
         on_error: ``raise`` at the first bad scene, or ``skip`` it (counted in the summary) and
             stop only past ``max_error_fraction`` of the scenes.
+        progress: print the plan (scenes, windows, bytes) and progress lines on stderr.
+        max_chips: refuse, before any pixel is read, inputs of more windows (``None``: no
+            limit; ``--max-chips`` defaults to 1,000,000).
     """
     start = time.perf_counter()
     _check_options(pooling, format, pca)
@@ -211,6 +216,8 @@ def embed(
         # Every scene's bands are matched to the model before OUT.partial/ exists: a scene that
         # cannot feed the model writes nothing.
         check_scenes(sources, sensors, model_bands, reading, policy)
+    bar = start_progress("geofm-embed", kind, sources, sensors, model_bands, reading, window,
+                         stride, policy, max_chips, progress, dataset_revision)  # fmt: skip
     manifest = {
         "model_id": loaded.model_id, "model_revision": loaded.revision, "window": window,
         "stride": stride, "pooling": pooling, "dim": dim, "scenes": scene_keys,
@@ -218,9 +225,6 @@ def embed(
     }  # fmt: skip
     staging = _open_staging(output, manifest, resume)
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(desc="embed", unit="win", disable=not progress, total=0)
     parts = _PartWriter(encoder, staging, dim * g * g if pooling == "patch" else dim,
                         batch_size, part_rows, bar)  # fmt: skip
     try:
@@ -401,6 +405,7 @@ class _PartWriter:
         for meta, bounds, pixels, *coords in items:
             # Valid: finite in every band (and every frame of a series).
             valid = float(np.isfinite(pixels).reshape(-1, *pixels.shape[-2:]).all(axis=0).mean())
+            self.bar.update(1)  # empty windows too: the plan counts every window
             if valid == 0.0:
                 n_empty += 1
                 continue
@@ -408,7 +413,6 @@ class _PartWriter:
             buf_pix.append(pixels)
             buf_coords.append(coords[0] if coords else {})
             written += 1
-            self.bar.update(1)
             if len(buf_pix) == self.batch_size:
                 flush_batch()
                 if len(rows) >= self.part_rows:
@@ -695,6 +699,7 @@ def _assemble_parquet(staging: Path, output: Path, crs, dim: int, g: int, loaded
 # ---------------------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
     from ..data.cli import add_scene_arguments
+    from ..data.progress import add_max_chips_argument
 
     p = Parser(
         prog="geofm-embed",
@@ -723,7 +728,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-error-fraction", type=fraction, default=0.05)
     p.add_argument("--checkpoint-every", type=positive_int, default=4096, metavar="N",
                    help="windows per part file: what --resume keeps of a killed run")  # fmt: skip
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="print neither the plan nor progress lines")  # fmt: skip
+    add_max_chips_argument(p, "windows")
     add_scene_arguments(p)
     return p
 
@@ -757,7 +764,8 @@ def main(argv: list[str] | None = None) -> int:
             format=args.format, pca=args.pca, batch_size=args.batch_size, device=args.device,
             dtype=args.dtype, resume=args.resume, overwrite=args.overwrite,
             on_error=args.on_error, max_error_fraction=args.max_error_fraction,
-            progress=not args.no_progress, part_rows=args.checkpoint_every, **reading,
+            progress=not args.no_progress, part_rows=args.checkpoint_every,
+            max_chips=args.max_chips, **reading,
         )  # fmt: skip
     except USER_ERRORS as err:
         return report("geofm-embed", err)

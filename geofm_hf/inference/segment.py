@@ -26,6 +26,7 @@ import torch
 
 from ..data.format import BadInputError
 from ._cli import USER_ERRORS, Parser, fraction, positive_int, report
+from .planning import start_progress
 from .scenes import (
     SceneReading,
     check_scenes,
@@ -149,6 +150,7 @@ def segment(
     overwrite: bool = False,
     preview: bool = True,
     progress: bool = True,
+    max_chips: int | None = None,
 ) -> SegmentSummary:
     """Class map of every scene of ``inputs`` with a ``GeoViTMAEForSemanticSegmentation``.
 
@@ -160,10 +162,11 @@ def segment(
     ``geofm-make-shards`` reads them, their bands matched to the model's by sensor and
     wavelength; invalid pixels get no prediction. A regression model
     (``config.problem_type="regression"``) writes a float32 COG of its predicted values
-    instead, nodata NaN, the target's name in the ``target`` tag, and no PNG.
+    instead, nodata NaN, the target's name in the ``target`` tag, and no PNG. ``progress``
+    prints the plan and progress lines on stderr; ``max_chips`` refuses, before any pixel is
+    read, inputs of more windows (``None``: no limit; ``--max-chips`` defaults to 1,000,000).
     """
     import rasterio
-    from tqdm.auto import tqdm
 
     from ..data.error_policy import ErrorPolicy
     from ..modeling_geofm import GeoViTMAEForSemanticSegmentation
@@ -199,11 +202,12 @@ def segment(
     policy = ErrorPolicy(on_error, max_error_fraction, len(scenes))
     check_scenes(scenes, sensors, model_bands, reading, policy)
     bad = {item["item"] for item in policy.items}
+    bar = start_progress("geofm-segment", "rasters", scenes, sensors, model_bands, reading, window,
+                         stride, policy, max_chips, progress)  # fmt: skip
     outputs: list[str] = []
     preview_path = None
     fractions: dict[str, float] = {}
     n_windows = 0
-    bar = tqdm(desc="segment", unit="win", disable=not progress)
     work = Path(tempfile.mkdtemp(prefix=".geofm-segment-", dir=output.parent))
     try:
         for scene in scenes:
@@ -242,11 +246,11 @@ def segment(
                             blender.finalize(r)
                             blender.grow(r + window)
                             current = r
+                        bar.update(1)  # empty windows too: the plan counts every window
                         if not np.isfinite(pix).any():
                             continue
                         blender.batch.append((r, c, pix))
                         n_windows += 1
-                        bar.update(1)
                         if len(blender.batch) == batch_size:
                             blender.flush()
                     blender.flush()
@@ -288,6 +292,7 @@ def _save_map_png(cog: Path, names: list[str], path: str, max_side: int = 2048) 
 
 def _parser() -> argparse.ArgumentParser:
     from ..data.cli import add_scene_arguments
+    from ..data.progress import add_max_chips_argument
 
     p = Parser(
         prog="geofm-segment",
@@ -306,7 +311,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise")
     p.add_argument("--max-error-fraction", type=fraction, default=0.05)
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="print neither the plan nor progress lines")  # fmt: skip
+    add_max_chips_argument(p, "windows")
     add_scene_arguments(p)
     return p
 
@@ -328,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             args.model, args.inputs, args.output, revision=args.revision, stride=args.stride,
             batch_size=args.batch_size, device=args.device, dtype=args.dtype,
             on_error=args.on_error, max_error_fraction=args.max_error_fraction,
-            overwrite=args.overwrite, progress=not args.no_progress, **reading,
+            overwrite=args.overwrite, progress=not args.no_progress, max_chips=args.max_chips,
+            **reading,
         )  # fmt: skip
     except USER_ERRORS as err:
         return report("geofm-segment", err)
