@@ -37,9 +37,9 @@ def classification_metrics(scores, references, num_classes: int) -> dict[str, fl
     predictions = scores.argmax(axis=1)
     top1 = load_metric("accuracy").compute(predictions=predictions, references=references)
     top5 = load_metric("top_k_accuracy").compute(predictions=scores, references=references, k=5)
+    labels = list(range(num_classes))
     f1 = load_metric("f1").compute(
-        predictions=predictions, references=references, labels=list(range(num_classes)),
-        zero_division=0.0,
+        predictions=predictions, references=references, labels=labels, zero_division=0.0
     )
     return {
         "top1": top1["accuracy"],
