@@ -30,7 +30,7 @@ from ..data.format import BadInputError
 from ._cli import USER_ERRORS, Parser, fraction, positive_int, report
 from .embed_output import PartWriter, Tally, assemble_parquet, done_windows, open_staging
 from .encoder import WindowEncoder, use_bf16
-from .geometry import embedding_transform
+from .geometry import embedding_transform, window_origins
 from .scenes import SceneReading, check_scenes, iter_windows, load_model, model_band_set
 from .shard_inputs import check_shard_dataset, embed_shards, window_sources
 from .stacks import ModelNeeds, group_inputs, open_unit, window_coords
@@ -301,9 +301,13 @@ def _raster_items(grid, window: int, stride: int, done: set[tuple[str, int, int]
 
     src = grid.source
     skip = {(r, c) for s_, r, c in done if s_ == src}
+    cols = window_origins(grid.width, window, stride)
+    coords: dict[tuple[int, int], dict] = {}
     for r, c, pix in iter_windows(grid, window, stride, skip):
-        coords = window_coords(grid, r, c, window, wanted)
-        yield (src, r, c, grid.datetime), bounds(r, c), pix, coords
+        if (r, c) not in coords:  # a new row of windows: their metadata in one call
+            row = [(r, x) for x in cols]
+            coords = dict(zip(row, window_coords(grid, row, window, wanted)))
+        yield (src, r, c, grid.datetime), bounds(r, c), pix, coords[r, c]
 
 
 # ---------------------------------------------------------------------------------------- CLI

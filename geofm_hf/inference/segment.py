@@ -88,7 +88,8 @@ class _Blender:
         # Valid: finite in every band (and every frame of a series).
         valid = np.isfinite(pixels).reshape(len(pixels), -1, *pixels.shape[-2:]).all(axis=1)
         inp = self.processor(pixels, return_tensors="pt")["pixel_values"]
-        found = [window_coords(self.grid, r, c, self.window, self.wanted) for r, c, _ in self.batch]
+        windows = [(r, c) for r, c, _ in self.batch]
+        found = window_coords(self.grid, windows, self.window, self.wanted)
         coords = {k: torch.as_tensor(np.stack([f[k] for f in found]), device=self.device)
                   for k in self.wanted}  # fmt: skip
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,

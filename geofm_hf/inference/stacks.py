@@ -134,30 +134,32 @@ def open_unit(members, model, sensors: dict[str, str | None],
     return SceneStack(frames)
 
 
-def window_coords(grid, row: int, col: int, window: int, wanted) -> dict[str, np.ndarray]:
-    """The ``wanted`` metadata of the window at ``(row, col)`` of ``grid`` (a scene or a stack):
-    ``temporal_coords`` ``(T, 2)`` and / or ``location_coords`` ``(2,)`` of its centre."""
+def window_coords(grid, windows: list[tuple[int, int]], window: int,
+                  wanted) -> list[dict[str, np.ndarray]]:  # fmt: skip
+    """The ``wanted`` metadata of each window ``(row, col)`` of ``grid`` (a scene or a stack):
+    ``temporal_coords`` ``(T, 2)`` and / or ``location_coords`` ``(2,)`` of its centre. One call
+    a batch: the places are projected together."""
     import pyarrow as pa
 
     from ..data.format import chip_metadata
 
     if not wanted:
-        return {}
+        return [{} for _ in windows]
     dates = grid.datetimes
-    affine = grid.transform @ Affine.translation(col, row)
+    crs = grid.crs.to_string() if grid.crs else None
     table = pa.table({
-        "frame_datetimes": pa.array([dates], pa.list_(pa.string())),
-        "crs": [grid.crs.to_string() if grid.crs else None],
-        "transform": [list(affine)[:6]],
-        "shape": [[len(dates), window, window]],
+        "frame_datetimes": pa.array([dates] * len(windows), pa.list_(pa.string())),
+        "crs": [crs] * len(windows),
+        "transform": [list(grid.transform @ Affine.translation(c, r))[:6] for r, c in windows],
+        "shape": [[len(dates), window, window]] * len(windows),
     })  # fmt: skip
-    times, places = chip_metadata(table, np.zeros(1), len(dates))
-    found = {"temporal_coords": times[0], "location_coords": places[0]}
+    times, places = chip_metadata(table, np.arange(len(windows)), len(dates))
+    found = {"temporal_coords": times, "location_coords": places}
     for name in wanted:
-        if not np.isfinite(found[name]).all():
+        if windows and not np.isfinite(found[name][0]).all():
             raise BadInputError(
                 "needs_metadata",
                 f"the model encodes {_WHAT[name]} but {grid.source} gives none "
                 f"({'dates ' + str(dates) if name == 'temporal_coords' else 'no CRS'})",
             )
-    return {name: found[name] for name in wanted}
+    return [{name: found[name][k] for name in wanted} for k in range(len(windows))]
