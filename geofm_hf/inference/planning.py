@@ -21,14 +21,14 @@ from .scenes import SceneReading
 __all__ = ["plan_windows", "start_progress"]
 
 
-def plan_windows(scenes, sensors: dict[str, str | None], model_bands, reading: SceneReading,
-                 window: int, stride: int, skip=()) -> Plan:  # fmt: skip
-    """Windows of ``window`` px every ``stride`` px over every scene not in ``skip`` (sources),
-    and the float32 pixels they feed the model."""
+def plan_windows(units, sensors: dict[str, str | None], model_bands, reading: SceneReading,
+                 window: int, stride: int) -> Plan:  # fmt: skip
+    """Windows of ``window`` px every ``stride`` px over every input of the model (``units``: a
+    scene, or a stack of one place's dates on its first date's grid), and the float32 pixels
+    they feed the model (every date of a stack)."""
     plan = Plan("windows", window, stride, bytes_label="of pixels to read")
-    for scene in scenes:
-        if scene.source in skip:
-            continue
+    for unit in units:
+        scene = unit[0]
         with contextlib.ExitStack() as stack:
             paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
             try:
@@ -40,26 +40,26 @@ def plan_windows(scenes, sensors: dict[str, str | None], model_bands, reading: S
                 continue  # the run records it, under --on-error
         n = len(window_origins(width, window, stride)) * len(window_origins(height, window, stride))
         plan.scenes.append(SceneSize(scene.source, width, height, n))
-        plan.bytes += n * len(selected) * window * window * 4
+        plan.bytes += n * len(unit) * len(selected) * window * window * 4
     return plan
 
 
-def start_progress(prog: str, kind: str, sources, sensors, model_bands, reading: SceneReading,
-                   window: int, stride: int, policy, max_chips: int | None, enabled: bool,
+def start_progress(prog: str, kind: str, units, sensors, model_bands, reading: SceneReading,
+                   window: int, stride: int, max_chips: int | None, enabled: bool,
                    dataset_revision: str | None = None) -> Progress:  # fmt: skip
-    """Plan the run (``kind``: ``"rasters"``, or ``"shards"`` for a shard dataset, whose chips
-    are the windows), refuse it over ``max_chips``, and return its started reporter."""
+    """Plan the run (``kind``: ``"rasters"``, whose ``units`` are the model's inputs, or
+    ``"shards"``, ``units`` holding the one shard dataset, whose chips are the windows), refuse
+    it over ``max_chips``, and return its started reporter."""
     if kind == "rasters":
-        bad = {item["item"] for item in policy.items}
-        plan = plan_windows(sources, sensors, model_bands, reading, window, stride, bad)
+        plan = plan_windows(units, sensors, model_bands, reading, window, stride)
         knobs = "a larger --stride"
     else:
         from ..data import read_dataset_info
 
-        info = read_dataset_info(sources[0], revision=dataset_revision)
+        info = read_dataset_info(units[0], revision=dataset_revision)
         plan = Plan("windows", window, window, bytes_label="of pixels to read")
         chips = sum(info.num_samples.values())
-        plan.scenes.append(SceneSize(f"shard dataset {sources[0]}", None, None, chips))
+        plan.scenes.append(SceneSize(f"shard dataset {units[0]}", None, None, chips))
         plan.bytes = chips * len(model_bands.names) * window * window * 4 * (info.num_frames or 1)
         knobs = "a smaller dataset"
     check_max_chips(plan, max_chips, knobs)
