@@ -11,6 +11,7 @@ part. A scene that fails is dropped whole, recorded, and (``on_error="skip"``) t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, is_disk_full
+from .._errors import DiskFullError
 from ..data.error_policy import ErrorPolicy
 from ..data.format import BadInputError
 from ._cli import USER_ERRORS, Parser, fraction, positive_int, report
@@ -223,51 +225,72 @@ def embed(
     bar = tqdm(desc="embed", unit="win", disable=not progress, total=0)
     parts = _PartWriter(encoder, staging, dim * g * g if pooling == "patch" else dim,
                         batch_size, part_rows, bar)  # fmt: skip
-    try:
-        if kind == "rasters":
-            bad = {item["item"] for item in policy.items}
-            todo = [(i, s) for i, s in enumerate(sources) if s.source not in bad]
-            tally = _embed_scenes(todo, sensors, reading, model_bands, window, stride, format,
-                                  parts, policy)  # fmt: skip
+    # A full disk, wherever met (a part, the assembled output), is reported on OUT.
+    with _disk_full_names(output, staging):
+        try:
+            if kind == "rasters":
+                bad = {item["item"] for item in policy.items}
+                todo = [(i, s) for i, s in enumerate(sources) if s.source not in bad]
+                tally = _embed_scenes(todo, sensors, reading, model_bands, window, stride, format,
+                                      parts, policy)  # fmt: skip
+            else:
+                tally = _embed_shards(sources[0], dataset_revision, model_bands, window, parts,
+                                      policy, wanted)  # fmt: skip
+        except Exception:
+            # What --resume would keep is the finished parts; a run that finished none leaves none.
+            if not any(staging.glob("s*-*.parquet")):
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            bar.close()
+        if not tally.per_scene:
+            raise BadInputError(
+                "no_output", f"no scene could be embedded; skipped: {policy.summary()}"
+            )
+        meta = {"model_id": loaded.model_id, "model_revision": loaded.revision, "pooling": pooling,
+                "window": window, "stride": stride, "scene_bands": tally.bands}  # fmt: skip
+        outputs: list[str] = []
+        preview_path = None
+        if format == "parquet":
+            _assemble_parquet(staging, output, tally.crs, dim, g, loaded, pooling, meta)
+            outputs.append(str(output))
         else:
-            tally = _embed_shards(sources[0], dataset_revision, model_bands, window, parts,
-                                  policy, wanted)  # fmt: skip
-    except Exception:
-        # What --resume would keep is the finished parts; a run that finished none leaves none.
-        if not any(staging.glob("s*-*.parquet")):
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
-    if not tally.per_scene:
-        raise BadInputError("no_output", f"no scene could be embedded; skipped: {policy.summary()}")
-    meta = {"model_id": loaded.model_id, "model_revision": loaded.revision, "pooling": pooling,
-            "window": window, "stride": stride, "scene_bands": tally.bands}  # fmt: skip
-    outputs: list[str] = []
-    preview_path = None
-    if format == "parquet":
-        _assemble_parquet(staging, output, tally.crs, dim, g, loaded, pooling, meta)
-        outputs.append(str(output))
-    else:
-        from .cog import assemble_cogs
+            from .cog import assemble_cogs
 
-        outputs, preview_path = assemble_cogs(
-            staging, output, tally.grids, dim=dim, window=window, stride=stride, pooling=pooling,
-            patch=loaded.patch_size, pca=pca, preview=preview, tags=meta,
-        )  # fmt: skip
-    shutil.rmtree(staging)
-    return EmbedSummary(
-        output=outputs,
-        num_windows=tally.windows + tally.resumed,
-        num_windows_resumed=tally.resumed,
-        skipped=policy.summary(),
-        empty_windows=tally.empty,
-        seconds=time.perf_counter() - start,
-        dim=dim,
-        bf16=bf16,
-        preview=preview_path,
-        per_scene=tally.per_scene,
-    )
+            outputs, preview_path = assemble_cogs(
+                staging, output, tally.grids, dim=dim, window=window, stride=stride, pooling=pooling,
+                patch=loaded.patch_size, pca=pca, preview=preview, tags=meta,
+            )  # fmt: skip
+        shutil.rmtree(staging)
+        return EmbedSummary(
+            output=outputs,
+            num_windows=tally.windows + tally.resumed,
+            num_windows_resumed=tally.resumed,
+            skipped=policy.summary(),
+            empty_windows=tally.empty,
+            seconds=time.perf_counter() - start,
+            dim=dim,
+            bf16=bf16,
+            preview=preview_path,
+            per_scene=tally.per_scene,
+        )
+
+
+@contextlib.contextmanager
+def _disk_full_names(output: Path, staging: Path) -> Iterator[None]:
+    """A full disk met in the block as one :class:`DiskFullError` naming ``output``, saying
+    whether finished parts are kept for ``--resume`` (they are whole: written atomically)."""
+    try:
+        yield
+    except Exception as err:
+        if not is_disk_full(err, output):
+            raise
+        for scratch in staging.glob("*.tif"):  # rasters of the assembly: remade from the parts
+            scratch.unlink()
+        kept = None
+        if any(staging.glob("s*-*.parquet")):
+            kept = f"the finished parts in {staging} are kept: run again with --resume to go on"
+        raise DiskFullError(output, kept=kept) from err
 
 
 def _check_metadata(config, kind: str, sources, revision) -> tuple[str, ...]:
