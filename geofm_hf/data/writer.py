@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._atomic import disk_full_as, free_bytes
 from ..bands import (
     band_bandwidths,
     band_gsd,
@@ -200,8 +201,11 @@ def write_shards(
                      resampling, nodata, qa_masks, split, labels, label_names, masks,
                      targets)  # fmt: skip
     state = _DatasetState()
-    sources = _cut_chips(scenes, scene_sensors, spec, state, policy, sink, num_frames)
-    num_samples = sink.close()
+    sources: list[str] = []
+    with disk_full_as(output_dir, lambda: _space_needed(scenes, sources, sink, output_dir),
+                      at_least=True):  # fmt: skip
+        _cut_chips(scenes, scene_sensors, spec, state, policy, sink, num_frames, sources)
+        num_samples = sink.close()
     _check_chips_kept(state, num_samples, policy, len(scenes))
     if masks is not None:
         _check_masks_labelled(state, masks)
@@ -291,11 +295,12 @@ def _discover_scenes(inputs, band_files=None, filename_pattern=None, band_names=
 
 def _cut_chips(scenes: list[Scene], scene_sensors: dict[str, str | None], spec: _ChipSpec,
                state: _DatasetState, policy: ErrorPolicy, sink: _ShardSink,
-               num_frames: int | None) -> list[str]:  # fmt: skip
-    """Every kept chip of ``scenes`` into ``sink``; returns the sources that gave chips.
+               num_frames: int | None, sources: list[str] | None = None) -> list[str]:  # fmt: skip
+    """Every kept chip of ``scenes`` into ``sink``; returns the sources that gave chips (also
+    appended to ``sources`` as each is done: the progress a failed write reports from).
 
     A bad scene is recorded in ``policy`` (raised again under ``on_error="raise"``)."""
-    sources: list[str] = []
+    sources = [] if sources is None else sources
     if num_frames is not None:
         with contextlib.closing(_time_series_chips(scenes, scene_sensors, spec, state, policy,
                                                    num_frames, sources)) as chips:  # fmt: skip
@@ -316,6 +321,31 @@ def _cut_chips(scenes: list[Scene], scene_sensors: dict[str, str | None], spec: 
         except BadInputError as err:
             policy.record(err, scene.source)
     return sources
+
+
+def _space_needed(
+    scenes: list[Scene], sources: list[str], sink: _ShardSink, output_dir: Path
+) -> int:
+    """After a write ran out of space: at least how much more room the whole dataset needs,
+    extrapolated from the bytes its chips took so far over the share of input bytes read (the
+    scenes done and the one in progress, counted whole: hence "at least"). The staging folder
+    is about to be deleted, so its bytes count as free."""
+    staged, pending = sink.bytes_so_far()
+    sizes = [sum(_file_bytes(p) for p in _scene_files(s)) for s in scenes]
+    read = sum(sizes[: len(sources) + 1]) or 1
+    total = (staged + pending) * max(sum(sizes), 1) / read
+    return max(int(total) - free_bytes(output_dir) - staged, pending, 1)
+
+
+def _scene_files(scene: Scene) -> list[str]:
+    return [scene.multiband] if scene.multiband else list(scene.band_files.values())
+
+
+def _file_bytes(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:  # a Hub or /vsi path: count it as nothing
+        return 0
 
 
 def _check_chips_kept(state: _DatasetState, num_samples: dict[str, int], policy: ErrorPolicy,
