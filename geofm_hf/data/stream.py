@@ -421,8 +421,10 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
                 # (H, W), or (T, H, W) for time series
                 valid = decode_valid_masks(table, local, *arr.shape[1:-3], *arr.shape[-2:])
                 if valid is not None:
+                    # An all-valid mask (most chips: the writer stores one for every chip) is no
+                    # mask, so such batches can still take the device-transform path.
                     for j, i in enumerate(here):
-                        masks[i] = valid[j]
+                        masks[i] = None if valid[j].all() else valid[j]
                 if self.return_chip_ids:
                     column = table.column("chip_id")
                     for i, r in zip(here, local):
