@@ -67,9 +67,13 @@ def find_scenes(inputs, band_files=None, filename_pattern=None) -> list[Scene]:
     """The scenes of ``inputs`` (files, folders, globs) and ``band_files``: per-band files grouped
     by scene prefix (or ``filename_pattern``), QA masks joined to their scene, dates from names.
     Reads no pixels; an input that yields no scene is an error."""
-    files = _expand_inputs(inputs) if inputs else []
+    files, not_read = _expand_inputs(inputs) if inputs else ([], [])
     scenes = _group_scenes(files, band_files, filename_pattern)
-    _say_what_was_not_read(inputs)
+    if not_read:  # every file given or found is read, or named here: none dropped unsaid
+        logger.warning(
+            "%s. Raster extensions read (any case): %s", _not_read_message(not_read),
+            " ".join(sorted(_RASTER_EXTENSIONS)),
+        )  # fmt: skip
     if not scenes:
         raise FileNotFoundError(f"no input rasters found in {inputs!r}")
     return scenes
@@ -128,35 +132,6 @@ def _not_read_message(ignored: list[Path], shown: int = 5) -> str:
     return f"{len(ignored)} file(s) not read: {listed}{more}"
 
 
-def _say_what_was_not_read(inputs) -> None:
-    """One warning line for the files the inputs name or hold that are not read: every file
-    given or found is read or named here, never dropped without a word."""
-    ignored = _not_read(inputs)
-    if ignored:
-        logger.warning(
-            "%s. Raster extensions read (any case): %s", _not_read_message(ignored),
-            " ".join(sorted(_RASTER_EXTENSIONS)),
-        )  # fmt: skip
-
-
-def _not_read(inputs) -> list[Path]:
-    """The files (and glob-matched folders) of ``inputs`` that :func:`_expand_inputs` leaves out."""
-    if not inputs:
-        return []
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    out: list[Path] = []
-    for item in inputs:
-        text = str(item)
-        if any(c in text for c in "*?["):
-            # A recursive glob matches the files of its folders too: only its own are named.
-            out.extend(Path(m) for m in sorted(glob.glob(text, recursive=True))
-                       if _is_sidecar(Path(m)) or (Path(m).is_dir() and "**" not in text))  # fmt: skip
-        elif Path(text).is_dir():
-            out.extend(_folder_files(Path(text))[1])
-    return list(dict.fromkeys(out))
-
-
 def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """(raster files, other files) under ``folder``, recursively, outside staging folders."""
     rasters, others = [], []
@@ -167,17 +142,22 @@ def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
     return rasters, others
 
 
-def _expand_inputs(inputs) -> list[Path]:
+def _expand_inputs(inputs) -> tuple[list[Path], list[Path]]:
+    """(raster files to read, files and folders the inputs name or hold that are not read)."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     files: list[Path] = []
+    not_read: list[Path] = []
     for item in inputs:
         text = str(item)
         if any(c in text for c in "*?["):
-            matches = sorted(glob.glob(text, recursive=True))
+            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
             if not matches:
                 raise FileNotFoundError(f"glob {text!r} matched no files")
-            files.extend(Path(m) for m in matches if Path(m).is_file() and not _is_sidecar(Path(m)))
+            files.extend(m for m in matches if m.is_file() and not _is_sidecar(m))
+            # A recursive glob matches the files of its folders too: only its own are named.
+            not_read.extend(m for m in matches
+                            if _is_sidecar(m) or (m.is_dir() and "**" not in text))  # fmt: skip
         elif Path(text).is_dir():
             found, others = _folder_files(Path(text))
             if not found:
@@ -187,13 +167,17 @@ def _expand_inputs(inputs) -> list[Path]:
                     f"{' '.join(sorted(_RASTER_EXTENSIONS))}){held}"
                 )
             files.extend(found)
+            not_read.extend(others)
         elif Path(text).is_file():
             files.append(Path(text))
         else:
             raise FileNotFoundError(f"input {text!r} is not a file, folder or matching glob")
     # Absolute, not resolved: a symlink's own name (LC08_..._SR_B4.tif) is what names its band
     # and sensor, whatever the file it points to is called.
-    return list(dict.fromkeys(Path(os.path.abspath(p)) for p in files))
+    absolute = list(dict.fromkeys(Path(os.path.abspath(p)) for p in files))
+    read = set(absolute)  # a file another input names is read, whatever a folder left out
+    skipped = dict.fromkeys(Path(os.path.abspath(p)) for p in not_read)
+    return absolute, [p for p in skipped if p not in read]
 
 
 def _datetime_from_name(name: str) -> str | None:
