@@ -58,6 +58,37 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def incomplete_checkpoints(output_dir: str | os.PathLike) -> list[str]:
+    """Names of the checkpoint folders in ``output_dir`` that can never be resumed from: writes
+    cut short (``.tmp-checkpoint-*``) and ``checkpoint-*`` folders without a ``COMPLETE`` marker
+    (copied in part, or written by hand), sorted."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted(
+        child.name
+        for child in root.iterdir()
+        if child.is_dir()
+        and (
+            child.name.startswith(".tmp-checkpoint-")
+            or (_NAME.match(child.name) and not (child / COMPLETE).is_file())
+        )
+    )
+
+
+def starting_over_message(output_dir: str | os.PathLike, incomplete: list[str]) -> str:
+    """The one line a run starting from step 0 prints when ``output_dir`` held only incomplete
+    checkpoints: training over them silently would look like a resume that lost its progress."""
+    shown = ", ".join(incomplete[:5])
+    if len(incomplete) > 5:
+        shown += f" and {len(incomplete) - 5} more"
+    return (
+        f"{output_dir} holds no complete checkpoint, only {len(incomplete)} incomplete one(s) "
+        f"({shown}; no {COMPLETE} marker: a write cut short or a partial copy): "
+        "starting from step 0"
+    )
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
