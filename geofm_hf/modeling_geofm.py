@@ -1803,7 +1803,15 @@ class GeoViTMAEForSemanticSegmentation(GeoViTMAEPreTrainedModel):
     input resolution. Config fields (defaults written into the config on first use):
     ``segmentation_layers`` (four 1-based block indices; default evenly spaced, ending at the
     last), ``segmentation_hidden_size`` (256), ``segmentation_dropout`` (0.1) and
-    ``semantic_loss_ignore_index`` (255, transformers' name)."""
+    ``semantic_loss_ignore_index`` (255, transformers' name).
+
+    A time-series model (``num_frames`` T > 1) maps a series ``(B, T, C, H, W)`` to one
+    ``(H, W)`` map per sample: at each of the four depths the tokens of the T/t tubelets at
+    one grid position are averaged before the head (TerraTorch's temporal mean pooling; its
+    other choice, concatenating the frames' features, would tie the head's width to T). The
+    frames have already exchanged information in every attention block, with their dates when
+    the model encodes them, so the mean keeps what the encoder found in the sequence, and the
+    head is the same, weights included, whatever the number of frames."""
 
     def __init__(self, config: GeoViTMAEConfig) -> None:
         depth = config.num_hidden_layers
@@ -1848,12 +1856,17 @@ class GeoViTMAEForSemanticSegmentation(GeoViTMAEPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         pixel_mask: torch.Tensor | None = None,
+        temporal_coords: torch.Tensor | None = None,
+        location_coords: torch.Tensor | None = None,
         **kwargs,
     ) -> SemanticSegmenterOutput | tuple:
         """Logits ``(B, num_labels, H, W)``; with ``labels`` ``(B, H, W)`` (class index, or
         ``semantic_loss_ignore_index`` for unlabelled pixels) the mean cross-entropy. Fractional
-        labels are refused (a cast would silently change them). ``pixel_mask`` ``(B, H, W)``
-        (1 = valid) sets invalid pixels to the band mean.
+        labels are refused (a cast would silently change them). ``pixel_mask`` ``(B, [T,] H,
+        W)`` (1 = valid) sets invalid pixels to the band mean. ``pixel_values`` are ``(B, T, C,
+        H, W)`` for a time-series model, with ``temporal_coords`` ``(B, T, 2)`` (year, day of
+        year) and ``location_coords`` ``(B, 2)`` (lat, lon degrees) as the encoder takes them;
+        the labels stay one ``(B, H, W)`` map per series.
 
         With ``config.problem_type="regression"`` (and ``num_labels=1``) the logits ``(B, 1, H,
         W)`` are per-pixel predictions of a continuous target, ``labels`` ``(B, H, W)`` floats
@@ -1869,16 +1882,20 @@ class GeoViTMAEForSemanticSegmentation(GeoViTMAEPreTrainedModel):
             )
         encoded = self.vit(
             pixel_values,
+            temporal_coords=temporal_coords,
+            location_coords=location_coords,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_hidden_states=True,
             pixel_mask=pixel_mask,
         )
         p = self.config.patch_size
-        grid_h, grid_w = pixel_values.shape[2] // p, pixel_values.shape[3] // p
+        grid_h, grid_w = pixel_values.shape[-2] // p, pixel_values.shape[-1] // p
         grids = []
         for i in self.config.segmentation_layers:
             # hidden_states[i] is block i's output (index 0 is the embedding); drop the cls token.
-            tokens = encoded.hidden_states[i][:, 1:]  # (B, L, D)
+            tokens = encoded.hidden_states[i][:, 1:]  # (B, L, D), L = (T/t) * h * w
+            # Tokens are ordered (tubelet, row, col): the mean over tubelets, one grid a sample.
+            tokens = tokens.unflatten(1, (-1, grid_h * grid_w)).mean(dim=1)  # (B, h * w, D)
             grids.append(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, grid_h, grid_w))
         logits = self.decode_head(grids)  # (B, K, 4h, 4w)
         logits = F.interpolate(
