@@ -4,14 +4,17 @@ The band contract (names, per-band mean/std) is stored in ``preprocessor_config.
 weights, so a checkpoint always says which bands, in which order, normalised how. A band the model
 needs but the input lacks is an error naming it: nothing is ever zero-filled silently.
 
-This file is copied next to the weights by ``save_pretrained`` (remote code), so it must only
-import ``numpy``, ``torch``, ``transformers`` and the standard library.
+This file is copied next to the weights by ``save_pretrained`` (remote code), with the two it
+imports relatively (transformers copies and loads those too): ``image_processing_geofm_inputs.py``
+(input forms, time series, dates) and ``image_processing_geofm_bands.py`` (band matching,
+statistics). All three must only import ``numpy``, ``torch``, ``transformers`` and the standard
+library.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,91 +22,24 @@ import torch
 import torch.nn.functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
-# Red/green/blue under Sentinel-2's own spelling (B04/B03/B02), so a PIL RGB image matches a
-# Sentinel-2 model by name. Not "B4": that is red on Landsat 8 but NIR on Landsat 5/7; other
-# sensors are matched by wavelength (the config's wavelengths_um). Kept here rather than imported
-# from geofm_hf.bands: this file must stand alone as remote code.
-_RGB_ALIASES = {
-    "red": ("red", "r", "b04"),
-    "green": ("green", "g", "b03"),
-    "blue": ("blue", "b", "b02"),
-}
-_PIL_BAND_NAMES = ["red", "green", "blue"]
-# Centre wavelength and half-width (um) of generic colour names, for wavelength matching.
-_COLOUR_WAVELENGTHS = {"red": (0.665, 0.05), "green": (0.56, 0.05), "blue": (0.49, 0.05),
-                       "nir": (0.842, 0.075)}  # fmt: skip
-# Inputs whose mean lies further than this many model standard deviations from the model's mean
-# are almost surely on another scale or from another sensor (warned once per processor).
-_FAR_Z = 3.0
+from .image_processing_geofm_bands import far_from_statistics, order_bands, table_lookup
+from .image_processing_geofm_inputs import (
+    check_not_empty,
+    stack_bands,
+    stack_series,
+    with_metadata,
+)
+from .image_processing_geofm_inputs import (
+    year_and_day as year_and_day,  # re-exported: data/format.py imports it from here
+)
 
-
-def _same_band(a: str, b: str) -> bool:
-    a, b = a.strip().lower(), b.strip().lower()
-    if a == b:
-        return True
-    return any(a in group and b in group for group in _RGB_ALIASES.values())
-
-
-def _is_pil(image: Any) -> bool:
-    # Duck-typed so PIL stays optional: PIL images have .mode and .getbands().
-    return hasattr(image, "getbands") and hasattr(image, "mode") and hasattr(image, "size")
-
-
-def _pil_to_chw(image: Any) -> np.ndarray:
-    """A PIL image -> ``(3, H, W)`` uint8 array in red, green, blue order."""
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))  # (H, W, 3) -> (3, H, W)
-
-
-def _as_float_tensor(array: Any, what: str = "image") -> torch.Tensor:
-    if isinstance(array, torch.Tensor):
-        if array.is_complex():
-            raise ValueError(f"Expected a real-valued {what}, found a {array.dtype} tensor.")
-        return array.detach().to(torch.float32)
-    if array is None or isinstance(array, (str, bytes)) or hasattr(array, "__fspath__"):
-        hint = " (a path: read the raster first, e.g. with rasterio)" if array is not None else ""
-        raise ValueError(
-            f"Expected a numeric array for the {what}, found {type(array).__name__}{hint}."
-        )
-    array = np.asarray(array)
-    if array.dtype.kind not in "biuf":
-        raise ValueError(f"Expected a numeric {what} array, found dtype {array.dtype}.")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-
-
-def _table_lookup(names: Sequence[str], sensor: str | None):
-    """Wavelengths (um), the finest GSD (m) and the bandwidths (um; ``None`` unless every band
-    has one) of ``names`` from geofm_hf's sensor tables.
-
-    ``(None, None, None)`` where the package is absent (remote code) or the sensor is unknown;
-    the caller then needs ``wavelengths_um=`` / ``gsd=`` / ``bandwidths_um=``.
-    """
-    try:
-        from geofm_hf import bands as tables
-    except ImportError:
-        return None, None, None
-    try:
-        wavelengths = tables.band_wavelengths(list(names), sensor)
-        gsds = tables.band_gsd(list(names), sensor)
-        widths = tables.band_bandwidths(list(names), sensor)
-    except ValueError:
-        if sensor is not None:
-            raise
-        return None, None, None
-    known = [g for g in (gsds or []) if g]
-    if widths is not None and any(w is None for w in widths):
-        widths = None
-    return wavelengths, (min(known) if known else None), widths
-
-
-def year_and_day(value: Any) -> tuple[int, int]:
-    """A date (``datetime.date`` or ISO text) -> (year, day of year, 1-366): the
-    ``temporal_coords`` of one frame, for the processor and the pretraining stream alike."""
-    import datetime as dt
-
-    day = value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
-    return day.year, day.timetuple().tm_yday
+# The processor's remote code: this file and those it imports relatively, all of which
+# save_pretrained copies next to the weights (transformers follows the relative imports).
+PROCESSOR_CODE_FILES = (
+    "image_processing_geofm.py",
+    "image_processing_geofm_bands.py",
+    "image_processing_geofm_inputs.py",
+)
 
 
 class GeoViTMAEImageProcessor(BaseImageProcessor):
@@ -278,213 +214,6 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
                 return len(values)
         return None
 
-    def _stack_bands(
-        self,
-        images: Any,
-        band_names: Sequence[str] | None,
-        channels_last: bool = False,
-        resize: bool = False,
-    ) -> tuple[torch.Tensor, list[str] | None]:
-        """Any accepted input -> ``(B, C, H, W)`` float32 plus the input's band names."""
-        pil = _is_pil(images) or (
-            isinstance(images, (list, tuple)) and bool(images) and all(map(_is_pil, images))
-        )
-        if pil:
-            # PIL images (what transformers pipelines pass) are RGB: name their bands so they are
-            # matched to the model's bands by name, never by position.
-            images = [_pil_to_chw(im) for im in (images if isinstance(images, (list, tuple))
-                                                 else [images])]  # fmt: skip
-            band_names = band_names if band_names is not None else _PIL_BAND_NAMES
-        elif channels_last:
-            arrays = images if isinstance(images, (list, tuple)) else [images]
-            converted = []
-            for im in arrays:
-                im = np.asarray(im)
-                if im.ndim == 2:
-                    im = im[:, :, None]
-                if im.ndim == 3:
-                    converted.append(im.transpose(2, 0, 1))
-                elif im.ndim == 4:
-                    converted.extend(im.transpose(0, 3, 1, 2))
-                else:
-                    raise ValueError(
-                        "channels_last input must be (H, W), (H, W, C) or (B, H, W, C): found "
-                        f"shape {im.shape}."
-                    )
-            images = converted
-        if isinstance(images, Mapping):
-            names = list(images)
-            if not names:
-                raise ValueError(
-                    "Got an empty {band_name: array} mapping: expected one (H, W) or (B, H, W) "
-                    "array per band."
-                )
-            arrays = [_as_float_tensor(images[n], f"band {n!r}") for n in names]
-            for n, a in zip(names, arrays):
-                if a.ndim not in (2, 3) or np.ndim(images[n]) == 0:
-                    found = "a scalar" if np.ndim(images[n]) == 0 else f"shape {tuple(a.shape)}"
-                    raise ValueError(
-                        f"Band {n!r} of a {{band_name: array}} input must be (H, W) or (B, H, W): "
-                        f"found {found}."
-                    )
-            shapes = {tuple(a.shape) for a in arrays}
-            if len(shapes) != 1:
-                raise ValueError(
-                    "Every band of a {band_name: array} input must have the same shape: found "
-                    + ", ".join(f"{n}={tuple(a.shape)}" for n, a in zip(names, arrays))
-                )
-            stacked = torch.stack(arrays, dim=-3)  # (C, H, W) or (B, C, H, W)
-            return (stacked if stacked.ndim == 4 else stacked.unsqueeze(0)), names
-        if isinstance(images, (list, tuple)) and images and not np.isscalar(images[0]):
-            tensors = [_as_float_tensor(im) for im in images]
-            if {t.ndim for t in tensors} != {3}:
-                raise ValueError(
-                    "A list of images must hold (C, H, W) arrays: found shapes "
-                    f"{[tuple(t.shape) for t in tensors]}."
-                )
-            for t in tensors:
-                self._check_not_empty(t.unsqueeze(0))
-            if len({t.shape[0] for t in tensors}) != 1:
-                raise ValueError(
-                    "The images of one list must have the same bands: found band counts "
-                    f"{[t.shape[0] for t in tensors]}. Process images of different sensors "
-                    "separately."
-                )
-            if len({tuple(t.shape) for t in tensors}) != 1:
-                # Resampled each on its own before stacking, when asked for.
-                if self.size is None or not resize:
-                    raise ValueError(
-                        "The images of one list have different sizes "
-                        f"{[tuple(t.shape[-2:]) for t in tensors]}: sizes are never changed "
-                        "silently. Pass do_resize=True (with a processor size) to resample each "
-                        "to one size, or process each image alone."
-                    )
-                tensors = [self._resize(t.unsqueeze(0))[0] for t in tensors]
-            stacked = torch.stack(tensors)
-        else:
-            stacked = _as_float_tensor(images)
-            if stacked.ndim == 3:
-                stacked = stacked.unsqueeze(0)
-            if stacked.ndim != 4:
-                raise ValueError(
-                    "Expected an image of shape (C, H, W) or a batch (B, C, H, W), found shape "
-                    f"{tuple(stacked.shape)}."
-                )
-        return stacked, (list(band_names) if band_names is not None else None)
-
-    @staticmethod
-    def _check_not_empty(pixels: torch.Tensor) -> None:
-        batch, channels, height, width = pixels.shape
-        if batch == 0 or channels == 0 or height == 0 or width == 0:
-            raise ValueError(
-                "Expected at least one image with at least one band and one pixel: found shape "
-                f"(B, C, H, W) = {tuple(pixels.shape)}."
-            )
-
-    def _check_names_mean_the_models_bands(self, matched, names, sensor) -> None:
-        """Bands matched by name must be the model's bands, not another sensor's band of the
-        same name (Landsat 8 ``B4`` is red, Landsat 7's NIR). With the package installed, its
-        one rule decides (``geofm_hf.bands``): the input's sensor (``sensor=``, or the one its
-        band names identify together, as ``B02 .. B12`` do) gives each input band a wavelength
-        that must be the model band's; a bare name no sensor pins down must mean one wavelength.
-        Remote code without the package keeps matching by name."""
-        try:
-            from geofm_hf import bands as tables
-        except ImportError:
-            return
-        if self.wavelengths_um is None:
-            return
-        try:
-            known = tables.BandSet.of(names, sensor=sensor).wavelengths_um
-        except ValueError:  # names outside the tables (aliases, custom bands): checked one by one
-            known = None
-        for b, i in enumerate(matched):
-            if i is None:
-                continue
-            model_um = self.wavelengths_um[b]
-            if known is not None:
-                if abs(known[i] - model_um) > 0.05:
-                    raise ValueError(
-                        f"Input band {names[i]!r}{f' of {sensor}' if sensor else ''} is at "
-                        f"{known[i]} um, but the model's {self.band_names[b]!r} is at {model_um} "
-                        "um: the same name, another band. Pass the input's bands under the "
-                        "model's names for the same wavelengths, or use a wavelength model."
-                    )
-                continue
-            problem = tables.bare_name_problem(names[i], model_um)
-            if problem is not None:
-                raise ValueError(
-                    f"Input band {names[i]!r} is matched to the model's by name alone, but {problem}: "
-                    "pass sensor=... (or wavelengths_um=...) so that bands are compared by "
-                    "wavelength."
-                )
-
-    def _order_bands(
-        self,
-        pixels: torch.Tensor,
-        names: list[str] | None,
-        wavelengths: Sequence[float] | None = None,
-        sensor: str | None = None,
-    ) -> torch.Tensor:
-        channels = pixels.shape[1]
-        if wavelengths is not None and len(wavelengths) != channels:
-            raise ValueError(
-                f"Got {len(wavelengths)} wavelengths for an input with {channels} channels."
-            )
-        if names is not None and len(names) != channels:
-            raise ValueError(
-                f"Got {len(names)} band names for an input with {channels} channels: {names}."
-            )
-        if self.band_names is None:
-            expected = self.num_channels
-            if expected is not None and channels != expected:
-                raise ValueError(f"Expected {expected} bands, found {channels}.")
-            return pixels
-        if names is None:
-            if channels != len(self.band_names):
-                raise ValueError(
-                    f"Expected {len(self.band_names)} bands ({', '.join(self.band_names)}), found "
-                    f"{channels}. Pass band_names=[...] to select and reorder bands by name."
-                )
-            return pixels  # unnamed input: taken to be in the model's order already
-        if wavelengths is None and self.wavelengths_um is not None:
-            # Generic colour names (PIL input, RGB datasets) have a known wavelength.
-            known = [_COLOUR_WAVELENGTHS.get(n.strip().lower()) for n in names]
-            if all(known):
-                wavelengths = [k[0] for k in known]
-        matched = []
-        for b, band in enumerate(self.band_names):
-            if wavelengths is not None and self.wavelengths_um is not None:
-                # Across sensors a band number means nothing (Landsat 7 B4 is NIR, Landsat 8 B4
-                # red): nearest centre wavelength, within 0.05 um, decides.
-                target = self.wavelengths_um[b]
-                dist = [abs(w - target) for w in wavelengths]
-                best = min(range(channels), key=dist.__getitem__)
-                matched.append(best if dist[best] <= 0.05 else None)
-                continue
-            # Exact names first; Sentinel-2 RGB aliases (red = B04) only when no exact match.
-            hits = [i for i, n in enumerate(names) if n == band]
-            if not hits:
-                hits = [i for i, n in enumerate(names) if _same_band(n, band)]
-            matched.append(hits[0] if hits else None)
-        if wavelengths is None:
-            self._check_names_mean_the_models_bands(matched, names, sensor)
-        missing = [b for b, i in zip(self.band_names, matched) if i is None]
-        if missing:
-            how = " at the same wavelength" if wavelengths is not None else ""
-            raise ValueError(
-                f"Missing bands {missing}: the model expects {self.band_names}, the input has "
-                f"{names}{how}. Missing bands are never zero-filled; to run on fewer bands, "
-                "restrict the model and this processor together with "
-                "geofm_hf.select_input_bands(model, bands, processor=processor)."
-            )
-        if len(set(matched)) != len(matched):
-            raise ValueError(
-                f"Input bands {names} match the model's bands {self.band_names} ambiguously "
-                f"({matched}); pass band_names/wavelengths_um that tell them apart."
-            )
-        return pixels.index_select(1, torch.tensor(matched))
-
     def _resize(self, pixels: torch.Tensor) -> torch.Tensor:
         height, width = pixels.shape[-2:]
         if self.size is None or (height, width) == (self.size, self.size):
@@ -618,7 +347,7 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
         if kwargs:
             raise ValueError(f"Unexpected arguments {sorted(kwargs)}.")
         if series is None and self.num_frames > 1:
-            stacked = self._stack_series(images, input_data_format)
+            stacked = stack_series(images, input_data_format, self.num_frames)
             batch, frames = stacked.shape[:2]
             flat = self.preprocess(
                 stacked.flatten(0, 1), band_names=band_names, return_tensors="pt",
@@ -630,7 +359,7 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             data["pixel_mask"] = data["pixel_mask"].unflatten(0, (batch, frames))
             if "gsd" in data:
                 data["gsd"] = data["gsd"][::frames]
-            return self._with_metadata(data, dates, location, batch, frames, return_tensors)
+            return with_metadata(data, dates, location, batch, frames, return_tensors)
         if input_data_format not in (None, "channels_first", "channels_last"):
             raise ValueError(
                 "input_data_format must be 'channels_first' or 'channels_last': found "
@@ -638,12 +367,15 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             )
         resize = self.do_resize if do_resize is None else do_resize
         pad = self.pad if pad is None else pad
-        pixels, names = self._stack_bands(
-            images, band_names, channels_last=input_data_format == "channels_last", resize=resize
+        pixels, names = stack_bands(
+            images,
+            band_names,
+            channels_last=input_data_format == "channels_last",
+            resize_each=self._resize if resize and self.size is not None else None,
         )
-        self._check_not_empty(pixels)
+        check_not_empty(pixels)
         height, width = pixels.shape[-2:]
-        table = _table_lookup(names, sensor) if names is not None else (None, None, None)
+        table = table_lookup(names, sensor) if names is not None else (None, None, None)
         table_gsd = table[1]
         if wavelengths_um is None and self.band_names is None and names is not None:
             wavelengths_um = table[0]
@@ -653,7 +385,15 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             same = given.shape == (len(table[0]),) and np.allclose(given, table[0], atol=1e-3)
             bandwidths_um = table[2] if same else None
         source_side = min(height, width)
-        pixels = self._order_bands(pixels, names, wavelengths_um, sensor)
+        pixels = order_bands(
+            pixels,
+            names,
+            wavelengths_um,
+            sensor,
+            self.band_names,
+            self.wavelengths_um,
+            self.num_channels,
+        )
         # After the band contract (a missing band is the first thing to fix), before any work.
         self._check_size(height, width, resize, pad)
 
@@ -674,7 +414,7 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             )
             pixels = torch.where(invalid, fill, pixels)
         if self.do_normalize:
-            self._warn_if_far_from_statistics(pixels, invalid, names)
+            self._warn_if_far_from_statistics(pixels, invalid)
             mean = torch.tensor(self.image_mean, dtype=torch.float32).view(1, -1, 1, 1)
             std = torch.tensor(self.image_std, dtype=torch.float32).view(1, -1, 1, 1)
             pixels = (pixels - mean) / std
@@ -718,136 +458,19 @@ class GeoViTMAEImageProcessor(BaseImageProcessor):
             data["gsd"] = torch.full((pixels.shape[0],), float(gsd) * scale)
         if series is not None:
             return BatchFeature(data=data)
-        return self._with_metadata(data, dates, location, pixels.shape[0], 1, return_tensors)
+        return with_metadata(data, dates, location, pixels.shape[0], 1, return_tensors)
 
-    def _stack_series(self, images: Any, input_data_format: str | None) -> torch.Tensor:
-        """A time-series input -> ``(B, T, C, H, W)`` float32."""
-        frames = self.num_frames
-        expected = (
-            f"This processor's model takes time series of {frames} frames: (T, C, H, W), "
-            f"(B, T, C, H, W) or a list of (T, C, H, W) arrays with T = {frames}"
-        )
-        if input_data_format == "channels_last" or isinstance(images, Mapping) or _is_pil(images):
-            raise ValueError(f"{expected}, channels first.")
-        if isinstance(images, (list, tuple)) and images and not np.isscalar(images[0]):
-            tensors = [_as_float_tensor(im) for im in images]
-            if {t.ndim for t in tensors} != {4} or len({tuple(t.shape) for t in tensors}) != 1:
-                raise ValueError(f"{expected}: found shapes {[tuple(t.shape) for t in tensors]}.")
-            stacked = torch.stack(tensors)
-        else:
-            stacked = _as_float_tensor(images)
-            stacked = stacked.unsqueeze(0) if stacked.ndim == 4 else stacked
-        if stacked.ndim != 5 or stacked.shape[1] != frames:
-            raise ValueError(f"{expected}: found shape {tuple(stacked.shape)}.")
-        return stacked
-
-    @staticmethod
-    def _with_metadata(data: dict, dates: Any, location: Any, batch: int, frames: int,
-                       return_tensors: str | None) -> BatchFeature:  # fmt: skip
-        """Adds ``temporal_coords`` / ``location_coords`` from ``dates`` / ``location``."""
-        import datetime as dt
-
-        if dates is not None:
-            items = [dates] if isinstance(dates, (str, dt.date)) else list(dates)
-            if items and not isinstance(items[0], (str, dt.date)):
-                rows = [list(d) for d in items]  # one sequence per sample
-            elif len(items) == batch * frames and frames == 1:
-                rows = [[d] for d in items]  # one date per single-frame sample
-            else:
-                rows = [items]
-            if len(rows) == 1 and batch > 1:
-                rows = rows * batch
-            if len(rows) != batch or any(len(r) != frames for r in rows):
-                raise ValueError(
-                    f"dates must give {frames} date(s) per sample for {batch} sample(s): found "
-                    f"{[len(r) for r in rows]} for {len(rows)}."
-                )
-            coords = [year_and_day(d) for row in rows for d in row]
-            data["temporal_coords"] = torch.tensor(coords, dtype=torch.float32).view(
-                batch, frames, 2
-            )
-        if location is not None:
-            value = torch.as_tensor(location, dtype=torch.float32)
-            value = value.expand(batch, 2) if value.shape == (2,) else value
-            if value.shape != (batch, 2):
-                raise ValueError(
-                    f"location must be (latitude, longitude) or one pair per sample ({batch}): "
-                    f"found shape {tuple(value.shape)}."
-                )
-            data["location_coords"] = value.clone()
-        if return_tensors == "np":
-            data = {k: v.numpy() for k, v in data.items()}
-        elif return_tensors not in ("pt", None):
-            raise ValueError(f"return_tensors must be 'pt' or 'np': found {return_tensors!r}.")
-        return BatchFeature(data=data)
-
-    def _warn_if_far_from_statistics(
-        self, pixels: torch.Tensor, invalid: torch.Tensor, names: list[str] | None
-    ) -> None:
-        """Warn once when a band's mean is > 3 model standard deviations from the model's mean
-        in a way natural variation does not explain: a factor of 5 or more, an 8-bit or 0-1
-        range, the Sentinel-2 +1000 offset in every band, or bands off in opposite directions."""
+    def _warn_if_far_from_statistics(self, pixels: torch.Tensor, invalid: torch.Tensor) -> None:
+        """Warn once per processor when the input's values look like another scale or sensor
+        than the model's statistics (see ``far_from_statistics``)."""
         if getattr(self, "_stats_warned", False):
             return
-        valid = (~invalid).float()
-        count = valid.sum(dim=(0, 2, 3))
-        if not bool((count > 0).all()):
-            return
-        means = (pixels * valid).sum(dim=(0, 2, 3)) / count
-        model_mean = torch.tensor(self.image_mean)
-        model_std = torch.tensor(self.image_std)
-        z = (means - model_mean) / model_std
-        far = [int(i) for i in torch.nonzero(z.abs() > _FAR_Z).flatten()]
-        if not far:
-            return
-        peak = float(pixels.max())
-        ratios = [
-            float(means[i]) / float(model_mean[i]) if float(model_mean[i]) else 1.0
-            for i in range(len(z))
-        ]
-        offset = (means - model_mean - 1000.0).abs() < 2 * model_std
-        # One band far off one way while another is off the other way: what a swapped pair
-        # looks like (a bright or dark scene moves every band the same way).
-        opposite = bool(
-            ((z > _FAR_Z).any() and (z < -0.5).any()) or ((z < -_FAR_Z).any() and (z > 0.5).any())
+        message = far_from_statistics(
+            pixels, invalid, self.image_mean, self.image_std, self.band_names
         )
-        scaled = [i for i in far if ratios[i] > 5 or 0 < ratios[i] < 0.2]
-        small_range = (peak <= 255.0 and bool((model_mean > 255.0).any())) or (
-            peak <= 1.5 and bool((model_mean > 1.5).any())
-        )
-        if not (scaled or opposite or small_range or bool(offset.all())):
-            # Every far band off the same way by less than a factor 5: a bright (cloud, snow)
-            # or dark (water, shadow) scene of the right kind, not a contract error.
-            return
-        self._stats_warned = True
-        bands = self.band_names or [f"channel {i}" for i in range(len(z))]
-        lines = []
-        for i in far:
-            ratio = ratios[i]
-            if peak <= 255.0 and float(model_mean[i]) > 255.0:
-                cause = "8-bit input (uint8 0-255) against statistics of 16-bit digital numbers"
-            elif peak <= 1.5 and float(model_mean[i]) > 1.5:
-                cause = "reflectance in 0-1 against statistics of scaled integers (x10000)"
-            elif bool(offset.all()):
-                cause = "the Sentinel-2 baseline 04.00 offset (+1000) not removed"
-            elif ratio > 5 or 0 < ratio < 0.2:
-                cause = f"another scaling (input/model mean = {ratio:.3g})"
-            else:
-                cause = (
-                    "bands off in opposite directions: a mislabelled or reordered band, another "
-                    "sensor, or a surface unlike the pretraining data"
-                )
-            lines.append(
-                f"band {bands[i]}: input mean {float(means[i]):.4g} is {float(z[i]):+.1f} model "
-                f"std from the model's mean {float(model_mean[i]):.4g}; likely cause: {cause}"
-            )
-        warnings.warn(
-            "Inputs far outside the model's statistics (|mean z| > 3), normalised anyway: "
-            + "; ".join(lines)
-            + ". Check the sensor, the scaling and the band order of the input.",
-            UserWarning,
-            stacklevel=4,
-        )
+        if message is not None:
+            self._stats_warned = True
+            warnings.warn(message, UserWarning, stacklevel=4)
 
     def __call__(self, images: Any, **kwargs: Any) -> BatchFeature:
         return self.preprocess(images, **kwargs)

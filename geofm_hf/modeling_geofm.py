@@ -745,6 +745,11 @@ _CUSTOM_PIPELINE = {
 }
 
 
+# The model's remote code, copied next to the weights by write_remote_code. The image
+# processor's files are image_processing_geofm.PROCESSOR_CODE_FILES (its own save copies them).
+MODEL_CODE_FILES = ("configuration_geofm.py", "modeling_geofm.py", "pipeline_geofm.py")
+
+
 def write_remote_code(config: GeoViTMAEConfig, save_directory) -> None:
     """Makes an export folder load with ``trust_remote_code=True`` where geofm_hf is absent.
 
@@ -760,11 +765,11 @@ def write_remote_code(config: GeoViTMAEConfig, save_directory) -> None:
     save_directory.mkdir(parents=True, exist_ok=True)
     here = Path(__file__).parent
     config.auto_map = {**dict(getattr(config, "auto_map", None) or {}), **_AUTO_MAP}
-    shutil.copyfile(here / "configuration_geofm.py", save_directory / "configuration_geofm.py")
-    shutil.copyfile(Path(__file__), save_directory / "modeling_geofm.py")
-    # Code loaded from an export without the pipeline (an old one) has no file to pass on.
+    for name in MODEL_CODE_FILES:
+        # Code loaded from an export without the pipeline (an old one) has no file to pass on.
+        if (here / name).is_file():
+            shutil.copyfile(here / name, save_directory / name)
     if (here / "pipeline_geofm.py").is_file():
-        shutil.copyfile(here / "pipeline_geofm.py", save_directory / "pipeline_geofm.py")
         config.custom_pipelines = {
             **dict(getattr(config, "custom_pipelines", None) or {}),
             "image-feature-extraction": _CUSTOM_PIPELINE,

@@ -28,9 +28,12 @@ LAYERS: dict[str, int] = {
     "bands": 0,
     "configuration_geofm": 0,
     "templates": 0,  # package data (the model card template); no code
-    # 1: the model and its processor (remote code: they stay one file each)
+    # 1: the model and its processor (remote code: the model stays one file; the processor's
+    # file imports its two helpers relatively, and transformers copies and loads them with it)
     "modeling_geofm": 1,
     "image_processing_geofm": 1,
+    "image_processing_geofm_bands": 1,
+    "image_processing_geofm_inputs": 1,
     "pipeline_geofm": 1,
     # 2: data (shards, streaming), the model card, Hub pushes, the planner, metrics
     "data": 2,

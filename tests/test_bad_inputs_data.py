@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import pytest
 import rasterio
 from affine import Affine
 from rasterio.control import GroundControlPoint
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
 from geofm_hf.data import cli, decode_batch, read_dataset_info, write_shards
@@ -138,7 +140,10 @@ def case_gcp_only(tmp_path):
     folder.mkdir()
     gcps = [GroundControlPoint(r, c, 500000 + 10 * c, 5600000 - 10 * r)
             for r, c in ((0, 0), (0, 95), (95, 0), (95, 95))]  # fmt: skip
-    _tif(folder / "G_20200101.tif", np.ones((2, 96, 96), np.uint16), gcps=gcps)
+    # rasterio opens the file for writing before the GCPs are set, and warns that it has none.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        _tif(folder / "G_20200101.tif", np.ones((2, 96, 96), np.uint16), gcps=gcps)
     return [folder, "-o", tmp_path / "out"], tmp_path / "out"
 
 

@@ -274,7 +274,7 @@ def test_embed_refuses_what_the_model_cannot_take(series, tmp_path, capsys):
     cases = [
         (ts, undated, r"encodes dates \(temporal_encoding=True\) .*YYYYMMDD"),
         (one, series, r"takes single images .* holds series of 2 frames"),
-        (ts, sorted(LANDSAT.iterdir())[0], r"series of 2 frames and dates and places .* --num-frames 2"),
+        (ts, sorted(LANDSAT.iterdir())[0], r"takes series of 2 frames .* holds 1 dated scene"),
     ]  # fmt: skip
     for k, (model, data, message) in enumerate(cases):
         assert main([str(model), str(data), "-o", str(tmp_path / f"{k}.parquet")]) == 2

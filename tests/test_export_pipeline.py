@@ -22,6 +22,8 @@ from geofm_hf import (
     GeoViTMAEImageProcessor,
     GeoViTMAEModel,
 )
+from geofm_hf.image_processing_geofm import PROCESSOR_CODE_FILES
+from geofm_hf.modeling_geofm import MODEL_CODE_FILES
 
 BANDS = ["B02", "B03", "B04", "B08"]
 MEAN, STD = [1000.0, 1100.0, 1200.0, 2500.0], [500.0, 500.0, 600.0, 900.0]
@@ -110,7 +112,7 @@ def test_every_export_names_the_pipeline_and_carries_its_code(export):
     impl = config["custom_pipelines"]["image-feature-extraction"]["impl"]
     assert impl == "pipeline_geofm.GeoViTMAEFeatureExtractionPipeline", name
     assert config["auto_map"]["AutoModel"] == "modeling_geofm.GeoViTMAEModel", name
-    for file in ("modeling_geofm.py", "configuration_geofm.py", "image_processing_geofm.py"):
+    for file in MODEL_CODE_FILES + PROCESSOR_CODE_FILES:
         assert (folder / file).is_file(), (name, file)
 
 

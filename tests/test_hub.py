@@ -351,7 +351,10 @@ def test_geofm_push_cli_renders_card_and_tags(local_hub, tmp_path, capsys):
     # Same folder, same tag: nothing new, still success. Another folder with that tag: refused.
     assert main([str(export), REPO, "--revision-tag", "v0.1"]) == 0
     assert repo.branches["main"] == sha
-    other = _folder(tmp_path / "other", {"config.json": b"{}", "README.md": b"# other\n"})
+    other = _folder(
+        tmp_path / "other",
+        {"config.json": b"{}", "README.md": b"---\nlicense: mit\n---\n# other\n"},
+    )
     assert main([str(other), REPO, "--revision-tag", "v0.1"]) == 1
     assert repo.tags["v0.1"] == sha
 

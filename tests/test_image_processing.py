@@ -20,7 +20,10 @@ def processor(**kwargs) -> GeoViTMAEImageProcessor:
 
 
 def raster(channels=4, size=8, seed=0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 4000, (channels, size, size)).astype(np.uint16)
+    # Pixels drawn around the statistics: inputs far from them are warned about (a test of its own).
+    mean, std = (np.array(v[:channels])[:, None, None] for v in (MEAN, STD))
+    pixels = np.random.default_rng(seed).normal(mean, std, (channels, size, size))
+    return pixels.clip(0, 65535).astype(np.uint16)
 
 
 def expected_normalised(image: np.ndarray) -> np.ndarray:

@@ -22,6 +22,9 @@ from pretrain_hub_helpers import module_hub  # noqa: F401
 from pretrain_utils import pretrain
 from safetensors.torch import load_file
 
+from geofm_hf.image_processing_geofm import PROCESSOR_CODE_FILES
+from geofm_hf.modeling_geofm import MODEL_CODE_FILES
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 import finetune
 import linear_probe
@@ -35,9 +38,8 @@ LOADABLE = {
     "model.safetensors",
     "config.json",
     "preprocessor_config.json",
-    "configuration_geofm.py",
-    "modeling_geofm.py",
-    "image_processing_geofm.py",
+    *MODEL_CODE_FILES,
+    *PROCESSOR_CODE_FILES,
 }
 
 

@@ -5,11 +5,19 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.dynamic_module_utils import get_relative_import_files
 
-from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining, GeoViTMAEImageProcessor
+from geofm_hf import (
+    GeoViTMAEConfig,
+    GeoViTMAEForPreTraining,
+    GeoViTMAEImageProcessor,
+    image_processing_geofm,
+)
+from geofm_hf.image_processing_geofm import PROCESSOR_CODE_FILES
 
 BLOCK_GEOFM = textwrap.dedent(
     """
@@ -141,3 +149,70 @@ def test_remote_code_load_for_each_model_option(tmp_path):
     for name, (pooled, module) in got.items():
         assert abs(pooled - expected[name]) < 1e-4, name
         assert not module.startswith("geofm_hf"), module
+
+
+def test_processor_export_holds_and_loads_every_file_it_imports(tmp_path):
+    # The processor is split over files joined by relative imports; transformers copies and
+    # loads the files those imports name, so the list an export is checked against must be
+    # exactly them (a helper left out of it, or imported absolutely, would go unnoticed).
+    source = Path(image_processing_geofm.__file__)
+    imported = {source.name} | {Path(f).name for f in get_relative_import_files(source)}
+    assert imported == set(PROCESSOR_CODE_FILES)
+
+    bands = ["B02", "B03", "B04", "B08"]
+    processor = GeoViTMAEImageProcessor(
+        band_names=bands, image_mean=[1.0, 2.0, 3.0, 4.0], image_std=[1.0, 1.0, 2.0, 2.0], size=8
+    )
+    export = tmp_path / "export"
+    processor.save_pretrained(export)
+    assert set(PROCESSOR_CODE_FILES) <= {p.name for p in export.iterdir()}
+    auto_map = json.loads((export / "preprocessor_config.json").read_text())["auto_map"]
+    assert auto_map == {"AutoImageProcessor": "image_processing_geofm.GeoViTMAEImageProcessor"}
+
+    # Named bands in another order (the band helper reorders them), with dates (the input helper
+    # turns them into temporal_coords).
+    inputs = {b: np.full((8, 8), float(i + 1), dtype=np.float32) for i, b in enumerate(bands)}
+    expected = processor(dict(reversed(inputs.items())), dates="2020-02-01").pixel_values
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    script = BLOCK_GEOFM + textwrap.dedent(
+        f"""
+        import json, os, sys
+        import numpy as np
+        from transformers import AutoImageProcessor
+        assert not any(os.path.isdir(os.path.join(p, "geofm_hf")) for p in sys.path), sys.path
+        processor = AutoImageProcessor.from_pretrained({str(export)!r}, trust_remote_code=True)
+        inputs = dict(np.load({str(tmp_path / "inputs.npz")!r}))
+        out = processor(dict(reversed(inputs.items())), dates="2020-02-01")
+        files = {{
+            name.rsplit(".", 1)[-1] + ".py": module.__file__
+            for name, module in list(sys.modules.items())
+            if name.rsplit(".", 1)[-1].startswith("image_processing_geofm")
+        }}
+        print(json.dumps({{
+            "pixels": out.pixel_values.flatten().tolist(),
+            "temporal": out.temporal_coords.flatten().tolist(),
+            "class": type(processor).__module__,
+            "files": files,
+        }}))
+        """
+    )
+    modules = tmp_path / "modules"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(modules), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert np.allclose(got["pixels"], expected.flatten().numpy())
+    assert got["temporal"] == [2020.0, 32.0]
+    assert not got["class"].startswith("geofm_hf"), got["class"]
+    # Every file came from the export's copy in transformers' module cache.
+    assert sorted(got["files"]) == sorted(PROCESSOR_CODE_FILES)
+    for name, path in got["files"].items():
+        assert Path(path).name == name and Path(path).is_relative_to(modules), path

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining, GeoViTMAEImageProcessor
+from geofm_hf.image_processing_geofm import PROCESSOR_CODE_FILES
+from geofm_hf.modeling_geofm import MODEL_CODE_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 CARD = ROOT / "geofm_hf" / "templates" / "model_card.md"
@@ -87,6 +89,7 @@ def test_card_install_line_loads_an_export_without_the_package(tmp_path):
     model.save_pretrained(export)
     processor = GeoViTMAEImageProcessor.from_model_config(config)
     processor.save_pretrained(export)
+    assert set(MODEL_CODE_FILES + PROCESSOR_CODE_FILES) <= {p.name for p in export.iterdir()}
     raw = np.random.default_rng(0).integers(0, 4000, (4, 64, 64)).astype(np.uint16)
     np.save(tmp_path / "raw.npy", raw)
     with torch.no_grad():
@@ -94,9 +97,10 @@ def test_card_install_line_loads_an_export_without_the_package(tmp_path):
 
     script = textwrap.dedent(
         f"""
-        import importlib.util, json, numpy as np, torch
+        import importlib.util, json, os, sys, numpy as np, torch
         from transformers import AutoImageProcessor, AutoModel, pipeline
         assert importlib.util.find_spec("geofm_hf") is None, "geofm_hf is installed here"
+        assert not any(os.path.isdir(os.path.join(p, "geofm_hf")) for p in sys.path), sys.path
         path = {str(export)!r}
         raw = np.load({str(tmp_path / "raw.npy")!r})
         processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=True)
@@ -105,7 +109,13 @@ def test_card_install_line_loads_an_export_without_the_package(tmp_path):
             pooled = model(**processor(raw)).pooler_output.sum().item()
         pipe = pipeline("image-feature-extraction", model=path, trust_remote_code=True)
         tokens = np.asarray(pipe({{b: raw[i] for i, b in enumerate({bands!r})}})).shape
-        print(json.dumps({{"pooled": pooled, "tokens": tokens,
+        stems = {{name: name.rsplit(".", 1)[-1] for name in list(sys.modules)}}
+        files = {{
+            stem + ".py": sys.modules[name].__file__
+            for name, stem in stems.items()
+            if stem.endswith("_geofm") or "_geofm_" in stem
+        }}
+        print(json.dumps({{"pooled": pooled, "tokens": tokens, "files": files,
                           "module": type(model).__module__}}))
         """
     )
@@ -124,3 +134,7 @@ def test_card_install_line_loads_an_export_without_the_package(tmp_path):
     assert abs(got["pooled"] - expected) < 1e-3
     assert got["tokens"] == [1, 1 + 64, 192]
     assert not got["module"].startswith("geofm_hf"), got["module"]
+    # Every remote-code file ran from the export's copy (the processor's helpers included).
+    assert sorted(got["files"]) == sorted(MODEL_CODE_FILES + PROCESSOR_CODE_FILES)
+    for name, path in got["files"].items():
+        assert Path(path).is_relative_to(tmp_path / "modules"), (name, path)

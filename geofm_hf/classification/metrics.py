@@ -23,7 +23,8 @@ def classification_metrics(scores, references, num_classes: int) -> dict[str, fl
     ``scores`` ``(N, num_classes)`` logits or probabilities; ``references`` ``(N,)`` class indices.
     Computed with the metric modules in :mod:`geofm_hf.metrics` (loaded by path, offline), which
     call scikit-learn: ``macro_f1`` averages all ``num_classes`` classes, so a class absent from
-    both the predictions and the references scores 0 (scikit-learn warns about it).
+    both the predictions and the references scores 0 (``zero_division=0`` said outright: a small
+    evaluation set without some class is expected, not a warning at every evaluation).
     """
     from ..metrics import load_metric
 
@@ -36,8 +37,9 @@ def classification_metrics(scores, references, num_classes: int) -> dict[str, fl
     predictions = scores.argmax(axis=1)
     top1 = load_metric("accuracy").compute(predictions=predictions, references=references)
     top5 = load_metric("top_k_accuracy").compute(predictions=scores, references=references, k=5)
+    labels = list(range(num_classes))
     f1 = load_metric("f1").compute(
-        predictions=predictions, references=references, labels=list(range(num_classes))
+        predictions=predictions, references=references, labels=labels, zero_division=0.0
     )
     return {
         "top1": top1["accuracy"],

@@ -33,6 +33,7 @@ from .scenes import Scene, _check_unnamed_singles, find_scenes, open_raster
 __all__ = [
     "band_fill_values",
     "discover_scenes",
+    "model_band_indices",
     "qa_mask_sources",
     "resolve_band_names",
     "resolve_model_bands",
@@ -294,6 +295,15 @@ def resolve_model_bands(scene: Scene, src_list, model: BandSet, sensor, band_nam
     """
     _, available, named = _available_bands(scene, src_list, band_names, sensor)
     have = scene_band_set(scene, list(available), sensor, named)
+    hits = model_band_indices(model, have, f"scene {scene.source}")
+    names = list(available)
+    return [(names[i], *available[names[i]]) for i in hits]
+
+
+def model_band_indices(model: BandSet, have: BandSet, where: str) -> list[int]:
+    """The position in ``have`` (an input's bands: a scene's, a dataset's) of each band of
+    ``model``, by the one matching rule (:func:`geofm_hf.bands.match_bands`); a model band
+    ``where`` (``scene X``, ``dataset X``) lacks is an error, never zero-filled."""
     try:
         hits = match_bands(model, have)
     except BandMatchError as err:
@@ -302,13 +312,12 @@ def resolve_model_bands(scene: Scene, src_list, model: BandSet, sensor, band_nam
     if missing:
         raise BadInputError(
             "band_mismatch",
-            f"scene {scene.source} has no band for {model.label}'s {missing}: the model takes "
-            f"{model.describe()}, the scene has {have.describe()}. Bands are matched by sensor "
+            f"{where} has no band for {model.label}'s {missing}: the model takes "
+            f"{model.describe()}, {where} has {have.describe()}. Bands are matched by sensor "
             "and wavelength, never by bare name, and missing bands are never zero-filled: give "
-            "the scene's sensor (--sensor) if it is wrong, or use a model trained on its bands",
+            "the input's sensor (--sensor) if it is wrong, or use a model trained on its bands",
         )
-    names = list(available)
-    return [(names[i], *available[names[i]]) for i in hits]
+    return [int(i) for i in hits]
 
 
 def band_fill_values(src, bidx: int, sensor: str | None, nodata: float | None) -> list[float]:

@@ -26,15 +26,12 @@ def _footprint(scene: Scene) -> tuple:
                 src.width, src.height)  # fmt: skip
 
 
-def _time_series_chips(scenes: list[Scene], scene_sensors: dict[str, str | None],
-                       spec: _ChipSpec, state: _DatasetState, policy: ErrorPolicy,
-                       num_frames: int, sources: list[str]) -> Iterator[_Chip]:  # fmt: skip
-    """Chips of ``num_frames`` dates of one window: ``(T, C, H, W)``, frames in date order.
+def footprint_series(scenes: list[Scene], policy: ErrorPolicy) -> list[list[Scene]]:
+    """The dates of each footprint: scenes on one grid, sorted by date, one scene per date.
 
-    Scenes on one grid are the dates of one footprint; their chip generators run in lockstep
-    (one strip of each date in memory, all of its files open at once). Per window, a frame
-    over ``spec.max_nodata_fraction`` invalid is skipped (``frame_invalid``) and frames short
-    of a whole series are left over (``frames_left_over``); both are counted, never silent.
+    A scene without a date in its name (``no_date``) or whose footprint holds two scenes of one
+    date (``duplicate_date``) is recorded in ``policy`` and left out; ``geofm-make-shards
+    --num-frames`` and the inference tools group a scene stack alike through here.
     """
     footprints: dict[tuple, list[Scene]] = defaultdict(list)
     for scene in scenes:
@@ -52,9 +49,34 @@ def _time_series_chips(scenes: list[Scene], scene_sensors: dict[str, str | None]
             footprints[_footprint(scene)].append(scene)
         except BadInputError as err:
             policy.record(err, scene.source)
-    every_chip = dataclasses.replace(spec, max_nodata_fraction=1.0)  # windows stay aligned
+    out = []
     for members in footprints.values():
         members.sort(key=lambda m: (m.datetime, m.source))
+        dates = [m.datetime for m in members]
+        if len(set(dates)) != len(dates):
+            twice = sorted({d for d in dates if dates.count(d) > 1})
+            policy.record(BadInputError(
+                "duplicate_date",
+                f"footprint of {members[0].source} has several scenes dated "
+                f"{twice}; a time series takes one scene per date. Remove or mosaic them first",
+            ), members[0].source)  # fmt: skip
+            continue
+        out.append(members)
+    return out
+
+
+def _time_series_chips(scenes: list[Scene], scene_sensors: dict[str, str | None],
+                       spec: _ChipSpec, state: _DatasetState, policy: ErrorPolicy,
+                       num_frames: int, sources: list[str]) -> Iterator[_Chip]:  # fmt: skip
+    """Chips of ``num_frames`` dates of one window: ``(T, C, H, W)``, frames in date order.
+
+    Scenes on one grid are the dates of one footprint; their chip generators run in lockstep
+    (one strip of each date in memory, all of its files open at once). Per window, a frame
+    over ``spec.max_nodata_fraction`` invalid is skipped (``frame_invalid``) and frames short
+    of a whole series are left over (``frames_left_over``); both are counted, never silent.
+    """
+    every_chip = dataclasses.replace(spec, max_nodata_fraction=1.0)  # windows stay aligned
+    for members in footprint_series(scenes, policy):
         try:
             yield from _footprint_series(members, scene_sensors, every_chip, spec, state, policy,
                                          num_frames)  # fmt: skip
@@ -68,14 +90,6 @@ def _footprint_series(members: list[Scene], scene_sensors: dict[str, str | None]
                       every_chip: _ChipSpec, spec: _ChipSpec, state: _DatasetState,
                       policy: ErrorPolicy, num_frames: int) -> Iterator[_Chip]:  # fmt: skip
     """The series of one footprint's dates (``members``, sorted by date)."""
-    dates = [m.datetime for m in members]
-    if len(set(dates)) != len(dates):
-        twice = sorted({d for d in dates if dates.count(d) > 1})
-        raise BadInputError(
-            "duplicate_date",
-            f"footprint of {members[0].source} has several scenes dated "
-            f"{twice}; a time series takes one scene per date. Remove or mosaic them first",
-        )
     gens = [_scene_chips(m, scene_sensors.get(m.source), every_chip, state, policy)
             for m in members]  # fmt: skip
     try:

@@ -127,6 +127,15 @@ class SceneGrid:
     _srcs: list[Any] = field(default_factory=list)
     _qa: list[tuple[str, Any]] = field(default_factory=list)
 
+    @property
+    def scene_id(self) -> str:
+        return self.scene.scene_id
+
+    @property
+    def datetimes(self) -> list[str | None]:
+        """The date of each frame the model sees: one, this scene's."""
+        return [self.datetime]
+
     def read_block(
         self, row0: int, rows: int, col0: int = 0, cols: int | None = None
     ) -> np.ndarray:
@@ -232,10 +241,12 @@ def check_scenes(scenes, sensors: dict[str, str | None], model, reading: SceneRe
 
 
 def open_grid(scene, model, sensor: str | None = None, reading: SceneReading | None = None,
-              resolution: float | None = None) -> SceneGrid:  # fmt: skip
+              resolution: float | None = None, target: tuple | None = None) -> SceneGrid:  # fmt: skip
     """Open ``scene`` and bring the bands ``model`` takes (a :class:`~geofm_hf.bands.BandSet`,
     matched by sensor and wavelength) onto one grid, in the model's order, with the writer's
-    validity: nodata, the sensor's fill values and the scene's QA masks read as NaN."""
+    validity: nodata, the sensor's fill values and the scene's QA masks read as NaN. The grid
+    is the finest band's, or ``target`` ``(crs, transform, width, height)`` (another date of a
+    scene stack)."""
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 
@@ -251,7 +262,9 @@ def open_grid(scene, model, sensor: str | None = None, reading: SceneReading | N
         for path in paths:
             srcs.append(open_raster(path))
         selected = resolve_model_bands(scene, srcs, model, sensor, reading.band_names)
-        crs, transform, width, height, _ = target_grid([s for _, s, _ in selected], resolution)
+        crs, transform, width, height = (
+            target or target_grid([s for _, s, _ in selected], resolution)[:4]
+        )
         qa = []
         if reading.qa_masks:
             for kind, path in qa_mask_sources(scene, sensor):
@@ -291,7 +304,8 @@ def open_grid(scene, model, sensor: str | None = None, reading: SceneReading | N
 def iter_windows(
     grid: SceneGrid, window: int, stride: int, skip: set[tuple[int, int]] | None = None
 ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """``(row, col, pixels (C, window, window) float32, NaN = missing)`` in row-major order.
+    """``(row, col, pixels (C, window, window) float32, NaN = missing)`` in row-major order
+    (``(T, C, window, window)`` from a scene stack).
 
     Each window row is read in blocks of at most :data:`MAX_BLOCK_COLS` columns (or one window,
     if wider); ``skip`` holds ``(row, col)`` pixel offsets already done (a resumed run), whose
@@ -308,4 +322,4 @@ def iter_windows(
             todo = todo[len(chunk) :]
             block = grid.read_block(r, window, first, chunk[-1] + window - first)
             for c in chunk:
-                yield r, c, block[:, :, c - first : c - first + window]
+                yield r, c, block[..., c - first : c - first + window]

@@ -32,9 +32,9 @@ from .scenes import (
     iter_windows,
     load_model,
     model_band_set,
-    open_grid,
     open_scenes,
 )
+from .stacks import ModelNeeds, group_inputs, open_unit, window_coords
 
 __all__ = ["SegmentSummary", "main", "segment"]
 
@@ -66,9 +66,9 @@ class _Blender:
     covers: at most window + stride rows of the scene are held."""
 
     def __init__(self, grid, out, k, window, weight, processor, net, device, bf16,
-                 regression=False):  # fmt: skip
+                 regression=False, wanted=()):  # fmt: skip
         self.grid, self.out, self.k, self.window, self.weight = grid, out, k, window, weight
-        self.regression = regression
+        self.regression, self.wanted = regression, wanted
         self.processor, self.net, self.device, self.bf16 = processor, net, device, bf16
         self.acc = np.zeros((k + 1, 0, grid.width), np.float32)
         self.r0 = 0
@@ -84,12 +84,17 @@ class _Blender:
     def flush(self) -> None:
         if not self.batch:
             return
-        pixels = np.stack([b[2] for b in self.batch])
-        valid = np.isfinite(pixels).all(axis=1)  # (B, S, S)
+        pixels = np.stack([b[2] for b in self.batch])  # (B, C, S, S) or a series' (B, T, C, S, S)
+        # Valid: finite in every band (and every frame of a series).
+        valid = np.isfinite(pixels).reshape(len(pixels), -1, *pixels.shape[-2:]).all(axis=1)
         inp = self.processor(pixels, return_tensors="pt")["pixel_values"]
+        windows = [(r, c) for r, c, _ in self.batch]
+        found = window_coords(self.grid, windows, self.window, self.wanted)
+        coords = {k: torch.as_tensor(np.stack([f[k] for f in found]), device=self.device)
+                  for k in self.wanted}  # fmt: skip
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                              enabled=self.bf16):  # fmt: skip
-            logits = self.net(inp.to(self.device)).logits.float()
+            logits = self.net(inp.to(self.device), **coords).logits.float()
         # Regression outputs are values, blended as they are; class logits as probabilities.
         probs = (logits if self.regression else torch.softmax(logits, 1)).cpu().numpy()
         k, grid = self.k, self.grid
@@ -158,9 +163,12 @@ def segment(
     scene-reading arguments (``band_files``, ``band_names``, ``sensor``, ``filename_pattern``,
     ``nodata``, ``qa_masks``) mean what they mean to :func:`geofm_hf.embed`: scenes are read as
     ``geofm-make-shards`` reads them, their bands matched to the model's by sensor and
-    wavelength; invalid pixels get no prediction. A regression model
-    (``config.problem_type="regression"``) writes a float32 COG of its predicted values
-    instead, nodata NaN, the target's name in the ``target`` tag, and no PNG.
+    wavelength; invalid pixels get no prediction. A time-series model (``num_frames`` T) maps
+    each place's T dated scenes to one map (``PRED_<first scene>_T<T>.tif`` when there are
+    several places), with the dates and places it encodes, as :func:`geofm_hf.embed` feeds
+    them. A regression model (``config.problem_type="regression"``) writes a float32 COG of
+    its predicted values instead, nodata NaN, the target's name in the ``target`` tag, and no
+    PNG.
     """
     import rasterio
     from tqdm.auto import tqdm
@@ -189,6 +197,7 @@ def segment(
     reading = SceneReading(band_names, sensor, filename_pattern, band_files, nodata, qa_masks)
     scenes, sensors = open_scenes(inputs, reading, on_error)
     model_bands = model_band_set(loaded)
+    needs = ModelNeeds.of(config)
     torch_device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     )
@@ -199,6 +208,8 @@ def segment(
     policy = ErrorPolicy(on_error, max_error_fraction, len(scenes))
     check_scenes(scenes, sensors, model_bands, reading, policy)
     bad = {item["item"] for item in policy.items}
+    # A series model's input is a stack of one place's dates: one map per place.
+    units = group_inputs([s for s in scenes if s.source not in bad], needs, policy)
     outputs: list[str] = []
     preview_path = None
     fractions: dict[str, float] = {}
@@ -206,15 +217,13 @@ def segment(
     bar = tqdm(desc="segment", unit="win", disable=not progress)
     work = Path(tempfile.mkdtemp(prefix=".geofm-segment-", dir=output.parent))
     try:
-        for scene in scenes:
-            if scene.source in bad:
-                continue
+        for unit in units:
             grid = None
-            dst = output if len(scenes) == 1 else output.with_name(
-                f"{output.stem}_{scene.scene_id}{output.suffix or '.tif'}")  # fmt: skip
             try:
-                grid = open_grid(scene, model_bands, sensors.get(scene.source), reading)
-                final = work / f"{scene.scene_id}.final.tif"
+                grid = open_unit(unit, model_bands, sensors, reading)
+                dst = output if len(units) == 1 else output.with_name(
+                    f"{output.stem}_{grid.scene_id}{output.suffix or '.tif'}")  # fmt: skip
+                final = work / f"{grid.scene_id}.final.tif"
                 profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=1,
                                dtype="uint8", nodata=NODATA, crs=grid.crs,
                                transform=grid.transform, tiled=True, blockxsize=256,
@@ -233,8 +242,11 @@ def segment(
                                     sensor=str(grid.sensor), input_bands=",".join(grid.input_bands),
                                     model_bands=",".join(grid.band_names),
                                     wavelengths_um=",".join(map(str, grid.wavelengths_um or [])))  # fmt: skip
+                    if len(unit) > 1:
+                        out.update_tags(frames=",".join(grid.sources),
+                                        frame_datetimes=",".join(grid.datetimes))  # fmt: skip
                     blender = _Blender(grid, out, k, window, weight, loaded.processor, net,
-                                       torch_device, bf16, regression)  # fmt: skip
+                                       torch_device, bf16, regression, needs.wanted)  # fmt: skip
                     current = None
                     for r, c, pix in iter_windows(grid, window, stride):
                         if r != current:
@@ -261,7 +273,7 @@ def segment(
                     preview_path = str(dst.with_suffix(".png"))
                     _save_map_png(dst, names, preview_path)
             except BadInputError as err:
-                policy.record(err, scene.source)
+                policy.record(err, unit[0].source)
             finally:
                 if grid is not None:
                     grid.close()
