@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .._atomic import disk_full_as, free_bytes
 from ..bands import (
     band_bandwidths,
@@ -32,7 +34,7 @@ from ..bands import (
     sensor_fill_values,
 )
 from .band_resolution import discover_scenes
-from .chips import ChipMeta, _ChipSpec, _DatasetState, _scene_chips
+from .chips import ChipMeta, _Chip, _ChipSpec, _DatasetState, _scene_chips
 from .error_policy import ErrorPolicy
 from .format import STAGING_DIR, BadInputError, GeoDatasetInfo, TooManyErrorsError
 from .publish import _clean_up_on_failure, _prepare_output, _publish, _ShardSink
@@ -159,7 +161,10 @@ def write_shards(
             and each chip is ``(num_frames, C, H, W)``, its frames in date order (dates from
             the file names), with a ``(T, H, W)`` ``valid_mask`` and ``frame_datetimes``. A
             frame over ``max_nodata_fraction`` invalid in a window is skipped there; frames
-            short of a whole series are left over; both are counted in ``skipped``.
+            short of a whole series are left over; both are counted in ``skipped``. A
+            ``label_raster`` / ``label_vector`` mask or a ``target_raster`` goes with each
+            series as one ``(H, W)`` map (the frames share the footprint's grid); ``labels``
+            (one class a chip) is for single-date chips only.
 
     Returns:
         A :class:`WriteSummary`. The folder holds ``README.md``, ``geofm_dataset.json`` and
@@ -174,9 +179,6 @@ def write_shards(
     masks = _mask_source(label_raster, label_vector, label_field, mask_label_names)
     targets = None
     if target_raster is not None:
-        if num_frames is not None:
-            raise ValueError("num_frames (time series) cannot be combined with target_raster: "
-                             "targets are written for single-date chips only")  # fmt: skip
         from .masks import TargetSource
 
         targets = TargetSource(target_raster)
@@ -264,11 +266,12 @@ def _check_arguments(chip_size, stride, max_nodata_fraction, split, resampling, 
             raise BadInputError(
                 "bad_argument", f"num_frames must be a positive integer; got {num_frames!r}"
             )
-        if labels is not None or label_raster is not None or label_vector is not None:
+        if labels is not None:
             raise BadInputError(
                 "bad_argument",
-                "num_frames (time series) cannot be combined with labels: scene labels and "
-                "masks are written for single-date chips only",
+                "num_frames (time series) cannot be combined with labels: scene labels are "
+                "written for single-date chips only (a series takes a per-pixel mask, "
+                "label_raster or label_vector, or a target_raster)",
             )
     if sensor is not None:
         get_sensor_bands(sensor)  # an unknown sensor fails here, before any raster is read
@@ -306,6 +309,7 @@ def _cut_chips(scenes: list[Scene], scene_sensors: dict[str, str | None], spec: 
                                                    num_frames, sources)) as chips:  # fmt: skip
             for chip in chips:
                 sink.add(chip)
+                _tally_mask(state, chip)
         return sources
     for scene in scenes:
         try:
@@ -315,6 +319,7 @@ def _cut_chips(scenes: list[Scene], scene_sensors: dict[str, str | None], spec: 
                 scene_chips = 0
                 for chip in chips:
                     sink.add(chip)
+                    _tally_mask(state, chip)
                     scene_chips += 1
             sources.append(scene.source)
             logger.info("scene %s: %d chips", scene.source, scene_chips)
@@ -346,6 +351,16 @@ def _file_bytes(path: str) -> int:
         return os.path.getsize(path)
     except OSError:  # a Hub or /vsi path: count it as nothing
         return 0
+
+
+def _tally_mask(state: _DatasetState, chip: _Chip) -> None:
+    """Add a kept chip's mask pixels to the class tallies. Counted here, where chips are kept,
+    not where they are cut: a time series cuts every frame of a window (each with the same
+    mask) and keeps a series only, so counting the cut frames would count each pixel T times
+    and count windows that were dropped."""
+    if "mask" in chip.row:
+        counts = np.bincount(np.frombuffer(chip.row["mask"], np.uint8), minlength=256)
+        state.mask_pixels.update({int(k): int(counts[k]) for k in np.flatnonzero(counts)})
 
 
 def _check_chips_kept(state: _DatasetState, num_samples: dict[str, int], policy: ErrorPolicy,
