@@ -95,6 +95,18 @@ def update_segmentation_card(card_dir: str | os.PathLike, results: dict[str, Any
 
 def segmentation_card_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The model-index rows of a segmentation run's ``results``: mIoU and pixel accuracy."""
+    return _card_rows(results, (("mean_iou", "mean_iou", "mIoU (fine-tune)"),
+                                ("pixel_accuracy", "accuracy", "Pixel accuracy (fine-tune)")))  # fmt: skip
+
+
+def regression_card_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model-index rows of a pixel-wise regression run's ``results``: RMSE and MAE."""
+    return _card_rows(results, [(key, key, f"{key.upper()} (pixel regression fine-tune)")
+                                for key in ("rmse", "mae")])  # fmt: skip
+
+
+def _card_rows(results: dict[str, Any], metrics) -> list[dict[str, Any]]:
+    """One ``image-segmentation`` row per (results key, metric type, metric name)."""
     return [
         {
             "task": "image-segmentation",
@@ -102,27 +114,10 @@ def segmentation_card_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             "dataset_id": results["dataset"],
             "split": results.get("test_split"),
             "metric_type": metric_type,
-            "metric_name": f"{name} (fine-tune)",
+            "metric_name": name,
             "value": round(float(results[key]), 6),
         }
-        for key, metric_type, name in (("mean_iou", "mean_iou", "mIoU"),
-                                       ("pixel_accuracy", "accuracy", "Pixel accuracy"))
-    ]  # fmt: skip
-
-
-def regression_card_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The model-index rows of a pixel-wise regression run's ``results``: RMSE and MAE."""
-    return [
-        {
-            "task": "image-segmentation",
-            "dataset_name": results.get("dataset_name") or results["dataset"],
-            "dataset_id": results["dataset"],
-            "split": results.get("test_split"),
-            "metric_type": key,
-            "metric_name": f"{key.upper()} (pixel regression fine-tune)",
-            "value": round(float(results[key]), 6),
-        }
-        for key in ("rmse", "mae")
+        for key, metric_type, name in metrics
     ]
 
 
