@@ -4,12 +4,16 @@ new one, never part of one, and a writer that fails leaves neither a temporary f
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from ._errors import DiskFullError
 
 __all__ = [
     "atomic_open",
@@ -17,8 +21,16 @@ __all__ = [
     "atomic_savefig",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_free_space",
+    "disk_full_as",
+    "free_bytes",
     "fsync_path",
+    "is_disk_full",
 ]
+
+# Below this much free space a failed write is taken for a full disk even when the library that
+# wrote says only "write failed" (torch's zip writer): a write fails there for want of room.
+_NEARLY_FULL = 1 << 20
 
 
 @contextlib.contextmanager
@@ -47,8 +59,11 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
         os.replace(tmp, path)
         if fsync:
             fsync_path(path.parent)
-    except BaseException:
+    except BaseException as err:
+        full = isinstance(err, Exception) and is_disk_full(err, path.parent)
         tmp.unlink(missing_ok=True)
+        if full and not isinstance(err, DiskFullError):
+            raise DiskFullError(path) from err
         raise
 
 
@@ -86,6 +101,58 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Fa
 def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
     """Write ``text`` as UTF-8 to ``path`` atomically (see :func:`atomic_path`)."""
     return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free bytes (for this user) on the file system that holds ``path`` or would hold it."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def check_free_space(path: str | os.PathLike, need_bytes: int) -> None:
+    """Refuse, before anything is written, a write of ``need_bytes`` to ``path`` that cannot
+    fit: a :class:`DiskFullError` saying how much more room it needs."""
+    free = free_bytes(path)
+    if need_bytes > free:
+        raise DiskFullError(path, need_bytes - free)
+
+
+def is_disk_full(err: BaseException, path: str | os.PathLike | None = None) -> bool:
+    """Whether ``err`` (or an error it came from) is a full disk, however the library that wrote
+    reports it: ``ENOSPC`` (Python, Arrow), the words (GDAL, safetensors), or, given the
+    ``path`` written, a failed write where (almost) no space is left."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if getattr(cause, "errno", None) == errno.ENOSPC or "No space left" in str(cause):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    if path is None:
+        return False
+    try:
+        return free_bytes(path) < _NEARLY_FULL
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def disk_full_as(path: str | os.PathLike, need_bytes=None, **kwargs) -> Iterator[None]:
+    """Report a full disk met in the block as one :class:`DiskFullError` naming ``path`` (the
+    folder the user chose, rather than the temporary file that failed). ``need_bytes``: a
+    number, or a function called after the failure (the caller's clean-up has freed its
+    partial files by then); other arguments as :class:`DiskFullError` takes them."""
+    try:
+        yield
+    except Exception as err:
+        if not is_disk_full(err, path):
+            raise
+        need = need_bytes() if callable(need_bytes) else need_bytes
+        if need is None and isinstance(err, DiskFullError):  # refused up front, need known
+            need, kwargs = err.need_bytes, {"at_least": err.at_least, **kwargs}
+        raise DiskFullError(path, need, **kwargs) from err
 
 
 def fsync_path(path: str | os.PathLike) -> None:

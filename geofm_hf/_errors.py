@@ -55,17 +55,23 @@ class TooManyErrorsError(UserInputError, RuntimeError):
 class DiskFullError(UserInputError, OSError):
     """A write ran out of space; the message names the path and how much more it needed."""
 
-    def __init__(self, path, need_bytes: int | None = None):
-        need = "" if need_bytes is None else f": {_size(need_bytes)} more"
+    def __init__(self, path, need_bytes: int | None = None, *, at_least: bool = False,
+                 kept: str | None = None):  # fmt: skip
+        """``need_bytes``: how much more the write needs (``at_least``: a lower bound, when the
+        rest could not be foreseen). ``kept``: what a rerun can build on (default: nothing)."""
+        need = "" if need_bytes is None else (
+            f": {'at least ' if at_least else ''}{_size(need_bytes)} more")  # fmt: skip
         super().__init__(
             f"no space left on {path}{need}; free space there (or write elsewhere) and run "
-            "again (nothing partial was kept)"
+            f"again ({kept or 'nothing partial was kept'})"
         )
         self.path, self.need_bytes = str(path), need_bytes
+        self.at_least, self.kept = at_least, kept
         self.errno = errno.ENOSPC
 
     def __reduce__(self):
-        return type(self), (self.path, self.need_bytes)
+        return functools.partial(type(self), at_least=self.at_least, kept=self.kept), (
+            self.path, self.need_bytes)  # fmt: skip
 
 
 def _size(n: int) -> str:

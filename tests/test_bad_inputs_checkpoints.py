@@ -138,3 +138,79 @@ def test_load_error_names_the_checkpoint(run_dir):
     (newest / COMPLETE).write_text("2\n")  # unverifiable: the loader itself meets the damage
     with pytest.raises(RuntimeError, match=f"cannot load checkpoint {newest}"):
         manager.load(newest)
+
+
+# ------------------------------------------------- a folder of incomplete checkpoints only
+
+
+def _unmarked(out, name="checkpoint-000010"):
+    (out / name).mkdir(parents=True)
+    (out / name / "model.safetensors").write_bytes(b"partial")  # no COMPLETE marker
+
+
+def _cut_short(out, name=".tmp-checkpoint-000020"):
+    _unmarked(out, name)
+
+
+def _marker_deleted_from_two(out):
+    _unmarked(out, "checkpoint-000010")
+    _unmarked(out, "checkpoint-000020")
+
+
+def _cut_short_beside_unmarked(out):
+    _unmarked(out)
+    _cut_short(out)
+
+
+def _six_unmarked(out):
+    for step in range(1, 7):
+        _unmarked(out, f"checkpoint-{step:06d}")
+
+
+# (case, --resume_from_checkpoint, names the line must hold)
+STARTING_OVER = [
+    (_unmarked, "auto", ["only 1 incomplete", "checkpoint-000010"]),
+    (
+        _marker_deleted_from_two,
+        "auto",
+        ["only 2 incomplete", "checkpoint-000010, checkpoint-000020"],
+    ),
+    (_cut_short_beside_unmarked, "auto", [".tmp-checkpoint-000020", "checkpoint-000010"]),
+    (_six_unmarked, "auto", ["only 6 incomplete", "checkpoint-000005 and 1 more"]),
+    (_unmarked, "", ["only 1 incomplete", "checkpoint-000010"]),
+]
+
+
+@pytest.mark.parametrize("case, resume, words", STARTING_OVER,
+                         ids=[f"{c[0].__name__[1:]}-{c[1] or 'none'}" for c in STARTING_OVER])  # fmt: skip
+def test_starting_over_a_folder_of_incomplete_checkpoints_says_so(tmp_path, capsys, case, resume,
+                                                                   words):  # fmt: skip
+    from geofm_hf.training.arguments import parse_arguments
+    from geofm_hf.training.run import start_run
+
+    out = tmp_path / "run"
+    case(out)
+    argv = ["--output_dir", str(out), "--resume_from_checkpoint", resume, "--max_steps", "2"]
+    try:
+        run = start_run(*parse_arguments(argv))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert run.resume_path is None
+    lines = [line for line in capsys.readouterr().out.splitlines() if "incomplete" in line]
+    assert len(lines) == 1, lines
+    assert str(out) in lines[0] and lines[0].endswith("starting from step 0"), lines[0]
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_resuming_a_complete_checkpoint_says_nothing_of_starting_over(run_dir, capsys):
+    from geofm_hf.training.arguments import parse_arguments
+    from geofm_hf.training.run import start_run
+
+    out, _, _ = run_dir
+    _unmarked(out, "checkpoint-000003")  # a newer write cut short beside complete ones
+    AcceleratorState._reset_state(reset_partial_state=True)
+    argv = ["--output_dir", str(out), "--resume_from_checkpoint", "auto", "--max_steps", "4"]
+    run = start_run(*parse_arguments(argv))
+    assert run.resume_path == out / "checkpoint-000002"
+    assert "starting from step 0" not in capsys.readouterr().out

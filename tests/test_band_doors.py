@@ -47,8 +47,8 @@ def _model(folder: Path, bands, sensor=None, segmentation=False) -> Path:
     config = GeoViTMAEConfig(
         image_size=SIZE, patch_size=8, hidden_size=32, num_hidden_layers=1,
         num_attention_heads=2, intermediate_size=64, band_names=list(bands),
-        wavelengths_um=wavelengths, image_mean=[3000.0] * len(bands),
-        image_std=[3000.0] * len(bands), **extra,
+        wavelengths_um=wavelengths, image_mean=[10000.0] * len(bands),
+        image_std=[5000.0] * len(bands), **extra,
     )  # fmt: skip
     torch.manual_seed(0)
     model = (GeoViTMAEForSemanticSegmentation if segmentation else GeoViTMAEModel)(config)

@@ -142,7 +142,7 @@ def test_resume_after_a_kill_fetches_only_what_it_still_needs(pushed, tmp_path):
         assert proc.poll() is None, proc.stderr.read()[-4000:]
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()  # reaps it and closes its stderr pipe
     before = _served(hub)
     hub.bytes_served.clear()
     _finish(_reader(hub, out, 0, "--resume"))

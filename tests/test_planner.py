@@ -375,7 +375,16 @@ _LOO_STILL_MISSED = {
     # (1,729) below HYBRID_8 (1,760). What the model lacks is SHARD_GRAD_OP's own scaling at 15B,
     # under-predicted even in sample (1,688 vs 2,196): its forward all-gathers (2.1 s of whole-job
     # ring latency plus 2.9 s of bytes a step) cannot hide behind 4 s of forward compute, where
-    # the paper measured 0.7 s over its 1-node step.
+    # the paper measured 0.7 s over its 1-node step. Tried since on the gather cost itself, each
+    # refitted on all 62 points (constants in-sample; picks from the 15B / 128-node fold):
+    # - ring latency summed over hops, only one in eight across nodes (xGMI hops at 5 us): fits
+    #   281 us an inter-node hop, 0.44 ms a call; in sample 1,734 vs HYBRID_8 1,863; LOO 8/12;
+    # - per-unit overlap (FSDP's prefetch order, each unit its own bytes and FLOPs, the first
+    #   gather and last reduction exposed): constants barely move; fold 1,644 vs 1,790; LOO 10/12
+    #   (5B on 1 node picks HYBRID_2 too);
+    # - bandwidth B x S / (S + S_half): the same as a per-call constant S_half / B; S_half fits
+    #   0.04 MB in sample and 0 in the fold (1,640 vs 1,770). Hop latency with per-unit overlap:
+    #   fold 1,706 vs 1,876.
     ("vit-15b", 128),
 }
 

@@ -35,6 +35,8 @@ def test_a_folder_of_unfinished_checkpoint_writes_is_named_when_starting_over(tm
     (out / ".tmp-checkpoint-000003").mkdir(parents=True)
     (out / ".tmp-checkpoint-000003" / "model.safetensors").write_bytes(b"partial")
     result = pretrain(out, *FAST, "--resume_from_checkpoint", "auto")
-    assert "removed unfinished checkpoint writes from a previous run" in result.stdout
-    assert "held no complete checkpoint: starting at step 0" in result.stdout
+    assert "holds no complete checkpoint, only 1 incomplete one(s) (.tmp-checkpoint-000003;" in (
+        result.stdout
+    )
+    assert "starting from step 0" in result.stdout
     assert not (out / ".tmp-checkpoint-000003").exists()

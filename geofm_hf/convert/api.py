@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .._atomic import check_free_space, disk_full_as
 from .._errors import BadInputError, user_error_exit
 from ..configuration_geofm import GeoViTMAEConfig
 from ..image_processing_geofm import GeoViTMAEImageProcessor
@@ -431,14 +432,13 @@ def export(
         )
     record = dict(record or {})
     out.parent.mkdir(parents=True, exist_ok=True)
+    # The weights are nearly all of it: refused up front when they cannot fit.
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        GeoViTMAEImageProcessor.from_model_config(model.config).save_pretrained(tmp)
-        kind = type(model).__name__
-        (tmp / "README.md").write_text(_card(model.config, record, notes or [], kind))
-        info = {**record, "notes": notes or [], "class": kind}
-        (tmp / "conversion.json").write_text(json.dumps(info, indent=2) + "\n")
+        with disk_full_as(out):
+            check_free_space(tmp, weights)
+            _write_export(model, tmp, record, notes)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -446,6 +446,16 @@ def export(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _write_export(model, tmp: Path, record: dict[str, Any], notes: list[str] | None) -> None:
+    """Config, weights, image processor, model card and ``conversion.json`` into ``tmp``."""
+    model.save_pretrained(tmp, safe_serialization=True)
+    GeoViTMAEImageProcessor.from_model_config(model.config).save_pretrained(tmp)
+    kind = type(model).__name__
+    (tmp / "README.md").write_text(_card(model.config, record, notes or [], kind))
+    info = {**record, "notes": notes or [], "class": kind}
+    (tmp / "conversion.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

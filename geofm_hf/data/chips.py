@@ -305,10 +305,7 @@ def _scene_chips(scene: Scene, scene_sensor: str | None, spec: _ChipSpec,
                     extra_cols = {}
                     if mask_strip is not None:
                         chip_mask = np.ascontiguousarray(mask_strip[:, cols])
-                        extra_cols["mask"] = chip_mask.tobytes()
-                        counts = np.bincount(chip_mask.ravel(), minlength=256)
-                        state.mask_pixels.update({int(k): int(counts[k])
-                                                  for k in np.flatnonzero(counts)})  # fmt: skip
+                        extra_cols["mask"] = chip_mask.tobytes()  # tallied where kept
                     if target_strip is not None:
                         extra_cols["target"] = np.ascontiguousarray(target_strip[:, cols]).tobytes()
                     yield _Chip(

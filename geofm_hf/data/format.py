@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import posixpath
 import struct
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -110,13 +111,16 @@ class GeoDatasetInfo:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GeoDatasetInfo:
-        """Build from a parsed ``geofm_dataset.json``; unknown keys go to ``extra``."""
+    def from_dict(cls, data: dict[str, Any], source: str = DATASET_INFO_FILE) -> GeoDatasetInfo:
+        """Build from a parsed ``geofm_dataset.json`` (``source``: its path, for messages);
+        unknown keys go to ``extra``. A manifest that contradicts itself (a shard listed twice,
+        statistics that are not one finite value per band, sample counts that are not the sum
+        of the shards') is refused here, before any reader trusts it."""
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise BadInputError(
                 "bad_dataset_info",
-                f"{DATASET_INFO_FILE}: format_version {version!r} is not supported; expected "
+                f"{source}: format_version {version!r} is not supported; expected "
                 f"{FORMAT_VERSION}. Upgrade geofm_hf or rewrite the shards.",
             )
         names = {f.name for f in fields(cls)}
@@ -128,7 +132,7 @@ class GeoDatasetInfo:
         if missing:
             raise BadInputError(
                 "bad_dataset_info",
-                f"{DATASET_INFO_FILE} lacks required keys {missing}: not a dataset written by "
+                f"{source} lacks required keys {missing}: not a dataset written by "
                 "geofm-make-shards (or a damaged one); write it again",
             )
         known = {k: v for k, v in data.items() if k in names}
@@ -138,9 +142,10 @@ class GeoDatasetInfo:
         if not (len(info.mean) == len(info.std) == len(info.band_names)):
             raise BadInputError(
                 "bad_dataset_info",
-                f"{DATASET_INFO_FILE}: mean ({len(info.mean)}), std ({len(info.std)}) and "
+                f"{source}: mean ({len(info.mean)}), std ({len(info.std)}) and "
                 f"band_names ({len(info.band_names)}) must have the same length",
             )
+        _check_manifest(info, source)
         return info
 
     def band_widths(self) -> list[float] | None:
@@ -161,6 +166,59 @@ class GeoDatasetInfo:
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temp name, then rename)."""
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _check_manifest(info: GeoDatasetInfo, source: str) -> None:
+    """Refuse what a reader would otherwise train on quietly: a shard listed twice (its chips
+    would be read twice an epoch), statistics that cannot normalise every band, and sample counts
+    that disagree with the shard list. Reads nothing but the parsed manifest."""
+
+    def refuse(field_name: str, found: str) -> None:
+        raise BadInputError(
+            "bad_dataset_info",
+            f"{source}: {field_name} {found}; rewrite the dataset with geofm-make-shards "
+            "(or correct that field)",
+        )
+
+    bands = len(info.band_names)
+    for key in ("mean", "std"):
+        values = getattr(info, key)
+        bad = [i for i, v in enumerate(values) if not _is_finite_number(v)]
+        if bad:
+            names = [info.band_names[i] for i in bad[:5]]
+            found = f"holds non-finite normalisation statistics for band(s) {names}"
+            refuse(key, f"{found}: {[values[i] for i in bad[:5]]}")
+    for split, stats in (info.stats_by_split or {}).items():
+        for key in ("mean", "std"):
+            values = (stats or {}).get(key)
+            if values is not None and len(values) != bands:
+                found = f"holds {len(values)} values for the {bands} bands of band_names"
+                refuse(f"stats_by_split.{split}.{key}", found)
+    seen_files: dict[str, str] = {}
+    seen_hashes: dict[str, str] = {}
+    for split, entries in (info.shards or {}).items():
+        for entry in entries or []:
+            name = posixpath.normpath(str(entry.get("file")))
+            if name in seen_files:
+                where = "" if seen_files[name] == split else f" (also in shards.{seen_files[name]})"
+                refuse(f"shards.{split}", f"lists {name} twice{where}: its chips would be read "
+                       "twice an epoch")  # fmt: skip
+            seen_files[name] = split
+            digest = entry.get("sha256")
+            if digest is not None and digest in seen_hashes:
+                refuse(f"shards.{split}", f"lists {name} and {seen_hashes[digest]} with one "
+                       f"sha256 ({digest[:12]}...): the same shard twice")  # fmt: skip
+            if digest is not None:
+                seen_hashes[digest] = name
+        counted = info.num_samples.get(split)
+        total = sum(int(e.get("num_rows", 0)) for e in entries or [])
+        if entries and counted is not None and int(counted) != total:
+            found = f"is {counted}, but the {len(entries)} shards listed hold {total} rows"
+            refuse(f"num_samples.{split}", found)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def dataset_location(name_or_path: str | os.PathLike) -> str:
@@ -244,7 +302,9 @@ def read_dataset_info(
             data = json.load(fh)
         except json.JSONDecodeError as err:
             raise BadInputError("bad_dataset_info", f"{path} is not valid JSON: {err}") from err
-    return GeoDatasetInfo.from_dict(data)
+    where = str(path) if dataset_location(name_or_path) == "local" else (
+        f"{name_or_path}/{DATASET_INFO_FILE}")  # fmt: skip
+    return GeoDatasetInfo.from_dict(data, source=where)
 
 
 def is_geotiff_bytes(buf: bytes | memoryview) -> bool:

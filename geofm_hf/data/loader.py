@@ -300,6 +300,14 @@ def make_pretrain_dataloader(
             rank=rank,
             world_size=world_size,
         )
+        contradicted = [p for p in problems if p.get("dataset")]
+        if contradicted:  # no shard to skip: the statistics would misnormalise every chip
+            p = contradicted[0]
+            raise BadInputError(
+                "band_mismatch",
+                f"{name_or_path}/geofm_dataset.json: shard {p['file']} {p['problem']}; "
+                "rewrite the dataset with geofm-make-shards",
+            )
         missing = [p for p in problems if p["problem"] == "is missing"]
         if missing:  # shards are addressed by position in the folder: a gap shifts them all
             raise BadInputError(

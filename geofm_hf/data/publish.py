@@ -95,6 +95,7 @@ class _ShardSink:
         self.schema = schema.append(pa.field("target", pa.binary())) if targeted else schema
         self.rows: dict[str, list[dict[str, Any]]] = {s: [] for s in split_names}
         self.nbytes = dict.fromkeys(split_names, 0)
+        self.staged_image_bytes = 0  # uncompressed, of the staged shards: their compression
         self.files: dict[str, list[dict[str, Any]]] = {s: [] for s in split_names}  # staged
         self.stats: dict[str, _Stats] = {}
         self.validity: Counter[str] = Counter()
@@ -121,7 +122,15 @@ class _ShardSink:
         _write_parquet_atomic(table, staged, self.compression_level)
         self.files[split].append({"staged": staged.name, "num_rows": table.num_rows,
                                   "bytes": staged.stat().st_size, "sha256": _sha256(staged)})  # fmt: skip
+        self.staged_image_bytes += self.nbytes[split]
         self.rows[split], self.nbytes[split] = [], 0
+
+    def bytes_so_far(self) -> tuple[int, int]:
+        """(bytes staged, bytes the chips not yet written will take once compressed as the
+        staged ones were)."""
+        staged = sum(f["bytes"] for files in self.files.values() for f in files)
+        ratio = staged / self.staged_image_bytes if self.staged_image_bytes else 1.0
+        return staged, int(sum(self.nbytes.values()) * ratio)
 
     def close(self) -> dict[str, int]:
         """Write what is buffered; returns the chip count of each split."""

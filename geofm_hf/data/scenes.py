@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import glob
 import hashlib
+import logging
 import os
 import re
 from collections import Counter
@@ -20,6 +21,8 @@ from pathlib import Path
 from .format import STAGING_DIR, BadInputError
 
 __all__ = ["Scene", "find_scenes", "open_raster"]
+
+logger = logging.getLogger(__name__)
 
 _RASTER_EXTENSIONS = {
     ".tif", ".tiff", ".jp2", ".j2k", ".vrt", ".img", ".nc", ".hdf", ".h5", ".grd", ".bil",
@@ -64,8 +67,13 @@ def find_scenes(inputs, band_files=None, filename_pattern=None) -> list[Scene]:
     """The scenes of ``inputs`` (files, folders, globs) and ``band_files``: per-band files grouped
     by scene prefix (or ``filename_pattern``), QA masks joined to their scene, dates from names.
     Reads no pixels; an input that yields no scene is an error."""
-    files = _expand_inputs(inputs) if inputs else []
+    files, not_read = _expand_inputs(inputs) if inputs else ([], [])
     scenes = _group_scenes(files, band_files, filename_pattern)
+    if not_read:  # every file given or found is read, or named here: none dropped unsaid
+        logger.warning(
+            "%s. Raster extensions read (any case): %s", _not_read_message(not_read),
+            " ".join(sorted(_RASTER_EXTENSIONS)),
+        )  # fmt: skip
     if not scenes:
         raise FileNotFoundError(f"no input rasters found in {inputs!r}")
     return scenes
@@ -92,35 +100,84 @@ def open_raster(path: str):
         raise BadInputError("corrupt_file", f"{path} could not be opened: {err}") from err
 
 
-def _expand_inputs(inputs) -> list[Path]:
+# Files beside a raster that GDAL reads with it (statistics, overviews, masks, georeferencing,
+# headers): never inputs of their own.
+_SIDECARS = {
+    ".ovr": "overviews", ".msk": "mask", ".aux": "metadata", ".rrd": "overviews",
+    ".tfw": "world file", ".tifw": "world file", ".jgw": "world file", ".j2w": "world file",
+    ".wld": "world file", ".prj": "projection", ".hdr": "header",
+}  # fmt: skip
+
+
+def _is_sidecar(path: Path) -> bool:
+    return path.name.lower().endswith(".aux.xml") or path.suffix.lower() in _SIDECARS
+
+
+def _why_not_read(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".aux.xml"):
+        return "GDAL sidecar (.aux.xml metadata of a raster)"
+    if path.suffix.lower() in _SIDECARS:
+        return f"GDAL sidecar ({path.suffix} {_SIDECARS[path.suffix.lower()]} of a raster)"
+    if path.is_dir():
+        return "a folder matched by a glob (name the folder itself to search it)"
+    if name.startswith("."):
+        return "hidden file"
+    return f"not a raster extension ({path.suffix or 'no extension'})"
+
+
+def _not_read_message(ignored: list[Path], shown: int = 5) -> str:
+    listed = "; ".join(f"{p.name} ({_why_not_read(p)})" for p in ignored[:shown])
+    more = f"; and {len(ignored) - shown} more" if len(ignored) > shown else ""
+    return f"{len(ignored)} file(s) not read: {listed}{more}"
+
+
+def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(raster files, other files) under ``folder``, recursively, outside staging folders."""
+    rasters, others = [], []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or STAGING_DIR in p.parts:
+            continue
+        (rasters if p.suffix.lower() in _RASTER_EXTENSIONS else others).append(p)
+    return rasters, others
+
+
+def _expand_inputs(inputs) -> tuple[list[Path], list[Path]]:
+    """(raster files to read, files and folders the inputs name or hold that are not read)."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     files: list[Path] = []
+    not_read: list[Path] = []
     for item in inputs:
         text = str(item)
         if any(c in text for c in "*?["):
-            matches = sorted(glob.glob(text, recursive=True))
+            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
             if not matches:
                 raise FileNotFoundError(f"glob {text!r} matched no files")
-            files.extend(Path(m) for m in matches if Path(m).is_file())
+            files.extend(m for m in matches if m.is_file() and not _is_sidecar(m))
+            # A recursive glob matches the files of its folders too: only its own are named.
+            not_read.extend(m for m in matches
+                            if _is_sidecar(m) or (m.is_dir() and "**" not in text))  # fmt: skip
         elif Path(text).is_dir():
-            found = sorted(
-                p for p in Path(text).rglob("*")
-                if p.is_file() and p.suffix.lower() in _RASTER_EXTENSIONS
-                and STAGING_DIR not in p.parts
-            )  # fmt: skip
+            found, others = _folder_files(Path(text))
             if not found:
+                held = f"; it holds {_not_read_message(others)}" if others else ", no file at all"
                 raise FileNotFoundError(
-                    f"folder {text} holds no raster files (extensions {sorted(_RASTER_EXTENSIONS)})"
+                    f"folder {text} holds no raster files (extensions, any case: "
+                    f"{' '.join(sorted(_RASTER_EXTENSIONS))}){held}"
                 )
             files.extend(found)
+            not_read.extend(others)
         elif Path(text).is_file():
             files.append(Path(text))
         else:
             raise FileNotFoundError(f"input {text!r} is not a file, folder or matching glob")
     # Absolute, not resolved: a symlink's own name (LC08_..._SR_B4.tif) is what names its band
     # and sensor, whatever the file it points to is called.
-    return list(dict.fromkeys(Path(os.path.abspath(p)) for p in files))
+    absolute = list(dict.fromkeys(Path(os.path.abspath(p)) for p in files))
+    read = set(absolute)  # a file another input names is read, whatever a folder left out
+    skipped = dict.fromkeys(Path(os.path.abspath(p)) for p in not_read)
+    return absolute, [p for p in skipped if p not in read]
 
 
 def _datetime_from_name(name: str) -> str | None:

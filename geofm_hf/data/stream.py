@@ -167,7 +167,15 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
                 f"mean ({self.mean.shape}) and std ({self.std.shape}) must have one value per "
                 f"band ({len(info.band_names) if info else '?'} bands)"
             )
-        if (self.std <= 0).any():
+        if not (self.std > 0).all():  # NaN fails too
+            if std is None:  # the dataset's own statistics
+                bad = [info.band_names[i] for i in np.flatnonzero(~(self.std > 0))]
+                raise BadInputError(
+                    "bad_dataset_info",
+                    f"{self.name_or_path}/geofm_dataset.json: std is not positive for band(s) "
+                    f"{bad} ({self.std.tolist()}), so they cannot be normalised; rewrite the "
+                    "dataset, or pass mean/std explicitly",
+                )
             raise ValueError(f"std must be positive for every band; got {self.std.tolist()}")
         self.crop_size = crop_size or self.chip_size
         stored = info.num_frames if info is not None else 1
@@ -413,8 +421,10 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
                 # (H, W), or (T, H, W) for time series
                 valid = decode_valid_masks(table, local, *arr.shape[1:-3], *arr.shape[-2:])
                 if valid is not None:
+                    # An all-valid mask (most chips: the writer stores one for every chip) is no
+                    # mask, so such batches can still take the device-transform path.
                     for j, i in enumerate(here):
-                        masks[i] = valid[j]
+                        masks[i] = None if valid[j].all() else valid[j]
                 if self.return_chip_ids:
                     column = table.column("chip_id")
                     for i, r in zip(here, local):
@@ -463,7 +473,12 @@ class GeoPretrainStream(torch.utils.data.IterableDataset):
         frames = int(np.prod(lead))
         c, h, w = first.shape[-3:]
         if len(self.mean) != c:
-            raise ValueError(f"images have {c} bands; mean/std have {len(self.mean)}")
+            raise BadInputError(
+                "band_mismatch",
+                f"{self.name_or_path}:{self.split}: the chips have {c} bands, the mean/std used "
+                f"to normalise them have {len(self.mean)} (geofm_dataset.json band_names lists "
+                f"{len(self.info.band_names) if self.info else '?'}); rewrite the dataset",
+            )
         n = len(sources)
         crop = self.crop_size or h
         raw = np.empty((n, frames * c, crop, crop), dtype=first.dtype)

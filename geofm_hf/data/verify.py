@@ -2,7 +2,8 @@
 
 A truncated or replaced shard is then found before the first step, not when the stream first
 reaches it (hours into a run). Each shard's size, row count and schema are compared with
-``geofm_dataset.json``; flipped bytes inside pages are caught later, when the page is read, by
+``geofm_dataset.json``, and the first shard's band list (one more small read) with its
+``band_names``; flipped bytes inside pages are caught later, when the page is read, by
 the CRC32 page checksums the writer stores (the footer says so) and the reader verifies.
 Across ranks the shards are split, so the whole check costs one footer read per shard in total,
 not per rank.
@@ -39,7 +40,27 @@ def _opener(name_or_path: str, revision: str | None):
     return lambda rel: HubRangeFile(str(name_or_path), rel, commit)
 
 
-def _check_one(handle, entry: dict[str, Any], full: bool = False) -> str | None:
+def _band_problem(handle, meta, band_names: list[str]) -> str | None:
+    """The first chip's band list against ``geofm_dataset.json``'s: statistics and band order
+    that do not describe the pixels would normalise every chip with another band's numbers.
+    One small column read (``band_names`` of the first row group)."""
+    import pyarrow.parquet as pq
+
+    if meta.num_rows == 0:
+        return None
+    table = pq.ParquetFile(handle, metadata=meta).read_row_group(0, columns=["band_names"])
+    stored = table.column("band_names")[0].as_py()
+    if stored != list(band_names):
+        return (
+            f"holds chips of bands {stored}, but geofm_dataset.json band_names (the order of its "
+            f"mean and std) lists {list(band_names)}"
+        )
+    return None
+
+
+def _check_one(handle, entry: dict[str, Any], full: bool = False,
+               band_names: list[str] | None = None) -> tuple[str | None, bool]:  # fmt: skip
+    """(problem or None, whether the problem is the dataset's and not this shard's)."""
     size = handle.seek(0, os.SEEK_END)
     handle.seek(0)
     expected_bytes = entry.get("bytes")
@@ -51,31 +72,36 @@ def _check_one(handle, entry: dict[str, Any], full: bool = False) -> str | None:
         # the whole of a small shard over HTTP.
         meta = read_parquet_footer(handle, size, lambda nbytes: None)
     except Exception as err:  # pyarrow raises assorted errors on a damaged footer
-        return wrong_size or f"its Parquet footer cannot be read ({type(err).__name__}: {err})"
+        return (
+            wrong_size or f"its Parquet footer cannot be read ({type(err).__name__}: {err})",
+            False,
+        )
     if meta.num_rows != entry["num_rows"]:
-        return f"holds {meta.num_rows} rows, geofm_dataset.json lists {entry['num_rows']}"
+        return f"holds {meta.num_rows} rows, geofm_dataset.json lists {entry['num_rows']}", False
     schema = meta.schema.to_arrow_schema()
     for field in SHARD_SCHEMA:
         if field.name not in schema.names:
-            return f"lacks the column {field.name!r}"
+            return f"lacks the column {field.name!r}", False
         if not schema.field(field.name).type.equals(field.type):
-            return (
-                f"column {field.name!r} is {schema.field(field.name).type}, expected {field.type}"
-            )
+            found = schema.field(field.name).type
+            return f"column {field.name!r} is {found}, expected {field.type}", False
     if wrong_size:
-        return wrong_size
+        return wrong_size, False
     if "sha256" in entry:  # written with page checksums: the footer must say so
         key = next(iter(SHARD_FOOTER_METADATA))
         if (meta.metadata or {}).get(key) != SHARD_FOOTER_METADATA[key]:
-            return "its footer lacks the page-checksum flag the writer sets (replaced file?)"
+            return "its footer lacks the page-checksum flag the writer sets (replaced file?)", False
     if full and "sha256" in entry:
         handle.seek(0)
         digest = hashlib.sha256()
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
         if digest.hexdigest() != entry["sha256"]:
-            return "does not match the SHA-256 in geofm_dataset.json (corrupted or replaced)"
-    return None
+            return "does not match the SHA-256 in geofm_dataset.json (corrupted or replaced)", False
+    if band_names is not None:
+        problem = _band_problem(handle, meta, band_names)
+        return problem, problem is not None
+    return None, False
 
 
 def check_shard_footers(
@@ -88,7 +114,9 @@ def check_shard_footers(
     full: bool = False,
 ) -> list[dict[str, Any]]:
     """Problems found in the footers of ``split``'s shards (``indices``: a subset), each
-    ``{"shard": i, "file": ..., "problem": ...}``; empty when all are sound. ``full`` also
+    ``{"shard": i, "file": ..., "problem": ..., "dataset": bool}``; empty when all are sound.
+    ``dataset`` marks a contradiction of the whole manifest (the first shard's chips hold other
+    bands than ``band_names``), which skipping that shard would not mend. ``full`` also
     reads every byte and compares the SHA-256 recorded in ``geofm_dataset.json`` (e.g. after
     copying a dataset). Datasets whose ``geofm_dataset.json`` lists no shards are not checked."""
     entries = info.shards.get(split) or []
@@ -98,15 +126,19 @@ def check_shard_footers(
     problems = []
     for i in range(len(entries)) if indices is None else indices:
         entry = entries[i]
+        # The first shard's chips stand for the dataset's band list: one more small read.
+        bands = info.band_names if i == 0 else None
         try:
             with open_shard(entry["file"]) as handle:
-                problem = _check_one(handle, entry, full)
+                problem, of_dataset = _check_one(handle, entry, full, bands)
         except FileNotFoundError:
-            problem = "is missing"
+            problem, of_dataset = "is missing", False
         except OSError as err:
-            problem = f"cannot be read ({err})"
+            problem, of_dataset = f"cannot be read ({err})", False
         if problem is not None:
-            problems.append({"shard": i, "file": entry["file"], "problem": problem})
+            # ``dataset``: the manifest contradicts the chips; no shard can be skipped for that.
+            problems.append({"shard": i, "file": entry["file"], "problem": problem,
+                             "dataset": of_dataset})  # fmt: skip
     return problems
 
 

@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .._atomic import disk_full_as, free_bytes
 from .._errors import _size
 from ..bands import (
     band_bandwidths,
@@ -32,7 +35,7 @@ from ..bands import (
     sensor_fill_values,
 )
 from .band_resolution import discover_scenes
-from .chips import ChipMeta, _ChipSpec, _DatasetState, _scene_chips
+from .chips import ChipMeta, _Chip, _ChipSpec, _DatasetState, _scene_chips
 from .error_policy import ErrorPolicy
 from .format import STAGING_DIR, BadInputError, GeoDatasetInfo, TooManyErrorsError
 from .planning import plan_chips
@@ -163,7 +166,10 @@ def write_shards(
             and each chip is ``(num_frames, C, H, W)``, its frames in date order (dates from
             the file names), with a ``(T, H, W)`` ``valid_mask`` and ``frame_datetimes``. A
             frame over ``max_nodata_fraction`` invalid in a window is skipped there; frames
-            short of a whole series are left over; both are counted in ``skipped``.
+            short of a whole series are left over; both are counted in ``skipped``. A
+            ``label_raster`` / ``label_vector`` mask or a ``target_raster`` goes with each
+            series as one ``(H, W)`` map (the frames share the footprint's grid); ``labels``
+            (one class a chip) is for single-date chips only.
         max_chips: refuse (:class:`BadInputError`, before any pixel is read or anything is
             written) scenes whose grids hold more chips than this (every date of a time series
             counts); ``None``: no limit. ``geofm-make-shards --max-chips`` defaults to
@@ -184,9 +190,6 @@ def write_shards(
     masks = _mask_source(label_raster, label_vector, label_field, mask_label_names)
     targets = None
     if target_raster is not None:
-        if num_frames is not None:
-            raise ValueError("num_frames (time series) cannot be combined with target_raster: "
-                             "targets are written for single-date chips only")  # fmt: skip
         from .masks import TargetSource
 
         targets = TargetSource(target_raster)
@@ -216,12 +219,15 @@ def write_shards(
                      resampling, nodata, qa_masks, split, labels, label_names, masks,
                      targets)  # fmt: skip
     state = _DatasetState(progress=progress)
+    sources: list[str] = []
     if progress is not None:
         progress.plan(plan, lambda: f"read {_size(state.bytes_read)}, shards written: "
                       f"{sum(map(len, sink.files.values()))}")  # fmt: skip
     try:
-        sources = _cut_chips(scenes, scene_sensors, spec, state, policy, sink, num_frames)
-        num_samples = sink.close()
+        with disk_full_as(output_dir, lambda: _space_needed(scenes, sources, sink, output_dir),
+                          at_least=True):  # fmt: skip
+            _cut_chips(scenes, scene_sensors, spec, state, policy, sink, num_frames, sources)
+            num_samples = sink.close()
     finally:
         if progress is not None:
             progress.close()
@@ -283,11 +289,12 @@ def _check_arguments(chip_size, stride, max_nodata_fraction, split, resampling, 
             raise BadInputError(
                 "bad_argument", f"num_frames must be a positive integer; got {num_frames!r}"
             )
-        if labels is not None or label_raster is not None or label_vector is not None:
+        if labels is not None:
             raise BadInputError(
                 "bad_argument",
-                "num_frames (time series) cannot be combined with labels: scene labels and "
-                "masks are written for single-date chips only",
+                "num_frames (time series) cannot be combined with labels: scene labels are "
+                "written for single-date chips only (a series takes a per-pixel mask, "
+                "label_raster or label_vector, or a target_raster)",
             )
     if sensor is not None:
         get_sensor_bands(sensor)  # an unknown sensor fails here, before any raster is read
@@ -314,16 +321,18 @@ def _discover_scenes(inputs, band_files=None, filename_pattern=None, band_names=
 
 def _cut_chips(scenes: list[Scene], scene_sensors: dict[str, str | None], spec: _ChipSpec,
                state: _DatasetState, policy: ErrorPolicy, sink: _ShardSink,
-               num_frames: int | None) -> list[str]:  # fmt: skip
-    """Every kept chip of ``scenes`` into ``sink``; returns the sources that gave chips.
+               num_frames: int | None, sources: list[str] | None = None) -> list[str]:  # fmt: skip
+    """Every kept chip of ``scenes`` into ``sink``; returns the sources that gave chips (also
+    appended to ``sources`` as each is done: the progress a failed write reports from).
 
     A bad scene is recorded in ``policy`` (raised again under ``on_error="raise"``)."""
-    sources: list[str] = []
+    sources = [] if sources is None else sources
     if num_frames is not None:
         with contextlib.closing(_time_series_chips(scenes, scene_sensors, spec, state, policy,
                                                    num_frames, sources)) as chips:  # fmt: skip
             for chip in chips:
                 sink.add(chip)
+                _tally_mask(state, chip)
         return sources
     for scene in scenes:
         try:
@@ -333,12 +342,48 @@ def _cut_chips(scenes: list[Scene], scene_sensors: dict[str, str | None], spec: 
                 scene_chips = 0
                 for chip in chips:
                     sink.add(chip)
+                    _tally_mask(state, chip)
                     scene_chips += 1
             sources.append(scene.source)
             logger.info("scene %s: %d chips", scene.source, scene_chips)
         except BadInputError as err:
             policy.record(err, scene.source)
     return sources
+
+
+def _space_needed(
+    scenes: list[Scene], sources: list[str], sink: _ShardSink, output_dir: Path
+) -> int:
+    """After a write ran out of space: at least how much more room the whole dataset needs,
+    extrapolated from the bytes its chips took so far over the share of input bytes read (the
+    scenes done and the one in progress, counted whole: hence "at least"). The staging folder
+    is about to be deleted, so its bytes count as free."""
+    staged, pending = sink.bytes_so_far()
+    sizes = [sum(_file_bytes(p) for p in _scene_files(s)) for s in scenes]
+    read = sum(sizes[: len(sources) + 1]) or 1
+    total = (staged + pending) * max(sum(sizes), 1) / read
+    return max(int(total) - free_bytes(output_dir) - staged, pending, 1)
+
+
+def _scene_files(scene: Scene) -> list[str]:
+    return [scene.multiband] if scene.multiband else list(scene.band_files.values())
+
+
+def _file_bytes(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:  # a Hub or /vsi path: count it as nothing
+        return 0
+
+
+def _tally_mask(state: _DatasetState, chip: _Chip) -> None:
+    """Add a kept chip's mask pixels to the class tallies. Counted here, where chips are kept,
+    not where they are cut: a time series cuts every frame of a window (each with the same
+    mask) and keeps a series only, so counting the cut frames would count each pixel T times
+    and count windows that were dropped."""
+    if "mask" in chip.row:
+        counts = np.bincount(np.frombuffer(chip.row["mask"], np.uint8), minlength=256)
+        state.mask_pixels.update({int(k): int(counts[k]) for k in np.flatnonzero(counts)})
 
 
 def _check_chips_kept(state: _DatasetState, num_samples: dict[str, int], policy: ErrorPolicy,

@@ -28,7 +28,14 @@ import torch
 from ..data.error_policy import ErrorPolicy
 from ..data.format import BadInputError
 from ._cli import USER_ERRORS, Parser, fraction, positive_int, report
-from .embed_output import PartWriter, Tally, assemble_parquet, done_windows, open_staging
+from .embed_output import (
+    PartWriter,
+    Tally,
+    assemble_parquet,
+    disk_full_names,
+    done_windows,
+    open_staging,
+)
 from .encoder import WindowEncoder, use_bf16
 from .geometry import embedding_transform, window_origins
 from .planning import start_progress
@@ -172,49 +179,53 @@ def embed(
 
     parts = PartWriter(encoder, staging, dim * g * g if pooling == "patch" else dim,
                        batch_size, part_rows, bar)  # fmt: skip
-    try:
-        if kind == "rasters":
-            tally = _embed_scenes(units, sensors, reading, model_bands, window, stride, format,
-                                  parts, policy, needs.wanted)  # fmt: skip
+    # A full disk, wherever met (a part, the assembled output), is reported on OUT.
+    with disk_full_names(output, staging):
+        try:
+            if kind == "rasters":
+                tally = _embed_scenes(units, sensors, reading, model_bands, window, stride, format,
+                                      parts, policy, needs.wanted)  # fmt: skip
+            else:
+                tally = embed_shards(sources[0], dataset_revision, model_bands, window, parts,
+                                     policy, wanted)  # fmt: skip
+        except Exception:
+            # What --resume would keep is the finished parts; a run that finished none leaves none.
+            if not any(staging.glob("s*-*.parquet")):
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            bar.close()
+        if not tally.per_scene:
+            raise BadInputError(
+                "no_output", f"no scene could be embedded; skipped: {policy.summary()}"
+            )
+        meta = {"model_id": loaded.model_id, "model_revision": loaded.revision, "pooling": pooling,
+                "window": window, "stride": stride, "scene_bands": tally.bands}  # fmt: skip
+        outputs: list[str] = []
+        preview_path = None
+        if format == "parquet":
+            assemble_parquet(staging, output, tally.crs, dim, g, loaded, pooling, meta)
+            outputs.append(str(output))
         else:
-            tally = embed_shards(sources[0], dataset_revision, model_bands, window, parts,
-                                 policy, wanted)  # fmt: skip
-    except Exception:
-        # What --resume would keep is the finished parts; a run that finished none leaves none.
-        if not any(staging.glob("s*-*.parquet")):
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        bar.close()
-    if not tally.per_scene:
-        raise BadInputError("no_output", f"no scene could be embedded; skipped: {policy.summary()}")
-    meta = {"model_id": loaded.model_id, "model_revision": loaded.revision, "pooling": pooling,
-            "window": window, "stride": stride, "scene_bands": tally.bands}  # fmt: skip
-    outputs: list[str] = []
-    preview_path = None
-    if format == "parquet":
-        assemble_parquet(staging, output, tally.crs, dim, g, loaded, pooling, meta)
-        outputs.append(str(output))
-    else:
-        from .cog import assemble_cogs
+            from .cog import assemble_cogs
 
-        outputs, preview_path = assemble_cogs(
-            staging, output, tally.grids, dim=dim, window=window, stride=stride, pooling=pooling,
-            patch=loaded.patch_size, pca=pca, preview=preview, tags=meta,
-        )  # fmt: skip
-    shutil.rmtree(staging)
-    return EmbedSummary(
-        output=outputs,
-        num_windows=tally.windows + tally.resumed,
-        num_windows_resumed=tally.resumed,
-        skipped=policy.summary(),
-        empty_windows=tally.empty,
-        seconds=time.perf_counter() - start,
-        dim=dim,
-        bf16=bf16,
-        preview=preview_path,
-        per_scene=tally.per_scene,
-    )
+            outputs, preview_path = assemble_cogs(
+                staging, output, tally.grids, dim=dim, window=window, stride=stride, pooling=pooling,
+                patch=loaded.patch_size, pca=pca, preview=preview, tags=meta,
+            )  # fmt: skip
+        shutil.rmtree(staging)
+        return EmbedSummary(
+            output=outputs,
+            num_windows=tally.windows + tally.resumed,
+            num_windows_resumed=tally.resumed,
+            skipped=policy.summary(),
+            empty_windows=tally.empty,
+            seconds=time.perf_counter() - start,
+            dim=dim,
+            bf16=bf16,
+            preview=preview_path,
+            per_scene=tally.per_scene,
+        )
 
 
 def _check_options(pooling: str, format: str, pca: int | None) -> None:

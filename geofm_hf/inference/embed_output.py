@@ -5,9 +5,11 @@ on), then assembled into one GeoParquet 1.1 file (:func:`assemble_parquet`; the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, is_disk_full
+from .._errors import DiskFullError
 from ..data.format import BadInputError
 from .encoder import WindowEncoder
 from .geoparquet import BBOX_TYPE, bbox_polygons_wkb, geo_metadata
@@ -227,3 +230,20 @@ def assemble_parquet(staging: Path, output: Path, crs, dim: int, g: int, loaded,
                 schema=schema,
             )
             writer.write_table(table, row_group_size=8192)
+
+
+@contextlib.contextmanager
+def disk_full_names(output: Path, staging: Path) -> Iterator[None]:
+    """A full disk met in the block as one :class:`DiskFullError` naming ``output``, saying
+    whether finished parts are kept for ``--resume`` (they are whole: written atomically)."""
+    try:
+        yield
+    except Exception as err:
+        if not is_disk_full(err, output):
+            raise
+        for scratch in staging.glob("*.tif"):  # rasters of the assembly: remade from the parts
+            scratch.unlink()
+        kept = None
+        if any(staging.glob("s*-*.parquet")):
+            kept = f"the finished parts in {staging} are kept: run again with --resume to go on"
+        raise DiskFullError(output, kept=kept) from err

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._atomic import is_disk_full
+from .._errors import DiskFullError
 from ..data.format import BadInputError
 from ._cli import USER_ERRORS, Parser, fraction, positive_int, report
 from .planning import start_progress
@@ -281,6 +283,10 @@ def segment(
             finally:
                 if grid is not None:
                     grid.close()
+    except Exception as err:
+        if not is_disk_full(err, work):
+            raise
+        raise DiskFullError(output) from err  # its scratch folder goes just below
     finally:
         bar.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -17,9 +17,10 @@ __all__ = [
     "load_geobench_segmentation_split",
     "load_regression_split",
     "load_segmentation_split",
+    "metadata_for_model",
 ]
 
-_CHIP = re.compile(r"_r(\d+)_c(\d+)$")
+_CHIP = re.compile(r"_r(\d+)_c(\d+)(?:_T\d+)?$")  # a series' id ends in _T<frames>
 
 
 class SegmentationDataError(BadInputError):
@@ -39,9 +40,13 @@ _UNLABELLED = (
 
 @dataclass
 class SegmentationSplit:
-    """One split: ``images`` ``(N, C, H, W)``, ``masks`` ``(N, H, W)`` uint8 (``ignore_index`` =
-    unlabelled; for regression float32 targets, NaN = unknown), class (or target) and band
-    names, and each chip's pixel offset in its scene."""
+    """One split: ``images`` ``(N, C, H, W)`` (time series, shards written with ``num_frames``:
+    ``(N, T, C, H, W)``), ``masks`` ``(N, H, W)`` uint8 (``ignore_index`` = unlabelled; for
+    regression float32 targets, NaN = unknown; one map a series), class (or target) and band
+    names, and each chip's pixel offset in its scene. ``temporal_coords`` ``(N, T, 2)`` (year,
+    day of year of each frame) and ``location_coords`` ``(N, 2)`` (latitude, longitude of the
+    chip centre) are NaN where unknown, ``None`` for sources that carry none (GEO-Bench);
+    ``source`` names the dataset and split in messages."""
 
     images: np.ndarray
     masks: np.ndarray
@@ -50,9 +55,17 @@ class SegmentationSplit:
     ignore_index: int
     offsets: np.ndarray  # (N, 2) row, col in the scene's grid (-1 when the id does not say)
     sources: list[str]
+    temporal_coords: np.ndarray | None = None
+    location_coords: np.ndarray | None = None
+    source: str = ""
 
     def __len__(self) -> int:
         return len(self.masks)
+
+    @property
+    def num_frames(self) -> int:
+        """Frames per sample: T of ``(N, T, C, H, W)`` time series, 1 for single images."""
+        return self.images.shape[1] if self.images.ndim == 5 else 1
 
 
 def load_segmentation_split(source: str | Path, split: str, revision: str | None = None,
@@ -121,10 +134,14 @@ def _read_split(source, split, revision, key: str, writer: str):
 def _split_of(table, column: str, dtype, names: list[str], info, ignore_index: int,
               source, split: str) -> SegmentationSplit:  # fmt: skip
     from ..data import decode_batch
+    from ..data.format import chip_metadata
 
     if column not in table.column_names:
         raise SegmentationDataError(f"{source}: no {column!r} column; found {table.column_names}")
-    images = decode_batch(table)
+    images = decode_batch(table)  # (N, C, H, W) or (N, T, C, H, W)
+    frames = images.shape[1] if images.ndim == 5 else 1
+    # The same dates and places the pretraining stream and the classification recipes give.
+    temporal, location = chip_metadata(table, np.arange(table.num_rows), frames)
     side = images.shape[-1]
     masks = np.frombuffer(b"".join(table.column(column).to_pylist()), dtype=dtype)
     masks = masks.reshape(len(images), images.shape[-2], side).copy()
@@ -138,8 +155,31 @@ def _split_of(table, column: str, dtype, names: list[str], info, ignore_index: i
     return SegmentationSplit(
         images=images, masks=masks, label_names=names, band_names=list(info.band_names),
         ignore_index=ignore_index, offsets=np.array(offsets, dtype=np.int64),
-        sources=table.column("source").to_pylist(),
+        sources=table.column("source").to_pylist(), temporal_coords=np.stack(temporal),
+        location_coords=np.stack(location), source=f"{source} (split {split!r})",
     )  # fmt: skip
+
+
+def metadata_for_model(config, split: SegmentationSplit) -> dict:
+    """The ``temporal_coords`` / ``location_coords`` tensors of ``split`` that a model of
+    ``config`` encodes, as the classification recipes find them
+    (:func:`~geofm_hf.classification.data.metadata_for_model`): none for a model without
+    ``temporal_encoding`` / ``location_encoding``.
+
+    Raises:
+        SegmentationDataError: the split's frames per sample differ from the model's
+            ``num_frames``, or the model encodes dates or places and the split carries none.
+    """
+    import torch
+
+    from ..classification.data import ClassificationDataError
+    from ..classification.data import metadata_for_model as classification_metadata
+
+    try:
+        found = classification_metadata(config, split)
+    except ClassificationDataError as err:
+        raise SegmentationDataError(str(err)) from None
+    return {name: torch.from_numpy(values) for name, values in found.items()}
 
 
 def load_geobench_segmentation_split(
@@ -172,5 +212,6 @@ def load_geobench_segmentation_split(
         label_names=[str(k) for k in range(num_classes)], band_names=list(task.band_names),
         ignore_index=255, offsets=np.full((len(read), 2), -1, dtype=np.int64),
         sources=[f"{task.root.name}/{n}" for n in read.sample_names],
+        source=f"{task.root} (split {split!r})",
     )  # fmt: skip
     return out, task.sensor

@@ -20,19 +20,21 @@ from ..classification.bands import match_splits_to_model
 from ..classification.finetune_loop import flip_rotate, predict, preprocess_split, train_loop
 from ..classification.geobench import geobench_aggregate
 from ..classification.model_source import load_pretrained
-from ..classification.results import dataset_label, fine_tuned_record, write_results
+from ..classification.results import dataset_label
 from ..training.arguments import check_output_dir_writable, end_training
 from .arguments import SegmentArguments
 from .data import (
     SegmentationDataError,
     load_geobench_segmentation_split,
     load_segmentation_split,
+    metadata_for_model,
 )
 from .results import (
     majority_class_baseline,
+    save_fine_tuned_run,
+    segmentation_card_rows,
     segmentation_metrics,
     segmentation_record,
-    update_segmentation_card,
 )
 from .visualize import rgb_composite, save_prediction_png, scene_mosaic
 
@@ -40,10 +42,10 @@ __all__ = ["run_segmentation"]
 
 
 def _segmentation_loss(args: SegmentArguments):
-    def compute_loss(model, pixels, masks, generator, interpolate):
-        if args.augment:
+    def compute_loss(model, pixels, masks, generator, interpolate, **coords):
+        if args.augment:  # a series' frames turn with its mask; dates and places stay
             pixels, masks = flip_rotate(generator, pixels, masks)
-        return model(pixels, labels=masks, interpolate_pos_encoding=interpolate).loss
+        return model(pixels, labels=masks, interpolate_pos_encoding=interpolate, **coords).loss
 
     return compute_loss
 
@@ -89,11 +91,14 @@ def _prediction_png(args, test, pred, metrics, output_dir: Path) -> str | None:
     """Image | reference | prediction of the test split's first scene; its file name, or
     ``None`` when the chips do not say where they lie in their scene."""
     ignore = test.ignore_index
-    image = scene_mosaic(test, test.images.astype(np.float32), np.nan)
+    series = test.num_frames > 1
+    images = test.images[:, 0] if series else test.images  # a series: its first frame
+    image = scene_mosaic(test, images.astype(np.float32), np.nan)
     if image is None:
         return None
     panels = [
-        ("Sentinel-2 RGB (test block)", rgb_composite(image, test.band_names)),
+        (f"Sentinel-2 RGB (test block{', first frame' if series else ''})",
+         rgb_composite(image, test.band_names)),
         ("reference", scene_mosaic(test, test.masks, ignore)),
         (f"prediction (mIoU {100 * metrics['mean_iou']:.1f} %)",
          scene_mosaic(test, pred.astype(np.uint8), ignore)),
@@ -130,18 +135,22 @@ def run_segmentation(args: SegmentArguments) -> dict:
     num_classes, ignore = len(train.label_names), train.ignore_index
     model, processor = _load_model(args, train)
     bands = match_splits_to_model(model, processor, (train, test), args)
+    # Frames, dates and places the model needs, checked before any work.
+    train_meta, test_meta = (metadata_for_model(model.config, s) for s in (train, test))
     batch = args.per_device_eval_batch_size
     train_x = preprocess_split(processor, train.images, bands.band_names, batch)
     test_x = preprocess_split(processor, test.images, bands.band_names, batch)
     train_y = torch.from_numpy(train.masks.astype(np.int64))
 
     # ---- train, evaluate against the majority class
+    series = f" of {train.num_frames} frames" if train.num_frames > 1 else ""
     banner = (f"segment {args.model_name_or_path}{' (random init)' if args.random_init else ''}: "
-              f"{num_classes} classes, train {len(train)} / test {len(test)} chips, bands "
-              f"{bands.bands_used}")  # fmt: skip
+              f"{num_classes} classes, train {len(train)} / test {len(test)} chips{series}, "
+              f"bands {bands.bands_used}")  # fmt: skip
     loop = train_loop(accelerator, model, train_x, train_y, args, _segmentation_loss(args),
-                      seed=args.seed, banner=banner)  # fmt: skip
-    pred = predict(accelerator, loop.model, test_x, batch, reduce=lambda logits: logits.argmax(1))
+                      seed=args.seed, banner=banner, metadata=train_meta)  # fmt: skip
+    pred = predict(accelerator, loop.model, test_x, batch, reduce=lambda logits: logits.argmax(1),
+                   metadata=test_meta)  # fmt: skip
     metrics = segmentation_metrics(pred, test.masks, num_classes, ignore, train.label_names)
     baseline = majority_class_baseline(train, test)
 
@@ -149,29 +158,25 @@ def run_segmentation(args: SegmentArguments) -> dict:
     accelerator.wait_for_everyone()
     results: dict = {}
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(loop.model)
-        unwrapped.save_pretrained(output_dir, safe_serialization=True)
-        processor.save_pretrained(output_dir)
-        results = segmentation_record(
-            metrics=metrics, baseline=baseline, args=args, train=train, test=test, bands=bands,
-            prediction_png=_prediction_png(args, test, pred, metrics, output_dir),
-            train_loss_per_epoch=loop.losses, steps=loop.steps,
-            seconds=round(time.perf_counter() - start, 2),
+
+        def make_results() -> dict:
+            record = segmentation_record(
+                metrics=metrics, baseline=baseline, args=args, train=train, test=test,
+                bands=bands, prediction_png=_prediction_png(args, test, pred, metrics, output_dir),
+                train_loss_per_epoch=loop.losses, steps=loop.steps,
+                seconds=round(time.perf_counter() - start, 2),
+            )  # fmt: skip
+            if args.geobench_task:
+                record["geobench"] = geobench_aggregate(
+                    args.geobench_task, "mean_iou", [metrics["mean_iou"]], seeds=[args.seed]
+                )
+            return record
+
+        results = save_fine_tuned_run(
+            accelerator, loop, processor, args, output_dir, make_results,
+            required=("mean_iou", "pixel_accuracy"), card_rows=segmentation_card_rows,
+            description=f"segmentation fine-tuned on {len(train)} chips of {dataset_label(args)}",
         )  # fmt: skip
-        if args.geobench_task:
-            results["geobench"] = geobench_aggregate(
-                args.geobench_task, "mean_iou", [metrics["mean_iou"]], seeds=[args.seed]
-            )
-        write_results(output_dir, results, required=("mean_iou", "pixel_accuracy"))
-        record = fine_tuned_record(
-            unwrapped,
-            processor,
-            args,
-            loop,
-            accelerator.num_processes,
-            f"segmentation fine-tuned on {len(train)} chips of {dataset_label(args)}",
-        )
-        update_segmentation_card(output_dir, results, record=record)
         majority, scores = baseline
         accelerator.print(
             f"mIoU {100 * metrics['mean_iou']:.1f}  pixel accuracy "

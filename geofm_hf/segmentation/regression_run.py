@@ -19,16 +19,17 @@ import torch
 from ..classification.bands import match_splits_to_model
 from ..classification.finetune_loop import flip_rotate, predict, preprocess_split, train_loop
 from ..classification.model_source import load_pretrained
-from ..classification.results import (
-    dataset_label,
-    fine_tuned_record,
-    merge_eval_results,
-    write_results,
-)
+from ..classification.results import dataset_label
 from ..training.arguments import check_output_dir_writable, end_training
 from .arguments import SegmentArguments
-from .data import load_regression_split
-from .results import mean_target_baseline, regression_metrics, regression_record
+from .data import load_regression_split, metadata_for_model
+from .results import (
+    mean_target_baseline,
+    regression_card_rows,
+    regression_metrics,
+    regression_record,
+    save_fine_tuned_run,
+)
 
 __all__ = ["run_regression"]
 
@@ -58,21 +59,6 @@ def _load_model(args: SegmentArguments, train):
     return model, processor
 
 
-def _card_rows(results: dict) -> list[dict]:
-    return [
-        {
-            "task": "image-segmentation",
-            "dataset_name": results.get("dataset_name") or results["dataset"],
-            "dataset_id": results["dataset"],
-            "split": results.get("test_split"),
-            "metric_type": key,
-            "metric_name": f"{key.upper()} (pixel regression fine-tune)",
-            "value": round(float(results[key]), 6),
-        }
-        for key in ("rmse", "mae")
-    ]
-
-
 def run_regression(args: SegmentArguments) -> dict:
     """Fine-tune ``args.model_name_or_path`` to predict ``args.target_column`` per pixel,
     evaluate, save; returns the results record (also in ``OUTPUT_DIR/results.json``)."""
@@ -91,23 +77,28 @@ def run_regression(args: SegmentArguments) -> dict:
     test = load_regression_split(args.dataset_name_or_path, args.test_split, **load)
     model, processor = _load_model(args, train)
     bands = match_splits_to_model(model, processor, (train, test), args)
+    # Frames, dates and places the model needs, checked before any work.
+    train_meta, test_meta = (metadata_for_model(model.config, s) for s in (train, test))
     batch = args.per_device_eval_batch_size
     train_x = preprocess_split(processor, train.images, bands.band_names, batch)
     test_x = preprocess_split(processor, test.images, bands.band_names, batch)
     train_y = torch.from_numpy(train.masks)  # (N, H, W) float32, NaN = unknown
 
-    def compute_loss(model, pixels, targets, generator, interpolate):
+    def compute_loss(model, pixels, targets, generator, interpolate, **coords):
         if args.augment:
             pixels, targets = flip_rotate(generator, pixels, targets)
-        return model(pixels, labels=targets, interpolate_pos_encoding=interpolate).loss
+        return model(pixels, labels=targets, interpolate_pos_encoding=interpolate,
+                     **coords).loss  # fmt: skip
 
     # ---- train, evaluate against predicting the training mean
+    series = f" of {train.num_frames} frames" if train.num_frames > 1 else ""
     banner = (f"regress {args.target_column} with {args.model_name_or_path}"
               f"{' (random init)' if args.random_init else ''}: train {len(train)} / test "
-              f"{len(test)} chips, bands {bands.bands_used}")  # fmt: skip
+              f"{len(test)} chips{series}, bands {bands.bands_used}")  # fmt: skip
     loop = train_loop(accelerator, model, train_x, train_y, args, compute_loss, seed=args.seed,
-                      banner=banner)  # fmt: skip
-    pred = predict(accelerator, loop.model, test_x, batch, reduce=lambda out: out[:, 0].float())
+                      banner=banner, metadata=train_meta)  # fmt: skip
+    pred = predict(accelerator, loop.model, test_x, batch, reduce=lambda out: out[:, 0].float(),
+                   metadata=test_meta)  # fmt: skip
     metrics = regression_metrics(pred, test.masks, seed=args.seed)
     baseline = mean_target_baseline(train, test)
 
@@ -115,21 +106,20 @@ def run_regression(args: SegmentArguments) -> dict:
     accelerator.wait_for_everyone()
     results: dict = {}
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(loop.model)
-        unwrapped.save_pretrained(output_dir, safe_serialization=True)
-        processor.save_pretrained(output_dir)
-        results = regression_record(
-            metrics=metrics, baseline=baseline, args=args, train=train, test=test, bands=bands,
-            train_loss_per_epoch=loop.losses, steps=loop.steps,
-            seconds=round(time.perf_counter() - start, 2),
+
+        def make_results() -> dict:
+            return regression_record(
+                metrics=metrics, baseline=baseline, args=args, train=train, test=test,
+                bands=bands, train_loss_per_epoch=loop.losses, steps=loop.steps,
+                seconds=round(time.perf_counter() - start, 2),
+            )  # fmt: skip
+
+        results = save_fine_tuned_run(
+            accelerator, loop, processor, args, output_dir, make_results,
+            required=("rmse", "mae", "r2"), card_rows=regression_card_rows,
+            description=f"pixel-wise regression of {args.target_column} fine-tuned on "
+            f"{len(train)} chips of {dataset_label(args)}",
         )  # fmt: skip
-        write_results(output_dir, results, required=("rmse", "mae", "r2"))
-        record = fine_tuned_record(
-            unwrapped, processor, args, loop, accelerator.num_processes,
-            f"pixel-wise regression of {args.target_column} fine-tuned on {len(train)} chips of "
-            f"{dataset_label(args)}",
-        )  # fmt: skip
-        merge_eval_results(output_dir, _card_rows(results), record=record)
         accelerator.print(
             f"RMSE {metrics['rmse']:.4g}  MAE {metrics['mae']:.4g}  R2 {metrics['r2']}  "
             f"(training mean: RMSE {baseline['rmse']:.4g}) -> {output_dir}"

@@ -1,10 +1,12 @@
 """Segmentation scores through the shipped ``mean_iou`` module, the majority-class baseline, the
 run's ``results.json`` record and the card's model-index; for pixel-wise regression RMSE, MAE
-and R2 with bootstrap intervals over chips, and the mean-target baseline."""
+and R2 with bootstrap intervals over chips, and the mean-target baseline; the save step both
+runs end with (:func:`save_fine_tuned_run`)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,11 @@ import numpy as np
 __all__ = [
     "majority_class_baseline",
     "mean_target_baseline",
+    "regression_card_rows",
     "regression_metrics",
     "regression_record",
+    "save_fine_tuned_run",
+    "segmentation_card_rows",
     "segmentation_metrics",
     "segmentation_record",
     "update_segmentation_card",
@@ -85,20 +90,59 @@ def update_segmentation_card(card_dir: str | os.PathLike, results: dict[str, Any
     (rows of the same task, dataset, split and metric are replaced, others kept)."""
     from ..classification.results import merge_eval_results
 
-    rows = [
+    return merge_eval_results(card_dir, segmentation_card_rows(results), record=record)
+
+
+def segmentation_card_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model-index rows of a segmentation run's ``results``: mIoU and pixel accuracy."""
+    return _card_rows(results, (("mean_iou", "mean_iou", "mIoU (fine-tune)"),
+                                ("pixel_accuracy", "accuracy", "Pixel accuracy (fine-tune)")))  # fmt: skip
+
+
+def regression_card_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model-index rows of a pixel-wise regression run's ``results``: RMSE and MAE."""
+    return _card_rows(results, [(key, key, f"{key.upper()} (pixel regression fine-tune)")
+                                for key in ("rmse", "mae")])  # fmt: skip
+
+
+def _card_rows(results: dict[str, Any], metrics) -> list[dict[str, Any]]:
+    """One ``image-segmentation`` row per (results key, metric type, metric name)."""
+    return [
         {
             "task": "image-segmentation",
             "dataset_name": results.get("dataset_name") or results["dataset"],
             "dataset_id": results["dataset"],
             "split": results.get("test_split"),
             "metric_type": metric_type,
-            "metric_name": f"{name} (fine-tune)",
+            "metric_name": name,
             "value": round(float(results[key]), 6),
         }
-        for key, metric_type, name in (("mean_iou", "mean_iou", "mIoU"),
-                                       ("pixel_accuracy", "accuracy", "Pixel accuracy"))
-    ]  # fmt: skip
-    return merge_eval_results(card_dir, rows, record=record)
+        for key, metric_type, name in metrics
+    ]
+
+
+def save_fine_tuned_run(accelerator, loop, processor, args: Any, output_dir: Path,
+                        make_results: Callable[[], dict[str, Any]], *, required: tuple[str, ...],
+                        description: str,
+                        card_rows: Callable[[dict[str, Any]], list[dict[str, Any]]],
+                        ) -> dict[str, Any]:  # fmt: skip
+    """The save step of a segmentation or regression run, on the main process: the fine-tuned
+    model (safetensors) and its processor into ``output_dir``; then the run's record,
+    ``make_results()`` (called once they are saved, so that its time counts the saving), in
+    ``results.json`` (checked to hold the ``required`` keys); then the card, its run record
+    saying the model was fine-tuned for ``description`` and its model-index holding
+    ``card_rows(results)``. Returns the record."""
+    from ..classification.results import fine_tuned_record, merge_eval_results, write_results
+
+    unwrapped = accelerator.unwrap_model(loop.model)
+    unwrapped.save_pretrained(output_dir, safe_serialization=True)
+    processor.save_pretrained(output_dir)
+    results = make_results()
+    write_results(output_dir, results, required=required)
+    record = fine_tuned_record(unwrapped, processor, args, loop, accelerator.num_processes,
+                               description)  # fmt: skip
+    merge_eval_results(output_dir, card_rows(results), record=record)
+    return results
 
 
 def _regression_sums(predictions: np.ndarray, references: np.ndarray) -> np.ndarray:

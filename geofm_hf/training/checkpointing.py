@@ -30,7 +30,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .._atomic import atomic_write_text, fsync_path
+from .._atomic import atomic_write_text, free_bytes, fsync_path, is_disk_full
+from .._errors import DiskFullError
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,37 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
         if match and (child / COMPLETE).is_file():
             found.append((int(match.group(1)), child))
     return sorted(found)
+
+
+def incomplete_checkpoints(output_dir: str | os.PathLike) -> list[str]:
+    """Names of the checkpoint folders in ``output_dir`` that can never be resumed from: writes
+    cut short (``.tmp-checkpoint-*``) and ``checkpoint-*`` folders without a ``COMPLETE`` marker
+    (copied in part, or written by hand), sorted."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted(
+        child.name
+        for child in root.iterdir()
+        if child.is_dir()
+        and (
+            child.name.startswith(".tmp-checkpoint-")
+            or (_NAME.match(child.name) and not (child / COMPLETE).is_file())
+        )
+    )
+
+
+def starting_over_message(output_dir: str | os.PathLike, incomplete: list[str]) -> str:
+    """The one line a run starting from step 0 prints when ``output_dir`` held only incomplete
+    checkpoints: training over them silently would look like a resume that lost its progress."""
+    shown = ", ".join(incomplete[:5])
+    if len(incomplete) > 5:
+        shown += f" and {len(incomplete) - 5} more"
+    return (
+        f"{output_dir} holds no complete checkpoint, only {len(incomplete)} incomplete one(s) "
+        f"({shown}; no {COMPLETE} marker: a write cut short or a partial copy): "
+        "starting from step 0"
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -217,8 +249,52 @@ class CheckpointManager:
         tmp = self.output_dir / f".tmp-{checkpoint_name(step)}"
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
+        need = self._check_space()
+        if acc.is_main_process:
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
+        try:
+            self._write(step, tmp, trainer_state, data_state, extra)
+        except Exception as err:
+            if not is_disk_full(err, self.output_dir):
+                raise
+            # The unfinished folder would only be removed at the next start; the room it
+            # takes is what the user is about to look for.
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise DiskFullError(self.output_dir, max(need - free_bytes(self.output_dir), 0)
+                                or None) from err  # fmt: skip
+        if acc.is_main_process:
+            if final.exists():  # a re-save of the same step (e.g. signal right after a save)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            fsync_path(self.output_dir)
+            self._rotate()
+        acc.wait_for_everyone()
+        return final
+
+    def _check_space(self) -> int:
+        """Collective: the bytes a checkpoint takes (the newest complete one's size, else this
+        process's model and optimiser tensors), refused up front with a :class:`DiskFullError`
+        when the output folder has less free. Rank 0 decides for all (one file system)."""
+        acc = self.accelerator
+        verdict: list[Any] = [None]
+        if acc.is_main_process:
+            need = _checkpoint_bytes(self.output_dir) or _state_bytes(acc)
+            free = free_bytes(self.output_dir)
+            verdict = [(need, free)]
+        if self._world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(verdict)
+        need, free = verdict[0]
+        if need > free:
+            raise DiskFullError(self.output_dir, need - free)
+        return need
+
+    def _write(self, step: int, tmp: Path, trainer_state: dict, data_state: dict, extra) -> None:
+        """Collective: every file of the checkpoint into ``tmp``, the ``COMPLETE`` marker last."""
+        acc = self.accelerator
         acc.save_state(str(tmp), safe_serialization=True)
         write_json_atomic(tmp / f"data_state_rank{acc.process_index}.json", data_state)
         if acc.is_main_process:
@@ -236,13 +312,6 @@ class CheckpointManager:
         if acc.is_main_process:
             files = {k: v for part in manifests for k, v in part.items()}
             write_json_atomic(tmp / COMPLETE, {"step": step, "files": dict(sorted(files.items()))})
-            if final.exists():  # a re-save of the same step (e.g. signal right after a save)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            fsync_path(self.output_dir)
-            self._rotate()
-        acc.wait_for_everyone()
-        return final
 
     def resolve_resume(self, resume: str | None) -> Path | None:
         """Collective :func:`resolve_resume`: rank 0 lists the candidates and reads their
@@ -363,6 +432,29 @@ class CheckpointManager:
         rank = acc.process_index if trainer_state["world_size"] == acc.num_processes else 0
         data_state = json.loads((path / f"data_state_rank{rank}.json").read_text())
         return trainer_state, data_state
+
+
+def _checkpoint_bytes(output_dir: Path) -> int:
+    """The size of the newest complete checkpoint, from its marker (0 when there is none): the
+    next one, of the same model and optimiser, takes as much."""
+    found = list_checkpoints(output_dir)
+    recorded = _read_marker(found[-1][1]) if found else {}
+    return 0 if isinstance(recorded, str) else sum(e["bytes"] for e in recorded.values())
+
+
+def _state_bytes(accelerator) -> int:
+    """Bytes of this process's model parameters and buffers and optimiser state (a sharded
+    tensor counts its local shard): about what a first checkpoint writes, at least."""
+    import torch
+
+    def local(t):
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    tensors = [local(t) for m in accelerator._models for t in (*m.parameters(), *m.buffers())]
+    for opt in accelerator._optimizers:
+        for state in getattr(opt, "optimizer", opt).state.values():
+            tensors += [local(v) for v in state.values() if isinstance(v, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _sizes(folder: Path) -> dict[str, int]:

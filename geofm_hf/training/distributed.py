@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._atomic import atomic_open
+from .._atomic import atomic_open, check_free_space
 
 _WRAPPED = "_checkpoint_wrapped_module."
 _SAFETENSORS_DTYPES = {
@@ -361,6 +361,8 @@ def save_safetensors_streaming(model: nn.Module, path: str | os.PathLike, write:
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
+    if write:  # refused before any rank gathers: the file's size is known to the byte
+        check_free_space(path, 8 + len(raw) + offset)
     # The writing rank streams into a temporary file that replaces ``path`` once the last byte
     # is on disk: a crash mid-export leaves the earlier file (or none), never a truncated one.
     sink = atomic_open(path, fsync=True) if write else contextlib.nullcontext()

@@ -52,7 +52,12 @@ def export(
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     # Collective: every rank gathers one tensor at a time; the main process writes.
-    save_pretrained_streaming(model, tmp, write=accelerator.is_main_process)
+    try:
+        save_pretrained_streaming(model, tmp, write=accelerator.is_main_process)
+    except BaseException:  # a full disk above all: leave no weights-less export behind
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     recon = None
     # A wavelength model needs each dataset's wavelengths; the plot takes one band set.
     if (

@@ -18,7 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from geofm_hf._atomic import fsync_path
+from geofm_hf._atomic import disk_full_as, fsync_path
+from geofm_hf._errors import UserInputError
 from geofm_hf.data.format import BadInputError
 from geofm_hf.training.checkpointing import COMPLETE, TRAINER_STATE, verify_checkpoint
 
@@ -31,9 +32,7 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, verify: bo
     beside it is renamed in at the end); returns ``output_dir``."""
     import torch
 
-    from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining, GeoViTMAEImageProcessor
-    from geofm_hf.model_card import RunRecord, write_model_card
-    from geofm_hf.training.distributed import save_pretrained_streaming
+    from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining
 
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
     _check_checkpoint(checkpoint, verify)
@@ -69,6 +68,25 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, verify: bo
         )
     tmp = output_dir.with_name(f".tmp-{output_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with disk_full_as(output_dir):
+            _write_export(model, checkpoint, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    tmp.rename(output_dir)
+    fsync_path(output_dir.parent)
+    return output_dir
+
+
+def _write_export(model, checkpoint: Path, tmp: Path) -> None:
+    """Weights, processor, run record and card of ``model`` into ``tmp``."""
+    from geofm_hf import GeoViTMAEImageProcessor
+    from geofm_hf.model_card import RunRecord, write_model_card
+    from geofm_hf.training.distributed import save_pretrained_streaming
+
     save_pretrained_streaming(model, tmp, write=True)
     processor = None
     if (checkpoint / "preprocessor_config.json").is_file():
@@ -91,11 +109,6 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path, verify: bo
     )
     record.save(tmp / "run_record.json")
     write_model_card(tmp, record)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    tmp.rename(output_dir)
-    fsync_path(output_dir.parent)
-    return output_dir
 
 
 def _check_checkpoint(checkpoint: Path, verify: bool) -> None:
@@ -140,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export_checkpoint(args.checkpoint, args.output_dir, verify=not args.no_verify)
-    except BadInputError as err:
+    except UserInputError as err:  # a bad checkpoint, a full disk
         print(f"geofm-export: error: {err}", file=sys.stderr)
         return 2
     print(f"exported {args.checkpoint} -> {out} (push it with: geofm-push {out} ORG/NAME)")

@@ -20,7 +20,12 @@ from geofm_hf.training.arguments import (
     ArgumentError,
     as_flat_dict,
 )
-from geofm_hf.training.checkpointing import CheckpointManager, list_checkpoints
+from geofm_hf.training.checkpointing import (
+    CheckpointManager,
+    incomplete_checkpoints,
+    list_checkpoints,
+    starting_over_message,
+)
 from geofm_hf.training.collective import on_main_process
 from geofm_hf.training.host_memory import pin_mmap_threshold
 from geofm_hf.training.inputs import frames_text, loader_settings
@@ -99,6 +104,8 @@ def start_run(model_args, data_args, args) -> Run:
     checkpoints = CheckpointManager(accelerator, output_dir, args.save_total_limit)
     if not args.resume_from_checkpoint:
         on_main_process(accelerator, lambda: _refuse_starting_over(output_dir))
+    # Listed before clean_partial removes the unfinished writes among them.
+    incomplete = incomplete_checkpoints(output_dir) if accelerator.is_main_process else []
     removed = checkpoints.clean_partial()
     world = accelerator.num_processes
     global_batch = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
@@ -113,15 +120,10 @@ def start_run(model_args, data_args, args) -> Run:
         resume_path = checkpoints.resolve_resume(args.resume_from_checkpoint)
     except ValueError as err:  # not a checkpoint, or a damaged one: the user's to choose
         raise ArgumentError(str(err)) from None
-    if removed:
-        accelerator.print(
-            f"removed unfinished checkpoint writes from a previous run: {removed}"
-            + (
-                ""
-                if resume_path
-                else f"; {output_dir} held no complete checkpoint: starting at step 0"
-            )
-        )
+    if resume_path is None and incomplete:
+        accelerator.print(starting_over_message(output_dir, incomplete))
+    elif removed:
+        accelerator.print(f"removed unfinished checkpoint writes from a previous run: {removed}")
     return Run(
         model_args=model_args,
         data_args=data_args,
