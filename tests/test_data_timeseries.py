@@ -4,6 +4,7 @@ the chip's place, and trained on by a time-series model."""
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -221,10 +222,12 @@ def test_bad_time_series_inputs_are_explained(tmp_path):
         write_shards(twin, tmp_path / "c", chip_size=CHIP, num_frames=1, max_nodata_fraction=1.0)
     assert not (tmp_path / "c" / "geofm_dataset.json").exists()
     # a dataset written before num_frames existed reads as single-frame
-    assert "num_frames" not in json.loads(
-        (Path(sample_dataset_path()) / "geofm_dataset.json").read_text()
-    )
-    assert read_dataset_info(sample_dataset_path()).num_frames == 1
+    old = tmp_path / "old"
+    shutil.copytree(sample_dataset_path(), old)
+    info = json.loads((old / "geofm_dataset.json").read_text())
+    info.pop("num_frames", None)
+    (old / "geofm_dataset.json").write_text(json.dumps(info))
+    assert read_dataset_info(old).num_frames == 1
 
 
 def _copy_scene(scene: Path, folder: Path, shift_m: float = 0.0) -> None:
