@@ -19,6 +19,12 @@ layer, ``(B, 1 + L, D)`` with the class token first, as TerraTorch's Prithvi ViT
 necks (``SelectIndices``, ``ReshapeTokensToImage``) and decoders (``UperNetDecoder``,
 ``UNetDecoder``, ``FCNDecoder``) take them unchanged.
 
+A time-series model (``num_frames`` T > 1) takes TerraTorch's ``(B, C, T, H, W)`` with
+``temporal_coords`` ``(B, T, 2)`` and ``location_coords`` ``(B, 2)`` (extra batch keys, which
+TerraTorch's tasks pass to ``model(x, **rest)``), as TerraTorch's Prithvi does: tokens
+``(B, 1 + T' * L, D)`` (``T'`` = T / tubelet_size) and maps ``(B, T' * D, h, w)``
+(``ReshapeTokensToImage`` with ``effective_time_dim: T'``).
+
 This module imports without TerraTorch: only :func:`register` imports it.
 """
 
@@ -122,7 +128,9 @@ class GeoFMTerraTorchBackbone(nn.Module):
     :attr:`image_mean` / :attr:`image_std` are its statistics in that order, for the
     datamodule's ``means`` / ``stds``) and returns ``[(B, 1 + L, D)]`` per ``out_indices``
     layer; the last layer is after the final LayerNorm (our ``last_hidden_state``).
-    ``out_channels`` is ``[D] * len(out_indices)``.
+    ``out_channels`` is ``[D] * len(out_indices)``. A time-series model takes
+    ``(B, C, T, H, W)`` and returns ``(B, 1 + T' * L, D)``; ``out_channels`` is then
+    ``[T' * D] * len(out_indices)``, the channels of its maps.
     """
 
     def __init__(
