@@ -19,6 +19,12 @@ layer, ``(B, 1 + L, D)`` with the class token first, as TerraTorch's Prithvi ViT
 necks (``SelectIndices``, ``ReshapeTokensToImage``) and decoders (``UperNetDecoder``,
 ``UNetDecoder``, ``FCNDecoder``) take them unchanged.
 
+A time-series model (``num_frames`` T > 1) takes TerraTorch's ``(B, C, T, H, W)`` with
+``temporal_coords`` ``(B, T, 2)`` and ``location_coords`` ``(B, 2)`` (extra batch keys, which
+TerraTorch's tasks pass to ``model(x, **rest)``), as TerraTorch's Prithvi does: tokens
+``(B, 1 + T' * L, D)`` (``T'`` = T / tubelet_size) and maps ``(B, T' * D, h, w)``
+(``ReshapeTokensToImage`` with ``effective_time_dim: T'``).
+
 This module imports without TerraTorch: only :func:`register` imports it.
 """
 
@@ -122,7 +128,9 @@ class GeoFMTerraTorchBackbone(nn.Module):
     :attr:`image_mean` / :attr:`image_std` are its statistics in that order, for the
     datamodule's ``means`` / ``stds``) and returns ``[(B, 1 + L, D)]`` per ``out_indices``
     layer; the last layer is after the final LayerNorm (our ``last_hidden_state``).
-    ``out_channels`` is ``[D] * len(out_indices)``.
+    ``out_channels`` is ``[D] * len(out_indices)``. A time-series model takes
+    ``(B, C, T, H, W)`` and returns ``(B, 1 + T' * L, D)``; ``out_channels`` is then
+    ``[T' * D] * len(out_indices)``, the channels of its maps.
     """
 
     def __init__(
@@ -135,11 +143,6 @@ class GeoFMTerraTorchBackbone(nn.Module):
     ) -> None:
         super().__init__()
         config = model.config
-        if config.num_frames != 1:
-            raise ValueError(
-                f"The geofm_hf TerraTorch backbone takes single images: this model takes time "
-                f"series of num_frames={config.num_frames}. Use a single-image export."
-            )
         layers = config.num_hidden_layers
         self.out_indices = list(range(layers)) if out_indices is None else list(out_indices)
         bad = [i for i in self.out_indices if not -layers <= i < layers]
@@ -154,7 +157,9 @@ class GeoFMTerraTorchBackbone(nn.Module):
         self.register_buffer("wavelengths", wavelengths, persistent=False)
         self.register_buffer("input_order", order, persistent=False)
         self.gsd = gsd
-        self.out_channels = [config.hidden_size] * len(self.out_indices)
+        # Prithvi's name: the tubelets a series becomes, stacked along channels in the maps.
+        self.effective_time_dim = config.num_frames // config.tubelet_size
+        self.out_channels = [config.hidden_size * self.effective_time_dim] * len(self.out_indices)
         # TerraTorch's factory pads inputs to a multiple of the first `patch_size` it finds.
         self.patch_size = config.patch_size
         # The model's statistics in the order of `bands`, for the datamodule's means/stds.
@@ -242,11 +247,23 @@ class GeoFMTerraTorchBackbone(nn.Module):
         location_coords: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> list[torch.Tensor]:
-        """``(B, C, H, W)`` -> per-layer tokens ``[(B, 1 + H/p * W/p, D)]``."""
-        if x.ndim == 5 and x.shape[2] == 1:
+        """``(B, C, H, W)`` (a series: ``(B, C, T, H, W)``) -> per-layer tokens
+        ``[(B, 1 + T' * H/p * W/p, D)]``, ``T'`` = T / tubelet_size."""
+        frames = self.model.config.num_frames
+        if frames == 1 and x.ndim == 5 and x.shape[2] == 1:
             x = x[:, :, 0]  # TerraTorch's (B, C, T=1, H, W) layout for single images
+        elif frames > 1 and (x.ndim != 5 or x.shape[2] != frames):
+            found = f"{x.shape[2]} frames in" if x.ndim == 5 else "input of"
+            raise ValueError(
+                f"This model takes time series of num_frames={frames} frames as (B, C, T, H, W) "
+                f"(TerraTorch's layout): found {found} shape {tuple(x.shape)}. Feed series of "
+                f"{frames} frames (the datamodule's frame count), or use a model with that "
+                "num_frames."
+            )
         if self.input_order is not None:
             x = x.index_select(1, self.input_order)
+        if frames > 1:
+            x = x.transpose(1, 2)  # ours is (B, T, C, H, W)
         config = self.model.config
         height, width = x.shape[-2:]
         self._grid = (height // config.patch_size, width // config.patch_size)
@@ -264,10 +281,18 @@ class GeoFMTerraTorchBackbone(nn.Module):
         return [layers[i] for i in self.out_indices]
 
     def prepare_features_for_image_model(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Tokens -> ``(B, D, H/p, W/p)`` maps, TerraTorch's neck when a config names none."""
+        """Tokens -> ``(B, T' * D, H/p, W/p)`` maps, TerraTorch's neck when a config names none.
+
+        As Prithvi's ``(t h w) e -> (t e) h w``: channels ``[k * D, (k + 1) * D)`` are tubelet
+        ``k`` (our tokens are ordered tubelet, row, column).
+        """
         height, width = self._grid
+        frames = self.effective_time_dim
         return [
-            f[:, 1:].transpose(1, 2).reshape(f.shape[0], f.shape[-1], height, width)
+            f[:, 1:]
+            .reshape(f.shape[0], frames, height, width, f.shape[-1])
+            .permute(0, 1, 4, 2, 3)
+            .reshape(f.shape[0], frames * f.shape[-1], height, width)
             for f in features
         ]
 
