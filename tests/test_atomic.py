@@ -86,7 +86,8 @@ def test_package_writers_go_through_it(tmp_path, monkeypatch):
     assert _mode(path) == 0o644
 
     def fail(self, data):
-        self.open("wb").write(data[:10])
+        with self.open("wb") as handle:
+            handle.write(data[:10])
         raise OSError("No space left on device")
 
     monkeypatch.setattr("pathlib.Path.write_bytes", fail)
