@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import rasterio
@@ -190,8 +191,6 @@ REFUSALS = [
      r"encodes dates \(temporal_encoding=True\) but scene .*plot0 has none"),
     ("too few dates", ("dated", STACK[:2]), (FRAMES, True, True),
      r"takes series of 3 frames \(config num_frames=3\) but .* holds 2 dated scenes"),
-    ("too many dates", ("dated", [*STACK, "LT50350322008142PAC01"]), (FRAMES, False, False),
-     r"takes series of 3 frames .* holds 4 dated scenes"),
 ]  # fmt: skip
 
 
@@ -212,3 +211,32 @@ def test_an_input_the_model_cannot_take_is_refused_in_one_line(tool, case, tmp_p
     assert len(lines) == 1 and lines[0].startswith(f"{tool}: error: "), lines
     assert re.search(message, lines[0]), lines[0]
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_more_dates_than_a_series_are_cut_into_series_and_the_rest_named(tmp_path, caplog):
+    """Seven dates for a 3-frame model: two series in date order, as geofm-make-shards
+    --num-frames cuts them; the seventh date is named and counted, not dropped quietly."""
+    later = ["LE70350322008150EDC00", "LE70350322008166EDC00", "LE70350322008182EDC00",
+             "LE70350322008198EDC00"]  # fmt: skip
+    scenes = sorted([*STACK, *later], key=_date)
+    model = _model(tmp_path / "m", FRAMES, True, True)
+    out = tmp_path / "e.parquet"
+    with caplog.at_level("WARNING", logger="geofm_hf.inference.stacks"):
+        summary = geofm_hf.embed(model, _link(scenes, tmp_path / "in"), out, dtype="float32",
+                                 progress=False)  # fmt: skip
+    assert summary.skipped["by_reason"] == {"frames_left_over": 1}
+    assert "1 of 7 dated scenes" in caplog.text and scenes[-1] in caplog.text
+    table = pq.read_table(out)
+    # Two series of 16 windows each; a window empty in its series' frames is skipped, counted.
+    assert summary.num_windows == table.num_rows
+    assert summary.num_windows + summary.empty_windows == 2 * 16
+    net = GeoViTMAEModel.from_pretrained(model).eval()
+    for series in (scenes[0:3], scenes[3:6]):
+        rows = table.filter(pc.equal(table.column("source"), f"{series[0]}/{series[0]}"))
+        assert rows.num_rows > 0
+        windows = list(zip(rows.column("row").to_pylist(), rows.column("col").to_pylist()))
+        values, coords = _reference(model, series, windows, FRAMES, True, True)
+        with torch.no_grad():
+            want = net(values, **coords).last_hidden_state[:, 0].numpy()
+        got = np.asarray(rows.column("embedding").to_pylist())
+        assert np.abs(got - want).max() <= 1e-5

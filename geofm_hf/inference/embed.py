@@ -112,9 +112,9 @@ def embed(
             the scene's cloud/QA masks. Or one shard dataset made by ``geofm-make-shards``
             (folder or Hub dataset id, at ``dataset_revision``; its chips are the windows).
             Scene bands feed the model's by sensor and wavelength, never by bare name. A model
-            of ``num_frames`` T takes each place's T dated scenes as one series (grouped as
-            ``geofm-make-shards --num-frames`` groups them, dates from the file names): a
-            place with another number of dates is an error. A model that encodes dates or
+            of ``num_frames`` T takes each place's dated scenes as series of T (grouped and
+            cut as ``geofm-make-shards --num-frames`` does, dates from the file names; dates
+            left over are named and counted); a place with fewer than T dates is an error. A model that encodes dates or
             places (``temporal_encoding``, ``location_encoding``) gets each window's: the
             frames' dates and the window centre's latitude and longitude.
         output: ``OUT.parquet`` (GeoParquet 1.1) or, with ``format="cog"``, ``OUT.tif``.

@@ -12,6 +12,7 @@ from the shards written from it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from .scenes import SceneGrid, SceneReading, open_grid
 
 __all__ = ["ModelNeeds", "SceneStack", "group_inputs", "open_unit", "window_coords"]
 
+logger = logging.getLogger(__name__)
 _WHAT = {"temporal_coords": "dates", "location_coords": "places"}
 
 
@@ -48,9 +50,10 @@ class ModelNeeds:
 
 def group_inputs(scenes, needs: ModelNeeds, policy) -> list[list]:
     """The model's inputs from ``scenes``: each scene alone for a single-frame model; for a
-    series model the dates of each footprint, which must number ``needs.frames``. A scene (or
-    footprint) that cannot be one is recorded in ``policy`` (raised under ``on_error=raise``):
-    an undated scene for a model that encodes dates, a footprint of another number of dates."""
+    series model each footprint's dates, cut into consecutive series of ``needs.frames`` (the
+    dates left over are recorded in ``policy`` and named in a warning). A scene (or footprint)
+    that cannot be one is recorded in ``policy`` (raised under ``on_error=raise``): an undated
+    scene for a model that encodes dates, a footprint of fewer dates than a series takes."""
     from ..data.time_series import footprint_series
 
     if needs.frames == 1:
@@ -67,7 +70,7 @@ def group_inputs(scenes, needs: ModelNeeds, policy) -> list[list]:
         return units
     units = []
     for members in footprint_series(scenes, policy):
-        if len(members) != needs.frames:
+        if len(members) < needs.frames:
             dates = [m.datetime[:10] for m in members]
             policy.record(BadInputError(
                 "frames_mismatch",
@@ -77,7 +80,24 @@ def group_inputs(scenes, needs: ModelNeeds, policy) -> list[list]:
                 "place, each dated in its file name, or a model of "
                 f"num_frames={len(members)}"), members[0].source)  # fmt: skip
             continue
-        units.append(members)
+        # More dates than T: consecutive series of T in date order, as geofm-make-shards
+        # --num-frames cuts them; the dates left over are named and counted, not dropped quietly.
+        whole = len(members) // needs.frames * needs.frames
+        units += [members[i : i + needs.frames] for i in range(0, whole, needs.frames)]
+        left = members[whole:]
+        for scene in left:
+            policy.record(BadInputError(
+                "frames_left_over",
+                f"the footprint of {members[0].source} holds {len(members)} dated scenes and "
+                f"the model takes series of {needs.frames}: {scene.source} "
+                f"({scene.datetime[:10]}) is in none"), scene.source, is_error=False)  # fmt: skip
+        if left:
+            logger.warning(
+                "%d of %d dated scenes of the footprint of %s are in no series of %d (the last "
+                "dates: %s); give a multiple of %d dates to use them all",
+                len(left), len(members), members[0].source, needs.frames,
+                ", ".join(s.source for s in left), needs.frames,
+            )  # fmt: skip
     return units
 
 
