@@ -57,8 +57,7 @@ _S2_OFFSET_XML = re.compile(
 def _scene_evidence(scene: Scene, srcs) -> list[str]:
     """File names, folder names and metadata tags: what may name the sensor."""
     texts = [scene.scene_id, scene.source]
-    paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
-    for p in paths:
+    for p in scene.paths:
         texts.extend(Path(p).parts[-4:])
     for src in srcs:
         with contextlib.suppress(Exception):
@@ -74,8 +73,7 @@ def _s2_offset(scene: Scene) -> dict[int, float] | None:
     the SAFE name (``_N0400_``: -1000 for every band, as ESA specifies). ``None`` before 04.00
     or when nothing states the baseline.
     """
-    paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
-    first = Path(paths[0])
+    first = Path(scene.paths[0])
     for parent in list(first.parents)[:6]:
         for xml in sorted(parent.glob("MTD_MSIL*.xml")):
             text = xml.read_text(errors="replace")
@@ -244,10 +242,9 @@ def _identify_scene_sensors(
     """
     out: dict[str, str | None] = {}
     for scene in scenes:
-        paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
         srcs = []
         try:
-            for path in paths:
+            for path in scene.paths:
                 srcs.append(open_raster(path))
             if sensor is not None:
                 out[scene.source] = sensor

@@ -120,8 +120,7 @@ def _scene_chips(scene: Scene, scene_sensor: str | None, spec: _ChipSpec,
     chip_size, stride = spec.chip_size, spec.stride
     srcs = []
     try:
-        paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
-        for path in paths:
+        for path in scene.paths:
             srcs.append(open_raster(path))
         selected = resolve_band_names(scene, srcs, spec.bands, scene_sensor, spec.band_names)
         names = [n for n, _, _ in selected]

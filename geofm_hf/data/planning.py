@@ -36,9 +36,8 @@ def plan_chips(scenes: list[Scene], scene_sensors: dict[str, str | None], *, chi
         if num_frames is not None and scene.datetime is None:
             continue  # refused by the run (no date)
         with contextlib.ExitStack() as stack:
-            paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
             try:
-                srcs = [stack.enter_context(open_raster(p)) for p in paths]
+                srcs = [stack.enter_context(open_raster(p)) for p in scene.paths]
                 selected = resolve_band_names(scene, srcs, bands, scene_sensors.get(scene.source),
                                               band_names)  # fmt: skip
                 _, _, width, height, _ = target_grid([s for _, s, _ in selected], resolution)

@@ -62,6 +62,11 @@ class Scene:
     datetime: str | None = None
     masks: dict[str, str] = field(default_factory=dict)  # QA kind -> path (fmask, scl ...)
 
+    @property
+    def paths(self) -> list[str]:
+        """The raster files that hold the scene's bands: its multi-band file, or one per band."""
+        return [self.multiband] if self.multiband else list(self.band_files.values())
+
 
 def find_scenes(inputs, band_files=None, filename_pattern=None) -> list[Scene]:
     """The scenes of ``inputs`` (files, folders, globs) and ``band_files``: per-band files grouped

@@ -359,14 +359,10 @@ def _space_needed(
     scenes done and the one in progress, counted whole: hence "at least"). The staging folder
     is about to be deleted, so its bytes count as free."""
     staged, pending = sink.bytes_so_far()
-    sizes = [sum(_file_bytes(p) for p in _scene_files(s)) for s in scenes]
+    sizes = [sum(_file_bytes(p) for p in s.paths) for s in scenes]
     read = sum(sizes[: len(sources) + 1]) or 1
     total = (staged + pending) * max(sum(sizes), 1) / read
     return max(int(total) - free_bytes(output_dir) - staged, pending, 1)
-
-
-def _scene_files(scene: Scene) -> list[str]:
-    return [scene.multiband] if scene.multiband else list(scene.band_files.values())
 
 
 def _file_bytes(path: str) -> int:

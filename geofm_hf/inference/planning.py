@@ -30,9 +30,8 @@ def plan_windows(units, sensors: dict[str, str | None], model_bands, reading: Sc
     for unit in units:
         scene = unit[0]
         with contextlib.ExitStack() as stack:
-            paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
             try:
-                srcs = [stack.enter_context(open_raster(p)) for p in paths]
+                srcs = [stack.enter_context(open_raster(p)) for p in scene.paths]
                 selected = resolve_model_bands(scene, srcs, model_bands,
                                                sensors.get(scene.source), reading.band_names)  # fmt: skip
                 _, _, width, height, _ = target_grid([s for _, s, _ in selected], None)

@@ -229,7 +229,7 @@ def check_scenes(scenes, sensors: dict[str, str | None], model, reading: SceneRe
     for scene in scenes:
         srcs = []
         try:
-            for path in [scene.multiband] if scene.multiband else scene.band_files.values():
+            for path in scene.paths:
                 srcs.append(open_raster(path))
             resolve_model_bands(scene, srcs, model, sensors.get(scene.source),
                                 reading.band_names)  # fmt: skip
@@ -258,8 +258,7 @@ def open_grid(scene, model, sensor: str | None = None, reading: SceneReading | N
     reading = reading or SceneReading()
     srcs = []
     try:
-        paths = [scene.multiband] if scene.multiband else list(scene.band_files.values())
-        for path in paths:
+        for path in scene.paths:
             srcs.append(open_raster(path))
         selected = resolve_model_bands(scene, srcs, model, sensor, reading.band_names)
         crs, transform, width, height = (
