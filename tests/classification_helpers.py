@@ -61,3 +61,31 @@ def rgb_png_folder(root, splits=("train", "test"), limit: int | None = None) -> 
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rgb).save(folder / f"{i:04d}.png")
     return root
+
+
+def wake_metadata_encoders(model) -> None:
+    """The date and place projections start at zero (a fresh model ignores them): random
+    weights, as after pretraining, so that what reaches them shows in the outputs."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "temporal_embedding" in name or "location_embedding" in name:
+                param.normal_(0, 0.5)
+
+
+def series_export(path: Path, data: Path, bands: list[str], frames: int, **overrides) -> Path:
+    """A tiny time-series pretraining export (dates and places encoded) with the statistics and
+    wavelengths of the shard dataset ``data``; ``overrides`` change its config."""
+    from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining, GeoViTMAEImageProcessor
+
+    info = read_dataset_info(data)
+    torch.manual_seed(0)
+    options = dict(num_frames=frames, temporal_encoding=True, location_encoding=True)
+    config = GeoViTMAEConfig.from_preset(
+        "tiny", band_names=bands, wavelengths_um=info.wavelengths_um,
+        image_mean=info.mean, image_std=info.std, **{**SMALL, **options, **overrides},
+    )  # fmt: skip
+    model = GeoViTMAEForPreTraining(config)
+    wake_metadata_encoders(model)
+    model.save_pretrained(path)
+    GeoViTMAEImageProcessor.from_model_config(config).save_pretrained(path)
+    return path

@@ -16,13 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from classification_helpers import SMALL
+from classification_helpers import series_export
 
-from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining, GeoViTMAEImageProcessor
+from geofm_hf import GeoViTMAEImageProcessor
 from geofm_hf.classification import ClassificationDataError, load_classification_split
 from geofm_hf.classification.data import metadata_for_model
 from geofm_hf.classification.features import extract_features
-from geofm_hf.data import read_dataset_info, write_shards
+from geofm_hf.data import write_shards
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 import linear_probe
@@ -76,23 +76,7 @@ def _undate(series: Path, out: Path) -> Path:
 
 
 def _export(path: Path, series: Path, **overrides) -> Path:
-    info = read_dataset_info(series)
-    torch.manual_seed(0)
-    options = dict(num_frames=FRAMES, temporal_encoding=True, location_encoding=True)
-    config = GeoViTMAEConfig.from_preset(
-        "tiny", band_names=BANDS, wavelengths_um=info.wavelengths_um,
-        image_mean=info.mean, image_std=info.std, **{**SMALL, **options, **overrides},
-    )  # fmt: skip
-    model = GeoViTMAEForPreTraining(config)
-    # The date and place projections start at zero (a fresh model ignores them): random weights
-    # here, as after pretraining, so their inputs show in the features.
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "temporal_embedding" in name or "location_embedding" in name:
-                param.normal_(0, 0.5)
-    model.save_pretrained(path)
-    GeoViTMAEImageProcessor.from_model_config(config).save_pretrained(path)
-    return path
+    return series_export(path, series, BANDS, FRAMES, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 import torch
+from classification_helpers import wake_metadata_encoders
 from pyproj import Transformer
 
 import geofm_hf
@@ -55,12 +56,7 @@ def _model(folder: Path, frames: int = FRAMES, dates: bool = True, places: bool 
     )  # fmt: skip
     torch.manual_seed(0)
     model = (GeoViTMAEForSemanticSegmentation if segmentation else GeoViTMAEModel)(config)
-    # The date and place projections start at zero (a fresh model ignores them): random weights,
-    # as after pretraining, so that what reaches them shows in the outputs.
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "temporal_embedding" in name or "location_embedding" in name:
-                param.normal_(0, 0.5)
+    wake_metadata_encoders(model)
     model.eval().save_pretrained(folder)
     GeoViTMAEImageProcessor.from_model_config(config).save_pretrained(folder)
     return folder

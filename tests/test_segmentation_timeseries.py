@@ -22,11 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 import torch
-from classification_helpers import SMALL
+from classification_helpers import series_export
 
 from geofm_hf import (
-    GeoViTMAEConfig,
-    GeoViTMAEForPreTraining,
     GeoViTMAEForSemanticSegmentation,
     GeoViTMAEImageProcessor,
 )
@@ -87,23 +85,7 @@ def seg_series(rasters, tmp_path_factory) -> Path:
 
 
 def _export(path: Path, data: Path, **overrides) -> Path:
-    info = read_dataset_info(data)
-    torch.manual_seed(0)
-    options = dict(num_frames=FRAMES, temporal_encoding=True, location_encoding=True)
-    config = GeoViTMAEConfig.from_preset(
-        "tiny", band_names=BANDS, wavelengths_um=info.wavelengths_um,
-        image_mean=info.mean, image_std=info.std, **{**SMALL, **options, **overrides},
-    )  # fmt: skip
-    model = GeoViTMAEForPreTraining(config)
-    # The date and place projections start at zero (a fresh model ignores them): random weights
-    # here, as after pretraining, so their inputs show in the maps.
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "temporal_embedding" in name or "location_embedding" in name:
-                param.normal_(0, 0.5)
-    model.save_pretrained(path)
-    GeoViTMAEImageProcessor.from_model_config(config).save_pretrained(path)
-    return path
+    return series_export(path, data, BANDS, FRAMES, **overrides)
 
 
 @pytest.fixture(scope="module")
