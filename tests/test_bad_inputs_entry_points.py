@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {
     "geofm-make-shards": "geofm_hf.data.cli",
     "geofm-plan": "geofm_hf.planner",
+    "geofm-embed": "geofm_hf.inference.embed",
+    "geofm-segment": "geofm_hf.inference.segment",
 }
 
 
@@ -62,6 +64,15 @@ CASES = {
                                          ["--filename-pattern", "(?P<band"]),
         "band_names_twice": (lambda t: [_scene(t), "-o", str(t / "o"), "--chip-size", "16",
                                         "--band-names", "B4,B4,B3"], ["'B4' twice"]),
+    },
+    # The bundled shard dataset given where a model export goes.
+    "geofm-embed": {
+        "dataset_as_model": (lambda t: [sample_dataset_path(), _scene(t), "-o", str(t / "e.parquet")],
+                             ["is not a model export", "config.json", "OUTPUT_DIR/final"]),
+    },
+    "geofm-segment": {
+        "dataset_as_model": (lambda t: [sample_dataset_path(), _scene(t), "-o", str(t / "p.tif")],
+                             ["is not a model export", "config.json", "OUTPUT_DIR/final"]),
     },
     "geofm-plan": {
         "config_json_a_folder": (lambda t: ["--config-json", str(t)], ["--config-json", "folder"]),
@@ -142,3 +153,18 @@ def test_pretrain_recipe_bad_dataset_is_one_line_and_exit_2(case, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "recipes" / "pretrain.py"), *argv],
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
     _check(result, "pretrain.py", words)
+
+
+@pytest.mark.parametrize("recipe", ["linear_probe.py", "finetune.py", "segment.py"])
+def test_downstream_recipe_missing_dataset_is_one_line_and_exit_2(recipe, tmp_path):
+    """A dataset path that is not there: the recipes' handler treats it as the console scripts
+    do (a missing path is the user's), not as a crash."""
+    argv = ["--model_name_or_path", sample_dataset_path(), "--dataset_name_or_path",
+            str(tmp_path / "nope"), "--output_dir", str(tmp_path / "run")]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, str(ROOT / "recipes" / recipe), *argv],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith(f"{recipe}: error: ")]
+    assert "nope" in line, line

@@ -76,7 +76,15 @@ def load_model(model: str | os.PathLike, revision: str | None = None, cls=None) 
         local = Path(snapshot_download(str(model), revision=revision))
         model_id = str(model)
         revision = local.name  # snapshots/<commit sha>
-    loaded, info = cls.from_pretrained(local, output_loading_info=True)
+    try:
+        loaded, info = cls.from_pretrained(local, output_loading_info=True)
+    except OSError as err:  # a shard dataset or another folder: no config.json or no weights
+        raise BadInputError(
+            "not_a_model",
+            f"model {text} is not a model export (a folder or Hub repo with config.json and "
+            f"model.safetensors): {' '.join(str(err).split())[:300].rstrip('.')}. Pass an export folder "
+            "(OUTPUT_DIR/final) or an ORG/NAME model repo.",
+        ) from None
     # A head that was not in the export was initialised at random: its outputs would look like
     # a map and mean nothing (a pretraining export given to geofm-segment).
     prefix = f"{loaded.base_model_prefix}."

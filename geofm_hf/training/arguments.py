@@ -167,13 +167,15 @@ def run_recipe(main) -> int:
     """Run a recipe's ``main`` for the command line and return the exit code. Bad arguments and
     bad data print one line and give 2, as argparse does for its own checks; a run stopped on a
     non-finite loss prints its diagnosis and gives 1. Anything else keeps its traceback."""
-    from .._errors import UserInputError
+    from .._errors import _USER_OS_ERRORS, UserInputError, _one_line
 
     name = Path(sys.argv[0]).name
     try:
         result = main()
-    except UserInputError as err:  # arguments, files, bands, shards: one type for them all
-        print(f"{name}: error: {' '.join(str(err).split())}", file=sys.stderr)
+    # Arguments, files, bands, shards: one type for them all; and, as every console script
+    # treats them (user_error_exit), a path that is not there, exists already or cannot be written.
+    except (UserInputError, *_USER_OS_ERRORS) as err:
+        print(f"{name}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except FloatingPointError as err:
         print(f"{name}: stopped: {err}", file=sys.stderr)
