@@ -1,14 +1,12 @@
 """A saved checkpoint loads with trust_remote_code=True where geofm_hf cannot be imported."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import torch
+from remote_code_helpers import run_isolated
 from transformers.dynamic_module_utils import get_relative_import_files
 
 from geofm_hf import (
@@ -82,19 +80,7 @@ def test_remote_code_load_without_the_package(tmp_path):
         print(json.dumps(out))
         """
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
-    env["HF_HUB_OFFLINE"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-I", "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = json.loads(result.stdout.strip().splitlines()[-1])
+    got = run_isolated(script, tmp_path)
     assert abs(got["loss"] - expected["loss"]) < 1e-6
     assert abs(got["pooled"] - expected["pooled"]) < 1e-4
     # the classes came from the copied files, not from an installed geofm_hf
@@ -132,19 +118,7 @@ def test_remote_code_load_for_each_model_option(tmp_path):
         print(json.dumps(out))
         """
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
-    env["HF_HUB_OFFLINE"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-I", "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = json.loads(result.stdout.strip().splitlines()[-1])
+    got = run_isolated(script, tmp_path)
     assert sorted(got) == sorted(OPTIONS)
     for name, (pooled, module) in got.items():
         assert abs(pooled - expected[name]) < 1e-4, name
@@ -197,18 +171,7 @@ def test_processor_export_holds_and_loads_every_file_it_imports(tmp_path):
         """
     )
     modules = tmp_path / "modules"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_MODULES_CACHE=str(modules), HF_HUB_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, "-I", "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = json.loads(result.stdout.strip().splitlines()[-1])
+    got = run_isolated(script, tmp_path)
     assert np.allclose(got["pixels"], expected.flatten().numpy())
     assert got["temporal"] == [2020.0, 32.0]
     assert not got["class"].startswith("geofm_hf"), got["class"]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from remote_code_helpers import run_isolated
 
 from geofm_hf import GeoViTMAEConfig, GeoViTMAEForPreTraining, GeoViTMAEImageProcessor
 from geofm_hf.image_processing_geofm import PROCESSOR_CODE_FILES
@@ -119,18 +120,7 @@ def test_card_install_line_loads_an_export_without_the_package(tmp_path):
                           "module": type(model).__module__}}))
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
-    result = subprocess.run(
-        [str(python), "-I", "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = json.loads(result.stdout.strip().splitlines()[-1])
+    got = run_isolated(script, tmp_path, python)
     assert abs(got["pooled"] - expected) < 1e-3
     assert got["tokens"] == [1, 1 + 64, 192]
     assert not got["module"].startswith("geofm_hf"), got["module"]
