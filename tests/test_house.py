@@ -5,6 +5,7 @@ pretraining runs from Python as well as from the recipe."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 from geofm_hf.data import sample_dataset_path
@@ -44,8 +45,9 @@ def test_a_pretraining_runs_from_python(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
-    # One process in this interpreter: accelerate's process-wide state is reset afterwards, so
-    # no later in-process test inherits this run's settings.
+    # One process in this interpreter: accelerate's process-wide state and the stop-signal
+    # handlers the run installs are put back afterwards, so no later test inherits them.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     try:
         code = pretrain([
             "--config", str(ROOT / "recipes" / "configs" / "demo.yaml"),
@@ -55,6 +57,8 @@ def test_a_pretraining_runs_from_python(tmp_path, monkeypatch):
         ])  # fmt: skip
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     assert code == 0
     assert (out / "final" / "model.safetensors").is_file()
     status = json.loads((out / "run_status.json").read_text())
