@@ -5,7 +5,9 @@ pretraining runs from Python as well as from the recipe."""
 from __future__ import annotations
 
 import json
-import signal
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from geofm_hf.data import sample_dataset_path
@@ -38,28 +40,19 @@ def test_readme_is_short():
     assert _lines(ROOT / "README.md") <= 200
 
 
-def test_a_pretraining_runs_from_python(tmp_path, monkeypatch):
-    from accelerate.state import AcceleratorState
-
-    from geofm_hf.training import pretrain
-
-    monkeypatch.chdir(tmp_path)
+def test_a_pretraining_runs_from_python(tmp_path):
+    """``geofm_hf.training.pretrain(argv)`` from a Python program (its own interpreter: a run
+    sets accelerate's process-wide state and installs stop-signal handlers)."""
     out = tmp_path / "run"
-    # One process in this interpreter: accelerate's process-wide state and the stop-signal
-    # handlers the run installs are put back afterwards, so no later test inherits them.
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        code = pretrain([
-            "--config", str(ROOT / "recipes" / "configs" / "demo.yaml"),
+    argv = ["--config", str(ROOT / "recipes" / "configs" / "demo.yaml"),
             "--dataset_name_or_path", sample_dataset_path(), "--output_dir", str(out),
             "--report_to", "none", "--max_steps", "2", "--save_steps", "2",
-            "--per_device_train_batch_size", "4", "--plot_reconstructions", "false",
-        ])  # fmt: skip
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    assert code == 0
+            "--per_device_train_batch_size", "4", "--plot_reconstructions", "false"]  # fmt: skip
+    program = f"import sys\nfrom geofm_hf.training import pretrain\nsys.exit(pretrain({argv!r}))\n"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "final" / "model.safetensors").is_file()
     status = json.loads((out / "run_status.json").read_text())
     assert status["step"] == 2, status
